@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from accounts import api as accounts_api
+from usage import api as usage_api
+
+api = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("teams/", accounts_api.TeamListApi.as_view(), name="api-teams"),
+    path("teams/<slug:slug>/keys/", accounts_api.ApiKeyListApi.as_view(), name="api-keys"),
+    path("teams/<slug:slug>/keys/<str:prefix>/revoke/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key-revoke"),
+    path("teams/<slug:slug>/usage/", usage_api.UsageListApi.as_view(), name="api-usage"),
+    path("teams/<slug:slug>/usage/summary/", usage_api.UsageSummaryApi.as_view(), name="api-usage-summary"),
+]
+
+urlpatterns = [
+    path("v1/", include("routing.urls")),
+    path("api/", include(api)),
+    path("admin/", admin.site.urls),
+    path("", include("usage.urls")),
+    path("", include("accounts.urls")),
+]
