@@ -1,0 +1,45 @@
+from decimal import Decimal, InvalidOperation
+
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import ApiKey, Team
+from accounts.services import api_key_create
+
+
+class Command(BaseCommand):
+    help = "Issue an inference key. The secret is printed alone on the last line and never shown again."
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--models", default="", help="comma-separated model ids or routes; empty = all")
+        parser.add_argument("--budget", default=None, metavar="USD", help="monthly budget for this key")
+        parser.add_argument("--rpm", type=int, default=None)
+        parser.add_argument("--tpm", type=int, default=None)
+        parser.add_argument("--management", action="store_true", help="issue a management key instead")
+
+    def handle(self, *args, slug, name, models, budget, rpm, tpm, management, **options):
+        team = Team.objects.filter(slug=slug).first()
+        if team is None:
+            raise CommandError(f"No team '{slug}'.")
+        for label, value in (("--rpm", rpm), ("--tpm", tpm)):
+            if value is not None and value < 1:
+                raise CommandError(f"{label} must be a positive integer.")
+        if budget is not None:
+            try:
+                amount = Decimal(budget)
+            except InvalidOperation:
+                raise CommandError(f"--budget must be an amount in USD, not '{budget}'.") from None
+            if not amount.is_finite() or amount < 0:
+                raise CommandError("--budget must be zero or more.")
+            raise CommandError("--budget needs key budgets, which this version does not enforce yet.")
+        key, secret = api_key_create(
+            team=team,
+            name=name,
+            kind=ApiKey.Kind.MANAGEMENT if management else ApiKey.Kind.INFERENCE,
+            allowed_models=[m.strip() for m in models.split(",") if m.strip()],
+            rpm_limit=rpm,
+            tpm_limit=tpm,
+        )
+        self.stdout.write(f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}.")
+        self.stdout.write(secret)

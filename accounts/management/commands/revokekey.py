@@ -1,0 +1,19 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import ApiKey
+from accounts.services import api_key_revoke
+
+
+class Command(BaseCommand):
+    help = "Revoke a key by its displayed prefix."
+
+    def add_arguments(self, parser):
+        parser.add_argument("prefix")
+
+    def handle(self, *args, prefix, **options):
+        key = ApiKey.objects.filter(prefix=prefix).first()
+        if key is None:
+            raise CommandError(f"No key with prefix '{prefix}'.")
+        already = key.revoked_at is not None
+        api_key_revoke(key=key)
+        self.stdout.write(f"Key {key.prefix} ({key.name}) {'was already' if already else 'is now'} revoked.")

@@ -1,0 +1,26 @@
+"""Team-scoped access for the management API and the web UI."""
+
+from rest_framework.exceptions import NotFound, PermissionDenied
+
+from accounts.models import Membership
+from accounts.selectors import team_access
+
+Role = Membership.Role
+KEY_MANAGERS = (Role.OWNER, Role.ADMIN)
+USAGE_READERS = (Role.OWNER, Role.ADMIN, Role.BILLING, Role.MEMBER)
+BILLING_READERS = (Role.OWNER, Role.BILLING)
+
+
+def require_team(request, slug: str, roles=USAGE_READERS):
+    """The team for `slug` if the caller holds one of `roles` in it.
+
+    A caller outside the team gets 404, as if it did not exist, so team
+    slugs cannot be probed; a member without the role gets 403.
+    """
+    access = team_access(actor=request.user, slug=slug)
+    if access is None:
+        raise NotFound("No such team.")
+    team, role = access
+    if role not in roles:
+        raise PermissionDenied(f"Your role in this team ({role}) does not allow this.")
+    return team
