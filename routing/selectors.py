@@ -1,0 +1,154 @@
+"""Reads of the catalog, through an in-process snapshot.
+
+Every proxied call needs the model, its provider and its current prices.
+Reading them from the database each time would cost several queries, so
+each process keeps a snapshot and rebuilds it when the shared catalog
+version (in the cache, bumped by any catalog change) moves, or at the
+latest after CATALOG_MAX_AGE_S seconds, which bounds staleness when there
+is no shared cache and bounds the wait for a price that was scheduled
+ahead.
+"""
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.core.cache import cache
+from django.utils import timezone
+
+from routing.models import CatalogModel, ModelPrice, Provider, Route
+
+CATALOG_VERSION_KEY = "catalog:version"
+CATALOG_MAX_AGE_S = 30
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    name: str
+    base_url: str
+    api_key_env: str
+    timeout_s: int
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per 1M tokens; None means that direction is unpriced."""
+
+    input: Decimal | None
+    cached_input: Decimal | None
+    output: Decimal | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    display_name: str
+    provider: ProviderInfo
+    upstream_id: str
+    context_window: int | None
+    max_output_tokens: int | None
+    capabilities: frozenset
+    benchmarks: dict
+    prices: Prices | None
+    created: int
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    name: str
+    team_id: int | None
+    strategy: str
+    targets: tuple[str, ...]
+    weights: tuple[int, ...]
+    require: dict
+    capabilities: frozenset
+
+
+class Catalog:
+    def __init__(self, *, models: dict[str, ModelInfo], routes: list[RouteInfo], built_at: datetime):
+        self.models = models
+        self.global_routes = {r.name: r for r in routes if r.team_id is None}
+        self.team_routes = {(r.team_id, r.name): r for r in routes if r.team_id is not None}
+        self.built_at = built_at
+
+    def route(self, *, team_id: int, name: str) -> RouteInfo | None:
+        """The route a team means by `name`: its own if it has one, else the global one."""
+        return self.team_routes.get((team_id, name)) or self.global_routes.get(name)
+
+    def routes_for(self, *, team_id: int) -> list[RouteInfo]:
+        merged = dict(self.global_routes)
+        merged.update({name: r for (tid, name), r in self.team_routes.items() if tid == team_id})
+        return [merged[name] for name in sorted(merged)]
+
+
+def _build_catalog(now: datetime) -> Catalog:
+    providers = {
+        p.id: ProviderInfo(name=p.name, base_url=p.base_url, api_key_env=p.api_key_env, timeout_s=p.timeout_s)
+        for p in Provider.objects.all()
+    }
+    current_prices: dict[int, Prices] = {}
+    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("model_id", "-effective_from"):
+        current_prices.setdefault(
+            price.model_id,
+            Prices(input=price.input_per_mtok, cached_input=price.cached_input_per_mtok, output=price.output_per_mtok),
+        )
+    models = {
+        m.name: ModelInfo(
+            name=m.name,
+            display_name=m.display_name or m.name,
+            provider=providers[m.provider_id],
+            upstream_id=m.upstream_id,
+            context_window=m.context_window,
+            max_output_tokens=m.max_output_tokens,
+            capabilities=frozenset(m.capabilities),
+            benchmarks=dict(m.benchmarks),
+            prices=current_prices.get(m.id),
+            created=int(m.created_at.timestamp()),
+        )
+        for m in CatalogModel.objects.all()
+    }
+    routes = [
+        RouteInfo(
+            name=r.name,
+            team_id=r.team_id,
+            strategy=r.strategy,
+            targets=tuple(r.targets),
+            weights=tuple(r.weights),
+            require=dict(r.require),
+            capabilities=frozenset(r.capabilities),
+        )
+        for r in Route.objects.all()
+    ]
+    return Catalog(models=models, routes=routes, built_at=now)
+
+
+_lock = threading.Lock()
+_snapshot: Catalog | None = None
+_snapshot_version: str | None = None
+_snapshot_monotonic = 0.0
+
+
+def catalog_snapshot() -> Catalog:
+    """The current catalog; costs one cache read when nothing changed."""
+    global _snapshot, _snapshot_version, _snapshot_monotonic
+    version = cache.get(CATALOG_VERSION_KEY)
+    fresh = time.monotonic() - _snapshot_monotonic < CATALOG_MAX_AGE_S
+    if _snapshot is not None and version == _snapshot_version and fresh:
+        return _snapshot
+    with _lock:
+        catalog = _build_catalog(timezone.now())
+        _snapshot, _snapshot_version, _snapshot_monotonic = catalog, version, time.monotonic()
+    return catalog
+
+
+def catalog_changed() -> None:
+    """Tell every process to rebuild its snapshot on its next call."""
+    global _snapshot
+    cache.set(CATALOG_VERSION_KEY, uuid.uuid4().hex, None)
+    _snapshot = None

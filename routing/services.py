@@ -1,0 +1,197 @@
+"""Writes for the catalog: providers, models, prices and routes."""
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+
+from routing.models import CatalogModel, ModelPrice, Provider, Route
+
+CAPABILITIES = set(CatalogModel.Capability.values)
+STRATEGIES = set(Route.Strategy.values)
+PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+
+
+class CatalogError(ValueError):
+    """The catalog file is not valid; the message says where and why."""
+
+
+@dataclass
+class CatalogLoadResult:
+    providers: int = 0
+    models: int = 0
+    routes: int = 0
+    new_prices: list[str] = field(default_factory=list)
+
+
+def catalog_load(*, path: str | Path, now: datetime | None = None) -> CatalogLoadResult:
+    """Upsert providers, models, prices and global routes from a TOML catalog.
+
+    Idempotent: loading the same file twice changes nothing. A model whose
+    prices differ from its current ones gets a new price row effective from
+    `now`; earlier rows, and what past calls were charged, stay as they were.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+    return catalog_load_data(data=data, now=now)
+
+
+def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoadResult:
+    now = now or timezone.now()
+    providers = [_provider_fields(p, i) for i, p in enumerate(data.get("provider", []))]
+    models = [_model_fields(m, i) for i, m in enumerate(data.get("model", []))]
+    routes = [_route_fields(r, i) for i, r in enumerate(data.get("route", []))]
+    unknown = set(data) - {"provider", "model", "route"}
+    if unknown:
+        raise CatalogError(f"unknown top-level tables: {', '.join(sorted(unknown))}")
+
+    result = CatalogLoadResult()
+    with transaction.atomic():
+        for fields in providers:
+            Provider.objects.update_or_create(name=fields.pop("name"), defaults=fields)
+            result.providers += 1
+        provider_ids = dict(Provider.objects.values_list("name", "id"))
+        for fields in models:
+            prices = fields.pop("prices")
+            provider = fields.pop("provider")
+            if provider not in provider_ids:
+                raise CatalogError(f"model {fields['name']!r}: unknown provider {provider!r}")
+            model, _ = CatalogModel.objects.update_or_create(
+                name=fields.pop("name"), defaults={**fields, "provider_id": provider_ids[provider]}
+            )
+            new_price = ModelPrice(model=model, effective_from=now, **prices)
+            current = model.prices.filter(effective_from__lte=now).order_by("-effective_from").first()
+            if current is None or not current.same_prices(new_price):
+                new_price.save()
+                result.new_prices.append(model.name)
+            result.models += 1
+        known_models = set(CatalogModel.objects.values_list("name", flat=True))
+        for fields in routes:
+            missing = [t for t in fields["targets"] if t not in known_models]
+            if missing:
+                raise CatalogError(f"route {fields['name']!r}: unknown targets {', '.join(missing)}")
+            Route.objects.update_or_create(team=None, name=fields.pop("name"), defaults=fields)
+            result.routes += 1
+    return result
+
+
+def _require(entry, key, where, kind=str):
+    value = entry.get(key)
+    if not isinstance(value, kind) or value in ("", None):
+        raise CatalogError(f"{where}: '{key}' is required and must be a {kind.__name__}")
+    return value
+
+
+def _optional_int(entry, key, where):
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise CatalogError(f"{where}: '{key}' must be a positive integer")
+    return value
+
+
+def _check_keys(entry, allowed, where):
+    unknown = set(entry) - set(allowed)
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+
+
+def _provider_fields(entry, index):
+    where = f"provider #{index + 1}"
+    _check_keys(entry, {"name", "base_url", "api_key_env", "timeout_s"}, where)
+    name = _require(entry, "name", where)
+    where = f"provider {name!r}"
+    return {
+        "name": name,
+        "base_url": _require(entry, "base_url", where).rstrip("/"),
+        "api_key_env": entry.get("api_key_env", ""),
+        "timeout_s": _optional_int(entry, "timeout_s", where) or 60,
+    }
+
+
+def parse_price(value, where) -> Decimal | None:
+    """A price in USD per 1M tokens, written as a decimal string; None when unpriced."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CatalogError(f'{where}: write prices as decimal strings, e.g. "0.18", not {value!r}')
+    try:
+        price = Decimal(value)
+    except InvalidOperation:
+        raise CatalogError(f"{where}: {value!r} is not a decimal number") from None
+    if not price.is_finite() or price < 0:
+        raise CatalogError(f"{where}: {value!r} must be a non-negative number")
+    if price.as_tuple().exponent < -6:
+        raise CatalogError(f"{where}: {value!r} has more than 6 decimal places")
+    return price
+
+
+def _model_fields(entry, index):
+    where = f"model #{index + 1}"
+    allowed = {
+        "id", "provider", "upstream_id", "display_name", "origin", "context_window",
+        "max_output_tokens", "output_tokens_per_s", "capabilities", "benchmarks", *PRICE_KEYS,
+    }
+    _check_keys(entry, allowed, where)
+    name = _require(entry, "id", where)
+    where = f"model {name!r}"
+    capabilities = entry.get("capabilities", ["chat"])
+    if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
+        raise CatalogError(f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}")
+    benchmarks = entry.get("benchmarks", {})
+    if not isinstance(benchmarks, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in benchmarks.values()
+    ):
+        raise CatalogError(f"{where}: benchmarks must map names to scores")
+    return {
+        "name": name,
+        "provider": _require(entry, "provider", where),
+        "upstream_id": entry.get("upstream_id") or name,
+        "display_name": entry.get("display_name", ""),
+        "origin": entry.get("origin", ""),
+        "context_window": _optional_int(entry, "context_window", where),
+        "max_output_tokens": _optional_int(entry, "max_output_tokens", where),
+        "output_tokens_per_s": _optional_int(entry, "output_tokens_per_s", where),
+        "capabilities": sorted(set(capabilities)),
+        "benchmarks": benchmarks,
+        "prices": {key: parse_price(entry.get(key), f"{where} {key}") for key in PRICE_KEYS},
+    }
+
+
+def _route_fields(entry, index):
+    where = f"route #{index + 1}"
+    _check_keys(entry, {"name", "strategy", "targets", "weights", "require", "capabilities"}, where)
+    name = _require(entry, "name", where)
+    where = f"route {name!r}"
+    strategy = entry.get("strategy", "fallback")
+    if strategy not in STRATEGIES:
+        raise CatalogError(f"{where}: strategy must be one of {', '.join(sorted(STRATEGIES))}")
+    targets = entry.get("targets")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise CatalogError(f"{where}: targets must be a non-empty list of model ids")
+    weights = entry.get("weights", [])
+    if strategy == "weighted" and (
+        len(weights) != len(targets) or not all(isinstance(w, int) and w >= 0 for w in weights)
+    ):
+        raise CatalogError(f"{where}: a weighted route needs one non-negative integer weight per target")
+    require = entry.get("require", {})
+    if not isinstance(require, dict):
+        raise CatalogError(f"{where}: require must map benchmark names to floors")
+    capabilities = entry.get("capabilities", [])
+    if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
+        raise CatalogError(f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}")
+    return {
+        "name": name,
+        "strategy": strategy,
+        "targets": targets,
+        "weights": weights,
+        "require": require,
+        "capabilities": capabilities,
+    }
