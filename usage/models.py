@@ -1,0 +1,107 @@
+from django.db import models
+from django.utils import timezone
+
+# USD. Twelve decimal places hold any per-call cost exactly (prices carry six,
+# divided by 10**6); amounts are rounded to cents only on an invoice.
+USD_FIELD = dict(max_digits=24, decimal_places=12)
+PRICE_FIELD = dict(max_digits=14, decimal_places=6, null=True, blank=True)
+
+
+class UsageRecord(models.Model):
+    """The ledger: one row per upstream attempt, appended and never edited.
+
+    `request_id` is the id the client saw in `x-request-id`; a call that
+    fell back has one row per attempt under the same request id. The unit
+    prices charged are copied onto the row, so its cost can always be
+    re-derived without the price history. Corrections are new rows.
+    """
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        UPSTREAM_ERROR = "upstream_error"
+        TIMEOUT = "timeout"
+        CLIENT_CLOSED = "client_closed"
+        REFUSED = "refused"
+        # Recorded by the sweeper for a call whose worker died mid-call.
+        INTERRUPTED = "interrupted"
+
+    class Endpoint(models.TextChoices):
+        CHAT = "chat"
+        EMBEDDINGS = "embeddings"
+
+    request_id = models.CharField(max_length=64)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
+    requested_model = models.CharField(max_length=200)
+    route = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    provider = models.CharField(max_length=64, blank=True)
+
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    # Part of prompt_tokens served from the provider's cache.
+    cached_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    # Part of completion_tokens spent on hidden reasoning; already billed there.
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    # True when the upstream sent no usage and the gateway counted itself.
+    tokens_estimated = models.BooleanField(default=False)
+
+    # Unit prices charged, USD per 1M tokens.
+    input_per_mtok = models.DecimalField(**PRICE_FIELD)
+    cached_input_per_mtok = models.DecimalField(**PRICE_FIELD)
+    output_per_mtok = models.DecimalField(**PRICE_FIELD)
+    cost_usd = models.DecimalField(**USD_FIELD, default=0)
+
+    streamed = models.BooleanField(default=False)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_type = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    # The request's `user` field: the app's own end-user id.
+    end_user = models.CharField(max_length=256, blank=True)
+
+    # When the call was received: decides the month it is billed in.
+    created_at = models.DateTimeField(default=timezone.now)
+    # When the row was written; a row written after its month closed is late usage.
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "attempt"], name="usage_unique_request_attempt")
+        ]
+        indexes = [
+            models.Index(fields=["team", "created_at"]),
+            models.Index(fields=["team", "api_key", "created_at"]),
+            models.Index(fields=["recorded_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id}#{self.attempt} {self.model} {self.status} ${self.cost_usd}"
+
+
+class InFlightCall(models.Model):
+    """A call between its start and its ledger rows.
+
+    Written before the upstream is called and deleted in the same
+    transaction that appends the call's ledger rows, so a worker that dies
+    mid-call leaves this row behind and the sweeper records the call as
+    interrupted: every call reaches the ledger exactly once.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.CASCADE, related_name="+")
+    endpoint = models.CharField(max_length=16)
+    requested_model = models.CharField(max_length=200)
+    started_at = models.DateTimeField()
+    # After this the worker is presumed dead (call deadline plus a margin).
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return self.request_id

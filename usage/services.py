@@ -1,0 +1,133 @@
+"""Writes to the usage ledger, and the one cost formula."""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from usage.models import InFlightCall, UsageRecord
+
+logger = logging.getLogger(__name__)
+
+MTOK = Decimal(1_000_000)
+# Margin past the call deadline before an in-flight call is presumed dead.
+INFLIGHT_MARGIN = timedelta(minutes=5)
+
+
+class Unpriced(Exception):
+    """A call needs a price direction the model does not have."""
+
+    def __init__(self, direction: str):
+        super().__init__(direction)
+        self.direction = direction
+
+
+@dataclass(frozen=True)
+class ChargedPrices:
+    """Unit prices charged for one call, USD per 1M tokens."""
+
+    input: Decimal | None
+    cached_input: Decimal | None
+    output: Decimal | None
+
+    @classmethod
+    def from_catalog(cls, prices) -> "ChargedPrices":
+        # A model with no cached-input price bills cached tokens at its input
+        # price: never cheaper than the provider's own list price.
+        if prices is None:
+            return cls(None, None, None)
+        cached = prices.cached_input if prices.cached_input is not None else prices.input
+        return cls(input=prices.input, cached_input=cached, output=prices.output)
+
+
+def usage_cost(*, prices: ChargedPrices, prompt_tokens: int, cached_tokens: int = 0, completion_tokens: int = 0) -> Decimal:
+    """USD for one call: (prompt − cached) × input + cached × cached-input + completion × output, per 1M.
+
+    Exact in Decimal; raises Unpriced when tokens fall in a direction
+    without a price, because unpriced traffic must never be billed as 0.
+    """
+    cached_tokens = min(cached_tokens, prompt_tokens)
+    total = Decimal(0)
+    for count, price, direction in (
+        (prompt_tokens - cached_tokens, prices.input, "input"),
+        (cached_tokens, prices.cached_input, "input"),
+        (completion_tokens, prices.output, "output"),
+    ):
+        if count:
+            if price is None:
+                raise Unpriced(direction)
+            total += count * price
+    return total / MTOK
+
+
+def inflight_start(
+    *, request_id: str, team_id: int, api_key_id: int | None, endpoint: str, requested_model: str, now: datetime
+) -> InFlightCall:
+    deadline = timedelta(seconds=settings.TOLLGATE_CALL_DEADLINE_S) + INFLIGHT_MARGIN
+    return InFlightCall.objects.create(
+        request_id=request_id,
+        team_id=team_id,
+        api_key_id=api_key_id,
+        endpoint=endpoint,
+        requested_model=requested_model,
+        started_at=now,
+        expires_at=now + deadline,
+    )
+
+
+def usage_record(*, rows: list[dict], now: datetime | None = None) -> list[UsageRecord]:
+    """Append one call's ledger rows (one per attempt) and close its in-flight record.
+
+    Both happen in one transaction, so a call is in the ledger exactly once:
+    either these rows are written and the in-flight record is gone, or the
+    in-flight record survives for `inflight_expire` to settle.
+    """
+    now = now or timezone.now()
+    records = [UsageRecord(recorded_at=now, **row) for row in rows]
+    request_ids = {r.request_id for r in records}
+    try:
+        with transaction.atomic():
+            UsageRecord.objects.bulk_create(records)
+            InFlightCall.objects.filter(request_id__in=request_ids).delete()
+    except IntegrityError:
+        # Only possible if the sweeper settled this call first, i.e. the
+        # call outlived its deadline by the margin; its row stands.
+        logger.error("usage rows for %s were already recorded; dropped %s", request_ids, rows)
+        return []
+    return records
+
+
+def inflight_expire(*, now: datetime | None = None) -> int:
+    """Record calls whose worker died mid-call as interrupted, at zero cost.
+
+    Safe to run concurrently and repeatedly: rows are claimed with SKIP
+    LOCKED and ledger inserts ignore a request id already present.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        stale = list(InFlightCall.objects.select_for_update(skip_locked=True).filter(expires_at__lte=now)[:1000])
+        if not stale:
+            return 0
+        UsageRecord.objects.bulk_create(
+            [
+                UsageRecord(
+                    request_id=call.request_id,
+                    team_id=call.team_id,
+                    api_key_id=call.api_key_id,
+                    endpoint=call.endpoint,
+                    requested_model=call.requested_model,
+                    status=UsageRecord.Status.INTERRUPTED,
+                    error_message="The gateway worker stopped before the call finished.",
+                    created_at=call.started_at,
+                    recorded_at=now,
+                )
+                for call in stale
+            ],
+            ignore_conflicts=True,
+        )
+        InFlightCall.objects.filter(id__in=[c.id for c in stale]).delete()
+    return len(stale)
