@@ -1,0 +1,495 @@
+"""One client call through the proxy: resolve, check, attempt, record.
+
+A call is prepared synchronously in one thread hop (catalog snapshot, access,
+prices, in-flight record), then runs its upstream attempts asynchronously,
+then writes its ledger rows (one per attempt) in one transaction.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import httpx2
+import openai
+from asgiref.sync import sync_to_async
+
+from accounts.services import KeyPrincipal
+from routing import tokens
+from routing.errors import ProxyError
+from routing.selectors import ModelInfo, catalog_snapshot
+from routing.upstream import upstream_client
+from usage.models import UsageRecord
+from usage.services import ChargedPrices, inflight_start, usage_cost, usage_record
+
+logger = logging.getLogger(__name__)
+
+Status = UsageRecord.Status
+CHAT = UsageRecord.Endpoint.CHAT
+EMBEDDINGS = UsageRecord.Endpoint.EMBEDDINGS
+_CAPABILITY = {CHAT: "chat", EMBEDDINGS: "embeddings"}
+
+# Upstream statuses caused by the request itself: passed on, never retried.
+CLIENT_FAULT_STATUSES = {400, 413, 422}
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def format_usd(amount: Decimal) -> str:
+    """A cost as a plain decimal string without trailing zeros, e.g. "0.00000525"."""
+    return f"{amount.normalize():f}"
+
+
+@dataclass
+class Call:
+    request_id: str
+    principal: KeyPrincipal
+    endpoint: str
+    requested_model: str
+    route: str
+    candidates: list[ModelInfo]
+    prompt_estimate: int
+    end_user: str
+    created_at: datetime
+    started: float = field(default_factory=time.perf_counter)
+    rows: list[dict] = field(default_factory=list)
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def base_row(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "team_id": self.principal.team_id,
+            "api_key_id": self.principal.key_id,
+            "endpoint": self.endpoint,
+            "requested_model": self.requested_model,
+            "route": self.route,
+            "end_user": self.end_user,
+            "created_at": self.created_at,
+        }
+
+    def add_row(self, model: ModelInfo | None, **fields) -> dict:
+        row = {**self.base_row(), "attempt": len(self.rows), **fields}
+        if model is not None:
+            prices = ChargedPrices.from_catalog(model.prices)
+            row.update(
+                model=model.name,
+                provider=model.provider.name,
+                input_per_mtok=prices.input,
+                cached_input_per_mtok=prices.cached_input,
+                output_per_mtok=prices.output,
+            )
+        self.rows.append(row)
+        return row
+
+    async def record(self) -> None:
+        # Shielded: a client disconnect must not cancel the ledger write.
+        await asyncio.shield(sync_to_async(usage_record)(rows=self.rows))
+
+
+def usage_fields(model: ModelInfo, usage: dict | None, *, estimate_completion: int = 0, prompt_estimate: int = 0) -> dict:
+    """Token counts and cost from an upstream `usage` object, or from estimates when it sent none."""
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        prompt = usage["prompt_tokens"]
+        completion = usage.get("completion_tokens") or 0
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+        estimated = False
+    else:
+        prompt, completion, cached, reasoning, estimated = prompt_estimate, estimate_completion, 0, 0, True
+    cost = usage_cost(
+        prices=ChargedPrices.from_catalog(model.prices),
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        completion_tokens=completion,
+    )
+    return {
+        "prompt_tokens": prompt,
+        "cached_tokens": min(cached, prompt),
+        "completion_tokens": completion,
+        "reasoning_tokens": reasoning,
+        "tokens_estimated": estimated,
+        "cost_usd": cost,
+    }
+
+
+# --- Preparing a call -------------------------------------------------------
+
+
+def _unpriced_direction(model: ModelInfo, endpoint: str) -> str | None:
+    prices = model.prices
+    if prices is None or prices.input is None:
+        return "input"
+    if endpoint == CHAT and prices.output is None:
+        return "output"
+    return None
+
+
+def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_id: str, now: datetime) -> Call:
+    """Resolve the requested model or route to the models that may serve it.
+
+    Refusals (unknown, not allowed, unusable or unpriced model) are written
+    to the ledger as `refused` rows and raised as ProxyError. On success the
+    call's in-flight record is written before any upstream is contacted.
+    """
+    catalog = catalog_snapshot()
+    name = body["model"]
+    if endpoint == CHAT:
+        prompt_estimate = tokens.chat_prompt_tokens(body["messages"], body.get("tools"))
+    else:
+        prompt_estimate = tokens.embedding_input_tokens(body["input"])
+    route = catalog.route(team_id=principal.team_id, name=name)
+    call = Call(
+        request_id=request_id,
+        principal=principal,
+        endpoint=endpoint,
+        requested_model=name,
+        route=route.name if route else "",
+        candidates=[],
+        prompt_estimate=prompt_estimate,
+        end_user=str(body.get("user") or "")[:256],
+        created_at=now,
+    )
+
+    def refuse(error: ProxyError, model: ModelInfo | None = None):
+        call.add_row(
+            model,
+            status=Status.REFUSED,
+            http_status=error.status,
+            error_type=error.code or error.type,
+            error_message=error.message[:500],
+        )
+        usage_record(rows=call.rows, now=now)
+        raise error
+
+    capability = _CAPABILITY[endpoint]
+    if route is not None:
+        if not (principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets)):
+            refuse(ProxyError(403, f"This API key is not allowed to use the route `{name}`.", code="model_not_allowed"))
+        for target in route.targets:
+            model = catalog.models.get(target)
+            if model and model.can(capability) and _unpriced_direction(model, endpoint) is None:
+                if all(model.can(c) for c in route.capabilities):
+                    call.candidates.append(model)
+        if not call.candidates:
+            refuse(ProxyError(
+                503,
+                f"No model of the route `{name}` can serve this {capability} request right now.",
+                code="no_usable_target",
+            ))
+    else:
+        model = catalog.models.get(name)
+        if model is None:
+            refuse(ProxyError(
+                404, f"The model `{name}` does not exist or you do not have access to it.",
+                param="model", code="model_not_found",
+            ))
+        if not principal.may_use(name):
+            refuse(ProxyError(403, f"This API key is not allowed to use the model `{name}`.",
+                              param="model", code="model_not_allowed"), model)
+        if not model.can(capability):
+            refuse(ProxyError(400, f"The model `{name}` does not support {capability}.",
+                              param="model", code="model_not_supported"), model)
+        direction = _unpriced_direction(model, endpoint)
+        if direction is not None:
+            refuse(ProxyError(
+                400,
+                f"The model `{name}` has no {direction} price in this gateway's catalog, so its calls "
+                f"cannot be billed and are refused. Ask your Tollgate admin to set its price.",
+                param="model", code="model_unpriced",
+            ), model)
+        call.candidates = [model]
+
+    inflight_start(
+        request_id=request_id,
+        team_id=principal.team_id,
+        api_key_id=principal.key_id,
+        endpoint=endpoint,
+        requested_model=name,
+        now=now,
+    )
+    return call
+
+
+# --- Upstream errors ----------------------------------------------------------
+
+
+@dataclass
+class AttemptFailure:
+    status: str
+    error: ProxyError
+    # Whether another target may be tried: never for a fault in the request.
+    retryable: bool
+
+
+def _upstream_body(response) -> dict | None:
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body
+    return None
+
+
+def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
+    if isinstance(exc, ProxyError):
+        return AttemptFailure(Status.UPSTREAM_ERROR, exc, retryable=True)
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+        return AttemptFailure(Status.TIMEOUT, ProxyError(
+            504, f"The upstream for `{model.name}` did not answer in time.", code="upstream_timeout"
+        ), retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = _upstream_body(exc.response)
+        message = (body or {}).get("error", {}).get("message") or f"The upstream answered HTTP {status}."
+        if status in CLIENT_FAULT_STATUSES:
+            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False)
+        if status == 429:
+            headers = {}
+            if exc.response.headers.get("retry-after"):
+                headers["Retry-After"] = exc.response.headers["retry-after"]
+            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+                429, message, type="rate_limit_error", code="upstream_rate_limited", headers=headers, body=body
+            ), retryable=True)
+        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+            502, f"The upstream for `{model.name}` failed: {message}", code="upstream_error", body=body
+        ), retryable=True)
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+            502, f"Could not reach the upstream for `{model.name}`.", code="upstream_unreachable"
+        ), retryable=True)
+    if isinstance(exc, UpstreamStreamError):
+        return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
+    logger.exception("unexpected upstream failure", exc_info=exc)
+    return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+        502, f"The upstream for `{model.name}` failed unexpectedly.", code="upstream_error"
+    ), retryable=True)
+
+
+class UpstreamStreamError(Exception):
+    """A stream that ended or failed before its first event."""
+
+    def __init__(self, error: ProxyError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def failure_row(call: Call, model: ModelInfo, failure: AttemptFailure, started: float) -> dict:
+    return call.add_row(
+        model,
+        status=failure.status,
+        http_status=failure.error.status,
+        error_type=failure.error.code or failure.error.type,
+        error_message=failure.error.message[:500],
+        latency_ms=int((time.perf_counter() - started) * 1000),
+    )
+
+
+# --- JSON calls (chat without stream, embeddings) -------------------------
+
+
+def _split_body(body: dict, endpoint: str) -> tuple[dict, dict]:
+    """The SDK's typed arguments, and every other field passed through as is."""
+    rest = {k: v for k, v in body.items() if k not in ("model", "messages", "input", "stream")}
+    if endpoint == CHAT:
+        return {"messages": body["messages"]}, rest
+    # The SDK asks for base64 unless told otherwise; a raw client expects floats.
+    rest.setdefault("encoding_format", "float")
+    return {"input": body["input"]}, rest
+
+
+async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
+    """Run a non-streaming call; return the client payload, serving model and its ledger row."""
+    typed, rest = _split_body(body, call.endpoint)
+    failure = None
+    for model in call.candidates:
+        started = time.perf_counter()
+        try:
+            client = upstream_client(model.provider)
+            if call.endpoint == CHAT:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=model.upstream_id, **typed, extra_body=rest
+                )
+            else:
+                raw = await client.embeddings.with_raw_response.create(
+                    model=model.upstream_id, **typed, extra_body=rest
+                )
+            payload = raw.http_response.json()
+            if not isinstance(payload, dict):
+                raise UpstreamStreamError(ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error"))
+        except Exception as exc:
+            failure = classify_failure(exc, model)
+            failure_row(call, model, failure, started)
+            if failure.retryable:
+                continue
+            break
+        completion_estimate = 0
+        if call.endpoint == CHAT and not isinstance(payload.get("usage"), dict):
+            completion_estimate = sum(
+                tokens.text_tokens(str((c.get("message") or {}).get("content") or ""))
+                for c in payload.get("choices") or [] if isinstance(c, dict)
+            )
+        row = call.add_row(
+            model,
+            status=Status.OK,
+            http_status=200,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            **usage_fields(model, payload.get("usage"), estimate_completion=completion_estimate,
+                           prompt_estimate=call.prompt_estimate),
+        )
+        payload["model"] = model.name
+        await call.record()
+        return payload, model, row
+    await call.record()
+    raise failure.error
+
+
+# --- Streaming chat -----------------------------------------------------------
+
+
+async def _sse_data(lines):
+    """The `data:` payloads of a server-sent event stream, one per event."""
+    data = []
+    async for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+        elif line == "" and data:
+            yield "\n".join(data)
+            data = []
+    if data:
+        yield "\n".join(data)
+
+
+class StreamRelay:
+    """Relays one upstream stream to the client event by event, then records it."""
+
+    def __init__(self, call: Call, model: ModelInfo, context, events, first: str, started: float,
+                 client_wants_usage: bool):
+        self.call = call
+        self.model = model
+        self.context = context
+        self.events = events
+        self.first = first
+        self.started = started
+        self.client_wants_usage = client_wants_usage
+        self.ttft_ms = int((time.perf_counter() - started) * 1000)
+
+    def _client_event(self, chunk: dict) -> bytes | None:
+        chunk["model"] = self.model.name
+        if not self.client_wants_usage and "usage" in chunk:
+            if not chunk.get("choices"):
+                return None
+            del chunk["usage"]
+        return b"data: " + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+    async def run(self):
+        status, error, usage, delivered = Status.OK, None, None, []
+        try:
+            payload = self.first
+            while payload is not None and payload != "[DONE]":
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    chunk = None
+                if isinstance(chunk, dict):
+                    if isinstance(chunk.get("error"), dict):
+                        status = Status.UPSTREAM_ERROR
+                        error = str(chunk["error"].get("message", ""))[:500]
+                        yield f"data: {payload}\n\n".encode()
+                        break
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {} if isinstance(choice, dict) else {}
+                        delivered.append(str(delta.get("content") or ""))
+                        for tool_call in delta.get("tool_calls") or []:
+                            delivered.append(str((tool_call.get("function") or {}).get("arguments") or ""))
+                    event = self._client_event(chunk)
+                    if event is not None:
+                        yield event
+                payload = await anext(self.events, None)
+            if status == Status.OK:
+                yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            status = Status.CLIENT_CLOSED
+            raise
+        except Exception as exc:
+            failure = classify_failure(exc, self.model)
+            status, error = failure.status, failure.error.message
+            yield b"data: " + json.dumps(failure.error.payload()).encode() + b"\n\n"
+        finally:
+            await self._finish(status, error, usage, "".join(delivered))
+
+    async def _finish(self, status, error, usage, delivered_text):
+        try:
+            await asyncio.shield(self.context.__aexit__(None, None, None))
+        except Exception:  # closing a broken upstream connection may fail; nothing to do
+            pass
+        if status == Status.OK or status == Status.CLIENT_CLOSED or usage is not None:
+            # Delivered content is billed; a failed stream only if the upstream reported usage.
+            counted = usage_fields(self.model, usage, estimate_completion=tokens.text_tokens(delivered_text),
+                                   prompt_estimate=self.call.prompt_estimate)
+        else:
+            counted = {}
+        self.call.add_row(
+            self.model,
+            status=status,
+            http_status=200,
+            error_type="" if status == Status.OK else status,
+            error_message=error or "",
+            streamed=True,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            ttft_ms=self.ttft_ms,
+            **counted,
+        )
+        await self.call.record()
+
+
+async def call_stream(call: Call, body: dict) -> StreamRelay:
+    """Open the upstream stream, falling back until one yields its first event."""
+    client_options = body.get("stream_options") or {}
+    client_wants_usage = bool(client_options.get("include_usage"))
+    typed, rest = _split_body(body, CHAT)
+    rest["stream_options"] = {**client_options, "include_usage": True}
+    failure = None
+    for model in call.candidates:
+        started = time.perf_counter()
+        context = None
+        try:
+            client = upstream_client(model.provider)
+            context = client.chat.completions.with_streaming_response.create(
+                model=model.upstream_id, stream=True, **typed, extra_body=rest
+            )
+            response = await context.__aenter__()
+            events = _sse_data(response.iter_lines())
+            first = await anext(events, None)
+            if first is None or first == "[DONE]":
+                raise UpstreamStreamError(ProxyError(502, "The upstream stream ended before any data.",
+                                                     code="upstream_error"))
+            if first.startswith("{") and '"error"' in first:
+                error = json.loads(first).get("error")
+                if isinstance(error, dict):
+                    raise UpstreamStreamError(ProxyError(502, str(error.get("message", "upstream error")),
+                                                         code="upstream_error", body={"error": error}))
+        except Exception as exc:
+            if context is not None:
+                try:
+                    await context.__aexit__(None, None, None)
+                except Exception:
+                    pass
+            failure = classify_failure(exc, model)
+            failure_row(call, model, failure, started)
+            if failure.retryable:
+                continue
+            break
+        return StreamRelay(call, model, context, events, first, started, client_wants_usage)
+    await call.record()
+    raise failure.error

@@ -1,0 +1,85 @@
+"""OpenAI-shaped errors for /v1: `{"error": {"message", "type", "param", "code"}}`.
+
+Every error the proxy answers goes through `openai_error_response`, whether
+it was raised by DRF (authentication, parsing), by the proxy, or passed on
+from an upstream.
+"""
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from rest_framework import exceptions as drf_exceptions
+
+logger = logging.getLogger(__name__)
+
+# OpenAI's `type` for each status we answer with.
+_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ProxyError(Exception):
+    """An error to answer a /v1 client with, in OpenAI's shape."""
+
+    def __init__(self, status, message, *, type=None, param=None, code=None, headers=None, body=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPE_FOR_STATUS.get(status, "invalid_request_error")
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+        # An upstream's own OpenAI-shaped body, passed on unchanged.
+        self.body = body
+
+    def payload(self):
+        if self.body is not None:
+            return self.body
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def openai_error_response(error: ProxyError) -> JsonResponse:
+    response = JsonResponse(error.payload(), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def proxy_exception_handler(exc, context):
+    """DRF exception handler for the /v1 views."""
+    if isinstance(exc, ProxyError):
+        return openai_error_response(exc)
+    if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+        message = str(exc.detail)
+        if isinstance(exc, drf_exceptions.NotAuthenticated):
+            message = (
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+            )
+        return openai_error_response(ProxyError(401, message, code="invalid_api_key"))
+    if isinstance(exc, drf_exceptions.ParseError):
+        return openai_error_response(
+            ProxyError(400, f"We could not parse the JSON body of your request. ({exc.detail})")
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return openai_error_response(request_too_large())
+    if isinstance(exc, drf_exceptions.MethodNotAllowed):
+        return openai_error_response(ProxyError(405, str(exc.detail), code="method_not_allowed"))
+    if isinstance(exc, drf_exceptions.APIException):
+        return openai_error_response(ProxyError(exc.status_code, str(exc.detail)))
+    logger.exception("unhandled error in the proxy", exc_info=exc)
+    return openai_error_response(ProxyError(500, "The gateway had an internal error.", code="internal_error"))
+
+
+def request_too_large():
+    return ProxyError(413, "The request body is too large.", code="request_too_large")

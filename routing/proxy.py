@@ -1,0 +1,213 @@
+"""The OpenAI-compatible /v1 endpoints, as async DRF views.
+
+DRF carries the key check (InferenceKeyAuthentication), JSON parsing and
+the error shape (proxy_exception_handler); the views validate the body,
+then hand the call to routing.calls.
+"""
+
+import json
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import JSONRenderer
+
+from accounts.authentication import InferenceKeyAuthentication
+from routing.calls import CHAT, EMBEDDINGS, call_json, call_prepare, call_stream, format_usd, new_request_id
+from routing.errors import ProxyError, openai_error_response, proxy_exception_handler, request_too_large
+from routing.selectors import catalog_snapshot
+
+
+class JSONBodyParser(BaseParser):
+    """Parses any body as JSON, as OpenAI does, refusing bodies over the size limit with 413."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.TOLLGATE_MAX_BODY_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise request_too_large()
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProxyError(400, f"We could not parse the JSON body of your request: {exc}.",
+                             code="invalid_json") from None
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """OpenAI answers JSON (or SSE) whatever the Accept header says."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class ProxyView(APIView):
+    authentication_classes = [InferenceKeyAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [JSONBodyParser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = FirstRendererNegotiation
+    throttle_classes = []
+
+    def get_exception_handler(self):
+        return proxy_exception_handler
+
+    def initialize_request(self, request, *args, **kwargs):
+        self.request_id = new_request_id()
+        return super().initialize_request(request, *args, **kwargs)
+
+    def initial(self, request, *args, **kwargs):
+        length = request.META.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > settings.TOLLGATE_MAX_BODY_BYTES:
+            raise request_too_large()
+        super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["x-request-id"] = self.request_id
+        return response
+
+
+def _bad(message, param=None, code=None):
+    return ProxyError(400, message, param=param, code=code)
+
+
+def _check_common(body) -> dict:
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise _bad("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' must be a non-empty string.", param="model", code="invalid_type")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("'user' must be a string.", param="user", code="invalid_type")
+    return body
+
+
+def _positive_int(body, name):
+    value = body.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise _bad(f"'{name}' must be a positive integer.", param=name, code="invalid_type")
+
+
+def validate_chat_body(body) -> dict:
+    _check_common(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("You must provide a messages parameter.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty array.", param="messages", code="invalid_type")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _bad(f"'messages[{index}]' must be an object with a 'role'.", param=f"messages[{index}]",
+                       code="invalid_type")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        _positive_int(body, name)
+    return body
+
+
+def validate_embeddings_body(body) -> dict:
+    _check_common(body)
+    value = body.get("input")
+    if value is None:
+        raise _bad("You must provide an input parameter.", param="input", code="missing_required_parameter")
+
+    def valid_item(item):
+        return (isinstance(item, str) and item != "") or (
+            isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+        )
+
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return body
+    if not (valid_item(value) or (isinstance(value, list) and value and all(valid_item(i) for i in value))):
+        raise _bad("'input' must be a non-empty string, array of strings, or array of token arrays.",
+                   param="input", code="invalid_type")
+    return body
+
+
+def _json_response(call, payload, model, row) -> HttpResponse:
+    response = HttpResponse(json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json")
+    response["x-tollgate-cost"] = format_usd(row["cost_usd"])
+    response["x-tollgate-model"] = model.name
+    if call.route:
+        response["x-tollgate-route"] = call.route
+    return response
+
+
+class ChatCompletionsView(ProxyView):
+    async def post(self, request):
+        body = validate_chat_body(request.data)
+        call = await sync_to_async(call_prepare)(
+            principal=request.user, endpoint=CHAT, body=body, request_id=self.request_id, now=timezone.now()
+        )
+        if body.get("stream"):
+            relay = await call_stream(call, body)
+            response = StreamingHttpResponse(relay.run(), content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            response["x-tollgate-model"] = relay.model.name
+            if call.route:
+                response["x-tollgate-route"] = call.route
+            return response
+        return _json_response(call, *await call_json(call, body))
+
+
+class EmbeddingsView(ProxyView):
+    async def post(self, request):
+        body = validate_embeddings_body(request.data)
+        call = await sync_to_async(call_prepare)(
+            principal=request.user, endpoint=EMBEDDINGS, body=body, request_id=self.request_id, now=timezone.now()
+        )
+        return _json_response(call, *await call_json(call, body))
+
+
+def _model_entries(principal):
+    catalog = catalog_snapshot()
+    entries = []
+    for model in sorted(catalog.models.values(), key=lambda m: m.name):
+        if principal.may_use(model.name):
+            entries.append({"id": model.name, "object": "model", "created": model.created,
+                            "owned_by": model.provider.name})
+    for route in catalog.routes_for(team_id=principal.team_id):
+        if principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets):
+            entries.append({"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"})
+    return entries
+
+
+class ModelListView(ProxyView):
+    async def get(self, request):
+        entries = await sync_to_async(_model_entries)(request.user)
+        return JsonResponse({"object": "list", "data": entries})
+
+
+class ModelDetailView(ProxyView):
+    async def get(self, request, model_id):
+        entries = await sync_to_async(_model_entries)(request.user)
+        for entry in entries:
+            if entry["id"] == model_id:
+                return JsonResponse(entry)
+        raise ProxyError(404, f"The model `{model_id}` does not exist or you do not have access to it.",
+                         param="model", code="model_not_found")
+
+
+async def unknown_endpoint(request, path=""):
+    response = openai_error_response(ProxyError(404, f"Unknown request URL: {request.method} /v1/{path}.",
+                                                code="unknown_url"))
+    response["x-request-id"] = new_request_id()
+    return response
