@@ -1,0 +1,91 @@
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import ApiKey
+from accounts.permissions import KEY_MANAGERS, require_team
+from accounts.selectors import api_key_get, api_key_list, teams_for
+from accounts.services import KeyPrincipal, api_key_create, api_key_revoke
+
+
+class TeamSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    markup_percent = serializers.DecimalField(max_digits=7, decimal_places=3)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiKey
+        fields = ["prefix", "name", "kind", "allowed_models", "rpm_limit", "tpm_limit",
+                  "created_at", "last_used_at", "expires_at", "revoked_at"]
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=ApiKey.Kind.choices, default=ApiKey.Kind.INFERENCE)
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list)
+    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("The expiry must be in the future.")
+        return value
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    secret = serializers.CharField(help_text="Shown once; store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "secret"]
+
+
+class TeamListApi(APIView):
+    @extend_schema(responses=TeamSerializer(many=True))
+    def get(self, request):
+        return Response(TeamSerializer(teams_for(actor=request.user), many=True).data)
+
+
+class ApiKeyListApi(APIView):
+    @extend_schema(responses=ApiKeySerializer(many=True))
+    def get(self, request, slug):
+        team = require_team(request, slug, KEY_MANAGERS)
+        return Response(ApiKeySerializer(api_key_list(team=team), many=True).data)
+
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
+    def post(self, request, slug):
+        team = require_team(request, slug, KEY_MANAGERS)
+        serializer = ApiKeyCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if isinstance(request.user, KeyPrincipal) and data["kind"] == ApiKey.Kind.MANAGEMENT:
+            # A leaked management key must not be able to mint more of itself.
+            raise PermissionDenied("Management keys can only create inference keys.")
+        key, secret = api_key_create(
+            team=team,
+            name=data["name"],
+            kind=data["kind"],
+            allowed_models=data["allowed_models"],
+            rpm_limit=data.get("rpm_limit"),
+            tpm_limit=data.get("tpm_limit"),
+            expires_at=data.get("expires_at"),
+            created_by=None if isinstance(request.user, KeyPrincipal) else request.user,
+        )
+        body = ApiKeySerializer(key).data
+        body["secret"] = secret
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyRevokeApi(APIView):
+    @extend_schema(request=None, responses=ApiKeySerializer)
+    def post(self, request, slug, prefix):
+        team = require_team(request, slug, KEY_MANAGERS)
+        key = api_key_get(team=team, prefix=prefix)
+        if key is None:
+            raise NotFound("No such key in this team.")
+        return Response(ApiKeySerializer(api_key_revoke(key=key)).data)

@@ -1,0 +1,11 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from accounts import views
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(template_name="accounts/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("t/<slug:slug>/keys/", views.keys, name="keys"),
+    path("t/<slug:slug>/keys/<str:prefix>/revoke/", views.key_revoke, name="key-revoke"),
+]

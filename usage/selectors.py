@@ -1,0 +1,61 @@
+"""Reads of the usage ledger; every one takes the team."""
+
+from datetime import datetime
+
+from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import TruncDate
+
+from usage.models import UsageRecord
+
+GROUPINGS = {
+    "day": ("day", TruncDate("created_at", tzinfo=None)),
+    "model": ("model", "model"),
+    "key": ("key", "api_key__prefix"),
+}
+
+
+def usage_rows(
+    *,
+    team_id: int,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    key_prefix: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+) -> QuerySet[UsageRecord]:
+    """Ledger rows of a team, newest first, in [start, end)."""
+    rows = UsageRecord.objects.filter(team_id=team_id).select_related("api_key")
+    if start is not None:
+        rows = rows.filter(created_at__gte=start)
+    if end is not None:
+        rows = rows.filter(created_at__lt=end)
+    if key_prefix:
+        rows = rows.filter(api_key__prefix=key_prefix)
+    if model:
+        rows = rows.filter(model=model)
+    if status:
+        rows = rows.filter(status=status)
+    return rows.order_by("-created_at", "-id")
+
+
+def usage_summary(*, team_id: int, group_by: str, start: datetime | None = None, end: datetime | None = None) -> list[dict]:
+    """Requests, tokens and cost of a team in [start, end), grouped by day, model or key.
+
+    Refused calls never reached a model: they count as requests with no
+    tokens and no cost, like any other row.
+    """
+    label, expression = GROUPINGS[group_by]
+    rows = usage_rows(team_id=team_id, start=start, end=end).order_by()
+    grouped = (
+        rows.annotate(group=expression)
+        .values("group")
+        .annotate(
+            requests=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            cached_tokens=Sum("cached_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            cost_usd=Sum("cost_usd"),
+        )
+        .order_by("group")
+    )
+    return [{label: g.pop("group"), **g} for g in grouped]

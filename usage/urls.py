@@ -1,0 +1,8 @@
+from django.urls import path
+
+from usage import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("t/<slug:slug>/", views.dashboard, name="dashboard"),
+]
