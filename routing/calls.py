@@ -391,60 +391,77 @@ class StreamRelay:
         return b"data: " + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
     async def run(self):
-        status, error, usage, delivered = Status.OK, None, None, []
+        """The client's event stream; the call is recorded before the final event is sent."""
+        self.status, self.error, self.usage, self.delivered = Status.OK, None, None, []
+        self.recorded = False
+        tail = b"data: [DONE]\n\n"
         try:
-            payload = self.first
-            while payload is not None and payload != "[DONE]":
-                try:
-                    chunk = json.loads(payload)
-                except ValueError:
-                    chunk = None
-                if isinstance(chunk, dict):
-                    if isinstance(chunk.get("error"), dict):
-                        status = Status.UPSTREAM_ERROR
-                        error = str(chunk["error"].get("message", ""))[:500]
-                        yield f"data: {payload}\n\n".encode()
-                        break
-                    if isinstance(chunk.get("usage"), dict):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {} if isinstance(choice, dict) else {}
-                        delivered.append(str(delta.get("content") or ""))
-                        for tool_call in delta.get("tool_calls") or []:
-                            delivered.append(str((tool_call.get("function") or {}).get("arguments") or ""))
-                    event = self._client_event(chunk)
-                    if event is not None:
-                        yield event
-                payload = await anext(self.events, None)
-            if status == Status.OK:
-                yield b"data: [DONE]\n\n"
+            try:
+                async for event in self._relay():
+                    yield event
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                failure = classify_failure(exc, self.model)
+                self.status, self.error = failure.status, failure.error.message
+                tail = b"data: " + json.dumps(failure.error.payload()).encode() + b"\n\n"
+            if self.status != Status.OK and self.error_event is not None:
+                tail = self.error_event
+            await self._finish()
+            yield tail
         except (asyncio.CancelledError, GeneratorExit):
-            status = Status.CLIENT_CLOSED
+            self.status = Status.CLIENT_CLOSED
             raise
-        except Exception as exc:
-            failure = classify_failure(exc, self.model)
-            status, error = failure.status, failure.error.message
-            yield b"data: " + json.dumps(failure.error.payload()).encode() + b"\n\n"
         finally:
-            await self._finish(status, error, usage, "".join(delivered))
+            if not self.recorded:
+                await self._finish()
 
-    async def _finish(self, status, error, usage, delivered_text):
+    async def _relay(self):
+        self.error_event = None
+        payload = self.first
+        while payload is not None and payload != "[DONE]":
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                chunk = None
+            if isinstance(chunk, dict):
+                if isinstance(chunk.get("error"), dict):
+                    self.status = Status.UPSTREAM_ERROR
+                    self.error = str(chunk["error"].get("message", ""))[:500]
+                    self.error_event = f"data: {payload}\n\n".encode()
+                    return
+                if isinstance(chunk.get("usage"), dict):
+                    self.usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or {}) if isinstance(choice, dict) else {}
+                    self.delivered.append(str(delta.get("content") or ""))
+                    for tool_call in delta.get("tool_calls") or []:
+                        self.delivered.append(str((tool_call.get("function") or {}).get("arguments") or ""))
+                event = self._client_event(chunk)
+                if event is not None:
+                    yield event
+            payload = await anext(self.events, None)
+
+    async def _finish(self):
+        # Set first: the shielded write below completes even if this task is cancelled.
+        self.recorded = True
         try:
             await asyncio.shield(self.context.__aexit__(None, None, None))
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
-        if status == Status.OK or status == Status.CLIENT_CLOSED or usage is not None:
+        if self.status in (Status.OK, Status.CLIENT_CLOSED) or self.usage is not None:
             # Delivered content is billed; a failed stream only if the upstream reported usage.
-            counted = usage_fields(self.model, usage, estimate_completion=tokens.text_tokens(delivered_text),
+            counted = usage_fields(self.model, self.usage,
+                                   estimate_completion=tokens.text_tokens("".join(self.delivered)),
                                    prompt_estimate=self.call.prompt_estimate)
         else:
             counted = {}
         self.call.add_row(
             self.model,
-            status=status,
+            status=self.status,
             http_status=200,
-            error_type="" if status == Status.OK else status,
-            error_message=error or "",
+            error_type="" if self.status == Status.OK else self.status,
+            error_message=self.error or "",
             streamed=True,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             ttft_ms=self.ttft_ms,

@@ -1,0 +1,158 @@
+"""Shared fixtures: required services, the fake upstream, a live portal, the standing cast."""
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+import uvicorn
+from django.conf import settings
+from django.core.cache import cache
+
+from accounts.models import ApiKey, Membership
+from accounts.services import api_key_create
+from routing.services import catalog_load, catalog_load_data
+from tests.factories import MembershipFactory, TeamFactory, UserFactory
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("FAKE_UPSTREAM_KEY", "sk-fake-upstream-secret")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _required_services():
+    """PostgreSQL and Redis are part of the system under test: missing ones fail the run."""
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if engine != "django.db.backends.postgresql":
+        pytest.exit(f"The test suite needs PostgreSQL (DATABASE_URL); got {engine}.", returncode=3)
+    if not settings.REDIS_URL:
+        pytest.exit("The test suite needs Redis (REDIS_URL).", returncode=3)
+    try:
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis at {settings.REDIS_URL} is not reachable: {exc}", returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()
+    yield
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream):
+    fake_upstream.reset()
+    yield fake_upstream
+    fake_upstream.reset()
+
+
+class LivePortal:
+    """The portal's ASGI app served by uvicorn in a thread, as in production."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config("portal.asgi:application", log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the live portal did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_portal(django_db_setup):
+    portal = LivePortal().start()
+    yield portal
+    portal.stop()
+
+
+@pytest.fixture
+def catalog(upstream):
+    """The default catalog, its providers pointed at the fake upstream."""
+    catalog_load(path=ROOT / "catalog" / "default.toml")
+    catalog_load_data(data={"provider": [
+        {"name": name, "base_url": upstream.url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_s": 5}
+        for name in ("openai", "anthropic", "google", "global")
+    ]})
+
+
+# --- The standing cast: an owner and a member of one team, an outsider in another.
+
+
+@pytest.fixture
+def team(db):
+    return TeamFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def owner(team):
+    return MembershipFactory(team=team, role=Membership.Role.OWNER, user=UserFactory(username="owner@acme.test")).user
+
+
+@pytest.fixture
+def member(team):
+    return MembershipFactory(team=team, role=Membership.Role.MEMBER, user=UserFactory(username="member@acme.test")).user
+
+
+@pytest.fixture
+def other_team(db):
+    return TeamFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def outsider(other_team):
+    return MembershipFactory(team=other_team, role=Membership.Role.OWNER,
+                             user=UserFactory(username="owner@globex.test")).user
+
+
+@pytest.fixture
+def inference_key(team):
+    """(ApiKey, secret) of an inference key of the team."""
+    return api_key_create(team=team, name="app")
+
+
+@pytest.fixture
+def management_key(team):
+    return api_key_create(team=team, name="ops", kind=ApiKey.Kind.MANAGEMENT)
+
+
+@pytest.fixture
+def sdk(live_portal):
+    """Make an official sync openai client for a key, pointed at the live portal."""
+
+    def make(secret, **kwargs):
+        return openai.OpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, max_retries=0, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def async_sdk(live_portal):
+    def make(secret, **kwargs):
+        return openai.AsyncOpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, max_retries=0, **kwargs)
+
+    return make

@@ -1,0 +1,182 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server the test session starts.
+
+By default it answers every chat or embeddings request with fixed usage, so
+tests know the exact cost. `script(upstream_model, *behaviours)` queues
+behaviours for the next requests to one model: errors, delays, streams
+without usage, streams cut half-way, connection resets.
+"""
+
+import json
+import socket
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULT_USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
+
+
+@dataclass
+class Answer:
+    content: str = "Hello from the fake upstream"
+    usage: dict | None = field(default_factory=lambda: dict(DEFAULT_USAGE))
+    # Streams: seconds between chunks, and a cut (connection closed) after N chunks.
+    chunk_delay: float = 0.0
+    cut_after: int | None = None
+    # Seconds to wait before answering at all.
+    delay: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Fail:
+    status: int
+    message: str = "upstream failure"
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Reset:
+    """Close the connection without answering."""
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict
+    body: dict
+
+
+class FakeUpstream:
+    def __init__(self):
+        self.scripts: dict[str, deque] = defaultdict(deque)
+        self.received: list[Received] = []
+        self.closed_streams: list[str] = []
+        self.lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"upstream": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self):
+        with self.lock:
+            self.scripts.clear()
+            self.received.clear()
+            self.closed_streams.clear()
+
+    def script(self, model: str, *behaviours):
+        with self.lock:
+            self.scripts[model].extend(behaviours)
+
+    def next_behaviour(self, model: str):
+        with self.lock:
+            queue = self.scripts.get(model)
+            return queue.popleft() if queue else Answer()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    upstream: FakeUpstream
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        up = self.upstream
+        with up.lock:
+            up.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        behaviour = up.next_behaviour(body.get("model", ""))
+        time.sleep(getattr(behaviour, "delay", 0) or 0)
+        if isinstance(behaviour, Reset):
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if isinstance(behaviour, Fail):
+            payload = {"error": {"message": behaviour.message, "type": "server_error", "param": None, "code": None}}
+            self._json(behaviour.status, payload, behaviour.headers)
+            return
+        if self.path.endswith("/embeddings"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            usage = behaviour.usage or {}
+            self._json(200, {
+                "object": "list", "model": body["model"],
+                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
+                **({"usage": {"prompt_tokens": usage.get("prompt_tokens", 0),
+                              "total_tokens": usage.get("prompt_tokens", 0)}} if behaviour.usage else {}),
+            })
+            return
+        if body.get("stream"):
+            self._stream(body, behaviour)
+            return
+        payload = {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1764000000, "model": body["model"],
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": behaviour.content},
+                         "finish_reason": "stop", "logprobs": None}],
+            **behaviour.extra,
+        }
+        if behaviour.usage is not None:
+            payload["usage"] = behaviour.usage
+        self._json(200, payload)
+
+    def _json(self, status, payload, headers=None):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _stream(self, body, behaviour: Answer):
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1764000000,
+                "model": body["model"], "system_fingerprint": "fp_fake"}
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        words = behaviour.content.split(" ")
+        events = []
+        for i, word in enumerate(words):
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+            events.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                           **({"usage": None} if include_usage else {})})
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                       **({"usage": None} if include_usage else {})})
+        if include_usage and behaviour.usage is not None:
+            events.append({**base, "choices": [], "usage": behaviour.usage})
+        try:
+            for sent, event in enumerate(events):
+                if behaviour.cut_after is not None and sent >= behaviour.cut_after:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if behaviour.chunk_delay:
+                    time.sleep(behaviour.chunk_delay)
+            self._chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            with self.upstream.lock:
+                self.upstream.closed_streams.append(body["model"])
+            self.close_connection = True
