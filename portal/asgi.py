@@ -12,3 +12,7 @@ if settings.DEBUG:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     application = ASGIStaticFilesHandler(application)
+
+from routing.body_limit import RequestBodyLimit  # noqa: E402  (needs settings loaded)
+
+application = RequestBodyLimit(application)

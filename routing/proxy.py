@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import IsAuthenticated
@@ -64,12 +65,6 @@ class ProxyView(APIView):
     def initialize_request(self, request, *args, **kwargs):
         self.request_id = new_request_id()
         return super().initialize_request(request, *args, **kwargs)
-
-    def initial(self, request, *args, **kwargs):
-        length = request.META.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > settings.TOLLGATE_MAX_BODY_BYTES:
-            raise request_too_large()
-        super().initial(request, *args, **kwargs)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -206,6 +201,7 @@ class ModelDetailView(ProxyView):
                          param="model", code="model_not_found")
 
 
+@csrf_exempt
 async def unknown_endpoint(request, path=""):
     response = openai_error_response(ProxyError(404, f"Unknown request URL: {request.method} /v1/{path}.",
                                                 code="unknown_url"))
