@@ -90,6 +90,17 @@ def live_portal(django_db_setup):
     portal.stop()
 
 
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup):
+    """A real Celery worker on the Redis broker, in a thread of the test process."""
+    from celery.contrib.testing.worker import start_worker
+
+    from portal.celery import app
+
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING") as worker:
+        yield worker
+
+
 @pytest.fixture
 def catalog(upstream):
     """The default catalog, its providers pointed at the fake upstream."""

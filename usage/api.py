@@ -1,4 +1,4 @@
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -49,7 +49,7 @@ def _moment(value: str | None, name: str) -> datetime | None:
             raise ValidationError({name: f"'{value}' is not an ISO date or datetime."})
         moment = datetime.combine(day, time.min)
     if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, timezone.utc)
+        moment = timezone.make_aware(moment, UTC)
     return moment
 
 

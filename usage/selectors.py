@@ -2,15 +2,15 @@
 
 from datetime import datetime
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from usage.models import UsageRecord
 
 GROUPINGS = {
     "day": ("day", TruncDate("created_at", tzinfo=None)),
-    "model": ("model", "model"),
-    "key": ("key", "api_key__prefix"),
+    "model": ("model", F("model")),
+    "key": ("key", F("api_key__prefix")),
 }
 
 

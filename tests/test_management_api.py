@@ -1,0 +1,183 @@
+"""The management API: every read and write scoped to the caller's team and role."""
+
+from datetime import datetime, timezone as dt_timezone
+from decimal import Decimal
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey
+from accounts.services import api_key_authenticate, api_key_create
+from usage.models import UsageRecord
+
+pytestmark = pytest.mark.django_db
+
+
+def as_user(user):
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+def as_key(secret):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def record(team, key, *, when, model="gpt-4o", cost="0.001", status="ok", prompt=10, completion=5, rid=None):
+    return UsageRecord.objects.create(
+        request_id=rid or f"req_{UsageRecord.objects.count()}", team=team, api_key=key, endpoint="chat",
+        requested_model=model, model=model, provider="openai", status=status, prompt_tokens=prompt,
+        completion_tokens=completion, cost_usd=Decimal(cost), created_at=when,
+    )
+
+
+def day(d, hour=12):
+    return datetime(2026, 11, d, hour, tzinfo=dt_timezone.utc)
+
+
+# --- keys ------------------------------------------------------------------------
+
+
+def test_owner_creates_a_key_and_sees_its_secret_once(owner, team):
+    client = as_user(owner)
+
+    created = client.post("/api/teams/acme/keys/", {"name": "svc", "allowed_models": ["gpt-4o"]}, format="json")
+    listed = client.get("/api/teams/acme/keys/")
+
+    assert created.status_code == 201
+    secret = created.data["secret"]
+    assert api_key_authenticate(secret=secret).team_slug == "acme"
+    assert [k["prefix"] for k in listed.data] == [created.data["prefix"]]
+    assert "secret" not in listed.data[0] and "secret_hash" not in listed.data[0]
+    assert ApiKey.objects.get(prefix=created.data["prefix"]).created_by == owner
+
+
+def test_member_cannot_manage_keys(member):
+    assert as_user(member).get("/api/teams/acme/keys/").status_code == 403
+    assert as_user(member).post("/api/teams/acme/keys/", {"name": "x"}, format="json").status_code == 403
+
+
+def test_outsider_sees_no_trace_of_the_team(outsider, team, inference_key):
+    client = as_user(outsider)
+    key, _ = inference_key
+    for url in ("/api/teams/acme/keys/", "/api/teams/acme/usage/", "/api/teams/acme/usage/summary/"):
+        assert client.get(url).status_code == 404
+    assert client.post(f"/api/teams/acme/keys/{key.prefix}/revoke/").status_code == 404
+    assert [t["slug"] for t in client.get("/api/teams/").data] == ["globex"]
+
+
+def test_anonymous_is_401_or_403():
+    assert APIClient().get("/api/teams/").status_code in (401, 403)
+
+
+def test_owner_revokes_a_key(owner, inference_key):
+    key, _ = inference_key
+    response = as_user(owner).post(f"/api/teams/acme/keys/{key.prefix}/revoke/")
+    assert response.status_code == 200 and response.data["revoked_at"] is not None
+
+
+def test_cannot_revoke_another_teams_key_by_prefix(owner, other_team):
+    foreign, _ = api_key_create(team=other_team, name="theirs")
+    assert as_user(owner).post(f"/api/teams/acme/keys/{foreign.prefix}/revoke/").status_code == 404
+    foreign.refresh_from_db()
+    assert foreign.revoked_at is None
+
+
+def test_management_key_manages_its_own_team_only(management_key, other_team):
+    _, secret = management_key
+    client = as_key(secret)
+
+    assert client.get("/api/teams/acme/keys/").status_code == 200
+    assert client.post("/api/teams/acme/keys/", {"name": "ci"}, format="json").status_code == 201
+    assert client.get("/api/teams/globex/keys/").status_code == 404
+
+
+def test_management_key_cannot_mint_management_keys(management_key):
+    _, secret = management_key
+    response = as_key(secret).post("/api/teams/acme/keys/", {"name": "x", "kind": "management"}, format="json")
+    assert response.status_code == 403
+
+
+def test_inference_key_cannot_call_the_management_api(inference_key):
+    _, secret = inference_key
+    response = as_key(secret).get("/api/teams/acme/keys/")
+    assert response.status_code == 401
+    assert "Inference keys cannot call the management API" in response.data["detail"]
+
+
+def test_invalid_key_payload_is_400(owner):
+    response = as_user(owner).post("/api/teams/acme/keys/", {"name": "", "rpm_limit": 0}, format="json")
+    assert response.status_code == 400 and {"name", "rpm_limit"} <= set(response.data)
+
+
+# --- ledger and summary -------------------------------------------------------------
+
+
+@pytest.fixture
+def traffic(team, other_team, inference_key):
+    key, _ = inference_key
+    other_key, _ = api_key_create(team=team, name="batch")
+    foreign_key, _ = api_key_create(team=other_team, name="theirs")
+    record(team, key, when=day(1), model="gpt-4o", cost="0.003")
+    record(team, key, when=day(1, 23), model="deepseek-v4-flash", cost="0.0001")
+    record(team, other_key, when=day(2), model="deepseek-v4-flash", cost="0.0002")
+    record(team, other_key, when=day(3), model="gpt-4o", cost="0", status="upstream_error", prompt=0, completion=0)
+    record(other_team, foreign_key, when=day(2), model="gpt-4o", cost="9")
+    return key, other_key
+
+
+def test_ledger_lists_only_the_callers_team_newest_first(member, traffic):
+    response = as_user(member).get("/api/teams/acme/usage/")
+
+    assert response.status_code == 200
+    assert response.data["count"] == 4
+    assert [r["created_at"][:10] for r in response.data["results"]] == ["2026-11-03", "2026-11-02", "2026-11-01", "2026-11-01"]
+    assert response.data["results"][0]["cost_usd"] == "0.000000000000"
+
+
+def test_ledger_filters(member, traffic):
+    key, other_key = traffic
+    client = as_user(member)
+
+    def count(query):
+        return client.get(f"/api/teams/acme/usage/?{query}").data["count"]
+
+    assert count("start=2026-11-02") == 2
+    assert count("start=2026-11-01&end=2026-11-02") == 2
+    assert count("end=2026-11-01T23:00:00Z") == 1
+    assert count(f"key={other_key.prefix}") == 2
+    assert count("model=gpt-4o") == 2
+    assert count("status=upstream_error") == 1
+    assert client.get("/api/teams/acme/usage/?status=bogus").status_code == 400
+    assert client.get("/api/teams/acme/usage/?start=yesterday").status_code == 400
+
+
+def test_summary_by_model_day_and_key(member, traffic):
+    key, other_key = traffic
+    client = as_user(member)
+
+    by_model = {g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=model").data}
+    by_day = {g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=day").data}
+    by_key = {g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=key").data}
+
+    assert Decimal(by_model["gpt-4o"]["cost_usd"]) == Decimal("0.003")
+    assert by_model["gpt-4o"]["requests"] == 2
+    assert Decimal(by_model["deepseek-v4-flash"]["cost_usd"]) == Decimal("0.0003")
+    assert {d: Decimal(g["cost_usd"]) for d, g in by_day.items()} == {
+        "2026-11-01": Decimal("0.0031"), "2026-11-02": Decimal("0.0002"), "2026-11-03": Decimal("0")}
+    assert by_key[key.prefix]["requests"] == 2 and by_key[other_key.prefix]["prompt_tokens"] == 10
+    assert client.get("/api/teams/acme/usage/summary/?group_by=week").status_code == 400
+
+
+def test_summary_totals_equal_the_ledger(member, team, traffic):
+    summary = as_user(member).get("/api/teams/acme/usage/summary/?group_by=model").data
+    ledger = sum(r.cost_usd for r in UsageRecord.objects.filter(team=team))
+    assert sum(Decimal(g["cost_usd"]) for g in summary) == ledger
+
+
+def test_openapi_schema_is_served(owner):
+    response = as_user(owner).get("/api/schema/")
+    assert response.status_code == 200
+    assert b"/api/teams/{slug}/usage/summary/" in response.content

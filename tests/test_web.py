@@ -1,0 +1,77 @@
+"""The team admin pages, seen by the standing cast."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import ApiKey
+from usage.models import UsageRecord
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def spend(team, inference_key):
+    key, _ = inference_key
+    now = timezone.now()
+    for i, (model, cost) in enumerate([("gpt-4o", "0.00037"), ("deepseek-v4-flash", "0.00001066")]):
+        UsageRecord.objects.create(request_id=f"req_web{i}", team=team, api_key=key, endpoint="chat",
+                                   requested_model=model, model=model, status="ok", prompt_tokens=12,
+                                   completion_tokens=34, cost_usd=Decimal(cost), created_at=now - timedelta(seconds=i))
+
+
+def test_sign_in_page_and_redirect_for_anonymous(client):
+    assert client.get("/").status_code == 302
+    page = client.get("/login/")
+    assert page.status_code == 200 and b"Sign in" in page.content
+
+
+def test_owner_signs_in_and_sees_the_month_spend(client, owner, spend):
+    assert client.post("/login/", {"username": "owner@acme.test", "password": "correct horse battery"}).status_code == 302
+
+    page = client.get("/", follow=True)
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "$0.0004" in text  # 0.00037 + 0.00001066, month to date
+    assert "gpt-4o" in text and "deepseek-v4-flash" in text and "req_web0"[:8] in text
+
+
+def test_wrong_password_is_explained(client, owner):
+    page = client.post("/login/", {"username": "owner@acme.test", "password": "nope"})
+    assert b"do not match" in page.content
+
+
+def test_outsider_gets_404_for_another_teams_pages(client, outsider, team):
+    client.force_login(outsider)
+    assert client.get("/t/acme/").status_code == 404
+    assert client.get("/t/acme/keys/").status_code == 404
+
+
+def test_member_sees_usage_but_not_keys(client, member, spend):
+    client.force_login(member)
+    assert client.get("/t/acme/").status_code == 200
+    assert client.get("/t/acme/keys/").status_code == 404
+
+
+def test_owner_issues_and_revokes_a_key_in_the_ui(client, owner):
+    client.force_login(owner)
+
+    page = client.post("/t/acme/keys/", {"name": "support-bot", "models": "gpt-4o, bulk_classify"})
+
+    key = ApiKey.objects.get(name="support-bot")
+    assert key.allowed_models == ["bulk_classify", "gpt-4o"]
+    assert page.context["new_secret"].startswith(key.prefix)
+    client.post(f"/t/acme/keys/{key.prefix}/revoke/")
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert b"support-bot" in client.get("/t/acme/keys/").content
+    assert page.context["new_secret"].encode() not in client.get("/t/acme/keys/").content
+
+
+def test_key_without_a_name_gets_a_readable_error(client, owner):
+    client.force_login(owner)
+    page = client.post("/t/acme/keys/", {"name": ""}, follow=True)
+    assert b"Give the key a name" in page.content
