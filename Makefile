@@ -34,8 +34,7 @@ test: $(STAMP)
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(BIN)/python bench/proxy_overhead.py
+	$(BIN)/python -m bench.proxy_overhead
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

@@ -13,6 +13,6 @@ if settings.DEBUG:
 
     application = ASGIStaticFilesHandler(application)
 
-from routing.body_limit import RequestBodyLimit  # noqa: E402  (needs settings loaded)
+from routing.asgi import with_proxy  # noqa: E402  (needs Django set up)
 
-application = RequestBodyLimit(application)
+application = with_proxy(application)

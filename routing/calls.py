@@ -268,6 +268,12 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
         ), retryable=True)
     if isinstance(exc, UpstreamStreamError):
         return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
+    if isinstance(exc, openai.APIError):
+        # An error event inside an SSE stream.
+        body = {"error": exc.body} if isinstance(exc.body, dict) else None
+        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+            502, f"The upstream for `{model.name}` failed: {exc.message}", code="upstream_error", body=body
+        ), retryable=True)
     logger.exception("unexpected upstream failure", exc_info=exc)
     return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
         502, f"The upstream for `{model.name}` failed unexpectedly.", code="upstream_error"
@@ -296,33 +302,30 @@ def failure_row(call: Call, model: ModelInfo, failure: AttemptFailure, started: 
 # --- JSON calls (chat without stream, embeddings) -------------------------
 
 
-def _split_body(body: dict, endpoint: str) -> tuple[dict, dict]:
-    """The SDK's typed arguments, and every other field passed through as is."""
-    rest = {k: v for k, v in body.items() if k not in ("model", "messages", "input", "stream")}
-    if endpoint == CHAT:
-        return {"messages": body["messages"]}, rest
-    # The SDK asks for base64 unless told otherwise; a raw client expects floats.
-    rest.setdefault("encoding_format", "float")
-    return {"input": body["input"]}, rest
+_PATHS = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
+
+
+def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
+    """The client's body for the upstream: every field passed through, the model renamed."""
+    sent = {**body, "model": model.upstream_id}
+    if endpoint == EMBEDDINGS:
+        # The SDK asks for base64 unless told otherwise; a raw client expects floats.
+        sent.setdefault("encoding_format", "float")
+    return sent
 
 
 async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
     """Run a non-streaming call; return the client payload, serving model and its ledger row."""
-    typed, rest = _split_body(body, call.endpoint)
     failure = None
     for model in call.candidates:
         started = time.perf_counter()
         try:
             client = upstream_client(model.provider)
-            if call.endpoint == CHAT:
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=model.upstream_id, **typed, extra_body=rest
-                )
-            else:
-                raw = await client.embeddings.with_raw_response.create(
-                    model=model.upstream_id, **typed, extra_body=rest
-                )
-            payload = raw.http_response.json()
+            # The SDK's generic post: its pooled client, auth and error mapping,
+            # without re-validating a body that is passed through as sent.
+            raw = await client.post(_PATHS[call.endpoint], body=upstream_body(body, model, call.endpoint),
+                                    cast_to=httpx2.Response)
+            payload = raw.json()
             if not isinstance(payload, dict):
                 raise UpstreamStreamError(ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error"))
         except Exception as exc:
@@ -355,28 +358,15 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
 # --- Streaming chat -----------------------------------------------------------
 
 
-async def _sse_data(lines):
-    """The `data:` payloads of a server-sent event stream, one per event."""
-    data = []
-    async for line in lines:
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
-        elif line == "" and data:
-            yield "\n".join(data)
-            data = []
-    if data:
-        yield "\n".join(data)
-
-
 class StreamRelay:
-    """Relays one upstream stream to the client event by event, then records it."""
+    """Relays one upstream stream to the client chunk by chunk, then records it."""
 
-    def __init__(self, call: Call, model: ModelInfo, context, events, first: str, started: float,
-                 client_wants_usage: bool):
+    def __init__(self, call: Call, model: ModelInfo, stream: openai.AsyncStream, chunks, first: dict,
+                 started: float, client_wants_usage: bool):
         self.call = call
         self.model = model
-        self.context = context
-        self.events = events
+        self.stream = stream
+        self.chunks = chunks
         self.first = first
         self.started = started
         self.client_wants_usage = client_wants_usage
@@ -405,8 +395,6 @@ class StreamRelay:
                 failure = classify_failure(exc, self.model)
                 self.status, self.error = failure.status, failure.error.message
                 tail = b"data: " + json.dumps(failure.error.payload()).encode() + b"\n\n"
-            if self.status != Status.OK and self.error_event is not None:
-                tail = self.error_event
             await self._finish()
             yield tail
         except (asyncio.CancelledError, GeneratorExit):
@@ -417,19 +405,9 @@ class StreamRelay:
                 await self._finish()
 
     async def _relay(self):
-        self.error_event = None
-        payload = self.first
-        while payload is not None and payload != "[DONE]":
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                chunk = None
+        chunk = self.first
+        while chunk is not None:
             if isinstance(chunk, dict):
-                if isinstance(chunk.get("error"), dict):
-                    self.status = Status.UPSTREAM_ERROR
-                    self.error = str(chunk["error"].get("message", ""))[:500]
-                    self.error_event = f"data: {payload}\n\n".encode()
-                    return
                 if isinstance(chunk.get("usage"), dict):
                     self.usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
@@ -440,13 +418,13 @@ class StreamRelay:
                 event = self._client_event(chunk)
                 if event is not None:
                     yield event
-            payload = await anext(self.events, None)
+            chunk = await anext(self.chunks, None)
 
     async def _finish(self):
         # Set first: the shielded write below completes even if this task is cancelled.
         self.recorded = True
         try:
-            await asyncio.shield(self.context.__aexit__(None, None, None))
+            await asyncio.shield(self.stream.close())
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
         if self.status in (Status.OK, Status.CLIENT_CLOSED) or self.usage is not None:
@@ -471,35 +449,33 @@ class StreamRelay:
 
 
 async def call_stream(call: Call, body: dict) -> StreamRelay:
-    """Open the upstream stream, falling back until one yields its first event."""
+    """Open the upstream stream, falling back until one yields its first chunk.
+
+    A target may be replaced only before anything reached the client, so
+    the first chunk is read here, before the response starts.
+    """
     client_options = body.get("stream_options") or {}
     client_wants_usage = bool(client_options.get("include_usage"))
-    typed, rest = _split_body(body, CHAT)
-    rest["stream_options"] = {**client_options, "include_usage": True}
     failure = None
     for model in call.candidates:
         started = time.perf_counter()
-        context = None
+        stream = None
         try:
             client = upstream_client(model.provider)
-            context = client.chat.completions.with_streaming_response.create(
-                model=model.upstream_id, stream=True, **typed, extra_body=rest
-            )
-            response = await context.__aenter__()
-            events = _sse_data(response.iter_lines())
-            first = await anext(events, None)
-            if first is None or first == "[DONE]":
+            sent = {**upstream_body(body, model, CHAT), "stream": True,
+                    "stream_options": {**client_options, "include_usage": True}}
+            # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
+            stream = await client.post(_PATHS[CHAT], body=sent, cast_to=object, stream=True,
+                                       stream_cls=openai.AsyncStream[object])
+            chunks = aiter(stream)
+            first = await anext(chunks, None)
+            if first is None:
                 raise UpstreamStreamError(ProxyError(502, "The upstream stream ended before any data.",
                                                      code="upstream_error"))
-            if first.startswith("{") and '"error"' in first:
-                error = json.loads(first).get("error")
-                if isinstance(error, dict):
-                    raise UpstreamStreamError(ProxyError(502, str(error.get("message", "upstream error")),
-                                                         code="upstream_error", body={"error": error}))
         except Exception as exc:
-            if context is not None:
+            if stream is not None:
                 try:
-                    await context.__aexit__(None, None, None)
+                    await stream.close()
                 except Exception:
                     pass
             failure = classify_failure(exc, model)
@@ -507,6 +483,6 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
             if failure.retryable:
                 continue
             break
-        return StreamRelay(call, model, context, events, first, started, client_wants_usage)
+        return StreamRelay(call, model, stream, chunks, first, started, client_wants_usage)
     await call.record()
     raise failure.error

@@ -145,12 +145,28 @@ def _json_response(call, payload, model, row) -> HttpResponse:
     return response
 
 
-class ChatCompletionsView(ProxyView):
+class ProxyCallView(ProxyView):
+    """A metered call. Everything synchronous before the upstream call (key
+    check, body validation, catalog, access, prices, in-flight record) runs
+    in adrf's one thread hop for `initial`; the handler then only awaits."""
+
+    endpoint: str
+    validate = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if request.method == "POST":
+            self.body = type(self).validate(request.data)
+            self.call = call_prepare(principal=request.user, endpoint=self.endpoint, body=self.body,
+                                     request_id=self.request_id, now=timezone.now())
+
+
+class ChatCompletionsView(ProxyCallView):
+    endpoint = CHAT
+    validate = validate_chat_body
+
     async def post(self, request):
-        body = validate_chat_body(request.data)
-        call = await sync_to_async(call_prepare)(
-            principal=request.user, endpoint=CHAT, body=body, request_id=self.request_id, now=timezone.now()
-        )
+        body, call = self.body, self.call
         if body.get("stream"):
             relay = await call_stream(call, body)
             response = StreamingHttpResponse(relay.run(), content_type="text/event-stream")
@@ -163,13 +179,12 @@ class ChatCompletionsView(ProxyView):
         return _json_response(call, *await call_json(call, body))
 
 
-class EmbeddingsView(ProxyView):
+class EmbeddingsView(ProxyCallView):
+    endpoint = EMBEDDINGS
+    validate = validate_embeddings_body
+
     async def post(self, request):
-        body = validate_embeddings_body(request.data)
-        call = await sync_to_async(call_prepare)(
-            principal=request.user, endpoint=EMBEDDINGS, body=body, request_id=self.request_id, now=timezone.now()
-        )
-        return _json_response(call, *await call_json(call, body))
+        return _json_response(self.call, *await call_json(self.call, self.body))
 
 
 def _model_entries(principal):

@@ -2,11 +2,11 @@
 
 Every proxied call needs the model, its provider and its current prices.
 Reading them from the database each time would cost several queries, so
-each process keeps a snapshot and rebuilds it when the shared catalog
-version (in the cache, bumped by any catalog change) moves, or at the
-latest after CATALOG_MAX_AGE_S seconds, which bounds staleness when there
-is no shared cache and bounds the wait for a price that was scheduled
-ahead.
+each process keeps a snapshot. At most once every CATALOG_CHECK_S seconds
+it reads the shared catalog version (in the cache, bumped by any catalog
+change) and rebuilds when it moved: a change reaches every worker within
+about a second, and the process that made it at once. CATALOG_MAX_AGE_S
+bounds staleness when there is no shared cache.
 """
 
 import threading
@@ -22,6 +22,7 @@ from django.utils import timezone
 from routing.models import CatalogModel, ModelPrice, Provider, Route
 
 CATALOG_VERSION_KEY = "catalog:version"
+CATALOG_CHECK_S = 1.0
 CATALOG_MAX_AGE_S = 30
 
 
@@ -132,15 +133,19 @@ _lock = threading.Lock()
 _snapshot: Catalog | None = None
 _snapshot_version: str | None = None
 _snapshot_monotonic = 0.0
+_checked_monotonic = 0.0
 
 
 def catalog_snapshot() -> Catalog:
-    """The current catalog; costs one cache read when nothing changed."""
-    global _snapshot, _snapshot_version, _snapshot_monotonic
+    """The current catalog; free on most calls, one cache read a second otherwise."""
+    global _snapshot, _snapshot_version, _snapshot_monotonic, _checked_monotonic
+    snapshot, moment = _snapshot, time.monotonic()
+    if snapshot is not None and moment - _checked_monotonic < CATALOG_CHECK_S:
+        return snapshot
     version = cache.get(CATALOG_VERSION_KEY)
-    fresh = time.monotonic() - _snapshot_monotonic < CATALOG_MAX_AGE_S
-    if _snapshot is not None and version == _snapshot_version and fresh:
-        return _snapshot
+    _checked_monotonic = moment
+    if snapshot is not None and version == _snapshot_version and moment - _snapshot_monotonic < CATALOG_MAX_AGE_S:
+        return snapshot
     with _lock:
         catalog = _build_catalog(timezone.now())
         _snapshot, _snapshot_version, _snapshot_monotonic = catalog, version, time.monotonic()

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from usage.models import InFlightCall, UsageRecord
@@ -88,17 +88,37 @@ def usage_record(*, rows: list[dict], now: datetime | None = None) -> list[Usage
     """
     now = now or timezone.now()
     records = [UsageRecord(recorded_at=now, **row) for row in rows]
-    request_ids = {r.request_id for r in records}
+    request_ids = sorted({r.request_id for r in records})
     try:
-        with transaction.atomic():
-            UsageRecord.objects.bulk_create(records)
-            InFlightCall.objects.filter(request_id__in=request_ids).delete()
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            _insert_closing_inflight(records, request_ids)
+        else:
+            with transaction.atomic():
+                UsageRecord.objects.bulk_create(records)
+                InFlightCall.objects.filter(request_id__in=request_ids).delete()
     except IntegrityError:
         # Only possible if the sweeper settled this call first, i.e. the
         # call outlived its deadline by the margin; its row stands.
         logger.error("usage rows for %s were already recorded; dropped %s", request_ids, rows)
         return []
     return records
+
+
+def _insert_closing_inflight(records: list[UsageRecord], request_ids: list[str]) -> None:
+    # One statement, so one round trip on the hot path: PostgreSQL runs a
+    # data-modifying CTE and the INSERT atomically. Other databases (and
+    # callers already inside a transaction) take the transaction above.
+    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (
+        f"WITH closed AS (DELETE FROM {quote(InFlightCall._meta.db_table)} WHERE request_id = ANY(%s)) "
+        f"INSERT INTO {quote(UsageRecord._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES {', '.join([row_sql] * len(records))}"
+    )
+    params = [request_ids] + [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def inflight_expire(*, now: datetime | None = None) -> int:
