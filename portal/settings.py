@@ -161,6 +161,12 @@ TOLLGATE_CALL_DEADLINE_S = env.int("TOLLGATE_CALL_DEADLINE_S", default=600)
 # How long an authenticated key stays cached, in seconds; revocation clears it.
 TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
 
+# Cooldowns: this many retryable failures of a model within the window
+# (seconds) make routes skip it for TOLLGATE_COOLDOWN_S seconds.
+TOLLGATE_COOLDOWN_FAILURES = env.int("TOLLGATE_COOLDOWN_FAILURES", default=3)
+TOLLGATE_COOLDOWN_WINDOW_S = env.int("TOLLGATE_COOLDOWN_WINDOW_S", default=60)
+TOLLGATE_COOLDOWN_S = env.int("TOLLGATE_COOLDOWN_S", default=30)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts import api as accounts_api
+from routing import api as routing_api
 from usage import api as usage_api
 
 api = [
@@ -12,6 +13,10 @@ api = [
     path("teams/<slug:slug>/keys/<str:prefix>/revoke/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key-revoke"),
     path("teams/<slug:slug>/usage/", usage_api.UsageListApi.as_view(), name="api-usage"),
     path("teams/<slug:slug>/usage/summary/", usage_api.UsageSummaryApi.as_view(), name="api-usage-summary"),
+    path("teams/<slug:slug>/routes/", routing_api.RouteListApi.as_view(), name="api-routes"),
+    path("teams/<slug:slug>/routes/changes/", routing_api.RouteChangeListApi.as_view(), name="api-route-changes"),
+    path("teams/<slug:slug>/routes/<str:name>/", routing_api.RouteDetailApi.as_view(), name="api-route"),
+    path("teams/<slug:slug>/compare/", routing_api.CompareApi.as_view(), name="api-compare"),
 ]
 
 urlpatterns = [

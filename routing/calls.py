@@ -8,22 +8,28 @@ then writes its ledger rows (one per attempt) in one transaction.
 import asyncio
 import json
 import logging
+import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx2
 import openai
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from accounts.services import KeyPrincipal
 from routing import tokens
+from routing.cooldowns import cooldown_note_failure, cooling
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo, catalog_snapshot
+from routing.strategies import order_targets, request_needs
 from routing.upstream import upstream_client
 from usage.models import UsageRecord
+from usage.selectors import model_latencies
 from usage.services import ChargedPrices, inflight_start, usage_cost, usage_record
 
 logger = logging.getLogger(__name__)
@@ -57,6 +63,9 @@ class Call:
     prompt_estimate: int
     end_user: str
     created_at: datetime
+    # Seconds all attempts together may take, and extra passes over the candidates.
+    deadline_s: float = 600
+    retries: int = 0
     started: float = field(default_factory=time.perf_counter)
     rows: list[dict] = field(default_factory=list)
 
@@ -132,6 +141,30 @@ def _unpriced_direction(model: ModelInfo, endpoint: str) -> str | None:
     return None
 
 
+def route_allowed(principal: KeyPrincipal, route) -> bool:
+    """A key limited to some models may use a route it names explicitly, or one
+    whose every target it may use (so a route never widens what a key reaches)."""
+    return principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets)
+
+
+_latency_lock = threading.Lock()
+_latencies: tuple[float, dict] = (0.0, {})
+LATENCY_WINDOW = timedelta(minutes=15)
+LATENCY_REFRESH_S = 10
+
+
+def recent_latencies() -> dict[str, dict]:
+    """Latencies observed by this gateway (from the ledger), refreshed every few seconds per process."""
+    global _latencies
+    fetched_at, values = _latencies
+    if time.monotonic() - fetched_at < LATENCY_REFRESH_S:
+        return values
+    with _latency_lock:
+        values = model_latencies(since=timezone.now() - LATENCY_WINDOW)
+        _latencies = (time.monotonic(), values)
+    return values
+
+
 def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_id: str, now: datetime) -> Call:
     """Resolve the requested model or route to the models that may serve it.
 
@@ -171,18 +204,29 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
 
     capability = _CAPABILITY[endpoint]
     if route is not None:
-        if not (principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets)):
+        if not route_allowed(principal, route):
             refuse(ProxyError(403, f"This API key is not allowed to use the route `{name}`.", code="model_not_allowed"))
-        for target in route.targets:
-            model = catalog.models.get(target)
-            if model and model.can(capability) and _unpriced_direction(model, endpoint) is None:
-                if all(model.can(c) for c in route.capabilities):
-                    call.candidates.append(model)
+        targets = [catalog.models[t] for t in route.targets if t in catalog.models]
+        targets = [m for m in targets if m.can(capability) and _unpriced_direction(m, endpoint) is None]
+        ordered = order_targets(
+            route=route,
+            targets=targets,
+            body=body,
+            prompt_tokens=prompt_estimate,
+            needs=request_needs(body) if endpoint == CHAT else set(),
+            latencies=recent_latencies() if route.strategy == "fastest" else {},
+            stream=bool(body.get("stream")),
+        )
+        cold = cooling([m.name for m in ordered])
+        # Cooling targets sit out unless nothing else is left.
+        call.candidates = [m for m in ordered if m.name not in cold] or ordered
+        call.deadline_s, call.retries = route.deadline_s, route.retries
         if not call.candidates:
             refuse(ProxyError(
-                503,
-                f"No model of the route `{name}` can serve this {capability} request right now.",
-                code="no_usable_target",
+                400,
+                f"No model of the route `{name}` can serve this request (capabilities, context window, "
+                f"prices or quality floor).",
+                param="model", code="no_usable_target",
             ))
     else:
         model = catalog.models.get(name)
@@ -206,6 +250,7 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
                 param="model", code="model_unpriced",
             ), model)
         call.candidates = [model]
+        call.deadline_s = model.provider.timeout_s
 
     inflight_start(
         request_id=request_id,
@@ -227,6 +272,8 @@ class AttemptFailure:
     error: ProxyError
     # Whether another target may be tried: never for a fault in the request.
     retryable: bool
+    # Seconds the upstream asked us to wait (429 Retry-After).
+    retry_after: float | None = None
 
 
 def _upstream_body(response) -> dict | None:
@@ -242,7 +289,7 @@ def _upstream_body(response) -> dict | None:
 def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
     if isinstance(exc, ProxyError):
         return AttemptFailure(Status.UPSTREAM_ERROR, exc, retryable=True)
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, asyncio.TimeoutError)):
         return AttemptFailure(Status.TIMEOUT, ProxyError(
             504, f"The upstream for `{model.name}` did not answer in time.", code="upstream_timeout"
         ), retryable=True)
@@ -253,12 +300,16 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
         if status in CLIENT_FAULT_STATUSES:
             return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False)
         if status == 429:
-            headers = {}
+            headers, retry_after = {}, None
             if exc.response.headers.get("retry-after"):
                 headers["Retry-After"] = exc.response.headers["retry-after"]
+                try:
+                    retry_after = max(0.0, float(headers["Retry-After"]))
+                except ValueError:
+                    retry_after = None
             return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
                 429, message, type="rate_limit_error", code="upstream_rate_limited", headers=headers, body=body
-            ), retryable=True)
+            ), retryable=True, retry_after=retry_after)
         return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
             502, f"The upstream for `{model.name}` failed: {message}", code="upstream_error", body=body
         ), retryable=True)
@@ -299,6 +350,63 @@ def failure_row(call: Call, model: ModelInfo, failure: AttemptFailure, started: 
     )
 
 
+# --- Attempts -----------------------------------------------------------------
+
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 4.0
+
+
+class AttemptPlan:
+    """The attempts of one call: each candidate in order, then up to `retries`
+    more passes with exponential backoff and jitter, honouring Retry-After,
+    all within the call's deadline. Iterate it for (model, timeout) pairs
+    and report each failure with `failed`."""
+
+    def __init__(self, call: Call):
+        self.call = call
+        self.deadline = call.started + call.deadline_s
+        self.retry_at: dict[str, float] = {}
+        self.last_failure: AttemptFailure | None = None
+        self.stopped = False
+
+    async def failed(self, model: ModelInfo, failure: AttemptFailure) -> None:
+        self.last_failure = failure
+        if not failure.retryable:
+            self.stopped = True
+            return
+        if failure.retry_after:
+            self.retry_at[model.name] = time.perf_counter() + failure.retry_after
+        # Shared with every worker; a cache failure must not fail the call.
+        try:
+            await sync_to_async(cooldown_note_failure, thread_sensitive=False)(
+                model.name, retry_after=failure.retry_after
+            )
+        except Exception:
+            logger.exception("could not record a cooldown for %s", model.name)
+
+    async def __aiter__(self):
+        for attempt_pass in range(self.call.retries + 1):
+            for model in self.call.candidates:
+                if self.stopped:
+                    return
+                wait = 0.0
+                if attempt_pass:
+                    backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt_pass - 1))
+                    wait = random.uniform(backoff / 2, backoff)
+                wait = max(wait, self.retry_at.get(model.name, 0) - time.perf_counter())
+                if time.perf_counter() + wait >= self.deadline:
+                    continue
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                remaining = self.deadline - time.perf_counter()
+                yield model, min(float(model.provider.timeout_s), remaining)
+
+    def final_error(self) -> ProxyError:
+        if self.last_failure is not None:
+            return self.last_failure.error
+        return ProxyError(504, "No upstream could be tried within the route's deadline.", code="deadline_exceeded")
+
+
 # --- JSON calls (chat without stream, embeddings) -------------------------
 
 
@@ -316,24 +424,23 @@ def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
 
 async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
     """Run a non-streaming call; return the client payload, serving model and its ledger row."""
-    failure = None
-    for model in call.candidates:
+    plan = AttemptPlan(call)
+    async for model, timeout in plan:
         started = time.perf_counter()
         try:
             client = upstream_client(model.provider)
             # The SDK's generic post: its pooled client, auth and error mapping,
             # without re-validating a body that is passed through as sent.
             raw = await client.post(_PATHS[call.endpoint], body=upstream_body(body, model, call.endpoint),
-                                    cast_to=httpx2.Response)
+                                    cast_to=httpx2.Response, options={"timeout": timeout})
             payload = raw.json()
             if not isinstance(payload, dict):
                 raise UpstreamStreamError(ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error"))
         except Exception as exc:
             failure = classify_failure(exc, model)
             failure_row(call, model, failure, started)
-            if failure.retryable:
-                continue
-            break
+            await plan.failed(model, failure)
+            continue
         completion_estimate = 0
         if call.endpoint == CHAT and not isinstance(payload.get("usage"), dict):
             completion_estimate = sum(
@@ -352,7 +459,7 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
         await call.record()
         return payload, model, row
     await call.record()
-    raise failure.error
+    raise plan.final_error()
 
 
 # --- Streaming chat -----------------------------------------------------------
@@ -456,8 +563,8 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
     """
     client_options = body.get("stream_options") or {}
     client_wants_usage = bool(client_options.get("include_usage"))
-    failure = None
-    for model in call.candidates:
+    plan = AttemptPlan(call)
+    async for model, timeout in plan:
         started = time.perf_counter()
         stream = None
         try:
@@ -466,9 +573,9 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
                     "stream_options": {**client_options, "include_usage": True}}
             # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
             stream = await client.post(_PATHS[CHAT], body=sent, cast_to=object, stream=True,
-                                       stream_cls=openai.AsyncStream[object])
+                                       stream_cls=openai.AsyncStream[object], options={"timeout": timeout})
             chunks = aiter(stream)
-            first = await anext(chunks, None)
+            first = await asyncio.wait_for(anext(chunks, None), timeout)
             if first is None:
                 raise UpstreamStreamError(ProxyError(502, "The upstream stream ended before any data.",
                                                      code="upstream_error"))
@@ -480,9 +587,8 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
                     pass
             failure = classify_failure(exc, model)
             failure_row(call, model, failure, started)
-            if failure.retryable:
-                continue
-            break
+            await plan.failed(model, failure)
+            continue
         return StreamRelay(call, model, stream, chunks, first, started, client_wants_usage)
     await call.record()
-    raise failure.error
+    raise plan.final_error()

@@ -101,6 +101,10 @@ class Route(models.Model):
     # Benchmark floors, e.g. {"humaneval": 91.0}.
     require = models.JSONField(default=dict, blank=True)
     capabilities = models.JSONField(default=list, blank=True)
+    # Seconds a call through this route may spend on all its attempts.
+    deadline_s = models.PositiveIntegerField(default=60)
+    # Extra passes over the targets once each has failed, with backoff.
+    retries = models.PositiveSmallIntegerField(default=1)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -113,3 +117,21 @@ class Route(models.Model):
 
     def __str__(self):
         return self.name if self.team_id is None else f"{self.team}:{self.name}"
+
+
+class RouteChange(models.Model):
+    """Who changed a route, when, and what it was before and after (null = absent)."""
+
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    route_name = models.CharField(max_length=100)
+    actor = models.CharField(max_length=200, help_text="a user, a management key prefix, or a command")
+    at = models.DateTimeField(default=timezone.now)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["team", "route_name", "at"])]
+
+    def __str__(self):
+        return f"{self.route_name} by {self.actor} at {self.at:%Y-%m-%d %H:%M}"

@@ -19,7 +19,9 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import InferenceKeyAuthentication
-from routing.calls import CHAT, EMBEDDINGS, call_json, call_prepare, call_stream, format_usd, new_request_id
+from routing.calls import (
+    CHAT, EMBEDDINGS, call_json, call_prepare, call_stream, format_usd, new_request_id, route_allowed,
+)
 from routing.errors import ProxyError, openai_error_response, proxy_exception_handler, request_too_large
 from routing.selectors import catalog_snapshot
 
@@ -195,7 +197,7 @@ def _model_entries(principal):
             entries.append({"id": model.name, "object": "model", "created": model.created,
                             "owned_by": model.provider.name})
     for route in catalog.routes_for(team_id=principal.team_id):
-        if principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets):
+        if route_allowed(principal, route):
             entries.append({"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"})
     return entries
 

@@ -69,6 +69,8 @@ class RouteInfo:
     weights: tuple[int, ...]
     require: dict
     capabilities: frozenset
+    deadline_s: int = 60
+    retries: int = 1
 
 
 class Catalog:
@@ -123,6 +125,8 @@ def _build_catalog(now: datetime) -> Catalog:
             weights=tuple(r.weights),
             require=dict(r.require),
             capabilities=frozenset(r.capabilities),
+            deadline_s=r.deadline_s,
+            retries=r.retries,
         )
         for r in Route.objects.all()
     ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from routing.models import CatalogModel, ModelPrice, Provider, Route
+from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
 
 CAPABILITIES = set(CatalogModel.Capability.values)
 STRATEGIES = set(Route.Strategy.values)
@@ -71,12 +71,8 @@ def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoad
                 new_price.save()
                 result.new_prices.append(model.name)
             result.models += 1
-        known_models = set(CatalogModel.objects.values_list("name", flat=True))
         for fields in routes:
-            missing = [t for t in fields["targets"] if t not in known_models]
-            if missing:
-                raise CatalogError(f"route {fields['name']!r}: unknown targets {', '.join(missing)}")
-            Route.objects.update_or_create(team=None, name=fields.pop("name"), defaults=fields)
+            route_save(team=None, name=fields.pop("name"), fields=fields, actor="loadcatalog", now=now)
             result.routes += 1
     return result
 
@@ -165,9 +161,66 @@ def _model_fields(entry, index):
     }
 
 
-def _route_fields(entry, index):
-    where = f"route #{index + 1}"
-    _check_keys(entry, {"name", "strategy", "targets", "weights", "require", "capabilities"}, where)
+ROUTE_FIELDS = ("strategy", "targets", "weights", "require", "capabilities", "deadline_s", "retries")
+
+
+def route_state(route: Route | None) -> dict | None:
+    return None if route is None else {field: getattr(route, field) for field in ROUTE_FIELDS}
+
+
+def route_save(*, team, name: str, fields: dict, actor: str, now: datetime | None = None) -> Route:
+    """Create or update a route (team=None: global) from validated fields; record the change, if any."""
+    known = set(CatalogModel.objects.filter(name__in=fields["targets"]).values_list("name", flat=True))
+    missing = [t for t in fields["targets"] if t not in known]
+    if missing:
+        raise CatalogError(f"route {name!r}: unknown targets {', '.join(missing)}")
+    with transaction.atomic():
+        route = Route.objects.select_for_update().filter(team=team, name=name).first()
+        before = route_state(route)
+        if route is None:
+            route = Route(team=team, name=name)
+        for field, value in fields.items():
+            setattr(route, field, value)
+        after = route_state(route)
+        if before != after:
+            route.save()
+            route_change_record(team=team, name=name, actor=actor, before=before, after=after, now=now)
+    return route
+
+
+def route_delete(*, team, name: str, actor: str) -> bool:
+    """Delete a team's own route (its global namesake, if any, applies again)."""
+    with transaction.atomic():
+        route = Route.objects.select_for_update().filter(team=team, name=name).first()
+        if route is None:
+            return False
+        before = route_state(route)
+        route.delete()
+        route_change_record(team=team, name=name, actor=actor, before=before, after=None)
+    return True
+
+
+def route_change_record(*, team, name, actor, before, after, now=None) -> RouteChange:
+    return RouteChange.objects.create(team=team, route_name=name, actor=actor, before=before, after=after,
+                                      at=now or timezone.now())
+
+
+def route_fields(entry: dict, where: str = "route") -> dict:
+    """Validate a route as written in a catalog or sent to the API; raises CatalogError."""
+    return _route_fields(entry, where=where)
+
+
+def _positive_int(entry, key, where, default):
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CatalogError(f"{where}: '{key}' must be a non-negative integer")
+    return value
+
+
+def _route_fields(entry, index=None, where=None):
+    where = where or f"route #{index + 1}"
+    allowed = {"name", "strategy", "targets", "weights", "require", "capabilities", "deadline_s", "retries"}
+    _check_keys(entry, allowed, where)
     name = _require(entry, "name", where)
     where = f"route {name!r}"
     strategy = entry.get("strategy", "fallback")
@@ -184,14 +237,24 @@ def _route_fields(entry, index):
     require = entry.get("require", {})
     if not isinstance(require, dict):
         raise CatalogError(f"{where}: require must map benchmark names to floors")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in require.values()):
+        raise CatalogError(f"{where}: require must map benchmark names to numeric floors")
     capabilities = entry.get("capabilities", [])
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
         raise CatalogError(f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}")
+    deadline_s = _positive_int(entry, "deadline_s", where, 60)
+    if not 1 <= deadline_s <= 3600:
+        raise CatalogError(f"{where}: 'deadline_s' must be between 1 and 3600 seconds")
+    retries = _positive_int(entry, "retries", where, 1)
+    if retries > 5:
+        raise CatalogError(f"{where}: 'retries' must be at most 5")
     return {
         "name": name,
         "strategy": strategy,
         "targets": targets,
-        "weights": weights,
+        "weights": weights if strategy == "weighted" else [],
         "require": require,
-        "capabilities": capabilities,
+        "capabilities": sorted(set(capabilities)),
+        "deadline_s": deadline_s,
+        "retries": retries,
     }

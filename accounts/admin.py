@@ -1,0 +1,26 @@
+from django.contrib import admin
+
+from accounts.models import ApiKey, Membership, Team
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "markup_percent", "created_at"]
+    inlines = [MembershipInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "name", "team", "kind", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["kind", "team"]
+    # The hash is not a secret but has no use to a human; keys are issued by command, API or UI.
+    exclude = ["secret_hash"]
+    readonly_fields = ["prefix", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request):
+        return False
