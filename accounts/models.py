@@ -13,6 +13,8 @@ class Team(models.Model):
     markup_percent = models.DecimalField(
         max_digits=7, decimal_places=3, default=Decimal("0"), validators=[MinValueValidator(0)]
     )
+    # Slack-compatible incoming webhook for budget alerts; blank = email only.
+    alert_webhook_url = models.URLField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):

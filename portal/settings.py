@@ -105,8 +105,14 @@ CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TIMEZONE = "UTC"
+# Every periodic job, in one place. Each is idempotent: safe to run twice.
 CELERY_BEAT_SCHEDULE = {
+    # Settle calls of crashed workers and release their budget reservations.
     "inflight-expire": {"task": "usage.tasks.inflight_expire", "schedule": 300.0},
+    # Safety net for threshold alerts (normally enqueued when a call crosses one).
+    "budget-alerts": {"task": "usage.tasks.budget_alerts_check_all", "schedule": 300.0},
+    # Once a day: project month-end spend and warn budgets heading over.
+    "budget-forecast": {"task": "usage.tasks.budget_forecast_all", "schedule": 86400.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------
@@ -160,6 +166,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES + 1024
 TOLLGATE_CALL_DEADLINE_S = env.int("TOLLGATE_CALL_DEADLINE_S", default=600)
 # How long an authenticated key stays cached, in seconds; revocation clears it.
 TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
+
+# Output tokens a call's budget reservation assumes when neither the request
+# (max_tokens) nor the catalog (max_output_tokens) caps them.
+TOLLGATE_RESERVE_OUTPUT_TOKENS = env.int("TOLLGATE_RESERVE_OUTPUT_TOKENS", default=4096)
 
 # Cooldowns: this many retryable failures of a model within the window
 # (seconds) make routes skip it for TOLLGATE_COOLDOWN_S seconds.

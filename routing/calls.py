@@ -25,11 +25,13 @@ from accounts.services import KeyPrincipal
 from routing import tokens
 from routing.cooldowns import cooldown_note_failure, cooling
 from routing.errors import ProxyError
+from routing.ratelimits import ratelimit_check
 from routing.selectors import ModelInfo, catalog_snapshot
 from routing.strategies import order_targets, request_needs
 from routing.upstream import upstream_client
 from usage.models import UsageRecord
 from usage.selectors import model_latencies
+from usage.budgets import OverBudget, Reservation, reserve_output_tokens, worst_case_cost
 from usage.services import ChargedPrices, inflight_start, usage_cost, usage_record
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ class Call:
     retries: int = 0
     started: float = field(default_factory=time.perf_counter)
     rows: list[dict] = field(default_factory=list)
+    reservation: Reservation | None = None
+    # x-ratelimit-* headers for the response.
+    ratelimit_headers: dict = field(default_factory=dict)
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -100,7 +105,7 @@ class Call:
 
     async def record(self) -> None:
         # Shielded: a client disconnect must not cancel the ledger write.
-        await asyncio.shield(sync_to_async(usage_record)(rows=self.rows))
+        await asyncio.shield(sync_to_async(usage_record)(rows=self.rows, reservation=self.reservation))
 
 
 def usage_fields(model: ModelInfo, usage: dict | None, *, estimate_completion: int = 0, prompt_estimate: int = 0) -> dict:
@@ -252,14 +257,39 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
         call.candidates = [model]
         call.deadline_s = model.provider.timeout_s
 
-    inflight_start(
-        request_id=request_id,
-        team_id=principal.team_id,
-        api_key_id=principal.key_id,
-        endpoint=endpoint,
-        requested_model=name,
-        now=now,
+    rate = ratelimit_check(key_id=principal.key_id, rpm=principal.rpm_limit, tpm=principal.tpm_limit,
+                           tokens=prompt_estimate + (body.get("max_completion_tokens") or body.get("max_tokens") or 0))
+    if not rate.allowed:
+        # Not written to the ledger: a client hammering past its limit must
+        # not turn into database writes.
+        raise ProxyError(
+            429,
+            f"Rate limit reached for this key on {rate.exceeded} per minute: limit {rate.limit}, "
+            f"used {rate.used}. Please try again in {rate.retry_after}s.",
+            type=rate.exceeded, code="rate_limit_exceeded", headers=rate.headers,
+        )
+    call.ratelimit_headers = rate.headers
+
+    # Reserved before the upstream call so parallel requests cannot overspend.
+    reserve = worst_case_cost(
+        prices_list=[ChargedPrices.from_catalog(m.prices) for m in call.candidates],
+        prompt_tokens=prompt_estimate,
+        output_tokens_list=[reserve_output_tokens(body, m.max_output_tokens) if endpoint == CHAT else 0
+                            for m in call.candidates],
     )
+    try:
+        call.reservation = inflight_start(
+            request_id=request_id,
+            team_id=principal.team_id,
+            api_key_id=principal.key_id,
+            endpoint=endpoint,
+            requested_model=name,
+            now=now,
+            reserve_usd=reserve,
+        )
+    except OverBudget as exc:
+        refuse(ProxyError(429, str(exc), type="insufficient_quota", code="insufficient_quota",
+                          headers=rate.headers))
     return call
 
 

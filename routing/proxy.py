@@ -144,6 +144,8 @@ def _json_response(call, payload, model, row) -> HttpResponse:
     response["x-tollgate-model"] = model.name
     if call.route:
         response["x-tollgate-route"] = call.route
+    for name, value in call.ratelimit_headers.items():
+        response[name] = value
     return response
 
 
@@ -177,6 +179,8 @@ class ChatCompletionsView(ProxyCallView):
             response["x-tollgate-model"] = relay.model.name
             if call.route:
                 response["x-tollgate-route"] = call.route
+            for name, value in call.ratelimit_headers.items():
+                response[name] = value
             return response
         return _json_response(call, *await call_json(call, body))
 

@@ -102,6 +102,101 @@ class InFlightCall(models.Model):
     started_at = models.DateTimeField()
     # After this the worker is presumed dead (call deadline plus a margin).
     expires_at = models.DateTimeField(db_index=True)
+    # What this call reserved (USD, worst case) on which BudgetCounter rows;
+    # released when the call is recorded or expires.
+    reserved_usd = models.DecimalField(**USD_FIELD, default=0)
+    counter_ids = models.JSONField(default=list, blank=True)
 
     def __str__(self):
         return self.request_id
+
+
+class Budget(models.Model):
+    """A monthly spending limit (calendar month, UTC) for a team, or for one of its keys."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="budgets")
+    # Null: the whole team's budget.
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    amount_usd = models.DecimalField(max_digits=16, decimal_places=6)
+    # Hard: calls that would not fit are refused. Soft: alerts only.
+    hard = models.BooleanField(default=True)
+    # Percent of the amount at which alerts fire, once each per month.
+    thresholds = models.JSONField(default=list)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "api_key"], name="budget_unique_team_key"),
+            models.UniqueConstraint(fields=["team"], condition=models.Q(api_key__isnull=True),
+                                    name="budget_unique_team_wide"),
+        ]
+
+    def __str__(self):
+        scope = f"key {self.api_key.prefix}" if self.api_key_id else "team"
+        return f"{self.team} {scope} ${self.amount_usd} {'hard' if self.hard else 'soft'}"
+
+
+class BudgetCounter(models.Model):
+    """One budget's spend and open reservations in one month, updated atomically per call.
+
+    spent_usd is the sum of the costs recorded against the budget this
+    month; reserved_usd is the worst-case cost of calls still in flight.
+    """
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="counters")
+    month = models.DateField(help_text="first day of the month, UTC")
+    spent_usd = models.DecimalField(**USD_FIELD, default=0)
+    reserved_usd = models.DecimalField(**USD_FIELD, default=0)
+    # The budget's terms, refreshed by every reservation, so that one
+    # statement can check and reserve without reading the budget again.
+    limit_usd = models.DecimalField(max_digits=16, decimal_places=6)
+    hard = models.BooleanField()
+    thresholds = models.JSONField(default=list)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["budget", "month"], name="budgetcounter_unique_month")]
+
+
+class AlertEvent(models.Model):
+    """A budget alert that fired: at most once per budget, month, kind and threshold."""
+
+    class Kind(models.TextChoices):
+        THRESHOLD = "threshold"
+        FORECAST = "forecast"
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    month = models.DateField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # Percent for threshold alerts; 0 for a forecast.
+    threshold = models.PositiveSmallIntegerField(default=0)
+    spent_usd = models.DecimalField(**USD_FIELD)
+    # For forecasts: the projected month-end spend.
+    projected_usd = models.DecimalField(**USD_FIELD, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "month", "kind", "threshold"], name="alertevent_once")
+        ]
+        ordering = ["-created_at"]
+
+
+class AlertDelivery(models.Model):
+    """One attempt-tracked send of an alert to one channel."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email"
+        WEBHOOK = "webhook"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    event = models.ForeignKey(AlertEvent, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    target = models.CharField(max_length=500)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from usage.budgets import Reservation, budget_release, budget_reserve, crossed_counters, settle_orm, settle_sql
 from usage.models import InFlightCall, UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,12 @@ def usage_cost(*, prices: ChargedPrices, prompt_tokens: int, cached_tokens: int 
 
 
 def inflight_start(
-    *, request_id: str, team_id: int, api_key_id: int | None, endpoint: str, requested_model: str, now: datetime
-) -> InFlightCall:
+    *, request_id: str, team_id: int, api_key_id: int | None, endpoint: str, requested_model: str, now: datetime,
+    reserve_usd: Decimal = Decimal(0),
+) -> Reservation:
+    """Record a call as in flight, reserving `reserve_usd` on its budgets; raises OverBudget."""
     deadline = timedelta(seconds=settings.TOLLGATE_CALL_DEADLINE_S) + INFLIGHT_MARGIN
-    return InFlightCall.objects.create(
+    inflight = InFlightCall(
         request_id=request_id,
         team_id=team_id,
         api_key_id=api_key_id,
@@ -77,48 +80,64 @@ def inflight_start(
         started_at=now,
         expires_at=now + deadline,
     )
+    return budget_reserve(inflight=inflight, amount=reserve_usd, now=now)
 
 
-def usage_record(*, rows: list[dict], now: datetime | None = None) -> list[UsageRecord]:
-    """Append one call's ledger rows (one per attempt) and close its in-flight record.
+def usage_record(*, rows: list[dict], reservation: Reservation | None = None,
+                 now: datetime | None = None) -> list[UsageRecord]:
+    """Append one call's ledger rows (one per attempt), close its in-flight record
+    and settle its budget reservation to the actual cost.
 
-    Both happen in one transaction, so a call is in the ledger exactly once:
-    either these rows are written and the in-flight record is gone, or the
-    in-flight record survives for `inflight_expire` to settle.
+    All three happen atomically, so a call is in the ledger exactly once:
+    either these rows are written, the in-flight record is gone and the
+    spend counted, or the in-flight record survives for `inflight_expire`.
     """
     now = now or timezone.now()
     records = [UsageRecord(recorded_at=now, **row) for row in rows]
     request_ids = sorted({r.request_id for r in records})
+    cost = sum((r.cost_usd for r in records), Decimal(0))
     try:
         if connection.vendor == "postgresql" and not connection.in_atomic_block:
-            _insert_closing_inflight(records, request_ids)
+            settled = _insert_closing_inflight(records, request_ids, reservation, cost)
         else:
             with transaction.atomic():
                 UsageRecord.objects.bulk_create(records)
                 InFlightCall.objects.filter(request_id__in=request_ids).delete()
+                settled = settle_orm(reservation, cost)
     except IntegrityError:
         # Only possible if the sweeper settled this call first, i.e. the
         # call outlived its deadline by the margin; its row stands.
         logger.error("usage rows for %s were already recorded; dropped %s", request_ids, rows)
         return []
+    crossed = crossed_counters(settled, cost)
+    if crossed:
+        from usage.tasks import budget_alerts_check
+
+        for counter_id in crossed:
+            transaction.on_commit(lambda c=counter_id: budget_alerts_check.delay(c))
     return records
 
 
-def _insert_closing_inflight(records: list[UsageRecord], request_ids: list[str]) -> None:
-    # One statement, so one round trip on the hot path: PostgreSQL runs a
-    # data-modifying CTE and the INSERT atomically. Other databases (and
+def _insert_closing_inflight(records, request_ids, reservation, cost) -> list[tuple]:
+    # One statement, so one round trip on the hot path: PostgreSQL runs the
+    # data-modifying CTEs and the INSERT atomically. Other databases (and
     # callers already inside a transaction) take the transaction above.
     fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
     row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    settle, settle_params = settle_sql(reservation, cost)
     sql = (
-        f"WITH closed AS (DELETE FROM {quote(InFlightCall._meta.db_table)} WHERE request_id = ANY(%s)) "
-        f"INSERT INTO {quote(UsageRecord._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-        f"VALUES {', '.join([row_sql] * len(records))}"
+        f"WITH closed AS (DELETE FROM {quote(InFlightCall._meta.db_table)} WHERE request_id = ANY(%s)), "
+        f"{settle}, "
+        f"inserted AS (INSERT INTO {quote(UsageRecord._meta.db_table)} "
+        f"({', '.join(quote(f.column) for f in fields)}) VALUES {', '.join([row_sql] * len(records))}) "
+        f"SELECT id, spent_usd, limit_usd, thresholds FROM settled"
     )
-    params = [request_ids] + [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
+    params = [request_ids, *settle_params]
+    params += [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def inflight_expire(*, now: datetime | None = None) -> int:
@@ -132,6 +151,8 @@ def inflight_expire(*, now: datetime | None = None) -> int:
         stale = list(InFlightCall.objects.select_for_update(skip_locked=True).filter(expires_at__lte=now)[:1000])
         if not stale:
             return 0
+        for call in stale:
+            budget_release(counter_ids=call.counter_ids, amount=call.reserved_usd)
         UsageRecord.objects.bulk_create(
             [
                 UsageRecord(

@@ -1,0 +1,94 @@
+"""Per-key requests and tokens per minute, in fixed one-minute windows.
+
+Counted in Redis when REDIS_URL is set, so every worker shares the count
+(one pipelined round trip per call: INCRBY and EXPIRE for each limit);
+in process memory otherwise. A request's tokens are its prompt estimate
+plus its max_tokens, counted when it is admitted, as OpenAI counts them.
+A refused request gives its counts back. Headers follow OpenAI's names.
+"""
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+WINDOW_S = 60
+
+
+@dataclass
+class RateCheck:
+    allowed: bool
+    headers: dict = field(default_factory=dict)
+    # Which limit refused the call ("requests" or "tokens"), its limit and use.
+    exceeded: str | None = None
+    limit: int = 0
+    used: int = 0
+    retry_after: int = 0
+
+
+class _MemoryCounter:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.window = None
+
+    def incr(self, amounts: dict[str, int], window: int) -> list[int]:
+        with self.lock:
+            if self.window != window:
+                self.counts, self.window = {}, window
+            results = []
+            for key, amount in amounts.items():
+                self.counts[key] = self.counts.get(key, 0) + amount
+                results.append(self.counts[key])
+            return results
+
+
+_memory = _MemoryCounter()
+
+
+def _incr(amounts: dict[str, int], window: int) -> list[int]:
+    if not settings.REDIS_URL:
+        return _memory.incr(amounts, window)
+    from django_redis import get_redis_connection
+
+    pipe = get_redis_connection("default").pipeline(transaction=False)
+    for key, amount in amounts.items():
+        pipe.incrby(key, amount)
+        pipe.expire(key, WINDOW_S * 2)
+    return pipe.execute()[::2]
+
+
+def _duration(seconds: float) -> str:
+    # OpenAI's style: "1s", "59s", "250ms".
+    return f"{math.ceil(seconds)}s" if seconds >= 1 else f"{max(1, int(seconds * 1000))}ms"
+
+
+def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> RateCheck:
+    if not rpm and not tpm:
+        return RateCheck(allowed=True)
+    now = now if now is not None else time.time()
+    window = int(now // WINDOW_S)
+    reset_in = WINDOW_S - (now % WINDOW_S)
+    limits = {}
+    if rpm:
+        limits["requests"] = (f"tollgate:rl:{key_id}:{window}:r", rpm, 1)
+    if tpm:
+        limits["tokens"] = (f"tollgate:rl:{key_id}:{window}:t", tpm, tokens)
+    counts = _incr({key: amount for key, _, amount in limits.values()}, window)
+    check = RateCheck(allowed=True)
+    for (kind, (key, limit, amount)), used in zip(limits.items(), counts):
+        check.headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+        check.headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
+        check.headers[f"x-ratelimit-reset-{kind}"] = _duration(reset_in)
+        if used > limit and check.allowed:
+            check.allowed, check.exceeded, check.limit, check.used = False, kind, limit, used - amount
+    if not check.allowed:
+        _incr({key: -amount for key, _, amount in limits.values()}, window)
+        check.retry_after = math.ceil(reset_in)
+        for kind, (key, limit, amount) in limits.items():
+            used = int(check.headers[f"x-ratelimit-limit-{kind}"]) - int(check.headers[f"x-ratelimit-remaining-{kind}"])
+            check.headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - (used - amount)))
+        check.headers["Retry-After"] = str(check.retry_after)
+    return check
