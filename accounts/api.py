@@ -89,3 +89,26 @@ class ApiKeyRevokeApi(APIView):
         if key is None:
             raise NotFound("No such key in this team.")
         return Response(ApiKeySerializer(api_key_revoke(key=key)).data)
+
+
+class TeamSettingsSerializer(serializers.Serializer):
+    slug = serializers.CharField(read_only=True)
+    name = serializers.CharField(max_length=200, required=False)
+    markup_percent = serializers.DecimalField(max_digits=7, decimal_places=3, read_only=True)
+    alert_webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
+
+
+class TeamDetailApi(APIView):
+    @extend_schema(responses=TeamSettingsSerializer)
+    def get(self, request, slug):
+        return Response(TeamSettingsSerializer(require_team(request, slug)).data)
+
+    @extend_schema(request=TeamSettingsSerializer, responses=TeamSettingsSerializer)
+    def patch(self, request, slug):
+        team = require_team(request, slug, KEY_MANAGERS)
+        serializer = TeamSettingsSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        for field, value in serializer.validated_data.items():
+            setattr(team, field, value)
+        team.save(update_fields=list(serializer.validated_data) or None)
+        return Response(TeamSettingsSerializer(team).data)

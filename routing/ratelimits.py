@@ -78,17 +78,17 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
         limits["tokens"] = (f"tollgate:rl:{key_id}:{window}:t", tpm, tokens)
     counts = _incr({key: amount for key, _, amount in limits.values()}, window)
     check = RateCheck(allowed=True)
-    for (kind, (key, limit, amount)), used in zip(limits.items(), counts):
-        check.headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        check.headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
-        check.headers[f"x-ratelimit-reset-{kind}"] = _duration(reset_in)
+    for (kind, (_, limit, amount)), used in zip(limits.items(), counts):
         if used > limit and check.allowed:
             check.allowed, check.exceeded, check.limit, check.used = False, kind, limit, used - amount
     if not check.allowed:
+        # A refused request does not count: give its amounts back.
         _incr({key: -amount for key, _, amount in limits.values()}, window)
+        counts = [used - amount for (_, _, amount), used in zip(limits.values(), counts)]
         check.retry_after = math.ceil(reset_in)
-        for kind, (key, limit, amount) in limits.items():
-            used = int(check.headers[f"x-ratelimit-limit-{kind}"]) - int(check.headers[f"x-ratelimit-remaining-{kind}"])
-            check.headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - (used - amount)))
         check.headers["Retry-After"] = str(check.retry_after)
+    for (kind, (_, limit, _)), used in zip(limits.items(), counts):
+        check.headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+        check.headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
+        check.headers[f"x-ratelimit-reset-{kind}"] = _duration(reset_in)
     return check

@@ -38,6 +38,12 @@ def _required_services():
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    # The standing cast signs in with passwords; the default hasher is slow by design.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache():
     cache.clear()
     yield
@@ -88,6 +94,41 @@ def live_portal(django_db_setup):
     portal = LivePortal().start()
     yield portal
     portal.stop()
+
+
+@pytest.fixture(scope="session")
+def second_portal(django_db_setup, live_portal):
+    """Another portal in its own OS process, on the same test database and Redis."""
+    import subprocess
+    import sys
+
+    import httpx2
+    from django.db import connection
+
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx2.get(f"{url}/v1/models", timeout=1)
+            break
+        except httpx2.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the second portal did not start")
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +197,8 @@ def sdk(live_portal):
     """Make an official sync openai client for a key, pointed at the live portal."""
 
     def make(secret, **kwargs):
-        return openai.OpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, max_retries=0, **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, **kwargs)
 
     return make
 
@@ -164,6 +206,7 @@ def sdk(live_portal):
 @pytest.fixture
 def async_sdk(live_portal):
     def make(secret, **kwargs):
-        return openai.AsyncOpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, max_retries=0, **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        return openai.AsyncOpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, **kwargs)
 
     return make

@@ -10,7 +10,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.permissions import require_team
+from accounts.permissions import KEY_MANAGERS, USAGE_READERS, require_team
 from usage.models import UsageRecord
 from usage.selectors import GROUPINGS, usage_rows, usage_summary
 
@@ -105,3 +105,94 @@ class UsageSummaryApi(APIView):
         )
         data = [{**g, "group": str(g.pop(group_by))} for g in groups]
         return Response(UsageSummarySerializer(data, many=True).data)
+
+
+class BudgetSerializer(serializers.Serializer):
+    amount_usd = serializers.DecimalField(max_digits=16, decimal_places=6, min_value=0)
+    hard = serializers.BooleanField(default=True)
+    thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000),
+                                       default=[50, 80, 100])
+    key = serializers.CharField(read_only=True, allow_null=True)
+    month_spent_usd = serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
+    month_reserved_usd = serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
+
+
+def _budget_data(budget) -> dict:
+    from usage.months import month_start
+
+    counter = budget.counters.filter(month=month_start(timezone.now()).date()).first()
+    return {"amount_usd": budget.amount_usd, "hard": budget.hard, "thresholds": budget.thresholds,
+            "key": budget.api_key.prefix if budget.api_key_id else None,
+            "month_spent_usd": counter.spent_usd if counter else 0,
+            "month_reserved_usd": counter.reserved_usd if counter else 0}
+
+
+class BudgetApi(APIView):
+    """The team's monthly budget, or a key's (`?key=PREFIX`)."""
+
+    def _target(self, request, slug, roles):
+        from accounts.selectors import api_key_get
+        from rest_framework.exceptions import NotFound
+
+        team = require_team(request, slug, roles)
+        prefix = request.query_params.get("key")
+        key = None
+        if prefix:
+            key = api_key_get(team=team, prefix=prefix)
+            if key is None:
+                raise NotFound("No such key in this team.")
+        return team, key
+
+    @extend_schema(parameters=[OpenApiParameter("key", OpenApiTypes.STR)], responses=BudgetSerializer)
+    def get(self, request, slug):
+        from rest_framework.exceptions import NotFound
+
+        from usage.models import Budget
+
+        team, key = self._target(request, slug, USAGE_READERS)
+        budget = Budget.objects.filter(team=team, api_key=key).first()
+        if budget is None:
+            raise NotFound("No budget is set.")
+        return Response(BudgetSerializer(_budget_data(budget)).data)
+
+    @extend_schema(parameters=[OpenApiParameter("key", OpenApiTypes.STR)], request=BudgetSerializer,
+                   responses=BudgetSerializer)
+    def put(self, request, slug):
+        from usage.budgets import budget_set
+
+        team, key = self._target(request, slug, KEY_MANAGERS)
+        serializer = BudgetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        budget = budget_set(team=team, api_key=key, **serializer.validated_data)
+        return Response(BudgetSerializer(_budget_data(budget)).data)
+
+
+class AlertDeliverySerializer(serializers.Serializer):
+    channel = serializers.CharField()
+    target = serializers.CharField()
+    status = serializers.CharField()
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    sent_at = serializers.DateTimeField(allow_null=True)
+
+
+class AlertEventSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    threshold = serializers.IntegerField()
+    month = serializers.DateField()
+    key = serializers.CharField(source="budget.api_key.prefix", default=None)
+    spent_usd = serializers.DecimalField(max_digits=24, decimal_places=12)
+    projected_usd = serializers.DecimalField(max_digits=24, decimal_places=12, allow_null=True)
+    created_at = serializers.DateTimeField()
+    deliveries = AlertDeliverySerializer(many=True)
+
+
+class AlertListApi(APIView):
+    @extend_schema(responses=AlertEventSerializer(many=True))
+    def get(self, request, slug):
+        from usage.models import AlertEvent
+
+        team = require_team(request, slug)
+        events = (AlertEvent.objects.filter(budget__team=team)
+                  .select_related("budget__api_key").prefetch_related("deliveries")[:100])
+        return Response(AlertEventSerializer(events, many=True).data)

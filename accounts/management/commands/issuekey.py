@@ -25,6 +25,7 @@ class Command(BaseCommand):
         for label, value in (("--rpm", rpm), ("--tpm", tpm)):
             if value is not None and value < 1:
                 raise CommandError(f"{label} must be a positive integer.")
+        amount = None
         if budget is not None:
             try:
                 amount = Decimal(budget)
@@ -32,7 +33,6 @@ class Command(BaseCommand):
                 raise CommandError(f"--budget must be an amount in USD, not '{budget}'.") from None
             if not amount.is_finite() or amount < 0:
                 raise CommandError("--budget must be zero or more.")
-            raise CommandError("--budget needs key budgets, which this version does not enforce yet.")
         key, secret = api_key_create(
             team=team,
             name=name,
@@ -41,5 +41,10 @@ class Command(BaseCommand):
             rpm_limit=rpm,
             tpm_limit=tpm,
         )
-        self.stdout.write(f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}.")
+        if amount is not None:
+            from usage.budgets import budget_set
+
+            budget_set(team=team, api_key=key, amount_usd=amount)
+        self.stdout.write(f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}"
+                          + (f", hard monthly budget ${amount}." if amount is not None else "."))
         self.stdout.write(secret)

@@ -1,0 +1,89 @@
+"""Per-key RPM and TPM limits, shared by every server process through Redis, in OpenAI's style."""
+
+import openai
+import pytest
+from django.test import override_settings
+
+from accounts.services import api_key_create
+from routing.ratelimits import ratelimit_check
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+live = pytest.mark.django_db(transaction=True)
+
+
+@live
+def test_rpm_is_shared_by_two_server_processes(catalog, team, live_portal, second_portal):
+    _, secret = api_key_create(team=team, name="limited", rpm_limit=3)
+    clients = [openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+               for url in (live_portal.url, second_portal)]
+
+    for i in range(3):
+        clients[i % 2].chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError) as caught:
+        clients[1].chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES)
+
+    error = caught.value
+    assert error.code == "rate_limit_exceeded" and error.body["type"] == "requests"
+    headers = error.response.headers
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+    assert 1 <= int(headers["retry-after"]) <= 60
+
+
+@live
+def test_successful_responses_carry_the_ratelimit_headers(catalog, team, sdk):
+    _, secret = api_key_create(team=team, name="limited", rpm_limit=10, tpm_limit=1000)
+
+    raw = sdk(secret).chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES,
+                                                                 max_tokens=50)
+
+    assert raw.headers["x-ratelimit-limit-requests"] == "10"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "9"
+    assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
+    # hi: 3 + 4 + 1 = 8 estimated prompt tokens, plus max_tokens 50
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 58)
+
+
+@live
+def test_tpm_refuses_a_request_that_would_not_fit(catalog, team, sdk):
+    _, secret = api_key_create(team=team, name="limited", tpm_limit=100)
+    client = sdk(secret)
+    client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=80)
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=80)
+
+    assert caught.value.body["type"] == "tokens"
+    assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == "12"
+
+
+@live
+def test_the_openai_sdk_waits_for_retry_after_and_succeeds(catalog, team, sdk, monkeypatch):
+    import time
+
+    import routing.ratelimits
+
+    # A two-second window stands in for a minute so the SDK's own retry can be watched.
+    monkeypatch.setattr(routing.ratelimits, "WINDOW_S", 2)
+    _, secret = api_key_create(team=team, name="limited", rpm_limit=1)
+    client = sdk(secret, max_retries=3)
+    client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
+
+    start = time.monotonic()
+    completion = client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
+
+    assert completion.choices[0].message.content
+    assert time.monotonic() - start < 6
+
+
+@override_settings(REDIS_URL="")
+def test_local_memory_counts_without_redis():
+    results = [ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=120.0).allowed for _ in range(3)]
+    assert results == [True, True, False]
+    assert ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=180.0).allowed  # next window
+
+
+def test_keys_without_limits_skip_counting():
+    check = ratelimit_check(key_id=1, rpm=None, tpm=None, tokens=10)
+    assert check.allowed and check.headers == {}
