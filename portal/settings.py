@@ -113,6 +113,10 @@ CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "usage.tasks.budget_alerts_check_all", "schedule": 300.0},
     # Once a day: project month-end spend and warn budgets heading over.
     "budget-forecast": {"task": "usage.tasks.budget_forecast_all", "schedule": 86400.0},
+    # Fold new ledger rows into the daily rollups.
+    "rollup-advance": {"task": "usage.tasks.rollup_advance", "schedule": 300.0},
+    # Close last month's invoices once the grace period after month end has passed.
+    "invoices-close": {"task": "usage.tasks.invoices_close_due", "schedule": 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------
@@ -148,6 +152,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "COERCE_DECIMAL_TO_STRING": True,
+    # `?format=` belongs to the invoice downloads (csv, json, pdf), not to DRF.
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate management API",
@@ -170,6 +176,16 @@ TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
 # Output tokens a call's budget reservation assumes when neither the request
 # (max_tokens) nor the catalog (max_output_tokens) caps them.
 TOLLGATE_RESERVE_OUTPUT_TOKENS = env.int("TOLLGATE_RESERVE_OUTPUT_TOKENS", default=4096)
+
+# The seller block printed on invoices.
+TOLLGATE_SELLER = {
+    "name": env("TOLLGATE_SELLER_NAME", default="Tollgate"),
+    "address": env("TOLLGATE_SELLER_ADDRESS", default=""),
+    "email": env("TOLLGATE_SELLER_EMAIL", default="billing@localhost"),
+    "tax_id": env("TOLLGATE_SELLER_TAX_ID", default=""),
+}
+# Hours after a month ends before beat closes it, so late calls land in it.
+TOLLGATE_INVOICE_GRACE_HOURS = env.int("TOLLGATE_INVOICE_GRACE_HOURS", default=6)
 
 # Cooldowns: this many retryable failures of a model within the window
 # (seconds) make routes skip it for TOLLGATE_COOLDOWN_S seconds.

@@ -196,3 +196,62 @@ class AlertListApi(APIView):
         events = (AlertEvent.objects.filter(budget__team=team)
                   .select_related("budget__api_key").prefetch_related("deliveries")[:100])
         return Response(AlertEventSerializer(events, many=True).data)
+
+
+class InvoiceSummarySerializer(serializers.Serializer):
+    number = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+    month = serializers.DateField(format="%Y-%m")
+    total_usd = serializers.DecimalField(max_digits=14, decimal_places=2)
+    finalized_at = serializers.DateTimeField(allow_null=True)
+
+
+class InvoiceListApi(APIView):
+    @extend_schema(responses=InvoiceSummarySerializer(many=True))
+    def get(self, request, slug):
+        from accounts.permissions import BILLING_READERS
+        from usage.models import Invoice
+
+        team = require_team(request, slug, BILLING_READERS)
+        return Response(InvoiceSummarySerializer(Invoice.objects.filter(team=team)[:120], many=True).data)
+
+
+class InvoiceDetailApi(APIView):
+    """One month's invoice: JSON by default, or `?format=csv|pdf` to download.
+    `?preview=1` builds a draft for a month not yet closed."""
+
+    @extend_schema(parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv", "pdf"]),
+                               OpenApiParameter("preview", OpenApiTypes.BOOL)],
+                   responses={200: OpenApiTypes.OBJECT})
+    def get(self, request, slug, month):
+        from django.http import HttpResponse
+        from rest_framework.exceptions import NotFound
+
+        from accounts.permissions import BILLING_READERS
+        from usage.exports import invoice_csv, invoice_json, invoice_pdf
+        from usage.invoices import InvoiceError, invoice_preview, month_of
+        from usage.selectors import invoice_for_month
+
+        team = require_team(request, slug, BILLING_READERS)
+        try:
+            month_date = month_of(month)
+        except InvoiceError as exc:
+            raise ValidationError({"month": str(exc)}) from None
+        if request.query_params.get("preview") in ("1", "true"):
+            invoice = invoice_preview(team=team, month=month_date)
+        else:
+            invoice = invoice_for_month(team=team, month=month_date)
+        if invoice is None:
+            raise NotFound(f"No invoice for {month}: it is not closed yet, or it had no usage.")
+        kind = request.query_params.get("format", "json")
+        name = f"{invoice.number or 'draft-' + team.slug + '-' + month}"
+        if kind == "csv":
+            response = HttpResponse(invoice_csv(invoice), content_type="text/csv")
+        elif kind == "pdf":
+            response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
+        elif kind == "json":
+            return Response(invoice_json(invoice))
+        else:
+            raise ValidationError({"format": "must be json, csv or pdf"})
+        response["Content-Disposition"] = f'attachment; filename="{name}.{kind}"'
+        return response

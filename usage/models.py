@@ -200,3 +200,132 @@ class AlertDelivery(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.CharField(max_length=500, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+
+
+class DailyUsage(models.Model):
+    """The ledger summed per team, key, model, unit prices and UTC day.
+
+    Maintained by usage.rollups from rows recorded up to a high-water mark;
+    reports and invoices read these instead of the ledger.
+    """
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    model = models.CharField(max_length=100, blank=True)
+    input_per_mtok = models.DecimalField(**PRICE_FIELD)
+    cached_input_per_mtok = models.DecimalField(**PRICE_FIELD)
+    output_per_mtok = models.DecimalField(**PRICE_FIELD)
+    day = models.DateField()
+    requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(**USD_FIELD, default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "api_key", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "day"],
+                name="dailyusage_unique_group", nulls_distinct=False,
+            )
+        ]
+        indexes = [models.Index(fields=["team", "day"])]
+
+
+class RollupMark(models.Model):
+    """How far the rollups have read the ledger: every row recorded at or before `through`."""
+
+    name = models.CharField(max_length=32, unique=True)
+    through = models.DateTimeField()
+
+
+# Money on an invoice: USD cents.
+CENTS_FIELD = dict(max_digits=14, decimal_places=2)
+
+
+class InvoiceSequence(models.Model):
+    """Invoice numbers per year, handed out without gaps inside the finalizing transaction."""
+
+    year = models.PositiveSmallIntegerField(unique=True)
+    last_number = models.PositiveIntegerField(default=0)
+
+
+class Invoice(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        FINALIZED = "finalized"
+        VOID = "void"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="invoices")
+    month = models.DateField(help_text="first day of the billed month, UTC")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    # Assigned when finalized, e.g. TG-2026-000042; drafts have none.
+    number = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    currency = models.CharField(max_length=3, default="USD")
+    seller = models.JSONField(default=dict)
+    customer = models.JSONField(default=dict)
+    markup_percent = models.DecimalField(max_digits=7, decimal_places=3, default=0)
+    subtotal_usd = models.DecimalField(**CENTS_FIELD, default=0)
+    total_usd = models.DecimalField(**CENTS_FIELD, default=0)
+    # The ledger as read for this invoice: rows recorded up to this moment.
+    usage_through = models.DateTimeField(null=True, blank=True)
+    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    void_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "month"], condition=~models.Q(status="void"),
+                                    name="invoice_one_live_per_month"),
+        ]
+        ordering = ["-month", "-id"]
+
+    def __str__(self):
+        return self.number or f"draft {self.team} {self.month:%Y-%m}"
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        USAGE = "usage"
+        LATE_USAGE = "late_usage"
+        MARKUP = "markup"
+        ADJUSTMENT = "adjustment"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=300)
+    # The month the usage on this line belongs to (its own month, or an earlier one for late usage).
+    usage_month = models.DateField(null=True, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    input_per_mtok = models.DecimalField(**PRICE_FIELD)
+    cached_input_per_mtok = models.DecimalField(**PRICE_FIELD)
+    output_per_mtok = models.DecimalField(**PRICE_FIELD)
+    # Summed from the ledger without rounding; `amount_usd` is it rounded once.
+    exact_usd = models.DecimalField(**USD_FIELD)
+    amount_usd = models.DecimalField(**CENTS_FIELD)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position")]
+
+
+class InvoiceAdjustment(models.Model):
+    """A manual charge (positive) or credit (negative) for a team's month, put on its next invoice."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
+    month = models.DateField()
+    amount_usd = models.DecimalField(**CENTS_FIELD)
+    reason = models.CharField(max_length=300)
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Set when it lands on a finalized invoice.
+    invoice_line = models.OneToOneField(InvoiceLine, null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="adjustment")

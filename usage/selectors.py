@@ -70,3 +70,11 @@ def model_latencies(*, since: datetime) -> dict[str, dict]:
         .annotate(latency_ms=Avg("latency_ms"), ttft_ms=Avg("ttft_ms"))
     )
     return {r["model"]: {"latency_ms": r["latency_ms"], "ttft_ms": r["ttft_ms"]} for r in rows}
+
+
+def invoice_for_month(*, team, month):
+    """The team's live invoice for a month (finalized, else draft); None if there is none."""
+    from usage.models import Invoice
+
+    live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID)
+    return live.prefetch_related("lines").select_related("replaces").first()

@@ -29,3 +29,29 @@ def budget_forecast_all():
              max_retries=6)
 def alert_deliver(delivery_id):
     return alerts.alert_deliver(delivery_id=delivery_id).status
+
+
+@shared_task
+def rollup_advance():
+    from usage.rollups import rollup_advance as advance
+
+    return advance()
+
+
+@shared_task
+def invoices_close_due():
+    """Close the previous month for every team once its grace period is over (idempotent)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from usage.invoices import invoices_close_month
+    from usage.months import month_start
+
+    now = timezone.now()
+    this_month = month_start(now)
+    if now - this_month < timedelta(hours=settings.TOLLGATE_INVOICE_GRACE_HOURS):
+        return []
+    previous = month_start(this_month - timedelta(days=1)).date()
+    return [invoice.number for invoice in invoices_close_month(month=previous, now=now)]

@@ -1,0 +1,306 @@
+"""Monthly invoices: exact, idempotent, immutable, never losing or double-billing a call."""
+
+import csv
+import io
+import json
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import DatabaseError, connection, transaction
+from rest_framework.test import APIClient
+
+from accounts.models import Membership
+from accounts.services import api_key_create
+from tests.factories import MembershipFactory, TeamFactory, UserFactory
+from usage import invoices
+from usage.exports import invoice_csv, invoice_json, invoice_pdf
+from usage.invoices import InvoiceError, adjustment_add, invoice_close, invoice_void, invoices_close_month
+from usage.models import Invoice, InvoiceLine, InvoiceSequence, UsageRecord
+from usage.reconcile import reconcile_month
+
+pytestmark = pytest.mark.django_db
+
+OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
+AFTER_OCT = datetime(2026, 11, 2, tzinfo=UTC)  # October is over, and past any rollup lag
+AFTER_NOV = datetime(2026, 12, 2, tzinfo=UTC)
+PRICES = {"gpt-4o": (Decimal("2.5"), Decimal("10")), "deepseek-v4-flash": (Decimal("0.18"), Decimal("0.25"))}
+
+
+def call(team, key, when, model="gpt-4o", prompt=1000, completion=500, recorded=None, n=[0]):
+    """A ledger row as the proxy writes it: cost = tokens × the unit prices on the row."""
+    n[0] += 1
+    input_price, output_price = PRICES[model]
+    return UsageRecord.objects.create(
+        request_id=f"req_inv{n[0]}", team=team, api_key=key, endpoint="chat", requested_model=model, model=model,
+        provider="p", status="ok", prompt_tokens=prompt, completion_tokens=completion,
+        input_per_mtok=input_price, cached_input_per_mtok=input_price, output_per_mtok=output_price,
+        cost_usd=(prompt * input_price + completion * output_price) / 1_000_000,
+        created_at=when, recorded_at=recorded or when,
+    )
+
+
+@pytest.fixture
+def key(team):
+    return api_key_create(team=team, name="app")[0]
+
+
+def test_month_boundaries_put_each_call_in_its_own_month(team, key):
+    call(team, key, datetime(2026, 10, 31, 23, 59, 59, 999000, tzinfo=UTC), prompt=1)
+    call(team, key, datetime(2026, 11, 1, 0, 0, 0, tzinfo=UTC), prompt=2)
+
+    october = invoice_close(team=team, month=OCT, now=AFTER_NOV)
+    november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
+
+    assert [line.prompt_tokens for line in october.lines.filter(kind="usage")] == [1]
+    assert [line.prompt_tokens for line in november.lines.filter(kind="usage")] == [2]
+    assert october.lines.filter(kind="late_usage").count() == november.lines.filter(kind="late_usage").count() == 0
+
+
+def test_a_million_tiny_calls_add_up_and_markup_is_its_own_line(team, key):
+    team.markup_percent = Decimal("10")
+    team.save()
+    # One million calls of one token at USD 0.1 per 1M: USD 0.0000001 each.
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            INSERT INTO usage_usagerecord (request_id, attempt, team_id, api_key_id, endpoint, requested_model, route,
+                model, provider, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, tokens_estimated,
+                input_per_mtok, cached_input_per_mtok, output_per_mtok, cost_usd, streamed, status, error_type,
+                error_message, end_user, created_at, recorded_at)
+            SELECT 'req_tiny' || g, 0, %s, %s, 'chat', 'tiny', '', 'tiny', 'p', 1, 0, 0, 0, false,
+                0.1, 0.1, 0.1, 0.0000001, false, 'ok', '', '', '', %s, %s
+            FROM generate_series(1, 1000000) g
+        """, [team.id, key.id, datetime(2026, 10, 15, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC)])
+
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    usage, markup = invoice.lines.all()
+    assert (usage.requests, usage.exact_usd, usage.amount_usd) == (1_000_000, Decimal("0.1"), Decimal("0.10"))
+    assert (markup.kind, markup.amount_usd) == ("markup", Decimal("0.01"))
+    assert (invoice.subtotal_usd, invoice.total_usd) == (Decimal("0.10"), Decimal("0.11"))
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+
+def test_each_line_is_rounded_once_and_the_total_sums_the_rounded_lines(team, key):
+    team.markup_percent = Decimal("7.5")
+    team.save()
+    call(team, key, datetime(2026, 10, 3, tzinfo=UTC), prompt=1002, completion=0)  # 1002 × 2.50 per 1M = 0.002505
+    call(team, key, datetime(2026, 10, 4, tzinfo=UTC), model="deepseek-v4-flash", prompt=25_000, completion=0)  # 0.0045
+
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    lines = {line.model or line.kind: line for line in invoice.lines.all()}
+    assert (lines["deepseek-v4-flash"].exact_usd, lines["deepseek-v4-flash"].amount_usd) == (Decimal("0.0045"), Decimal("0.00"))
+    assert (lines["gpt-4o"].exact_usd, lines["gpt-4o"].amount_usd) == (Decimal("0.002505"), Decimal("0.00"))
+    # Markup on the exact usage (0.007005 × 7.5 % = 0.000525375), rounded on its own line.
+    assert lines["markup"].amount_usd == Decimal("0.00")
+    assert invoice.total_usd == sum(line.amount_usd for line in invoice.lines.all())
+    assert invoices.to_cents(Decimal("0.005")) == Decimal("0.01")  # half-up, not banker's
+
+
+def test_closemonth_twice_changes_nothing(team, key, other_team):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    call(other_team, api_key_create(team=other_team, name="x")[0], datetime(2026, 10, 6, tzinfo=UTC))
+
+    first = invoices_close_month(month=OCT, now=AFTER_OCT)
+    second = invoices_close_month(month=OCT, now=AFTER_OCT + timedelta(hours=1))
+
+    assert [i.number for i in first] == [i.number for i in second] == ["TG-2026-000001", "TG-2026-000002"]
+    assert Invoice.objects.count() == 2 and InvoiceSequence.objects.get(year=2026).last_number == 2
+
+
+def test_a_crash_half_way_leaves_nothing_and_the_rerun_has_no_gap(team, key, monkeypatch):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    real_finalize = invoices._finalize
+
+    def crash(invoice, now):
+        real_finalize(invoice, now)
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(invoices, "_finalize", crash)
+    with pytest.raises(RuntimeError):
+        invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    assert not Invoice.objects.exists() and not InvoiceSequence.objects.filter(last_number__gt=0).exists()
+
+    monkeypatch.setattr(invoices, "_finalize", real_finalize)
+    assert invoice_close(team=team, month=OCT, now=AFTER_OCT).number == "TG-2026-000001"
+
+
+def test_late_usage_goes_on_the_next_invoice_once(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    october = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    # A call made on Oct 31 but recorded after October was invoiced (a slow worker, a sweeper).
+    late = call(team, key, datetime(2026, 10, 31, 23, 0, tzinfo=UTC), prompt=4000,
+                recorded=AFTER_OCT + timedelta(hours=1))
+    call(team, key, datetime(2026, 11, 10, tzinfo=UTC))
+
+    november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
+
+    october.refresh_from_db()
+    assert october.lines.filter(kind="usage").get().requests == 1  # finalized: untouched
+    [late_line] = november.lines.filter(kind="late_usage")
+    assert late_line.description == "Late usage for 2026-10: gpt-4o"
+    assert (late_line.usage_month, late_line.requests, late_line.exact_usd) == (OCT, 1, late.cost_usd)
+    assert invoice_close(team=team, month=NOV, now=AFTER_NOV).lines.filter(kind="late_usage").count() == 1
+    assert reconcile_month(month=OCT, now=AFTER_NOV).ok and reconcile_month(month=NOV, now=AFTER_NOV).ok
+
+
+def test_a_voided_invoice_is_kept_and_its_correction_gets_a_new_number(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    original = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    adjustment_add(team=team, month=OCT, amount_usd=Decimal("-1.25"), reason="Credit: outage on Oct 5",
+                   created_by="finance@acme.test")
+
+    invoice_void(invoice=original, reason="Missing outage credit")
+    corrected = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    original.refresh_from_db()
+    assert original.status == "void" and original.number == "TG-2026-000001"
+    assert corrected.number == "TG-2026-000002" and corrected.replaces == original
+    assert corrected.lines.get(kind="adjustment").amount_usd == Decimal("-1.25")
+    assert corrected.total_usd == original.total_usd - Decimal("1.25")
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+
+def test_a_finalized_invoice_refuses_to_change(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    line = invoice.lines.first()
+
+    for change in (
+        lambda: Invoice.objects.filter(id=invoice.id).update(total_usd=Decimal("0.01")),
+        lambda: InvoiceLine.objects.filter(id=line.id).update(amount_usd=Decimal("0")),
+        lambda: InvoiceLine.objects.filter(id=line.id).delete(),
+        lambda: Invoice.objects.filter(id=invoice.id).delete(),
+        lambda: InvoiceLine.objects.create(invoice=invoice, position=99, kind="adjustment", description="sneaky",
+                                           exact_usd=Decimal("5"), amount_usd=Decimal("5")),
+        lambda: Invoice.objects.filter(id=invoice.id).update(status="draft"),
+    ):
+        with pytest.raises(DatabaseError), transaction.atomic():
+            change()
+    invoice.refresh_from_db()
+    assert invoice.status == "finalized" and invoice.lines.count() == 1
+
+
+def test_a_month_not_over_can_only_be_previewed(team, key):
+    call(team, key, datetime(2026, 11, 5, tzinfo=UTC))
+    with pytest.raises(InvoiceError, match="not over"):
+        invoice_close(team=team, month=NOV, now=datetime(2026, 11, 20, tzinfo=UTC))
+    draft = invoices.invoice_preview(team=team, month=NOV, now=datetime(2026, 11, 20, tzinfo=UTC))
+    assert draft.status == "draft" and draft.number is None and draft.lines.count() == 1
+
+
+def test_a_month_without_usage_gets_no_invoice(team, capsys):
+    assert invoice_close(team=team, month=OCT, now=AFTER_OCT) is None
+    call_command("closemonth", "2026-10")
+    assert "No usage to invoice for 2026-10" in capsys.readouterr().out
+
+
+def test_csv_json_and_pdf_agree_with_the_ledger(team, key, tmp_path):
+    import pypdfium2
+
+    for day in range(1, 20):
+        call(team, key, datetime(2026, 10, day, tzinfo=UTC), model="gpt-4o" if day % 3 else "deepseek-v4-flash",
+             prompt=1000 + day, completion=300 + day)
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    ledger = {m: sum(r.cost_usd for r in UsageRecord.objects.filter(model=m)) for m in PRICES}
+
+    rows = list(csv.DictReader(io.StringIO(invoice_csv(invoice))))
+    data = invoice_json(invoice)
+
+    assert [r["model"] for r in rows] == [line["model"] for line in data["lines"]] == ["deepseek-v4-flash", "gpt-4o"]
+    for row, line in zip(rows, data["lines"]):
+        assert Decimal(row["amount_usd"]) == Decimal(line["amount_usd"]) == invoices.to_cents(ledger[row["model"]])
+    assert Decimal(data["total_usd"]) == sum(Decimal(r["amount_usd"]) for r in rows) == invoice.total_usd
+
+    pdf_path = tmp_path / "invoice.pdf"
+    pdf_path.write_bytes(invoice_pdf(invoice))
+    document = pypdfium2.PdfDocument(str(pdf_path))
+    page = document[0]
+    page.render(scale=1.5).to_pil().save(tmp_path / "page1.png")
+    text = page.get_textpage().get_text_range()
+    assert (tmp_path / "page1.png").stat().st_size > 10_000
+    assert "Invoice TG-2026-000001" in text and "Acme" in text
+    assert f"{invoice.total_usd:,.2f}" in text and "Total (USD)" in text
+
+
+def test_reconcile_fails_when_a_ledger_row_is_tampered_with(team, key):
+    row = call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+    UsageRecord.objects.filter(id=row.id).update(cost_usd=row.cost_usd - Decimal("0.001"))
+
+    report = reconcile_month(month=OCT, now=AFTER_OCT)
+    assert not report.ok
+    assert any(row.request_id in p for p in report.problems)
+    assert any("ledger" in p and "rollups" in p for p in report.problems)
+    with pytest.raises(CommandError):
+        call_command("reconcile", "2026-10")
+
+
+def test_invoice_downloads_are_for_owner_and_billing_only(team, key, owner, member, outsider):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    billing = MembershipFactory(team=team, role=Membership.Role.BILLING, user=UserFactory(username="ap@acme.test")).user
+    admin = MembershipFactory(team=team, role=Membership.Role.ADMIN, user=UserFactory(username="ad@acme.test")).user
+
+    def get(user, url):
+        client = APIClient()
+        client.force_login(user)
+        return client.get(url)
+
+    assert get(owner, "/api/teams/acme/invoices/").data[0]["number"] == "TG-2026-000001"
+    pdf = get(billing, "/api/teams/acme/invoices/2026-10/?format=pdf")
+    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf" and pdf.content[:4] == b"%PDF"
+    assert 'filename="TG-2026-000001.pdf"' in pdf["Content-Disposition"]
+    assert get(billing, "/api/teams/acme/invoices/2026-10/?format=csv").content.startswith(b"invoice,month")
+    assert get(owner, "/api/teams/acme/invoices/2026-10/").data["number"] == "TG-2026-000001"
+    assert get(member, "/api/teams/acme/invoices/2026-10/").status_code == 403
+    assert get(admin, "/api/teams/acme/invoices/").status_code == 403
+    assert get(outsider, "/api/teams/acme/invoices/2026-10/").status_code == 404
+    assert get(owner, "/api/teams/acme/invoices/2026-09/").status_code == 404
+
+
+def test_done_when_a_month_of_mixed_traffic_closes_reconciles_and_exports_agree(team, key, tmp_path, capsys):
+    other = TeamFactory(slug="globex", name="Globex", markup_percent=Decimal("5"))
+    other_key = api_key_create(team=other, name="y")[0]
+    for day in range(1, 31):
+        when = datetime(2026, 11, day, day % 24, tzinfo=UTC)
+        call(team, key, when, model="gpt-4o", prompt=500 * day, completion=100 * day)
+        call(other, other_key, when, model="deepseek-v4-flash", prompt=20_000 + day, completion=7_000)
+        if day % 4 == 0:
+            call(team, key, when, model="deepseek-v4-flash", prompt=123_457, completion=98_765)
+
+    from unittest import mock
+
+    with mock.patch("django.utils.timezone.now", return_value=AFTER_NOV):
+        call_command("closemonth", "2026-11")
+        first = list(Invoice.objects.order_by("id").values_list("number", "total_usd"))
+        call_command("closemonth", "2026-11")
+        call_command("reconcile", "2026-11")
+    assert list(Invoice.objects.order_by("id").values_list("number", "total_usd")) == first
+    assert len(first) == 2
+    assert "agree" in capsys.readouterr().out
+
+    for slug, invoice in (("acme", Invoice.objects.get(team=team)), ("globex", Invoice.objects.get(team=other))):
+        for kind in ("csv", "json", "pdf"):
+            call_command("exportinvoice", slug, "2026-11", "--format", kind, "--output", str(tmp_path / f"{slug}.{kind}"))
+        ledger = sum(r.cost_usd for r in UsageRecord.objects.filter(team=invoice.team))
+        by_model = {}
+        for r in UsageRecord.objects.filter(team=invoice.team):
+            by_model[r.model] = by_model.get(r.model, 0) + r.cost_usd
+        usage_cents = sum(invoices.to_cents(v) for v in by_model.values())
+        rows = list(csv.DictReader((tmp_path / f"{slug}.csv").open()))
+        data = json.loads((tmp_path / f"{slug}.json").read_text())
+        csv_total = sum(Decimal(r["amount_usd"]) for r in rows)
+        assert csv_total == Decimal(data["total_usd"]) == invoice.total_usd
+        assert sum(Decimal(r["amount_usd"]) for r in rows if r["kind"] == "usage") == usage_cents
+        markup = invoices.to_cents(ledger * invoice.team.markup_percent / 100)
+        assert invoice.total_usd == usage_cents + markup
+        import pypdfium2
+
+        text = pypdfium2.PdfDocument(str(tmp_path / f"{slug}.pdf"))[0].get_textpage().get_text_range()
+        assert f"{invoice.total_usd:,.2f}" in text

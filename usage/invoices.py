@@ -1,0 +1,238 @@
+"""Monthly invoices, derived from the daily rollups of the ledger.
+
+One rounding rule, here and only here (`to_cents`): a line's amount is its
+exact ledger sum rounded half-up to cents, once; an invoice's total is the
+sum of its rounded lines. The markup is its own line, computed on the
+exact usage amount.
+
+What a month's usage should cost is always `rollup(month)`; what has been
+billed for it is the sum of the lines for that month on live (finalized,
+not void) invoices. The month's own invoice bills the difference when it
+closes; usage of a closed month recorded later is billed on the next
+invoice as "late usage for YYYY-MM" — the difference again — so nothing
+is lost and nothing is billed twice, and a voided invoice's usage is billed
+again by its correction.
+"""
+
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts.models import Team
+from usage.models import DailyUsage, Invoice, InvoiceAdjustment, InvoiceLine, InvoiceSequence
+from usage.months import next_month_start
+from usage.rollups import rollup_advance, rollup_through
+
+CENT = Decimal("0.01")
+PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+BILLED_KINDS = (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.LATE_USAGE)
+
+
+class InvoiceError(Exception):
+    pass
+
+
+def to_cents(amount: Decimal) -> Decimal:
+    """The rounding rule: half-up to cents, applied once per invoice line."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def month_of(value: str) -> date:
+    """'2026-11' -> date(2026, 11, 1); raises InvoiceError on anything else."""
+    try:
+        year, month = value.split("-")
+        return date(int(year), int(month), 1)
+    except ValueError:
+        raise InvoiceError(f"'{value}' is not a month; write YYYY-MM.") from None
+
+
+def _bounds(month: date) -> tuple[date, date]:
+    start = datetime(month.year, month.month, 1, tzinfo=UTC)
+    return month, next_month_start(start).date()
+
+
+def usage_groups(*, team: Team, month: date) -> dict[tuple, dict]:
+    """The month's rolled-up usage per model and unit prices."""
+    first, after = _bounds(month)
+    rows = (
+        DailyUsage.objects.filter(team=team, day__gte=first, day__lt=after)
+        .values("model", *PRICE_KEYS)
+        .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"),
+                  cached_tokens=Sum("cached_tokens"), completion_tokens=Sum("completion_tokens"),
+                  exact=Sum("cost_usd"))
+        .order_by("model")
+    )
+    return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
+
+
+def billed_groups(*, team: Team, month: date, exclude: Invoice | None = None) -> dict[tuple, dict]:
+    """What live invoices have billed for the month's usage, per model and unit prices."""
+    lines = InvoiceLine.objects.filter(
+        invoice__team=team, invoice__status=Invoice.Status.FINALIZED, usage_month=month, kind__in=BILLED_KINDS
+    )
+    if exclude is not None:
+        lines = lines.exclude(invoice=exclude)
+    rows = lines.values("model", *PRICE_KEYS).annotate(
+        requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), cached_tokens=Sum("cached_tokens"),
+        completion_tokens=Sum("completion_tokens"), exact=Sum("exact_usd"),
+    )
+    return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
+
+
+def _unbilled(*, team, month, exclude) -> list[dict]:
+    owed, billed = usage_groups(team=team, month=month), billed_groups(team=team, month=month, exclude=exclude)
+    result = []
+    for key in sorted(set(owed) | set(billed), key=lambda k: (k[0], *(str(p) for p in k[1:]))):
+        o, b = owed.get(key, {}), billed.get(key, {})
+        diff = {name: (o.get(name) or 0) - (b.get(name) or 0)
+                for name in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "exact")}
+        if diff["exact"] or diff["requests"]:
+            result.append({"model": key[0], **dict(zip(PRICE_KEYS, key[1:])), **diff})
+    return result
+
+
+def _closed_earlier_months(team: Team, month: date) -> list[date]:
+    return sorted(set(
+        Invoice.objects.filter(team=team, status=Invoice.Status.FINALIZED, month__lt=month)
+        .values_list("month", flat=True)
+    ))
+
+
+def seller_block() -> dict:
+    return dict(settings.TOLLGATE_SELLER)
+
+
+def customer_block(team: Team) -> dict:
+    return {"name": team.name, "account": team.slug}
+
+
+def invoice_build(*, team: Team, month: date, now: datetime, invoice: Invoice | None = None) -> Invoice | None:
+    """(Re)compute a draft invoice's lines from the rollups; None when there is nothing to bill."""
+    lines = []
+    for group in _unbilled(team=team, month=month, exclude=invoice):
+        lines.append(_usage_line(group, InvoiceLine.Kind.USAGE, month, f"{group['model'] or 'Refused calls'}"))
+    for earlier in _closed_earlier_months(team, month):
+        for group in _unbilled(team=team, month=earlier, exclude=invoice):
+            lines.append(_usage_line(group, InvoiceLine.Kind.LATE_USAGE, earlier,
+                                     f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'}"))
+    usage_exact = sum((line.exact_usd for line in lines), Decimal(0))
+    adjustments = list(InvoiceAdjustment.objects.filter(team=team, month=month, invoice_line__isnull=True))
+    if not lines and not adjustments:
+        if invoice is not None and invoice.status == Invoice.Status.DRAFT:
+            invoice.delete()
+        return None
+    if team.markup_percent:
+        markup = usage_exact * team.markup_percent / 100
+        lines.append(InvoiceLine(kind=InvoiceLine.Kind.MARKUP, description=f"Markup {team.markup_percent.normalize():f}%",
+                                 exact_usd=markup, amount_usd=to_cents(markup)))
+    for adjustment in adjustments:
+        lines.append(InvoiceLine(kind=InvoiceLine.Kind.ADJUSTMENT, description=adjustment.reason,
+                                 exact_usd=adjustment.amount_usd, amount_usd=to_cents(adjustment.amount_usd)))
+
+    if invoice is None:
+        invoice = Invoice(team=team, month=month)
+    invoice.seller, invoice.customer = seller_block(), customer_block(team)
+    invoice.markup_percent = team.markup_percent
+    invoice.usage_through = rollup_through()
+    invoice.subtotal_usd = sum((line.amount_usd for line in lines if line.kind in BILLED_KINDS), Decimal(0))
+    invoice.total_usd = sum((line.amount_usd for line in lines), Decimal(0))
+    invoice.save()
+    invoice.lines.all().delete()
+    for position, line in enumerate(lines, start=1):
+        line.invoice, line.position = invoice, position
+    InvoiceLine.objects.bulk_create(lines)
+    invoice._adjustments = adjustments
+    return invoice
+
+
+def _usage_line(group: dict, kind: str, usage_month: date, description: str) -> InvoiceLine:
+    return InvoiceLine(
+        kind=kind, description=description, usage_month=usage_month, model=group["model"],
+        requests=group["requests"], prompt_tokens=group["prompt_tokens"], cached_tokens=group["cached_tokens"],
+        completion_tokens=group["completion_tokens"], input_per_mtok=group["input_per_mtok"],
+        cached_input_per_mtok=group["cached_input_per_mtok"], output_per_mtok=group["output_per_mtok"],
+        exact_usd=group["exact"], amount_usd=to_cents(group["exact"]),
+    )
+
+
+def invoice_preview(*, team: Team, month: date, now: datetime | None = None) -> Invoice | None:
+    """A draft for any month, finished or not; never numbered or finalized."""
+    now = now or timezone.now()
+    rollup_advance(now=now)
+    with transaction.atomic():
+        Team.objects.select_for_update().get(id=team.id)
+        live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+        if live is not None and live.status == Invoice.Status.FINALIZED:
+            return live
+        return invoice_build(team=team, month=month, now=now, invoice=live)
+
+
+def invoice_close(*, team: Team, month: date, now: datetime | None = None) -> Invoice | None:
+    """Build and finalize the team's invoice for a finished month. Safe to run again: a
+    finalized invoice is returned unchanged; a crash half-way leaves nothing behind."""
+    now = now or timezone.now()
+    if now < next_month_start(datetime(month.year, month.month, 1, tzinfo=UTC)):
+        raise InvoiceError(f"{month:%Y-%m} is not over yet; it can only be previewed as a draft.")
+    rollup_advance(now=now)
+    with transaction.atomic():
+        Team.objects.select_for_update().get(id=team.id)
+        live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+        if live is not None and live.status == Invoice.Status.FINALIZED:
+            return live
+        voided = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID).order_by("-id").first()
+        invoice = invoice_build(team=team, month=month, now=now, invoice=live)
+        if invoice is None:
+            return None
+        invoice.replaces = voided
+        return _finalize(invoice, now)
+
+
+def _finalize(invoice: Invoice, now: datetime) -> Invoice:
+    sequence, _ = InvoiceSequence.objects.select_for_update().get_or_create(year=now.year)
+    sequence.last_number += 1
+    sequence.save(update_fields=["last_number"])
+    invoice.number = f"TG-{now.year}-{sequence.last_number:06d}"
+    invoice.status, invoice.finalized_at = Invoice.Status.FINALIZED, now
+    invoice.save()
+    lines = {line.description: line for line in invoice.lines.filter(kind=InvoiceLine.Kind.ADJUSTMENT)}
+    for adjustment in getattr(invoice, "_adjustments", []):
+        adjustment.invoice_line = lines.get(adjustment.reason)
+        adjustment.save(update_fields=["invoice_line"])
+    return invoice
+
+
+def invoices_close_month(*, month: date, now: datetime | None = None, team: Team | None = None) -> list[Invoice]:
+    """Close a month for one team or every team with usage, late usage or adjustments."""
+    now = now or timezone.now()
+    rollup_advance(now=now)
+    if team is not None:
+        teams = [team]
+    else:
+        _, after = _bounds(month)
+        ids = set(DailyUsage.objects.filter(day__lt=after).values_list("team_id", flat=True).distinct())
+        ids |= set(InvoiceAdjustment.objects.filter(month=month).values_list("team_id", flat=True))
+        teams = list(Team.objects.filter(id__in=ids).order_by("id"))
+    invoices = [invoice_close(team=t, month=month, now=now) for t in teams]
+    return [i for i in invoices if i is not None]
+
+
+def invoice_void(*, invoice: Invoice, reason: str, now: datetime | None = None) -> Invoice:
+    """Void a finalized invoice; it stays on record. Close the month again to issue its correction."""
+    if invoice.status != Invoice.Status.FINALIZED:
+        raise InvoiceError("Only a finalized invoice can be voided.")
+    if not reason.strip():
+        raise InvoiceError("Say why the invoice is voided.")
+    invoice.status, invoice.voided_at, invoice.void_reason = Invoice.Status.VOID, now or timezone.now(), reason
+    invoice.save(update_fields=["status", "voided_at", "void_reason"])
+    return invoice
+
+
+def adjustment_add(*, team: Team, month: date, amount_usd: Decimal, reason: str, created_by: str) -> InvoiceAdjustment:
+    if not reason.strip():
+        raise InvoiceError("An adjustment needs a reason.")
+    return InvoiceAdjustment.objects.create(team=team, month=month, amount_usd=to_cents(amount_usd),
+                                            reason=reason.strip()[:300], created_by=created_by)

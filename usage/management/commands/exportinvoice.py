@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import Team
+from usage.exports import invoice_csv, invoice_json, invoice_pdf
+from usage.invoices import InvoiceError, month_of
+from usage.selectors import invoice_for_month
+
+
+class Command(BaseCommand):
+    help = "Write a team's invoice for a month as CSV, JSON or PDF."
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("month", metavar="YYYY-MM")
+        parser.add_argument("--format", required=True, choices=["csv", "json", "pdf"])
+        parser.add_argument("--output", required=True, metavar="PATH")
+
+    def handle(self, *args, slug, month, format, output, **options):
+        import json
+
+        team = Team.objects.filter(slug=slug).first()
+        if team is None:
+            raise CommandError(f"No team '{slug}'.")
+        try:
+            invoice = invoice_for_month(team=team, month=month_of(month))
+        except InvoiceError as exc:
+            raise CommandError(str(exc)) from None
+        if invoice is None:
+            raise CommandError(f"Team '{slug}' has no invoice for {month} (run closemonth; a month without usage has none).")
+        if format == "csv":
+            Path(output).write_text(invoice_csv(invoice), encoding="utf-8")
+        elif format == "json":
+            Path(output).write_text(json.dumps(invoice_json(invoice), indent=2), encoding="utf-8")
+        else:
+            Path(output).write_bytes(invoice_pdf(invoice))
+        self.stdout.write(f"Wrote {invoice.number or 'draft'} ({format}) to {output}")

@@ -1,0 +1,24 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from usage.invoices import InvoiceError, month_of
+from usage.reconcile import reconcile_month
+
+
+class Command(BaseCommand):
+    help = "Check that ledger, rollups, reports and invoices agree to the cent; exit 1 on any mismatch."
+
+    def add_arguments(self, parser):
+        parser.add_argument("month", metavar="YYYY-MM")
+
+    def handle(self, *args, month, **options):
+        try:
+            report = reconcile_month(month=month_of(month))
+        except InvoiceError as exc:
+            raise CommandError(str(exc)) from None
+        for note in report.notes:
+            self.stdout.write(f"note: {note}")
+        for problem in report.problems:
+            self.stdout.write(f"MISMATCH: {problem}")
+        if not report.ok:
+            raise CommandError(f"{len(report.problems)} mismatch(es) for {month}.", returncode=1)
+        self.stdout.write(f"{month}: ledger, rollups, reports and invoices agree.")

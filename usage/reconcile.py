@@ -1,0 +1,86 @@
+"""Check that the ledger, the rollups, the reports and the invoices agree to the cent."""
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.db.models import DecimalField, ExpressionWrapper, F, Q, Sum, Value
+from django.db.models.functions import Coalesce
+
+from accounts.models import Team
+from usage.invoices import BILLED_KINDS, _bounds, to_cents
+from usage.models import DailyUsage, Invoice, InvoiceLine, UsageRecord
+from usage.rollups import rollup_advance, rollup_through
+from usage.selectors import usage_summary
+
+ZERO = Value(Decimal(0), output_field=DecimalField(max_digits=24, decimal_places=12))
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _expected_cost():
+    # What each row's cost must be, from its own tokens and unit prices.
+    return ExpressionWrapper(
+        ((F("prompt_tokens") - F("cached_tokens")) * Coalesce("input_per_mtok", ZERO)
+         + F("cached_tokens") * Coalesce("cached_input_per_mtok", ZERO)
+         + F("completion_tokens") * Coalesce("output_per_mtok", ZERO)) / Value(Decimal(1_000_000)),
+        output_field=DecimalField(max_digits=24, decimal_places=12),
+    )
+
+
+def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
+    report = Report()
+    rollup_advance(now=now)
+    through = rollup_through()
+    first, after = _bounds(month)
+    start = datetime(first.year, first.month, 1, tzinfo=through.tzinfo)
+    end = datetime(after.year, after.month, 1, tzinfo=through.tzinfo)
+    ledger = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end, recorded_at__lte=through)
+
+    for row in ledger.annotate(expected=_expected_cost()).exclude(cost_usd=F("expected"))[:50]:
+        report.problems.append(f"ledger row {row.request_id}#{row.attempt}: cost {row.cost_usd} but its tokens "
+                               f"and prices make {row.expected}")
+    team_ids = set(ledger.values_list("team_id", flat=True).distinct())
+    team_ids |= set(Invoice.objects.filter(month=month).values_list("team_id", flat=True))
+    for team in Team.objects.filter(id__in=team_ids).order_by("slug"):
+        ledger_total = ledger.filter(team=team).aggregate(t=Sum("cost_usd"))["t"] or Decimal(0)
+        rollup_total = DailyUsage.objects.filter(team=team, day__gte=first, day__lt=after).aggregate(
+            t=Sum("cost_usd"))["t"] or Decimal(0)
+        report_total = sum((g["cost_usd"] or 0 for g in usage_summary(team_id=team.id, group_by="model",
+                                                                          start=start, end=end)), Decimal(0))
+        # The report reads the ledger as it is now, including rows newer than the rollup mark.
+        newer = UsageRecord.objects.filter(team=team, created_at__gte=start, created_at__lt=end,
+                                            recorded_at__gt=through).aggregate(t=Sum("cost_usd"))["t"] or 0
+        if ledger_total != rollup_total:
+            report.problems.append(f"{team.slug} {month:%Y-%m}: ledger {ledger_total} != rollups {rollup_total}")
+        if report_total - newer != ledger_total:
+            report.problems.append(f"{team.slug} {month:%Y-%m}: report {report_total} != ledger {ledger_total}")
+        billed = InvoiceLine.objects.filter(invoice__team=team, invoice__status=Invoice.Status.FINALIZED,
+                                            usage_month=month, kind__in=BILLED_KINDS)
+        billed_total = billed.aggregate(t=Sum("exact_usd"))["t"] or Decimal(0)
+        invoiced = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.FINALIZED).first()
+        if invoiced is not None or billed_total:
+            if billed_total > ledger_total:
+                report.problems.append(f"{team.slug} {month:%Y-%m}: invoices billed {billed_total} but the ledger "
+                                       f"holds {ledger_total}")
+            elif billed_total < ledger_total:
+                late = ledger_total - billed_total
+                report.notes.append(f"{team.slug} {month:%Y-%m}: late usage {late} to bill on the next invoice")
+        for invoice in Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID):
+            lines = list(invoice.lines.all())
+            for line in lines:
+                if line.amount_usd != to_cents(line.exact_usd):
+                    report.problems.append(f"{invoice}: line {line.position} amount {line.amount_usd} is not "
+                                           f"{line.exact_usd} rounded")
+            total = sum((line.amount_usd for line in lines), Decimal(0))
+            if total != invoice.total_usd:
+                report.problems.append(f"{invoice}: total {invoice.total_usd} != sum of lines {total}")
+    return report
