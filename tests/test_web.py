@@ -75,3 +75,38 @@ def test_key_without_a_name_gets_a_readable_error(client, owner):
     client.force_login(owner)
     page = client.post("/t/acme/keys/", {"name": ""}, follow=True)
     assert b"Give the key a name" in page.content
+
+
+def test_invoices_page_lists_invoices_and_says_when_a_month_had_no_usage(client, owner, team, inference_key):
+    from datetime import UTC, datetime, timedelta
+
+    from usage.invoices import invoice_close
+    from usage.months import month_start
+
+    key, _ = inference_key
+    last_month = month_start(month_start(timezone.now()) - timedelta(days=1))
+    UsageRecord.objects.create(request_id="req_lm", team=team, api_key=key, endpoint="chat", requested_model="m",
+                               model="m", status="ok", prompt_tokens=1, input_per_mtok=Decimal("1"),
+                               cost_usd=Decimal("0.000001"), created_at=last_month + timedelta(days=2),
+                               recorded_at=last_month + timedelta(days=2))
+    invoice = invoice_close(team=team, month=last_month.date(), now=timezone.now() + timedelta(minutes=2))
+    client.force_login(owner)
+
+    page = client.get("/t/acme/invoices/").content.decode()
+
+    assert invoice.number in page and "?format=pdf" in page
+    assert "No usage this month, so no invoice." in page
+    assert "Month in progress" in page
+
+
+def test_member_cannot_open_invoices(client, member):
+    client.force_login(member)
+    assert client.get("/t/acme/invoices/").status_code == 404
+
+
+def test_dashboard_shows_the_budget(client, owner, team):
+    from usage.budgets import budget_set
+
+    budget_set(team=team, amount_usd=Decimal("25"))
+    client.force_login(owner)
+    assert "Hard monthly budget of $25.00" in client.get("/t/acme/").content.decode()

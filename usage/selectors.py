@@ -78,3 +78,24 @@ def invoice_for_month(*, team, month):
 
     live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID)
     return live.prefetch_related("lines").select_related("replaces").first()
+
+
+def team_budget_status(*, team, now):
+    """The team-wide budget with this month's spend and reservations, or None."""
+    from usage.models import Budget, BudgetCounter
+    from usage.months import month_start
+
+    budget = Budget.objects.filter(team=team, api_key__isnull=True).first()
+    if budget is None:
+        return None
+    counter = BudgetCounter.objects.filter(budget=budget, month=month_start(now).date()).first()
+    spent = counter.spent_usd if counter else 0
+    return {"budget": budget, "spent": spent, "reserved": counter.reserved_usd if counter else 0,
+            "percent": (spent / budget.amount_usd * 100) if budget.amount_usd else None}
+
+
+def recent_alerts(*, team, limit=10):
+    from usage.models import AlertEvent
+
+    return list(AlertEvent.objects.filter(budget__team=team).select_related("budget__api_key")
+                .prefetch_related("deliveries")[:limit])

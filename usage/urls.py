@@ -5,4 +5,5 @@ from usage import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("t/<slug:slug>/", views.dashboard, name="dashboard"),
+    path("t/<slug:slug>/invoices/", views.invoices, name="invoices"),
 ]

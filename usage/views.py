@@ -7,8 +7,8 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from accounts.selectors import team_access, teams_for
-from usage.months import month_start
-from usage.selectors import usage_rows, usage_summary
+from usage.months import month_start, next_month_start
+from usage.selectors import recent_alerts, team_budget_status, usage_rows, usage_summary
 
 
 def team_for_page(request, slug, roles=tuple(Membership.Role.values)):
@@ -48,4 +48,29 @@ def dashboard(request, slug):
         "by_day": by_day,
         "by_key": by_key,
         "recent": usage_rows(team_id=team.id)[:25],
+        "budget": team_budget_status(team=team, now=now),
+        "alerts": recent_alerts(team=team),
     })
+
+
+@login_required
+def invoices(request, slug):
+    from accounts.permissions import BILLING_READERS
+    from usage.models import Invoice
+
+    team, role = team_for_page(request, slug, roles=BILLING_READERS)
+    now = timezone.now()
+    months = []
+    start = month_start(now)
+    for _ in range(6):
+        end = next_month_start(start)
+        live = Invoice.objects.filter(team=team, month=start.date()).exclude(status=Invoice.Status.VOID).first()
+        months.append({
+            "month": start,
+            "invoice": live,
+            "voided": list(Invoice.objects.filter(team=team, month=start.date(), status=Invoice.Status.VOID)),
+            "over": now >= end,
+            "had_usage": usage_rows(team_id=team.id, start=start, end=end).exists(),
+        })
+        start = month_start(start - timedelta(days=1))
+    return render(request, "usage/invoices.html", {"team": team, "role": role, "months": months})
