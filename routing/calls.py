@@ -6,9 +6,7 @@ then writes its ledger rows (one per attempt) in one transaction.
 """
 
 import asyncio
-import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -17,21 +15,21 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx2
-import openai
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from accounts.services import KeyPrincipal
 from routing import tokens
-from routing.cooldowns import cooldown_note_failure, cooling
+from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
+from routing.cooldowns import cooling
 from routing.errors import ProxyError
 from routing.ratelimits import ratelimit_check
 from routing.selectors import ModelInfo, catalog_snapshot
 from routing.strategies import order_targets, request_needs
 from routing.upstream import upstream_client
+from usage.budgets import OverBudget, Reservation, reserve_output_tokens, worst_case_cost
 from usage.models import UsageRecord
 from usage.selectors import model_latencies
-from usage.budgets import OverBudget, Reservation, reserve_output_tokens, worst_case_cost
 from usage.services import ChargedPrices, inflight_start, usage_cost, usage_record
 
 logger = logging.getLogger(__name__)
@@ -40,9 +38,6 @@ Status = UsageRecord.Status
 CHAT = UsageRecord.Endpoint.CHAT
 EMBEDDINGS = UsageRecord.Endpoint.EMBEDDINGS
 _CAPABILITY = {CHAT: "chat", EMBEDDINGS: "embeddings"}
-
-# Upstream statuses caused by the request itself: passed on, never retried.
-CLIENT_FAULT_STATUSES = {400, 413, 422}
 
 
 def new_request_id() -> str:
@@ -102,6 +97,16 @@ class Call:
             )
         self.rows.append(row)
         return row
+
+    def add_failure(self, model: ModelInfo, failure, started: float) -> dict:
+        return self.add_row(
+            model,
+            status=failure.status,
+            http_status=failure.error.status,
+            error_type=failure.error.code or failure.error.type,
+            error_message=failure.error.message[:500],
+            latency_ms=int((time.perf_counter() - started) * 1000),
+        )
 
     async def record(self) -> None:
         # Shielded: a client disconnect must not cancel the ledger write.
@@ -293,150 +298,6 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
     return call
 
 
-# --- Upstream errors ----------------------------------------------------------
-
-
-@dataclass
-class AttemptFailure:
-    status: str
-    error: ProxyError
-    # Whether another target may be tried: never for a fault in the request.
-    retryable: bool
-    # Seconds the upstream asked us to wait (429 Retry-After).
-    retry_after: float | None = None
-
-
-def _upstream_body(response) -> dict | None:
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body
-    return None
-
-
-def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
-    if isinstance(exc, ProxyError):
-        return AttemptFailure(Status.UPSTREAM_ERROR, exc, retryable=True)
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, asyncio.TimeoutError)):
-        return AttemptFailure(Status.TIMEOUT, ProxyError(
-            504, f"The upstream for `{model.name}` did not answer in time.", code="upstream_timeout"
-        ), retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        body = _upstream_body(exc.response)
-        message = (body or {}).get("error", {}).get("message") or f"The upstream answered HTTP {status}."
-        if status in CLIENT_FAULT_STATUSES:
-            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False)
-        if status == 429:
-            headers, retry_after = {}, None
-            if exc.response.headers.get("retry-after"):
-                headers["Retry-After"] = exc.response.headers["retry-after"]
-                try:
-                    retry_after = max(0.0, float(headers["Retry-After"]))
-                except ValueError:
-                    retry_after = None
-            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-                429, message, type="rate_limit_error", code="upstream_rate_limited", headers=headers, body=body
-            ), retryable=True, retry_after=retry_after)
-        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-            502, f"The upstream for `{model.name}` failed: {message}", code="upstream_error", body=body
-        ), retryable=True)
-    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-            502, f"Could not reach the upstream for `{model.name}`.", code="upstream_unreachable"
-        ), retryable=True)
-    if isinstance(exc, UpstreamStreamError):
-        return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
-    if isinstance(exc, openai.APIError):
-        # An error event inside an SSE stream.
-        body = {"error": exc.body} if isinstance(exc.body, dict) else None
-        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-            502, f"The upstream for `{model.name}` failed: {exc.message}", code="upstream_error", body=body
-        ), retryable=True)
-    logger.exception("unexpected upstream failure", exc_info=exc)
-    return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-        502, f"The upstream for `{model.name}` failed unexpectedly.", code="upstream_error"
-    ), retryable=True)
-
-
-class UpstreamStreamError(Exception):
-    """A stream that ended or failed before its first event."""
-
-    def __init__(self, error: ProxyError):
-        super().__init__(error.message)
-        self.error = error
-
-
-def failure_row(call: Call, model: ModelInfo, failure: AttemptFailure, started: float) -> dict:
-    return call.add_row(
-        model,
-        status=failure.status,
-        http_status=failure.error.status,
-        error_type=failure.error.code or failure.error.type,
-        error_message=failure.error.message[:500],
-        latency_ms=int((time.perf_counter() - started) * 1000),
-    )
-
-
-# --- Attempts -----------------------------------------------------------------
-
-BACKOFF_BASE_S = 0.25
-BACKOFF_CAP_S = 4.0
-
-
-class AttemptPlan:
-    """The attempts of one call: each candidate in order, then up to `retries`
-    more passes with exponential backoff and jitter, honouring Retry-After,
-    all within the call's deadline. Iterate it for (model, timeout) pairs
-    and report each failure with `failed`."""
-
-    def __init__(self, call: Call):
-        self.call = call
-        self.deadline = call.started + call.deadline_s
-        self.retry_at: dict[str, float] = {}
-        self.last_failure: AttemptFailure | None = None
-        self.stopped = False
-
-    async def failed(self, model: ModelInfo, failure: AttemptFailure) -> None:
-        self.last_failure = failure
-        if not failure.retryable:
-            self.stopped = True
-            return
-        if failure.retry_after:
-            self.retry_at[model.name] = time.perf_counter() + failure.retry_after
-        # Shared with every worker; a cache failure must not fail the call.
-        try:
-            await sync_to_async(cooldown_note_failure, thread_sensitive=False)(
-                model.name, retry_after=failure.retry_after
-            )
-        except Exception:
-            logger.exception("could not record a cooldown for %s", model.name)
-
-    async def __aiter__(self):
-        for attempt_pass in range(self.call.retries + 1):
-            for model in self.call.candidates:
-                if self.stopped:
-                    return
-                wait = 0.0
-                if attempt_pass:
-                    backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt_pass - 1))
-                    wait = random.uniform(backoff / 2, backoff)
-                wait = max(wait, self.retry_at.get(model.name, 0) - time.perf_counter())
-                if time.perf_counter() + wait >= self.deadline:
-                    continue
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                remaining = self.deadline - time.perf_counter()
-                yield model, min(float(model.provider.timeout_s), remaining)
-
-    def final_error(self) -> ProxyError:
-        if self.last_failure is not None:
-            return self.last_failure.error
-        return ProxyError(504, "No upstream could be tried within the route's deadline.", code="deadline_exceeded")
-
-
 # --- JSON calls (chat without stream, embeddings) -------------------------
 
 
@@ -468,7 +329,7 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
                 raise UpstreamStreamError(ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error"))
         except Exception as exc:
             failure = classify_failure(exc, model)
-            failure_row(call, model, failure, started)
+            call.add_failure(model, failure, started)
             await plan.failed(model, failure)
             continue
         completion_estimate = 0
@@ -488,137 +349,5 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
         payload["model"] = model.name
         await call.record()
         return payload, model, row
-    await call.record()
-    raise plan.final_error()
-
-
-# --- Streaming chat -----------------------------------------------------------
-
-
-class StreamRelay:
-    """Relays one upstream stream to the client chunk by chunk, then records it."""
-
-    def __init__(self, call: Call, model: ModelInfo, stream: openai.AsyncStream, chunks, first: dict,
-                 started: float, client_wants_usage: bool):
-        self.call = call
-        self.model = model
-        self.stream = stream
-        self.chunks = chunks
-        self.first = first
-        self.started = started
-        self.client_wants_usage = client_wants_usage
-        self.ttft_ms = int((time.perf_counter() - started) * 1000)
-
-    def _client_event(self, chunk: dict) -> bytes | None:
-        chunk["model"] = self.model.name
-        if not self.client_wants_usage and "usage" in chunk:
-            if not chunk.get("choices"):
-                return None
-            del chunk["usage"]
-        return b"data: " + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-
-    async def run(self):
-        """The client's event stream; the call is recorded before the final event is sent."""
-        self.status, self.error, self.usage, self.delivered = Status.OK, None, None, []
-        self.recorded = False
-        tail = b"data: [DONE]\n\n"
-        try:
-            try:
-                async for event in self._relay():
-                    yield event
-            except (asyncio.CancelledError, GeneratorExit):
-                raise
-            except Exception as exc:
-                failure = classify_failure(exc, self.model)
-                self.status, self.error = failure.status, failure.error.message
-                tail = b"data: " + json.dumps(failure.error.payload()).encode() + b"\n\n"
-            await self._finish()
-            yield tail
-        except (asyncio.CancelledError, GeneratorExit):
-            self.status = Status.CLIENT_CLOSED
-            raise
-        finally:
-            if not self.recorded:
-                await self._finish()
-
-    async def _relay(self):
-        chunk = self.first
-        while chunk is not None:
-            if isinstance(chunk, dict):
-                if isinstance(chunk.get("usage"), dict):
-                    self.usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}) if isinstance(choice, dict) else {}
-                    self.delivered.append(str(delta.get("content") or ""))
-                    for tool_call in delta.get("tool_calls") or []:
-                        self.delivered.append(str((tool_call.get("function") or {}).get("arguments") or ""))
-                event = self._client_event(chunk)
-                if event is not None:
-                    yield event
-            chunk = await anext(self.chunks, None)
-
-    async def _finish(self):
-        # Set first: the shielded write below completes even if this task is cancelled.
-        self.recorded = True
-        try:
-            await asyncio.shield(self.stream.close())
-        except Exception:  # closing a broken upstream connection may fail; nothing to do
-            pass
-        if self.status in (Status.OK, Status.CLIENT_CLOSED) or self.usage is not None:
-            # Delivered content is billed; a failed stream only if the upstream reported usage.
-            counted = usage_fields(self.model, self.usage,
-                                   estimate_completion=tokens.text_tokens("".join(self.delivered)),
-                                   prompt_estimate=self.call.prompt_estimate)
-        else:
-            counted = {}
-        self.call.add_row(
-            self.model,
-            status=self.status,
-            http_status=200,
-            error_type="" if self.status == Status.OK else self.status,
-            error_message=self.error or "",
-            streamed=True,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            ttft_ms=self.ttft_ms,
-            **counted,
-        )
-        await self.call.record()
-
-
-async def call_stream(call: Call, body: dict) -> StreamRelay:
-    """Open the upstream stream, falling back until one yields its first chunk.
-
-    A target may be replaced only before anything reached the client, so
-    the first chunk is read here, before the response starts.
-    """
-    client_options = body.get("stream_options") or {}
-    client_wants_usage = bool(client_options.get("include_usage"))
-    plan = AttemptPlan(call)
-    async for model, timeout in plan:
-        started = time.perf_counter()
-        stream = None
-        try:
-            client = upstream_client(model.provider)
-            sent = {**upstream_body(body, model, CHAT), "stream": True,
-                    "stream_options": {**client_options, "include_usage": True}}
-            # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
-            stream = await client.post(_PATHS[CHAT], body=sent, cast_to=object, stream=True,
-                                       stream_cls=openai.AsyncStream[object], options={"timeout": timeout})
-            chunks = aiter(stream)
-            first = await asyncio.wait_for(anext(chunks, None), timeout)
-            if first is None:
-                raise UpstreamStreamError(ProxyError(502, "The upstream stream ended before any data.",
-                                                     code="upstream_error"))
-        except Exception as exc:
-            if stream is not None:
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
-            failure = classify_failure(exc, model)
-            failure_row(call, model, failure, started)
-            await plan.failed(model, failure)
-            continue
-        return StreamRelay(call, model, stream, chunks, first, started, client_wants_usage)
     await call.record()
     raise plan.final_error()

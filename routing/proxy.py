@@ -20,10 +20,22 @@ from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import InferenceKeyAuthentication
 from routing.calls import (
-    CHAT, EMBEDDINGS, call_json, call_prepare, call_stream, format_usd, new_request_id, route_allowed,
+    CHAT,
+    EMBEDDINGS,
+    call_json,
+    call_prepare,
+    format_usd,
+    new_request_id,
+    route_allowed,
 )
-from routing.errors import ProxyError, openai_error_response, proxy_exception_handler, request_too_large
+from routing.errors import (
+    ProxyError,
+    openai_error_response,
+    proxy_exception_handler,
+    request_too_large,
+)
 from routing.selectors import catalog_snapshot
+from routing.streaming import call_stream
 
 
 class JSONBodyParser(BaseParser):

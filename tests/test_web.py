@@ -78,7 +78,7 @@ def test_key_without_a_name_gets_a_readable_error(client, owner):
 
 
 def test_invoices_page_lists_invoices_and_says_when_a_month_had_no_usage(client, owner, team, inference_key):
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from usage.invoices import invoice_close
     from usage.months import month_start

@@ -131,8 +131,9 @@ class BudgetApi(APIView):
     """The team's monthly budget, or a key's (`?key=PREFIX`)."""
 
     def _target(self, request, slug, roles):
-        from accounts.selectors import api_key_get
         from rest_framework.exceptions import NotFound
+
+        from accounts.selectors import api_key_get
 
         team = require_team(request, slug, roles)
         prefix = request.query_params.get("key")

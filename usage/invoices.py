@@ -159,13 +159,18 @@ def _usage_line(group: dict, kind: str, usage_month: date, description: str) -> 
     )
 
 
+def _live_invoice(team: Team, month: date) -> Invoice | None:
+    """The month's non-void invoice, with the team locked so one process builds it at a time."""
+    Team.objects.select_for_update().get(id=team.id)
+    return Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+
+
 def invoice_preview(*, team: Team, month: date, now: datetime | None = None) -> Invoice | None:
     """A draft for any month, finished or not; never numbered or finalized."""
     now = now or timezone.now()
     rollup_advance(now=now)
     with transaction.atomic():
-        Team.objects.select_for_update().get(id=team.id)
-        live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+        live = _live_invoice(team, month)
         if live is not None and live.status == Invoice.Status.FINALIZED:
             return live
         return invoice_build(team=team, month=month, now=now, invoice=live)
@@ -179,8 +184,7 @@ def invoice_close(*, team: Team, month: date, now: datetime | None = None) -> In
         raise InvoiceError(f"{month:%Y-%m} is not over yet; it can only be previewed as a draft.")
     rollup_advance(now=now)
     with transaction.atomic():
-        Team.objects.select_for_update().get(id=team.id)
-        live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+        live = _live_invoice(team, month)
         if live is not None and live.status == Invoice.Status.FINALIZED:
             return live
         voided = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID).order_by("-id").first()

@@ -9,7 +9,14 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from usage.budgets import Reservation, budget_release, budget_reserve, crossed_counters, settle_orm, settle_sql
+from usage.budgets import (
+    Reservation,
+    budget_release,
+    budget_reserve,
+    crossed_counters,
+    settle_orm,
+    settle_sql,
+)
 from usage.models import InFlightCall, UsageRecord
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,153 @@
+"""Upstream failures and the attempt plan: what to retry, where, when, and until when."""
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import httpx2
+import openai
+from asgiref.sync import sync_to_async
+
+from routing.cooldowns import cooldown_note_failure
+from routing.errors import ProxyError
+from routing.selectors import ModelInfo
+from usage.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+Status = UsageRecord.Status
+
+# Upstream statuses caused by the request itself: passed on, never retried.
+CLIENT_FAULT_STATUSES = {400, 413, 422}
+
+@dataclass
+class AttemptFailure:
+    status: str
+    error: ProxyError
+    # Whether another target may be tried: never for a fault in the request.
+    retryable: bool
+    # Seconds the upstream asked us to wait (429 Retry-After).
+    retry_after: float | None = None
+
+
+def _upstream_body(response) -> dict | None:
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body
+    return None
+
+
+def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
+    if isinstance(exc, ProxyError):
+        return AttemptFailure(Status.UPSTREAM_ERROR, exc, retryable=True)
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, asyncio.TimeoutError)):
+        return AttemptFailure(Status.TIMEOUT, ProxyError(
+            504, f"The upstream for `{model.name}` did not answer in time.", code="upstream_timeout"
+        ), retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = _upstream_body(exc.response)
+        message = (body or {}).get("error", {}).get("message") or f"The upstream answered HTTP {status}."
+        if status in CLIENT_FAULT_STATUSES:
+            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False)
+        if status == 429:
+            headers, retry_after = {}, None
+            if exc.response.headers.get("retry-after"):
+                headers["Retry-After"] = exc.response.headers["retry-after"]
+                try:
+                    retry_after = max(0.0, float(headers["Retry-After"]))
+                except ValueError:
+                    retry_after = None
+            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+                429, message, type="rate_limit_error", code="upstream_rate_limited", headers=headers, body=body
+            ), retryable=True, retry_after=retry_after)
+        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+            502, f"The upstream for `{model.name}` failed: {message}", code="upstream_error", body=body
+        ), retryable=True)
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+            502, f"Could not reach the upstream for `{model.name}`.", code="upstream_unreachable"
+        ), retryable=True)
+    if isinstance(exc, UpstreamStreamError):
+        return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
+    if isinstance(exc, openai.APIError):
+        # An error event inside an SSE stream.
+        body = {"error": exc.body} if isinstance(exc.body, dict) else None
+        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+            502, f"The upstream for `{model.name}` failed: {exc.message}", code="upstream_error", body=body
+        ), retryable=True)
+    logger.exception("unexpected upstream failure", exc_info=exc)
+    return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
+        502, f"The upstream for `{model.name}` failed unexpectedly.", code="upstream_error"
+    ), retryable=True)
+
+
+class UpstreamStreamError(Exception):
+    """A stream that ended or failed before its first event."""
+
+    def __init__(self, error: ProxyError):
+        super().__init__(error.message)
+        self.error = error
+
+
+# --- Attempts -----------------------------------------------------------------
+
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 4.0
+
+
+class AttemptPlan:
+    """The attempts of one call: each candidate in order, then up to `retries`
+    more passes with exponential backoff and jitter, honouring Retry-After,
+    all within the call's deadline. Iterate it for (model, timeout) pairs
+    and report each failure with `failed`."""
+
+    def __init__(self, call):
+        self.call = call
+        self.deadline = call.started + call.deadline_s
+        self.retry_at: dict[str, float] = {}
+        self.last_failure: AttemptFailure | None = None
+        self.stopped = False
+
+    async def failed(self, model: ModelInfo, failure: AttemptFailure) -> None:
+        self.last_failure = failure
+        if not failure.retryable:
+            self.stopped = True
+            return
+        if failure.retry_after:
+            self.retry_at[model.name] = time.perf_counter() + failure.retry_after
+        # Shared with every worker; a cache failure must not fail the call.
+        try:
+            await sync_to_async(cooldown_note_failure, thread_sensitive=False)(
+                model.name, retry_after=failure.retry_after
+            )
+        except Exception:
+            logger.exception("could not record a cooldown for %s", model.name)
+
+    async def __aiter__(self):
+        for attempt_pass in range(self.call.retries + 1):
+            for model in self.call.candidates:
+                if self.stopped:
+                    return
+                wait = 0.0
+                if attempt_pass:
+                    backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt_pass - 1))
+                    wait = random.uniform(backoff / 2, backoff)
+                wait = max(wait, self.retry_at.get(model.name, 0) - time.perf_counter())
+                if time.perf_counter() + wait >= self.deadline:
+                    continue
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                remaining = self.deadline - time.perf_counter()
+                yield model, min(float(model.provider.timeout_s), remaining)
+
+    def final_error(self) -> ProxyError:
+        if self.last_failure is not None:
+            return self.last_failure.error
+        return ProxyError(504, "No upstream could be tried within the route's deadline.", code="deadline_exceeded")
+
+
