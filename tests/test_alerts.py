@@ -177,3 +177,21 @@ def test_no_forecast_when_on_track(staff, inference_key):
     budget = budget_set(team=staff, amount_usd=Decimal("100"))
     spend(staff, key, "10", datetime(2026, 11, 1, tzinfo=UTC), "req_1")
     assert alerts.budget_forecast(budget=budget, now=datetime(2026, 11, 15, tzinfo=UTC)) is None
+
+
+def test_deliveries_stuck_in_pending_are_sent_by_the_periodic_check(staff, inference_key, mailoutbox, monkeypatch):
+    from datetime import timedelta
+
+    from portal.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # run the resent task here, not on a worker
+    key, _ = inference_key
+    budget_set(team=staff, amount_usd=Decimal("10"), thresholds=[50], hard=False)
+    spend(staff, key, "6", datetime.now(UTC), "req_1")
+    check_all(datetime.now(UTC))  # fires; its deliveries' tasks never ran (no commit in this test)
+    assert set(AlertDelivery.objects.values_list("status", flat=True)) == {"pending"}
+
+    check_all(datetime.now(UTC) + timedelta(minutes=11))
+
+    assert set(AlertDelivery.objects.values_list("status", flat=True)) == {"sent"}
+    assert len(mailoutbox) == 3

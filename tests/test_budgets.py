@@ -187,3 +187,28 @@ def test_budget_api_for_owner_member_and_outsider(team, owner, member, outsider)
     assert client_for(member).put("/api/teams/acme/budget/", {"amount_usd": "1"}, format="json").status_code == 403
     assert client_for(outsider).get("/api/teams/acme/budget/").status_code == 404
     assert client_for(owner).put("/api/teams/acme/budget/", {"amount_usd": "-1"}, format="json").status_code == 400
+
+
+@pytest.mark.django_db
+def test_a_broken_broker_does_not_fail_a_recorded_call(team, inference_key, monkeypatch, django_capture_on_commit_callbacks):
+    from datetime import UTC, datetime
+
+    from usage import tasks
+    from usage.services import inflight_start, usage_record
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.budget_alerts_check, "delay", broker_down)
+    key, _ = inference_key
+    budget_set(team=team, amount_usd=Decimal("1"), thresholds=[50], hard=False)
+    now = datetime.now(UTC)
+    reservation = inflight_start(request_id="req_b", team_id=team.id, api_key_id=key.id, endpoint="chat",
+                                 requested_model="gpt-4o", now=now, reserve_usd=Decimal("0.6"))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        written = usage_record(rows=[{"request_id": "req_b", "attempt": 0, "team_id": team.id, "api_key_id": key.id,
+                                      "endpoint": "chat", "requested_model": "gpt-4o", "status": "ok",
+                                      "cost_usd": Decimal("0.6"), "created_at": now}], reservation=reservation)
+
+    assert len(written) == 1 and BudgetCounter.objects.get().spent_usd == Decimal("0.6")

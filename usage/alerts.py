@@ -6,7 +6,7 @@ AlertDelivery whose outcome (sent, failed, attempts, last error) is kept.
 """
 
 import calendar
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 import httpx2
@@ -71,10 +71,23 @@ def budget_alerts_check(*, counter_id: int) -> list[AlertEvent]:
     return fired
 
 
+STUCK_AFTER = timedelta(minutes=10)
+
+
 def budget_alerts_check_all(*, now: datetime | None = None) -> int:
-    month = month_start(now or timezone.now()).date()
-    return sum(len(budget_alerts_check(counter_id=c)) for c in
-               BudgetCounter.objects.filter(month=month).values_list("id", flat=True))
+    """Fire any threshold alert not fired yet this month, and resend deliveries stuck in pending
+    (their task was never enqueued, e.g. during a broker outage)."""
+    now = now or timezone.now()
+    month = month_start(now).date()
+    fired = sum(len(budget_alerts_check(counter_id=c)) for c in
+                BudgetCounter.objects.filter(month=month).values_list("id", flat=True))
+    from usage.tasks import alert_deliver
+
+    stuck = AlertDelivery.objects.filter(status=AlertDelivery.Status.PENDING, attempts=0,
+                                         event__created_at__lt=now - STUCK_AFTER)
+    for delivery_id in stuck.values_list("id", flat=True):
+        alert_deliver.delay(delivery_id)
+    return fired
 
 
 def budget_forecast(*, budget: Budget, now: datetime) -> AlertEvent | None:

@@ -116,13 +116,20 @@ def usage_record(*, rows: list[dict], reservation: Reservation | None = None,
         # call outlived its deadline by the margin; its row stands.
         logger.error("usage rows for %s were already recorded; dropped %s", request_ids, rows)
         return []
-    crossed = crossed_counters(settled, cost)
-    if crossed:
-        from usage.tasks import budget_alerts_check
-
-        for counter_id in crossed:
-            transaction.on_commit(lambda c=counter_id: budget_alerts_check.delay(c))
+    for counter_id in crossed_counters(settled, cost):
+        transaction.on_commit(lambda c=counter_id: _enqueue_alert_check(c))
     return records
+
+
+def _enqueue_alert_check(counter_id: int) -> None:
+    # The call is recorded already: a broker outage must not fail it. The
+    # beat job budget_alerts_check_all catches up within minutes.
+    from usage.tasks import budget_alerts_check
+
+    try:
+        budget_alerts_check.delay(counter_id)
+    except Exception:
+        logger.exception("could not enqueue the budget alert check for counter %s", counter_id)
 
 
 def _insert_closing_inflight(records, request_ids, reservation, cost) -> list[tuple]:
