@@ -304,3 +304,38 @@ def test_done_when_a_month_of_mixed_traffic_closes_reconciles_and_exports_agree(
 
         text = pypdfium2.PdfDocument(str(tmp_path / f"{slug}.pdf"))[0].get_textpage().get_text_range()
         assert f"{invoice.total_usd:,.2f}" in text
+
+
+def test_voidinvoice_then_closemonth_issues_the_correction(team, key, capsys):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    call_command("voidinvoice", "TG-2026-000001", "--reason", "wrong customer address")
+    with pytest.raises(CommandError, match="Only a finalized"):
+        call_command("voidinvoice", "TG-2026-000001", "--reason", "again")
+    corrected = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    assert corrected.number == "TG-2026-000002" and corrected.replaces.void_reason == "wrong customer address"
+
+
+def test_reports_read_rollups_plus_the_ledger_tail_and_equal_the_ledger(team, key):
+    from usage.rollups import rollup_advance
+    from usage.selectors import usage_summary
+
+    for day in (3, 4, 4, 9):
+        call(team, key, datetime(2026, 10, day, 12, tzinfo=UTC))
+    rollup_advance(now=datetime(2026, 10, 20, tzinfo=UTC))
+    late = call(team, key, datetime(2026, 10, 4, 13, tzinfo=UTC), model="deepseek-v4-flash",
+                recorded=datetime(2026, 10, 25, tzinfo=UTC))  # after the rollup mark: read from the ledger
+
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    by_day = {str(g["day"]): g for g in usage_summary(team_id=team.id, group_by="day", start=start, end=end)}
+    by_model = {g["model"]: g for g in usage_summary(team_id=team.id, group_by="model", start=start, end=end)}
+
+    assert {d: g["requests"] for d, g in by_day.items()} == {"2026-10-03": 1, "2026-10-04": 3, "2026-10-09": 1}
+    assert by_model["deepseek-v4-flash"]["cost_usd"] == late.cost_usd
+    ledger_total = sum(r.cost_usd for r in UsageRecord.objects.filter(team=team))
+    assert sum(g["cost_usd"] for g in by_model.values()) == ledger_total
+    # A range that is not day-aligned is read from the ledger alone, to the second.
+    partial = usage_summary(team_id=team.id, group_by="model", start=datetime(2026, 10, 4, 12, 30, tzinfo=UTC), end=end)
+    assert sum(g["requests"] for g in partial) == 2  # Oct 4 13:00 (the late one) and Oct 9; 12:00 calls are before

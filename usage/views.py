@@ -32,7 +32,8 @@ def dashboard(request, slug):
     now = timezone.now()
     start = month_start(now)
     by_model = usage_summary(team_id=team.id, group_by="model", start=start)
-    by_day = usage_summary(team_id=team.id, group_by="day", start=now - timedelta(days=30))
+    thirty_days_ago = (now - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
+    by_day = usage_summary(team_id=team.id, group_by="day", start=thirty_days_ago)
     by_key = usage_summary(team_id=team.id, group_by="key", start=start)
     totals = {
         "requests": sum(g["requests"] for g in by_model),
