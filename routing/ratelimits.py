@@ -7,6 +7,7 @@ plus its max_tokens, counted when it is admitted, as OpenAI counts them.
 A refused request gives its counts back. Headers follow OpenAI's names.
 """
 
+import logging
 import math
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 WINDOW_S = 60
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,7 +78,12 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
         limits["requests"] = (f"tollgate:rl:{key_id}:{window}:r", rpm, 1)
     if tpm:
         limits["tokens"] = (f"tollgate:rl:{key_id}:{window}:t", tpm, tokens)
-    counts = _incr({key: amount for key, _, amount in limits.values()}, window)
+    try:
+        counts = _incr({key: amount for key, _, amount in limits.values()}, window)
+    except Exception:
+        # Fail open: budgets (in PostgreSQL) still hold; a Redis outage must not stop all traffic.
+        logger.exception("rate limit counters unavailable; letting the call through")
+        return RateCheck(allowed=True)
     check = RateCheck(allowed=True)
     for (kind, (_, limit, amount)), used in zip(limits.items(), counts):
         if used > limit and check.allowed:

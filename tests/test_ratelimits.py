@@ -98,3 +98,15 @@ def test_local_memory_counts_without_redis():
 def test_keys_without_limits_skip_counting():
     check = ratelimit_check(key_id=1, rpm=None, tpm=None, tokens=10)
     assert check.allowed and check.headers == {}
+
+
+@live
+def test_a_redis_outage_lets_calls_through_and_keys_still_work(catalog, team, sdk, settings):
+    _, secret = api_key_create(team=team, name="limited", rpm_limit=5)
+    # Nothing listens on port 9; changing CACHES makes Django rebuild its cache connections.
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:9/0"}}
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"
+
+    completion = sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
+
+    assert completion.choices[0].message.content
