@@ -7,7 +7,9 @@ large share of the proxy's own latency, so /v1 gets a handler without them.
 """
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
@@ -17,7 +19,31 @@ from routing.errors import request_too_large
 
 
 class ProxyHandler(ASGIHandler):
-    """Django's ASGI handler without settings.MIDDLEWARE; URL routing and views as usual."""
+    """Django's ASGI handler without settings.MIDDLEWARE; URL routing and views as usual.
+
+    Django gives every request a new thread for its synchronous work and
+    joins it at the end; here each request borrows a single-thread executor
+    from a free list and gives it back, so threads are made once, not per call.
+    """
+
+    MAX_IDLE_EXECUTORS = 64
+
+    def __init__(self):
+        super().__init__()
+        self._idle_executors: list[ThreadPoolExecutor] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        executor = self._idle_executors.pop() if self._idle_executors else ThreadPoolExecutor(1, "proxy")
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            if len(self._idle_executors) < self.MAX_IDLE_EXECUTORS:
+                self._idle_executors.append(executor)
+            else:
+                executor.shutdown(wait=False)
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []

@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import httpx2
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.utils import timezone
 
 from accounts.services import KeyPrincipal
@@ -109,8 +110,17 @@ class Call:
         )
 
     async def record(self) -> None:
-        # Shielded: a client disconnect must not cancel the ledger write.
-        await asyncio.shield(sync_to_async(usage_record)(rows=self.rows, reservation=self.reservation))
+        # Shielded: a client disconnect must not cancel the ledger write. Not
+        # thread-sensitive: a cancelled stream may be finalized after its
+        # request's context is gone, and must still be recorded.
+        await asyncio.shield(sync_to_async(_record_and_release, thread_sensitive=False)(self.rows, self.reservation))
+
+
+def _record_and_release(rows, reservation) -> None:
+    try:
+        usage_record(rows=rows, reservation=reservation)
+    finally:
+        connection.close()  # back to the pool; this thread serves other calls
 
 
 def usage_fields(model: ModelInfo, usage: dict | None, *, estimate_completion: int = 0, prompt_estimate: int = 0) -> dict:

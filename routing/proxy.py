@@ -10,6 +10,7 @@ import json
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -173,8 +174,13 @@ class ProxyCallView(ProxyView):
         super().initial(request, *args, **kwargs)
         if request.method == "POST":
             self.body = type(self).validate(request.data)
-            self.call = call_prepare(principal=request.user, endpoint=self.endpoint, body=self.body,
-                                     request_id=self.request_id, now=timezone.now())
+            try:
+                self.call = call_prepare(principal=request.user, endpoint=self.endpoint, body=self.body,
+                                         request_id=self.request_id, now=timezone.now())
+            finally:
+                # Back to the pool before the upstream call: a long stream must
+                # not hold a database connection it does not use.
+                connection.close()
 
 
 class ChatCompletionsView(ProxyCallView):
