@@ -88,32 +88,38 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     story = [
         Paragraph(title, styles["Title"]),
         Table([
-            [Paragraph(f"<b>From</b><br/>{seller.get('name', '')}<br/>{seller.get('address', '')}<br/>"
-                       f"{seller.get('email', '')}<br/>{('Tax ID ' + seller['tax_id']) if seller.get('tax_id') else ''}",
-                       styles["Normal"]),
+            [Paragraph("<br/>".join(["<b>From</b>", *[part for part in (
+                seller.get("name"), seller.get("address"), seller.get("email"),
+                f"Tax ID {seller['tax_id']}" if seller.get("tax_id") else "") if part]]), styles["Normal"]),
              Paragraph(f"<b>Bill to</b><br/>{customer.get('name', '')}<br/>Account {customer.get('account', '')}",
                        styles["Normal"]),
              Paragraph(f"<b>Period</b><br/>{invoice.month:%B %Y} (UTC)<br/><b>Issued</b><br/>"
                        f"{invoice.finalized_at:%Y-%m-%d}" if invoice.finalized_at else
                        f"<b>Period</b><br/>{invoice.month:%B %Y} (UTC)", styles["Normal"])],
-        ], colWidths=[60 * mm, 60 * mm, 54 * mm]),
+        ], colWidths=[60 * mm, 60 * mm, 54 * mm], style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
         Spacer(1, 8 * mm),
     ]
+    cell = styles["BodyText"].clone("cell", fontSize=8.5, leading=10)
     rows = [["Description", "Requests", "Input tok", "Output tok", "USD / 1M in · out", "Amount (USD)"]]
-    for line in invoice.lines.all():
+    lines = list(invoice.lines.all())
+    usage = [line for line in lines if line.kind in ("usage", "late_usage")]
+    for line in usage + [None] + [line for line in lines if line not in usage]:
+        if line is None:
+            rows.append(["Subtotal (usage)", "", "", "", "", f"{invoice.subtotal_usd:,.2f}"])
+            continue
         unit = ""
         if line.input_per_mtok is not None or line.output_per_mtok is not None:
             unit = f"{_plain(line.input_per_mtok) or '–'} · {_plain(line.output_per_mtok) or '–'}"
         rows.append([
-            Paragraph(line.description, styles["BodyText"]),
+            Paragraph(line.description, cell),
             f"{line.requests:,}" if line.kind in ("usage", "late_usage") else "",
             f"{line.prompt_tokens:,}" if line.kind in ("usage", "late_usage") else "",
             f"{line.completion_tokens:,}" if line.kind in ("usage", "late_usage") else "",
             unit,
             f"{line.amount_usd:,.2f}",
         ])
-    rows.append(["Subtotal (usage)", "", "", "", "", f"{invoice.subtotal_usd:,.2f}"])
     rows.append([f"Total ({invoice.currency})", "", "", "", "", f"{invoice.total_usd:,.2f}"])
+    subtotal_row = len(usage) + 1
     table = Table(rows, colWidths=[62 * mm, 20 * mm, 22 * mm, 22 * mm, 26 * mm, 22 * mm], repeatRows=1)
     table.setStyle(TableStyle([
         ("FONT", (0, 0), (-1, 0), "Helvetica-Bold"),
@@ -121,7 +127,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
         ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ("LINEABOVE", (0, -2), (-1, -2), 0.4, colors.grey),
+        ("LINEABOVE", (0, subtotal_row), (-1, subtotal_row), 0.4, colors.grey),
         ("FONT", (0, -1), (-1, -1), "Helvetica-Bold"),
         ("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black),
     ]))
