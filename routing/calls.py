@@ -7,7 +7,6 @@ then writes its ledger rows (one per attempt) in one transaction.
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -167,7 +166,6 @@ def route_allowed(principal: KeyPrincipal, route) -> bool:
     return principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets)
 
 
-_latency_lock = threading.Lock()
 _latencies: tuple[float, dict] = (0.0, {})
 LATENCY_WINDOW = timedelta(minutes=15)
 LATENCY_REFRESH_S = 10
@@ -179,9 +177,10 @@ def recent_latencies() -> dict[str, dict]:
     fetched_at, values = _latencies
     if time.monotonic() - fetched_at < LATENCY_REFRESH_S:
         return values
-    with _latency_lock:
-        values = model_latencies(since=timezone.now() - LATENCY_WINDOW)
-        _latencies = (time.monotonic(), values)
+    # No lock, for the same reason as the catalog snapshot: never wait on a
+    # lock while holding a pooled connection another lock holder may need.
+    values = model_latencies(since=timezone.now() - LATENCY_WINDOW)
+    _latencies = (time.monotonic(), values)
     return values
 
 

@@ -9,7 +9,6 @@ about a second, and the process that made it at once. CATALOG_MAX_AGE_S
 bounds staleness when there is no shared cache.
 """
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -133,7 +132,6 @@ def _build_catalog(now: datetime) -> Catalog:
     return Catalog(models=models, routes=routes, built_at=now)
 
 
-_lock = threading.Lock()
 _snapshot: Catalog | None = None
 _snapshot_version: str | None = None
 _snapshot_monotonic = 0.0
@@ -150,9 +148,10 @@ def catalog_snapshot() -> Catalog:
     _checked_monotonic = moment
     if snapshot is not None and version == _snapshot_version and moment - _snapshot_monotonic < CATALOG_MAX_AGE_S:
         return snapshot
-    with _lock:
-        catalog = _build_catalog(timezone.now())
-        _snapshot, _snapshot_version, _snapshot_monotonic = catalog, version, time.monotonic()
+    # No lock: a caller may hold a pooled connection while another, holding
+    # the lock, waits for one. Two threads rebuilding at once is harmless.
+    catalog = _build_catalog(timezone.now())
+    _snapshot, _snapshot_version, _snapshot_monotonic = catalog, version, time.monotonic()
     return catalog
 
 
