@@ -1,5 +1,6 @@
 """Team-scoped access for the management API and the web UI."""
 
+from django.http import Http404
 from rest_framework.exceptions import NotFound, PermissionDenied
 
 from accounts.models import Membership
@@ -24,3 +25,11 @@ def require_team(request, slug: str, roles=USAGE_READERS):
     if role not in roles:
         raise PermissionDenied(f"Your role in this team ({role}) does not allow this.")
     return team
+
+
+def require_team_page(request, slug: str, roles=USAGE_READERS):
+    """`require_team` for HTML pages: 404 whether the caller is outside the team or lacks the role."""
+    try:
+        return require_team(request, slug, roles)
+    except (NotFound, PermissionDenied):
+        raise Http404("No such team.") from None

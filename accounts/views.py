@@ -4,21 +4,14 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.permissions import KEY_MANAGERS
-from accounts.selectors import api_key_get, api_key_list, team_access
+from accounts.permissions import KEY_MANAGERS, require_team_page
+from accounts.selectors import api_key_get, api_key_list
 from accounts.services import api_key_create, api_key_revoke
-
-
-def _team_for_key_managers(request, slug):
-    access = team_access(actor=request.user, slug=slug)
-    if access is None or access[1] not in KEY_MANAGERS:
-        raise Http404("No such team.")
-    return access[0]
 
 
 @login_required
 def keys(request, slug):
-    team = _team_for_key_managers(request, slug)
+    team = require_team_page(request, slug, KEY_MANAGERS)
     new_secret = None
     if request.method == "POST":
         name = request.POST.get("name", "").strip()
@@ -34,7 +27,7 @@ def keys(request, slug):
 @login_required
 @require_POST
 def key_revoke(request, slug, prefix):
-    team = _team_for_key_managers(request, slug)
+    team = require_team_page(request, slug, KEY_MANAGERS)
     key = api_key_get(team=team, prefix=prefix)
     if key is None:
         raise Http404("No such key.")

@@ -121,7 +121,7 @@ class CompareResultSerializer(serializers.Serializer):
     request_id = serializers.CharField()
 
 
-def _compare_principal(request, team) -> KeyPrincipal:
+def _compare_principal(team) -> KeyPrincipal:
     # Compare calls are billed to the team like any call; made from the UI
     # or API they have no inference key, so the ledger's key is empty.
     return KeyPrincipal(key_id=None, prefix="", kind="compare", team_id=team.id, team_slug=team.slug)
@@ -157,7 +157,7 @@ class CompareApi(APIView):
         unknown = [m for m in models if m not in catalog_snapshot().models]
         if unknown:
             raise ValidationError({"models": f"Unknown models: {', '.join(unknown)}"})
-        principal = _compare_principal(request, team)
+        principal = _compare_principal(team)
         body = {**data, "user": f"compare by {actor_name(request)}"[:256]}
 
         async def run():

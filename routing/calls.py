@@ -27,7 +27,7 @@ from routing.ratelimits import ratelimit_check
 from routing.selectors import ModelInfo, catalog_snapshot
 from routing.strategies import order_targets, request_needs
 from routing.upstream import upstream_client
-from usage.budgets import OverBudget, Reservation, reserve_output_tokens, worst_case_cost
+from usage.budgets import OverBudget, Reservation, worst_case_cost
 from usage.models import UsageRecord
 from usage.selectors import model_latencies
 from usage.services import ChargedPrices, inflight_start, usage_cost, usage_record
@@ -288,7 +288,7 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
     reserve = worst_case_cost(
         prices_list=[ChargedPrices.from_catalog(m.prices) for m in call.candidates],
         prompt_tokens=prompt_estimate,
-        output_tokens_list=[reserve_output_tokens(body, m.max_output_tokens) if endpoint == CHAT else 0
+        output_tokens_list=[tokens.output_cap(body, m.max_output_tokens) if endpoint == CHAT else 0
                             for m in call.candidates],
     )
     try:

@@ -151,15 +151,20 @@ def validate_embeddings_body(body) -> dict:
     return body
 
 
-def _json_response(call, payload, model, row) -> HttpResponse:
-    response = HttpResponse(json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json")
-    response["x-tollgate-cost"] = format_usd(row["cost_usd"])
+def _call_headers(response, call, model):
+    """Headers every metered response carries: the serving model, the route, the rate limits."""
     response["x-tollgate-model"] = model.name
     if call.route:
         response["x-tollgate-route"] = call.route
     for name, value in call.ratelimit_headers.items():
         response[name] = value
     return response
+
+
+def _json_response(call, payload, model, row) -> HttpResponse:
+    response = HttpResponse(json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json")
+    response["x-tollgate-cost"] = format_usd(row["cost_usd"])
+    return _call_headers(response, call, model)
 
 
 class ProxyCallView(ProxyView):
@@ -194,12 +199,7 @@ class ChatCompletionsView(ProxyCallView):
             response = StreamingHttpResponse(relay.run(), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
-            response["x-tollgate-model"] = relay.model.name
-            if call.route:
-                response["x-tollgate-route"] = call.route
-            for name, value in call.ratelimit_headers.items():
-                response[name] = value
-            return response
+            return _call_headers(response, call, relay.model)
         return _json_response(call, *await call_json(call, body))
 
 

@@ -10,10 +10,7 @@ import random
 from decimal import Decimal
 
 from routing.selectors import ModelInfo, RouteInfo
-
-# Output tokens assumed when neither the request nor the catalog caps them,
-# for comparing expected costs.
-DEFAULT_OUTPUT_TOKENS = 1024
+from routing.tokens import output_cap
 
 
 def request_needs(body: dict) -> set[str]:
@@ -28,15 +25,10 @@ def request_needs(body: dict) -> set[str]:
     return needs
 
 
-def output_cap(body: dict, model: ModelInfo) -> int:
-    requested = body.get("max_completion_tokens") or body.get("max_tokens")
-    return requested or model.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-
-
 def expected_cost(model: ModelInfo, *, prompt_tokens: int, body: dict) -> Decimal:
     """USD this request would cost on `model` at its current prices, at most."""
     prices = model.prices
-    return (prompt_tokens * prices.input + output_cap(body, model) * (prices.output or 0)) / 1_000_000
+    return (prompt_tokens * prices.input + output_cap(body, model.max_output_tokens) * (prices.output or 0)) / 1_000_000
 
 
 def meets_floor(model: ModelInfo, require: dict) -> bool:

@@ -11,6 +11,8 @@ as 85 tokens (a low-detail tile). Rows billed on an estimate are flagged
 
 import math
 
+from django.conf import settings
+
 MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 IMAGE_TOKENS = 85
@@ -60,3 +62,10 @@ def embedding_input_tokens(value) -> int:
             return len(value)
         return sum(embedding_input_tokens(v) for v in value)
     return 0
+
+
+def output_cap(body: dict, max_output_tokens: int | None) -> int:
+    """Output tokens a chat request may produce: its max_tokens, else the model's cap, else
+    TOLLGATE_RESERVE_OUTPUT_TOKENS. Used for budget reservations and for cheapest routing."""
+    return (body.get("max_completion_tokens") or body.get("max_tokens") or max_output_tokens
+            or settings.TOLLGATE_RESERVE_OUTPUT_TOKENS)

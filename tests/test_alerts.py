@@ -115,15 +115,19 @@ def test_alert_emails_reach_owner_admin_and_billing_with_the_facts(staff, infere
     assert set(event.deliveries.values_list("status", flat=True)) == {"sent"}
 
 
-def test_webhook_gets_slack_compatible_json(staff, inference_key, hook):
-    staff.alert_webhook_url = hook.url
-    staff.save()
-    key, _ = inference_key
-    budget_set(team=staff, amount_usd=Decimal("2"), thresholds=[50], hard=False)
-    spend(staff, key, "1", datetime.now(UTC), "req_1")
+def webhook_alert(team, key, url) -> AlertDelivery:
+    """Spend half of a $2 budget with `url` as the team's webhook; return the webhook delivery."""
+    team.alert_webhook_url = url
+    team.save()
+    budget_set(team=team, amount_usd=Decimal("2"), thresholds=[50], hard=False)
+    spend(team, key, "1", datetime.now(UTC), "req_1")
     check_all(datetime.now(UTC))
+    return AlertDelivery.objects.get(channel="webhook")
 
-    delivery = AlertDelivery.objects.get(channel="webhook")
+
+def test_webhook_gets_slack_compatible_json(staff, inference_key, hook):
+    delivery = webhook_alert(staff, inference_key[0], hook.url)
+
     alerts.alert_deliver(delivery_id=delivery.id)
 
     assert len(hook.received) == 1
@@ -135,13 +139,7 @@ def test_webhook_gets_slack_compatible_json(staff, inference_key, hook):
 def test_failed_webhook_is_recorded_and_raised_for_retry(staff, inference_key):
     broken = Hook(status=500)
     try:
-        staff.alert_webhook_url = broken.url
-        staff.save()
-        key, _ = inference_key
-        budget_set(team=staff, amount_usd=Decimal("2"), thresholds=[50], hard=False)
-        spend(staff, key, "1", datetime.now(UTC), "req_1")
-        check_all(datetime.now(UTC))
-        delivery = AlertDelivery.objects.get(channel="webhook")
+        delivery = webhook_alert(staff, inference_key[0], broken.url)
 
         with pytest.raises(alerts.DeliveryFailed):
             alerts.alert_deliver(delivery_id=delivery.id)

@@ -17,7 +17,13 @@ from accounts.services import api_key_create
 from tests.factories import MembershipFactory, TeamFactory, UserFactory
 from usage import invoices
 from usage.exports import invoice_csv, invoice_json, invoice_pdf
-from usage.invoices import InvoiceError, adjustment_add, invoice_close, invoice_void, invoices_close_month
+from usage.invoices import (
+    InvoiceError,
+    adjustment_add,
+    invoice_close,
+    invoice_void,
+    invoices_close_month,
+)
 from usage.models import Invoice, InvoiceLine, InvoiceSequence, UsageRecord
 from usage.reconcile import reconcile_month
 

@@ -1,6 +1,7 @@
 """The management API: every read and write scoped to the caller's team and role."""
 
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest

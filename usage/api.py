@@ -1,18 +1,24 @@
 from datetime import UTC, datetime, time
 
+from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.permissions import KEY_MANAGERS, USAGE_READERS, require_team
-from usage.models import UsageRecord
-from usage.selectors import GROUPINGS, usage_rows, usage_summary
+from accounts.permissions import BILLING_READERS, KEY_MANAGERS, USAGE_READERS, require_team
+from accounts.selectors import api_key_get
+from usage.budgets import budget_set
+from usage.exports import invoice_csv, invoice_json, invoice_pdf
+from usage.invoices import InvoiceError, invoice_preview, month_of
+from usage.models import AlertEvent, Budget, Invoice, UsageRecord
+from usage.months import month_start
+from usage.selectors import GROUPINGS, invoice_for_month, usage_rows, usage_summary
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
@@ -118,7 +124,6 @@ class BudgetSerializer(serializers.Serializer):
 
 
 def _budget_data(budget) -> dict:
-    from usage.months import month_start
 
     counter = budget.counters.filter(month=month_start(timezone.now()).date()).first()
     return {"amount_usd": budget.amount_usd, "hard": budget.hard, "thresholds": budget.thresholds,
@@ -131,9 +136,7 @@ class BudgetApi(APIView):
     """The team's monthly budget, or a key's (`?key=PREFIX`)."""
 
     def _target(self, request, slug, roles):
-        from rest_framework.exceptions import NotFound
 
-        from accounts.selectors import api_key_get
 
         team = require_team(request, slug, roles)
         prefix = request.query_params.get("key")
@@ -146,9 +149,7 @@ class BudgetApi(APIView):
 
     @extend_schema(parameters=[OpenApiParameter("key", OpenApiTypes.STR)], responses=BudgetSerializer)
     def get(self, request, slug):
-        from rest_framework.exceptions import NotFound
 
-        from usage.models import Budget
 
         team, key = self._target(request, slug, USAGE_READERS)
         budget = Budget.objects.filter(team=team, api_key=key).first()
@@ -159,7 +160,6 @@ class BudgetApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("key", OpenApiTypes.STR)], request=BudgetSerializer,
                    responses=BudgetSerializer)
     def put(self, request, slug):
-        from usage.budgets import budget_set
 
         team, key = self._target(request, slug, KEY_MANAGERS)
         serializer = BudgetSerializer(data=request.data)
@@ -191,7 +191,6 @@ class AlertEventSerializer(serializers.Serializer):
 class AlertListApi(APIView):
     @extend_schema(responses=AlertEventSerializer(many=True))
     def get(self, request, slug):
-        from usage.models import AlertEvent
 
         team = require_team(request, slug)
         events = (AlertEvent.objects.filter(budget__team=team)
@@ -210,8 +209,6 @@ class InvoiceSummarySerializer(serializers.Serializer):
 class InvoiceListApi(APIView):
     @extend_schema(responses=InvoiceSummarySerializer(many=True))
     def get(self, request, slug):
-        from accounts.permissions import BILLING_READERS
-        from usage.models import Invoice
 
         team = require_team(request, slug, BILLING_READERS)
         return Response(InvoiceSummarySerializer(Invoice.objects.filter(team=team)[:120], many=True).data)
@@ -225,13 +222,7 @@ class InvoiceDetailApi(APIView):
                                OpenApiParameter("preview", OpenApiTypes.BOOL)],
                    responses={200: OpenApiTypes.OBJECT})
     def get(self, request, slug, month):
-        from django.http import HttpResponse
-        from rest_framework.exceptions import NotFound
 
-        from accounts.permissions import BILLING_READERS
-        from usage.exports import invoice_csv, invoice_json, invoice_pdf
-        from usage.invoices import InvoiceError, invoice_preview, month_of
-        from usage.selectors import invoice_for_month
 
         team = require_team(request, slug, BILLING_READERS)
         try:

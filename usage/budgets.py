@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 
@@ -172,12 +171,6 @@ def crossed_counters(settled: list[tuple], cost: Decimal) -> list[int]:
         if limit and any(before < limit * t / 100 <= spent for t in thresholds):
             crossed.append(counter_id)
     return crossed
-
-
-def reserve_output_tokens(body: dict, max_output_tokens: int | None) -> int:
-    """Output tokens a call may produce, for its worst-case reservation."""
-    return (body.get("max_completion_tokens") or body.get("max_tokens") or max_output_tokens
-            or settings.TOLLGATE_RESERVE_OUTPUT_TOKENS)
 
 
 # Prompt estimates count ~4 characters a token; a real tokenizer can count

@@ -50,14 +50,15 @@ def month_of(value: str) -> date:
         raise InvoiceError(f"'{value}' is not a month; write YYYY-MM.") from None
 
 
-def _bounds(month: date) -> tuple[date, date]:
+def month_bounds(month: date) -> tuple[date, date]:
+    """The first day of `month` and of the month after, for day-range filters."""
     start = datetime(month.year, month.month, 1, tzinfo=UTC)
     return month, next_month_start(start).date()
 
 
 def usage_groups(*, team: Team, month: date) -> dict[tuple, dict]:
     """The month's rolled-up usage per model and unit prices."""
-    first, after = _bounds(month)
+    first, after = month_bounds(month)
     rows = (
         DailyUsage.objects.filter(team=team, day__gte=first, day__lt=after)
         .values("model", *PRICE_KEYS)
@@ -110,7 +111,7 @@ def customer_block(team: Team) -> dict:
     return {"name": team.name, "account": team.slug}
 
 
-def invoice_build(*, team: Team, month: date, now: datetime, invoice: Invoice | None = None) -> Invoice | None:
+def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) -> Invoice | None:
     """(Re)compute a draft invoice's lines from the rollups; None when there is nothing to bill."""
     lines = []
     for group in _unbilled(team=team, month=month, exclude=invoice):
@@ -173,7 +174,7 @@ def invoice_preview(*, team: Team, month: date, now: datetime | None = None) -> 
         live = _live_invoice(team, month)
         if live is not None and live.status == Invoice.Status.FINALIZED:
             return live
-        return invoice_build(team=team, month=month, now=now, invoice=live)
+        return invoice_build(team=team, month=month, invoice=live)
 
 
 def invoice_close(*, team: Team, month: date, now: datetime | None = None) -> Invoice | None:
@@ -188,7 +189,7 @@ def invoice_close(*, team: Team, month: date, now: datetime | None = None) -> In
         if live is not None and live.status == Invoice.Status.FINALIZED:
             return live
         voided = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID).order_by("-id").first()
-        invoice = invoice_build(team=team, month=month, now=now, invoice=live)
+        invoice = invoice_build(team=team, month=month, invoice=live)
         if invoice is None:
             return None
         invoice.replaces = voided
@@ -216,7 +217,7 @@ def invoices_close_month(*, month: date, now: datetime | None = None, team: Team
     if team is not None:
         teams = [team]
     else:
-        _, after = _bounds(month)
+        _, after = month_bounds(month)
         ids = set(DailyUsage.objects.filter(day__lt=after).values_list("team_id", flat=True).distinct())
         ids |= set(InvoiceAdjustment.objects.filter(month=month).values_list("team_id", flat=True))
         teams = list(Team.objects.filter(id__in=ids).order_by("id"))

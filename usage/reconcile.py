@@ -8,7 +8,7 @@ from django.db.models import DecimalField, ExpressionWrapper, F, Sum, Value
 from django.db.models.functions import Coalesce
 
 from accounts.models import Team
-from usage.invoices import BILLED_KINDS, _bounds, to_cents
+from usage.invoices import BILLED_KINDS, month_bounds, to_cents
 from usage.models import DailyUsage, Invoice, InvoiceLine, UsageRecord
 from usage.rollups import rollup_advance, rollup_through
 from usage.selectors import usage_summary
@@ -40,7 +40,7 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
     report = Report()
     rollup_advance(now=now)
     through = rollup_through()
-    first, after = _bounds(month)
+    first, after = month_bounds(month)
     start = datetime(first.year, first.month, 1, tzinfo=through.tzinfo)
     end = datetime(after.year, after.month, 1, tzinfo=through.tzinfo)
     ledger = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end, recorded_at__lte=through)

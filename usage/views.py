@@ -1,21 +1,14 @@
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
-from accounts.models import Membership
-from accounts.selectors import team_access, teams_for
+from accounts.permissions import BILLING_READERS, require_team_page
+from accounts.selectors import teams_for
+from usage.models import Invoice
 from usage.months import month_start, next_month_start
 from usage.selectors import recent_alerts, team_budget_status, usage_rows, usage_summary
-
-
-def team_for_page(request, slug, roles=tuple(Membership.Role.values)):
-    access = team_access(actor=request.user, slug=slug)
-    if access is None or access[1] not in roles:
-        raise Http404("No such team.")
-    return access
 
 
 @login_required
@@ -28,7 +21,7 @@ def home(request):
 
 @login_required
 def dashboard(request, slug):
-    team, role = team_for_page(request, slug)
+    team = require_team_page(request, slug)
     now = timezone.now()
     start = month_start(now)
     by_model = usage_summary(team_id=team.id, group_by="model", start=start)
@@ -42,7 +35,6 @@ def dashboard(request, slug):
     }
     return render(request, "usage/dashboard.html", {
         "team": team,
-        "role": role,
         "month": start,
         "totals": totals,
         "by_model": by_model,
@@ -56,10 +48,7 @@ def dashboard(request, slug):
 
 @login_required
 def invoices(request, slug):
-    from accounts.permissions import BILLING_READERS
-    from usage.models import Invoice
-
-    team, role = team_for_page(request, slug, roles=BILLING_READERS)
+    team = require_team_page(request, slug, BILLING_READERS)
     now = timezone.now()
     months = []
     start = month_start(now)
@@ -74,4 +63,4 @@ def invoices(request, slug):
             "had_usage": usage_rows(team_id=team.id, start=start, end=end).exists(),
         })
         start = month_start(start - timedelta(days=1))
-    return render(request, "usage/invoices.html", {"team": team, "role": role, "months": months})
+    return render(request, "usage/invoices.html", {"team": team, "months": months})
