@@ -9,11 +9,11 @@ PORT ?= 8000
 # real upstreams of catalog/default.toml (their secrets must be set).
 OFFLINE ?= 1
 CATALOGS := catalog/default.toml $(if $(filter 1,$(OFFLINE)),catalog/offline.toml)
+# Starts an embedded PostgreSQL (`run`; `test` adds Redis) for what DATABASE_URL /
+# REDIS_URL leave unset, runs the command after --, then stops them.
+SERVICES := $(BIN)/python devservices.py
 
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tollgate
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
-
-.PHONY: run test install bench clean
+.PHONY: run serve test install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,17 +24,22 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
+	$(SERVICES) run -- $(MAKE) --no-print-directory serve
+
+# `run` without starting anything: against the DATABASE_URL you set.
+serve: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py loadcatalog $(CATALOGS)
-	$(BIN)/python manage.py demo
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py demo
 	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
 test: $(STAMP)
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SERVICES) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The benchmark makes its own database (BENCH_DATABASE_URL) next to DATABASE_URL's.
 bench: $(STAMP)
-	$(BIN)/python -m bench.proxy_overhead
+	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
+		exec $(BIN)/python -m bench.proxy_overhead'
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles
+	rm -rf $(VENV) staticfiles

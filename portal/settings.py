@@ -1,7 +1,9 @@
 """Tollgate settings, read once from the environment through django-environ.
 
-Every setting has a local default so `make run` needs no configuration;
-production values come from the environment (see README, "Configuration").
+Every setting but DATABASE_URL has a local default, and `make run` / `make
+test` start an embedded PostgreSQL and set that one, so the first run needs no
+configuration; production values come from the environment (see README,
+"Configuration").
 """
 
 from pathlib import Path
@@ -69,16 +71,27 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Pooled connections: every proxied call touches the database, and a
-    # fresh connection costs several milliseconds.
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env.int("DB_POOL_MIN", default=2),
-        "max_size": env.int("DB_POOL_MAX", default=20),
-        "timeout": 10,
-    }
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+# PostgreSQL is the only database. `make run` and `make test` start an embedded
+# one (devservices.py) and set DATABASE_URL; anything else must set it.
+if not env("DATABASE_URL", default=""):
+    raise environ.ImproperlyConfigured(
+        "DATABASE_URL is not set. Use `make run` or `make test`, which start an embedded "
+        "PostgreSQL, or set DATABASE_URL to a PostgreSQL database (postgres://USER@HOST:PORT/NAME)."
+    )
+DATABASES = {"default": env.db("DATABASE_URL")}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise environ.ImproperlyConfigured(
+        f"DATABASE_URL must name a PostgreSQL database (postgres://…), the only one Tollgate "
+        f"supports; it selects {DATABASES['default']['ENGINE']}."
+    )
+# Pooled connections: every proxied call touches the database, and a
+# fresh connection costs several milliseconds.
+DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    "min_size": env.int("DB_POOL_MIN", default=2),
+    "max_size": env.int("DB_POOL_MAX", default=20),
+    "timeout": 10,
+}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Redis ------------------------------------------------------

@@ -1,3 +1,4 @@
+import os
 import secrets
 
 from django.conf import settings
@@ -16,7 +17,12 @@ class Command(BaseCommand):
     help = "Create the demo team if missing, and print a fresh demo API key and the web sign-in."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default="http://127.0.0.1:8000")
+        # `make run` passes the HOST and PORT it serves on, so the printed URL is the real one.
+        host = os.environ.get("HOST") or "127.0.0.1"
+        port = os.environ.get("PORT") or "8000"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        parser.add_argument("--host", default=f"http://{host}:{port}")
 
     def handle(self, *args, host, **options):
         if not settings.DEBUG:
