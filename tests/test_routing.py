@@ -35,11 +35,11 @@ def order(route_name, body=None, latencies=None, stream=False, rng=None):
     catalog = catalog_snapshot()
     route = catalog.global_routes[route_name]
     body = body or {"messages": MESSAGES}
-    from routing.tokens import chat_prompt_tokens
+    from routing.tokens import TokenBounds
 
     return [m.name for m in order_targets(
-        route=route, targets=[catalog.models[t] for t in route.targets], body=body,
-        prompt_tokens=chat_prompt_tokens(body["messages"]), needs=request_needs(body),
+        route=route, targets=[catalog.models[t] for t in route.targets],
+        bounds=TokenBounds.of_chat(body), needs=request_needs(body),
         latencies=latencies or {}, stream=stream, rng=rng,
     )]
 
