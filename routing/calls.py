@@ -31,7 +31,16 @@ from routing.selectors import ModelInfo, catalog_snapshot
 from routing.strategies import order_targets, request_needs
 from routing.tokens import TokenBounds
 from routing.upstream import upstream_client
-from usage.metering import CallFacts, Endpoint, Meter, Outcome, OverBudget, Status, meter_open, meter_refuse
+from usage.metering import (
+    CallFacts,
+    Endpoint,
+    Meter,
+    Outcome,
+    OverBudget,
+    Status,
+    meter_open,
+    meter_refuse,
+)
 from usage.pricing import Tokens, unpriced_direction
 from usage.selectors import model_latencies
 

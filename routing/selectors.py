@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+
 from django.core.cache import cache
 from django.utils import timezone
 

@@ -11,9 +11,9 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
+from routing.tokens import TokenBounds
 from tests.fake_upstream import Answer
 from usage.budgets import budget_set
-from routing.tokens import TokenBounds
 from usage.models import Budget, BudgetCounter, MeteredCall, UsageRecord
 
 # Reserved at its ceiling of 60 prompt tokens (its UTF-8 bytes plus framing).

@@ -5,9 +5,9 @@ from decimal import Decimal
 
 import pytest
 
+from routing import tokens
 from routing.tokens import text_tokens
 from tests.fake_upstream import Answer
-from routing import tokens
 from usage.models import MeteredCall, UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
