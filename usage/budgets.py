@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 from django.db.models import F, Sum
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from usage.models import Budget, BudgetCounter, MeteredCall, UsageRecord
@@ -52,8 +53,11 @@ def budget_set(*, team, amount_usd: Decimal, hard: bool = True, thresholds: list
             defaults={"amount_usd": amount_usd, "hard": hard, "thresholds": thresholds},
         )
         # Counters copy the terms; refresh them so a new limit applies at once.
-        BudgetCounter.objects.filter(budget=budget).update(limit_usd=amount_usd, hard=hard,
-                                                           thresholds=thresholds)
+        # Spend already past a lowered limit is carried, not an overspend.
+        BudgetCounter.objects.filter(budget=budget).update(
+            limit_usd=amount_usd, hard=hard, thresholds=thresholds,
+            carried_usd=Greatest(F("carried_usd"), F("spent_usd") - F("overrun_usd") - amount_usd),
+        )
         start = month_start(now)
         spent = UsageRecord.objects.filter(
             team=team, created_at__gte=start, created_at__lt=next_month_start(now),
@@ -61,7 +65,8 @@ def budget_set(*, team, amount_usd: Decimal, hard: bool = True, thresholds: list
         ).aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
         BudgetCounter.objects.get_or_create(
             budget=budget, month=start.date(),
-            defaults={"limit_usd": amount_usd, "hard": hard, "thresholds": thresholds, "spent_usd": spent},
+            defaults={"limit_usd": amount_usd, "hard": hard, "thresholds": thresholds, "spent_usd": spent,
+                      "carried_usd": max(Decimal(0), spent - amount_usd)},
         )
     return budget
 
@@ -106,8 +111,8 @@ def _reserve(call: MeteredCall, amount: Decimal, now: datetime):
             WHERE team_id = %s AND (api_key_id IS NULL OR api_key_id = %s)
         ), r AS (
             INSERT INTO usage_budgetcounter
-                (budget_id, month, spent_usd, reserved_usd, overrun_usd, limit_usd, hard, thresholds)
-            SELECT id, %s, 0, %s, 0, amount_usd, hard, thresholds FROM b
+                (budget_id, month, spent_usd, reserved_usd, overrun_usd, carried_usd, limit_usd, hard, thresholds)
+            SELECT id, %s, 0, %s, 0, 0, amount_usd, hard, thresholds FROM b
             WHERE NOT hard OR %s <= amount_usd
             ON CONFLICT (budget_id, month) DO UPDATE SET
                 reserved_usd = usage_budgetcounter.reserved_usd + EXCLUDED.reserved_usd,

@@ -189,9 +189,12 @@ class BudgetCounter(models.Model):
     spent_usd = models.DecimalField(**USD_FIELD, default=0)
     reserved_usd = models.DecimalField(**USD_FIELD, default=0)
     # Spend recorded beyond what calls had reserved (an upstream that produced
-    # more than the request allowed): the documented bound on a hard budget is
-    # spent_usd <= limit_usd + overrun_usd, and reconcile checks it.
+    # more than the request allowed, a call swept and then finished), and spend
+    # already past the limit when the limit was lowered below it. The bound on
+    # a hard budget is spent_usd <= limit_usd + carried_usd + overrun_usd;
+    # reconcile checks it.
     overrun_usd = models.DecimalField(**USD_FIELD, default=0)
+    carried_usd = models.DecimalField(**USD_FIELD, default=0)
     # The budget's terms, refreshed by every reservation, so that one
     # statement can check and reserve without reading the budget again.
     limit_usd = models.DecimalField(max_digits=16, decimal_places=6)

@@ -127,9 +127,10 @@ def _check_budgets(report: Report, month: date, start: datetime, end: datetime) 
         if spent != counter.spent_usd:
             report.problems.append(f"{scope} budget {month:%Y-%m}: counter spent {counter.spent_usd} but the "
                                    f"ledger holds {spent}")
-        if counter.hard and counter.spent_usd > counter.limit_usd + counter.overrun_usd:
+        bound = counter.limit_usd + counter.carried_usd + counter.overrun_usd
+        if counter.hard and counter.spent_usd > bound:
             report.problems.append(f"{scope} budget {month:%Y-%m}: spent {counter.spent_usd} over the hard limit "
                                    f"{counter.limit_usd} by more than the recorded overrun "
-                                   f"{counter.overrun_usd}")
+                                   f"{counter.overrun_usd} (and carried {counter.carried_usd})")
         if counter.reserved_usd < 0:
             report.problems.append(f"{scope} budget {month:%Y-%m}: negative reservation {counter.reserved_usd}")

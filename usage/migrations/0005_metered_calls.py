@@ -25,6 +25,11 @@ class Migration(migrations.Migration):
             name='overrun_usd',
             field=models.DecimalField(decimal_places=12, default=0, max_digits=24),
         ),
+        migrations.AddField(
+            model_name='budgetcounter',
+            name='carried_usd',
+            field=models.DecimalField(decimal_places=12, default=0, max_digits=24),
+        ),
         migrations.RenameModel(old_name='InFlightCall', new_name='MeteredCall'),
         migrations.AddField(
             model_name='meteredcall', name='route', field=models.CharField(blank=True, max_length=100, default=''),
