@@ -220,7 +220,8 @@ def _model_entries(principal):
             entries.append({"id": model.name, "object": "model", "created": model.created,
                             "owned_by": model.provider.name})
     for route in catalog.routes_for(team_id=principal.team_id):
-        if route_allowed(principal, route):
+        # A model's name always means the model, so a route under it is unreachable.
+        if route.name not in catalog.models and route_allowed(principal, route):
             entries.append({"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"})
     return entries
 
