@@ -123,8 +123,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TIMEZONE = "UTC"
 # Every periodic job, in one place. Each is idempotent: safe to run twice.
 CELERY_BEAT_SCHEDULE = {
-    # Settle calls of crashed workers and release their budget reservations.
-    "inflight-expire": {"task": "usage.tasks.inflight_expire", "schedule": 300.0},
+    # Record the calls of dead workers and release their budget reservations
+    # (web processes do it too, on their heartbeat; see TOLLGATE_LEASE_S).
+    "inflight-sweep": {"task": "usage.tasks.inflight_sweep", "schedule": 20.0},
+    # Forget closed calls older than TOLLGATE_CALL_JOURNAL_DAYS.
+    "journal-prune": {"task": "usage.tasks.journal_prune", "schedule": 3600.0},
     # Safety net for threshold alerts (normally enqueued when a call crosses one).
     "budget-alerts": {"task": "usage.tasks.budget_alerts_check_all", "schedule": 300.0},
     # Once a day: project month-end spend and warn budgets heading over.
@@ -183,9 +186,20 @@ SPECTACULAR_SETTINGS = {
 # Largest request body /v1 accepts, in bytes; larger bodies get a 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES + 1024
-# How long a call may run, in seconds, before the proxy ends it; an in-flight
-# record older than this plus a margin belongs to a crashed worker.
+# How long a call may run, in seconds, before the proxy ends it (a route's
+# deadline_s may only be shorter); an in-flight record older than this plus a
+# margin belongs to a dead worker.
 TOLLGATE_CALL_DEADLINE_S = env.int("TOLLGATE_CALL_DEADLINE_S", default=600)
+# Each gateway process renews a lease every HEARTBEAT_S seconds; the calls of
+# a process whose lease is LEASE_S seconds old are swept as interrupted, so a
+# killed worker's calls are recorded and their reservations released within
+# a minute. Web processes sweep on their heartbeat unless WEB_SWEEPS is off
+# (Celery beat sweeps too).
+TOLLGATE_LEASE_S = env.int("TOLLGATE_LEASE_S", default=30)
+TOLLGATE_HEARTBEAT_S = env.int("TOLLGATE_HEARTBEAT_S", default=10)
+TOLLGATE_WEB_SWEEPS = env.bool("TOLLGATE_WEB_SWEEPS", default=True)
+# Days a closed call's journal entry (MeteredCall) is kept for `reconcile`.
+TOLLGATE_CALL_JOURNAL_DAYS = env.int("TOLLGATE_CALL_JOURNAL_DAYS", default=100)
 # How long an authenticated key stays cached, in seconds; revocation clears it.
 TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
 

@@ -134,14 +134,15 @@ async def _compare_one(principal, body, model_name) -> dict:
     try:
         call = await sync_to_async(call_prepare)(principal=principal, endpoint=CHAT, body={**body, "model": model_name},
                                                  request_id=request_id, now=timezone.now())
-        payload, model, row = await call_json(call, {**body, "model": model_name})
+        payload, model, cost = await call_json(call, {**body, "model": model_name})
     except ProxyError as exc:
         result["error"] = exc.message
         return result
     choices = payload.get("choices") or [{}]
+    served, _ = call.meter.outcomes[-1]
     result.update(ok=True, answer=(choices[0].get("message") or {}).get("content"),
-                  prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
-                  latency_ms=row["latency_ms"], cost_usd=format_usd(row["cost_usd"]))
+                  prompt_tokens=served.tokens.prompt, completion_tokens=served.tokens.completion,
+                  latency_ms=served.latency_ms, cost_usd=format_usd(cost))
     return result
 
 

@@ -13,10 +13,9 @@ from asgiref.sync import sync_to_async
 from routing.cooldowns import cooldown_note_failure
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo
-from usage.models import UsageRecord
+from usage.metering import Status
 
 logger = logging.getLogger(__name__)
-Status = UsageRecord.Status
 
 # Upstream statuses caused by the request itself: passed on, never retried.
 CLIENT_FAULT_STATUSES = {400, 413, 422}
@@ -108,7 +107,7 @@ class AttemptPlan:
 
     def __init__(self, call):
         self.call = call
-        self.deadline = call.started + call.deadline_s
+        self.deadline = call.deadline_at
         self.retry_at: dict[str, float] = {}
         self.last_failure: AttemptFailure | None = None
         self.stopped = False
@@ -119,7 +118,7 @@ class AttemptPlan:
             self.stopped = True
             return
         if failure.retry_after:
-            self.retry_at[model.name] = time.perf_counter() + failure.retry_after
+            self.retry_at[model.name] = time.monotonic() + failure.retry_after
         # Shared with every worker; a cache failure must not fail the call.
         try:
             await sync_to_async(cooldown_note_failure, thread_sensitive=False)(
@@ -137,12 +136,12 @@ class AttemptPlan:
                 if attempt_pass:
                     backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt_pass - 1))
                     wait = random.uniform(backoff / 2, backoff)
-                wait = max(wait, self.retry_at.get(model.name, 0) - time.perf_counter())
-                if time.perf_counter() + wait >= self.deadline:
+                wait = max(wait, self.retry_at.get(model.name, 0) - time.monotonic())
+                if time.monotonic() + wait >= self.deadline:
                     continue
                 if wait > 0:
                     await asyncio.sleep(wait)
-                remaining = self.deadline - time.perf_counter()
+                remaining = self.deadline - time.monotonic()
                 yield model, min(float(model.provider.timeout_s), remaining)
 
     def final_error(self) -> ProxyError:

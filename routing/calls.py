@@ -1,8 +1,10 @@
-"""One client call through the proxy: resolve, check, attempt, record.
+"""One client call through the proxy: resolve → attempt → relay.
 
-A call is prepared synchronously in one thread hop (catalog snapshot, access,
-prices, in-flight record), then runs its upstream attempts asynchronously,
-then writes its ledger rows (one per attempt) in one transaction.
+`call_prepare` resolves the requested model or route to the models that
+may serve it, checks access, limits and prices, and opens the call's meter
+(usage.metering), all synchronously in one thread hop. `call_json` (here)
+and `call_stream` (routing.streaming) run the upstream attempts and report
+each one to the meter as a typed Outcome; the meter alone writes money.
 """
 
 import asyncio
@@ -15,28 +17,37 @@ from decimal import Decimal
 
 import httpx2
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from accounts.services import KeyPrincipal
 from routing import tokens
-from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
+from routing.attempts import AttemptFailure, AttemptPlan, UpstreamStreamError, classify_failure
 from routing.cooldowns import cooling
 from routing.errors import ProxyError
-from routing.ratelimits import ratelimit_check
+from routing.ratelimits import RateCheck, ratelimit_check, ratelimit_settle
 from routing.selectors import ModelInfo, catalog_snapshot
 from routing.strategies import order_targets, request_needs
+from routing.tokens import TokenBounds
 from routing.upstream import upstream_client
-from usage.budgets import OverBudget, Reservation, worst_case_cost
-from usage.models import UsageRecord
+from usage.metering import (
+    CallFacts,
+    Endpoint,
+    Meter,
+    Outcome,
+    OverBudget,
+    Status,
+    meter_open,
+    meter_refuse,
+)
+from usage.pricing import Tokens, unpriced_direction
 from usage.selectors import model_latencies
-from usage.services import ChargedPrices, inflight_start, usage_cost, usage_record
 
 logger = logging.getLogger(__name__)
 
-Status = UsageRecord.Status
-CHAT = UsageRecord.Endpoint.CHAT
-EMBEDDINGS = UsageRecord.Endpoint.EMBEDDINGS
+CHAT = Endpoint.CHAT
+EMBEDDINGS = Endpoint.EMBEDDINGS
 _CAPABILITY = {CHAT: "chat", EMBEDDINGS: "embeddings"}
 
 
@@ -51,113 +62,81 @@ def format_usd(amount: Decimal) -> str:
 
 @dataclass
 class Call:
-    request_id: str
+    facts: CallFacts
     principal: KeyPrincipal
-    endpoint: str
-    requested_model: str
-    route: str
     candidates: list[ModelInfo]
-    prompt_estimate: int
-    end_user: str
-    created_at: datetime
+    bounds: TokenBounds
     # Seconds all attempts together may take, and extra passes over the candidates.
     deadline_s: float = 600
     retries: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    rows: list[dict] = field(default_factory=list)
-    reservation: Reservation | None = None
-    # x-ratelimit-* headers for the response.
-    ratelimit_headers: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    meter: Meter | None = None
+    rate: RateCheck | None = None
+    # Set when the client disconnected; the call still finishes and is recorded.
+    client_gone: bool = False
 
-    def elapsed_ms(self) -> int:
-        return int((time.perf_counter() - self.started) * 1000)
+    @property
+    def request_id(self) -> str:
+        return self.facts.request_id
 
-    def base_row(self) -> dict:
-        return {
-            "request_id": self.request_id,
-            "team_id": self.principal.team_id,
-            "api_key_id": self.principal.key_id,
-            "endpoint": self.endpoint,
-            "requested_model": self.requested_model,
-            "route": self.route,
-            "end_user": self.end_user,
-            "created_at": self.created_at,
-        }
+    @property
+    def route(self) -> str:
+        return self.facts.route
 
-    def add_row(self, model: ModelInfo | None, **fields) -> dict:
-        row = {**self.base_row(), "attempt": len(self.rows), **fields}
-        if model is not None:
-            prices = ChargedPrices.from_catalog(model.prices)
-            row.update(
-                model=model.name,
-                provider=model.provider.name,
-                input_per_mtok=prices.input,
-                cached_input_per_mtok=prices.cached_input,
-                output_per_mtok=prices.output,
-            )
-        self.rows.append(row)
-        return row
+    @property
+    def endpoint(self) -> str:
+        return self.facts.endpoint
 
-    def add_failure(self, model: ModelInfo, failure, started: float) -> dict:
-        return self.add_row(
-            model,
-            status=failure.status,
-            http_status=failure.error.status,
-            error_type=failure.error.code or failure.error.type,
-            error_message=failure.error.message[:500],
-            latency_ms=int((time.perf_counter() - started) * 1000),
-        )
+    @property
+    def deadline_at(self) -> float:
+        """When the call must end, in the event loop's clock (time.monotonic)."""
+        return self.started + self.deadline_s
+
+    @property
+    def ratelimit_headers(self) -> dict:
+        return self.rate.headers if self.rate else {}
+
+    def outcome(self, model: ModelInfo, *, status: str, started: float, **fields) -> Outcome:
+        return Outcome(status=status, model=model.name, provider=model.provider.name, price=model.prices,
+                       latency_ms=int((time.monotonic() - started) * 1000), **fields)
+
+    def fail(self, model: ModelInfo, failure: AttemptFailure, started: float) -> None:
+        self.meter.attempt(self.outcome(
+            model, status=failure.status, started=started, http_status=failure.error.status,
+            error_type=failure.error.code or failure.error.type, error_message=failure.error.message,
+        ))
 
     async def record(self) -> None:
         # Shielded: a client disconnect must not cancel the ledger write. Not
         # thread-sensitive: a cancelled stream may be finalized after its
         # request's context is gone, and must still be recorded.
-        await asyncio.shield(sync_to_async(_record_and_release, thread_sensitive=False)(self.rows, self.reservation))
+        await asyncio.shield(sync_to_async(_record, thread_sensitive=False)(self))
 
 
-def _record_and_release(rows, reservation) -> None:
+def _record(call: Call) -> None:
     try:
-        usage_record(rows=rows, reservation=reservation)
+        call.meter.close()
+        counted = sum(o.tokens.total for o, _ in call.meter.outcomes)
+        ratelimit_settle(call.rate, tokens=counted)
     finally:
         connection.close()  # back to the pool; this thread serves other calls
 
 
-def usage_fields(model: ModelInfo, usage: dict | None, *, estimate_completion: int = 0, prompt_estimate: int = 0) -> dict:
-    """Token counts and cost from an upstream `usage` object, or from estimates when it sent none."""
-    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-        prompt = usage["prompt_tokens"]
-        completion = usage.get("completion_tokens") or 0
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-        estimated = False
-    else:
-        prompt, completion, cached, reasoning, estimated = prompt_estimate, estimate_completion, 0, 0, True
-    cost = usage_cost(
-        prices=ChargedPrices.from_catalog(model.prices),
-        prompt_tokens=prompt,
-        cached_tokens=cached,
-        completion_tokens=completion,
-    )
-    return {
-        "prompt_tokens": prompt,
-        "cached_tokens": min(cached, prompt),
-        "completion_tokens": completion,
-        "reasoning_tokens": reasoning,
-        "tokens_estimated": estimated,
-        "cost_usd": cost,
-    }
+def counted_tokens(model: ModelInfo, call: Call, usage, *, completion_estimate: int) -> tuple[Tokens, bool]:
+    """The tokens to bill: the upstream's `usage` when it is sane, else the gateway's own
+    count (the prompt estimate plus what was produced), flagged as estimated."""
+    reported = tokens.reported_tokens(usage, context_window=model.context_window,
+                                      n=tokens.choices(call.bounds.body))
+    if reported is not None:
+        return reported, False
+    if usage is not None:
+        logger.warning("upstream %s sent unusable usage for %s: %.200r; counting it ourselves",
+                       model.provider.name, call.request_id, usage)
+    return Tokens(prompt=min(call.bounds.prompt_estimate, tokens.MAX_TOKENS_PER_CALL),
+                  completion=min(completion_estimate, tokens.MAX_TOKENS_PER_CALL)), True
 
 
 # --- Preparing a call -------------------------------------------------------
-
-
-def _unpriced_direction(model: ModelInfo, endpoint: str) -> str | None:
-    prices = model.prices
-    if prices is None or prices.input is None:
-        return "input"
-    if endpoint == CHAT and prices.output is None:
-        return "output"
-    return None
 
 
 def route_allowed(principal: KeyPrincipal, route) -> bool:
@@ -166,80 +145,78 @@ def route_allowed(principal: KeyPrincipal, route) -> bool:
     return principal.may_use(route.name) or all(principal.may_use(t) for t in route.targets)
 
 
-_latencies: tuple[float, dict] = (0.0, {})
-LATENCY_WINDOW = timedelta(minutes=15)
-LATENCY_REFRESH_S = 10
+class RecentLatencies:
+    """Latencies observed by this gateway (from the ledger), refreshed every few seconds."""
+
+    WINDOW = timedelta(minutes=15)
+    REFRESH_S = 10
+
+    def __init__(self):
+        self._fetched_at, self._values = float("-inf"), {}
+
+    def get(self) -> dict[str, dict]:
+        if time.monotonic() - self._fetched_at >= self.REFRESH_S:
+            # No lock, for the same reason as the catalog snapshot: never wait on a
+            # lock while holding a pooled connection another lock holder may need.
+            self._values = model_latencies(since=timezone.now() - self.WINDOW)
+            self._fetched_at = time.monotonic()
+        return self._values
 
 
-def recent_latencies() -> dict[str, dict]:
-    """Latencies observed by this gateway (from the ledger), refreshed every few seconds per process."""
-    global _latencies
-    fetched_at, values = _latencies
-    if time.monotonic() - fetched_at < LATENCY_REFRESH_S:
-        return values
-    # No lock, for the same reason as the catalog snapshot: never wait on a
-    # lock while holding a pooled connection another lock holder may need.
-    values = model_latencies(since=timezone.now() - LATENCY_WINDOW)
-    _latencies = (time.monotonic(), values)
-    return values
+recent_latencies = RecentLatencies()
 
 
 def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_id: str, now: datetime) -> Call:
-    """Resolve the requested model or route to the models that may serve it.
+    """Resolve the requested model or route to the models that may serve it, and open the call.
 
-    Refusals (unknown, not allowed, unusable or unpriced model) are written
-    to the ledger as `refused` rows and raised as ProxyError. On success the
-    call's in-flight record is written before any upstream is contacted.
+    Refusals (unknown, not allowed, unusable or unpriced model, over budget)
+    are recorded as `refused` rows and raised as ProxyError. On success the
+    call's meter is open (budgets reserved, in-flight record written) before
+    any upstream is contacted.
     """
     catalog = catalog_snapshot()
     name = body["model"]
-    if endpoint == CHAT:
-        prompt_estimate = tokens.chat_prompt_tokens(body["messages"], body.get("tools"))
-    else:
-        prompt_estimate = tokens.embedding_input_tokens(body["input"])
-    route = catalog.route(team_id=principal.team_id, name=name)
-    call = Call(
-        request_id=request_id,
-        principal=principal,
-        endpoint=endpoint,
-        requested_model=name,
-        route=route.name if route else "",
-        candidates=[],
-        prompt_estimate=prompt_estimate,
-        end_user=str(body.get("user") or "")[:256],
+    bounds = TokenBounds.of_chat(body) if endpoint == CHAT else TokenBounds.of_embeddings(body)
+    # A model's name always means the model: a route can never shadow it.
+    model = catalog.models.get(name)
+    route = catalog.route(team_id=principal.team_id, name=name) if model is None else None
+    facts = CallFacts(
+        request_id=request_id, team_id=principal.team_id, key_id=principal.key_id, endpoint=endpoint,
+        requested_model=name, route=route.name if route else "", end_user=str(body.get("user") or "")[:256],
         created_at=now,
     )
+    call = Call(facts=facts, principal=principal, candidates=[], bounds=bounds)
 
-    def refuse(error: ProxyError, model: ModelInfo | None = None):
-        call.add_row(
-            model,
-            status=Status.REFUSED,
-            http_status=error.status,
-            error_type=error.code or error.type,
-            error_message=error.message[:500],
-        )
-        usage_record(rows=call.rows, now=now)
+    def refuse(error: ProxyError, refused_model: ModelInfo | None = None):
+        meter_refuse(facts=facts, now=now, outcome=Outcome(
+            status=Status.REFUSED, model=refused_model.name if refused_model else "",
+            provider=refused_model.provider.name if refused_model else "",
+            price=refused_model.prices if refused_model else None, http_status=error.status,
+            error_type=error.code or error.type, error_message=error.message,
+        ))
         raise error
 
     capability = _CAPABILITY[endpoint]
+    needs_output = endpoint == CHAT
+    global_deadline = settings.TOLLGATE_CALL_DEADLINE_S
     if route is not None:
         if not route_allowed(principal, route):
             refuse(ProxyError(403, f"This API key is not allowed to use the route `{name}`.", code="model_not_allowed"))
         targets = [catalog.models[t] for t in route.targets if t in catalog.models]
-        targets = [m for m in targets if m.can(capability) and _unpriced_direction(m, endpoint) is None]
+        targets = [m for m in targets if m.can(capability)
+                   and unpriced_direction(m.prices, needs_output=needs_output) is None]
         ordered = order_targets(
             route=route,
             targets=targets,
-            body=body,
-            prompt_tokens=prompt_estimate,
+            bounds=bounds,
             needs=request_needs(body) if endpoint == CHAT else set(),
-            latencies=recent_latencies() if route.strategy == "fastest" else {},
+            latencies=recent_latencies.get() if route.strategy == "fastest" else {},
             stream=bool(body.get("stream")),
         )
         cold = cooling([m.name for m in ordered])
         # Cooling targets sit out unless nothing else is left.
         call.candidates = [m for m in ordered if m.name not in cold] or ordered
-        call.deadline_s, call.retries = route.deadline_s, route.retries
+        call.deadline_s, call.retries = min(route.deadline_s, global_deadline), route.retries
         if not call.candidates:
             refuse(ProxyError(
                 400,
@@ -248,7 +225,6 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
                 param="model", code="no_usable_target",
             ))
     else:
-        model = catalog.models.get(name)
         if model is None:
             refuse(ProxyError(
                 404, f"The model `{name}` does not exist or you do not have access to it.",
@@ -260,7 +236,7 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
         if not model.can(capability):
             refuse(ProxyError(400, f"The model `{name}` does not support {capability}.",
                               param="model", code="model_not_supported"), model)
-        direction = _unpriced_direction(model, endpoint)
+        direction = unpriced_direction(model.prices, needs_output=needs_output)
         if direction is not None:
             refuse(ProxyError(
                 400,
@@ -269,10 +245,13 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
                 param="model", code="model_unpriced",
             ), model)
         call.candidates = [model]
-        call.deadline_s = model.provider.timeout_s
+        call.deadline_s = global_deadline
 
+    # TPM counts the most the call can use, as budgets do; what it did not use
+    # is given back when it is recorded.
+    ceilings = [(m.prices, bounds.ceiling(m)) for m in call.candidates]
     rate = ratelimit_check(key_id=principal.key_id, rpm=principal.rpm_limit, tpm=principal.tpm_limit,
-                           tokens=prompt_estimate + (body.get("max_completion_tokens") or body.get("max_tokens") or 0))
+                           tokens=max(t.total for _, t in ceilings))
     if not rate.allowed:
         # Not written to the ledger: a client hammering past its limit must
         # not turn into database writes.
@@ -282,29 +261,45 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
             f"used {rate.used}. Please try again in {rate.retry_after}s.",
             type=rate.exceeded, code="rate_limit_exceeded", headers=rate.headers,
         )
-    call.ratelimit_headers = rate.headers
-
-    # Reserved before the upstream call so parallel requests cannot overspend.
-    reserve = worst_case_cost(
-        prices_list=[ChargedPrices.from_catalog(m.prices) for m in call.candidates],
-        prompt_tokens=prompt_estimate,
-        output_tokens_list=[tokens.output_cap(body, m.max_output_tokens) if endpoint == CHAT else 0
-                            for m in call.candidates],
-    )
+    call.rate = rate
     try:
-        call.reservation = inflight_start(
-            request_id=request_id,
-            team_id=principal.team_id,
-            api_key_id=principal.key_id,
-            endpoint=endpoint,
-            requested_model=name,
-            now=now,
-            reserve_usd=reserve,
-        )
+        call.meter = meter_open(facts=facts, worst_case=ceilings, deadline_s=call.deadline_s, now=now)
     except OverBudget as exc:
+        ratelimit_settle(rate, tokens=0)
         refuse(ProxyError(429, str(exc), type="insufficient_quota", code="insufficient_quota",
-                          headers=rate.headers))
+                          headers={**rate.headers, "x-should-retry": "false"}))
     return call
+
+
+# --- Detached from the client ------------------------------------------------------
+
+
+class DetachedCalls:
+    """Upstream work that outlives its client: a client that disconnects does not cancel
+    the call, which finishes (within its deadline) and is recorded with what the upstream
+    produced. Holds the running tasks so they are not garbage-collected."""
+
+    def __init__(self):
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def run(self, call: Call, coroutine, *, on_abandon=None):
+        task = self.spawn(coroutine)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            call.client_gone = True
+            if on_abandon is not None:
+                task.add_done_callback(on_abandon)
+            raise
+
+
+detached = DetachedCalls()
 
 
 # --- JSON calls (chat without stream, embeddings) -------------------------
@@ -322,41 +317,41 @@ def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
     return sent
 
 
-async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, dict]:
-    """Run a non-streaming call; return the client payload, serving model and its ledger row."""
+def _produced_tokens(payload: dict) -> int:
+    return sum(
+        tokens.text_tokens(str((c.get("message") or {}).get("content") or ""))
+        for c in payload.get("choices") or [] if isinstance(c, dict)
+    )
+
+
+async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
+    """Run a non-streaming call; return the client payload, the serving model and the call's cost."""
     plan = AttemptPlan(call)
     async for model, timeout in plan:
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
             client = upstream_client(model.provider)
             # The SDK's generic post: its pooled client, auth and error mapping,
             # without re-validating a body that is passed through as sent.
-            raw = await client.post(_PATHS[call.endpoint], body=upstream_body(body, model, call.endpoint),
-                                    cast_to=httpx2.Response, options={"timeout": timeout})
-            payload = raw.json()
+            async with asyncio.timeout_at(call.deadline_at):
+                raw = await client.post(_PATHS[call.endpoint], body=upstream_body(body, model, call.endpoint),
+                                        cast_to=httpx2.Response, options={"timeout": timeout})
+                payload = raw.json()
             if not isinstance(payload, dict):
                 raise UpstreamStreamError(ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error"))
         except Exception as exc:
             failure = classify_failure(exc, model)
-            call.add_failure(model, failure, started)
+            call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
-        completion_estimate = 0
-        if call.endpoint == CHAT and not isinstance(payload.get("usage"), dict):
-            completion_estimate = sum(
-                tokens.text_tokens(str((c.get("message") or {}).get("content") or ""))
-                for c in payload.get("choices") or [] if isinstance(c, dict)
-            )
-        row = call.add_row(
-            model,
-            status=Status.OK,
-            http_status=200,
-            latency_ms=int((time.perf_counter() - started) * 1000),
-            **usage_fields(model, payload.get("usage"), estimate_completion=completion_estimate,
-                           prompt_estimate=call.prompt_estimate),
-        )
+        produced = _produced_tokens(payload) if call.endpoint == CHAT else 0
+        counted, estimated = counted_tokens(model, call, payload.get("usage"), completion_estimate=produced)
+        call.meter.attempt(call.outcome(
+            model, status=Status.CLIENT_CLOSED if call.client_gone else Status.OK, started=started,
+            http_status=200, tokens=counted, estimated=estimated,
+        ))
         payload["model"] = model.name
         await call.record()
-        return payload, model, row
+        return payload, model, call.meter.total
     await call.record()
     raise plan.final_error()

@@ -66,7 +66,7 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
         if isinstance(max_tokens, int) and max_tokens > 0:
             words = words[:max_tokens]
             text = " ".join(words)
-        prompt = tokens.chat_prompt_tokens(messages, body.get("tools"))
+        prompt = tokens.chat_prompt_estimate({**body, "messages": messages})
         completion = tokens.text_tokens(text)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -107,7 +107,7 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
             else:
                 embedding = vector
             data.append({"object": "embedding", "index": index, "embedding": embedding})
-        prompt = tokens.embedding_input_tokens(value)
+        prompt = tokens.embedding_input_estimate(value)
         return _json(200, {
             "object": "list", "data": data, "model": body.get("model", "offline"),
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},

@@ -25,6 +25,7 @@ from routing.calls import (
     EMBEDDINGS,
     call_json,
     call_prepare,
+    detached,
     format_usd,
     new_request_id,
     route_allowed,
@@ -36,7 +37,7 @@ from routing.errors import (
     request_too_large,
 )
 from routing.selectors import catalog_snapshot
-from routing.streaming import call_stream
+from routing.streaming import abandon_relay, call_stream
 
 
 class JSONBodyParser(BaseParser):
@@ -161,9 +162,9 @@ def _call_headers(response, call, model):
     return response
 
 
-def _json_response(call, payload, model, row) -> HttpResponse:
+def _json_response(call, payload, model, cost) -> HttpResponse:
     response = HttpResponse(json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json")
-    response["x-tollgate-cost"] = format_usd(row["cost_usd"])
+    response["x-tollgate-cost"] = format_usd(cost)
     return _call_headers(response, call, model)
 
 
@@ -195,12 +196,12 @@ class ChatCompletionsView(ProxyCallView):
     async def post(self, request):
         body, call = self.body, self.call
         if body.get("stream"):
-            relay = await call_stream(call, body)
+            relay = await detached.run(call, call_stream(call, body), on_abandon=abandon_relay)
             response = StreamingHttpResponse(relay.run(), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return _call_headers(response, call, relay.model)
-        return _json_response(call, *await call_json(call, body))
+        return _json_response(call, *await detached.run(call, call_json(call, body)))
 
 
 class EmbeddingsView(ProxyCallView):
@@ -208,7 +209,7 @@ class EmbeddingsView(ProxyCallView):
     validate = validate_embeddings_body
 
     async def post(self, request):
-        return _json_response(self.call, *await call_json(self.call, self.body))
+        return _json_response(self.call, *await detached.run(self.call, call_json(self.call, self.body)))
 
 
 def _model_entries(principal):
@@ -219,7 +220,8 @@ def _model_entries(principal):
             entries.append({"id": model.name, "object": "model", "created": model.created,
                             "owned_by": model.provider.name})
     for route in catalog.routes_for(team_id=principal.team_id):
-        if route_allowed(principal, route):
+        # A model's name always means the model, so a route under it is unreachable.
+        if route.name not in catalog.models and route_allowed(principal, route):
             entries.append({"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"})
     return entries
 

@@ -2,9 +2,12 @@
 
 Counted in Redis when REDIS_URL is set, so every worker shares the count
 (one pipelined round trip per call: INCRBY and EXPIRE for each limit);
-in process memory otherwise. A request's tokens are its prompt estimate
-plus its max_tokens, counted when it is admitted, as OpenAI counts them.
-A refused request gives its counts back. Headers follow OpenAI's names.
+in process memory otherwise. A request's tokens are the most it can use
+(routing.tokens: its prompt ceiling plus n × its output allowance),
+counted when it is admitted, so a request shaped to look small cannot slip
+past the limit; when the call is recorded, what it did not use is given
+back (`ratelimit_settle`). A refused request gives its counts back.
+Headers follow OpenAI's names.
 """
 
 import logging
@@ -28,6 +31,10 @@ class RateCheck:
     limit: int = 0
     used: int = 0
     retry_after: int = 0
+    # The window's token counter and what this request added to it, for ratelimit_settle.
+    tokens_key: str = ""
+    tokens_counted: int = 0
+    window: int = 0
 
 
 class _MemoryCounter:
@@ -38,6 +45,8 @@ class _MemoryCounter:
 
     def incr(self, amounts: dict[str, int], window: int) -> list[int]:
         with self.lock:
+            if self.window is not None and window < self.window:
+                return [0] * len(amounts)  # a past window is gone; nothing to change
             if self.window != window:
                 self.counts, self.window = {}, window
             results = []
@@ -84,7 +93,9 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
         # Fail open: budgets (in PostgreSQL) still hold; a Redis outage must not stop all traffic.
         logger.exception("rate limit counters unavailable; letting the call through")
         return RateCheck(allowed=True)
-    check = RateCheck(allowed=True)
+    check = RateCheck(allowed=True, window=window)
+    if "tokens" in limits:
+        check.tokens_key, check.tokens_counted = limits["tokens"][0], tokens
     for (kind, (_, limit, amount)), used in zip(limits.items(), counts):
         if used > limit and check.allowed:
             check.allowed, check.exceeded, check.limit, check.used = False, kind, limit, used - amount
@@ -92,6 +103,7 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
         # A refused request does not count: give its amounts back.
         _incr({key: -amount for key, _, amount in limits.values()}, window)
         counts = [used - amount for (_, _, amount), used in zip(limits.values(), counts)]
+        check.tokens_key, check.tokens_counted = "", 0
         check.retry_after = math.ceil(reset_in)
         check.headers["Retry-After"] = str(check.retry_after)
     for (kind, (_, limit, _)), used in zip(limits.items(), counts):
@@ -99,3 +111,15 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
         check.headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
         check.headers[f"x-ratelimit-reset-{kind}"] = _duration(reset_in)
     return check
+
+
+def ratelimit_settle(check: RateCheck | None, *, tokens: int) -> None:
+    """Give back the tokens an admitted call counted but did not use."""
+    if check is None or not check.tokens_key or tokens >= check.tokens_counted:
+        return
+    unused, check.tokens_counted = check.tokens_counted - tokens, tokens
+    try:
+        _incr({check.tokens_key: -unused}, check.window)
+    except Exception:
+        # The window simply stays fuller than it should until it rolls over.
+        logger.warning("could not give back %s unused tokens to %s", unused, check.tokens_key)

@@ -13,12 +13,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 from django.core.cache import cache
 from django.utils import timezone
 
 from routing.models import CatalogModel, ModelPrice, Provider, Route
+from usage.pricing import Price
 
 CATALOG_VERSION_KEY = "catalog:version"
 CATALOG_CHECK_S = 1.0
@@ -34,15 +34,6 @@ class ProviderInfo:
 
 
 @dataclass(frozen=True)
-class Prices:
-    """USD per 1M tokens; None means that direction is unpriced."""
-
-    input: Decimal | None
-    cached_input: Decimal | None
-    output: Decimal | None
-
-
-@dataclass(frozen=True)
 class ModelInfo:
     name: str
     display_name: str
@@ -52,7 +43,8 @@ class ModelInfo:
     max_output_tokens: int | None
     capabilities: frozenset
     benchmarks: dict
-    prices: Prices | None
+    # The price charged now (usage.pricing.Price); None when the model has none.
+    prices: Price | None
     created: int
 
     def can(self, capability: str) -> bool:
@@ -94,11 +86,12 @@ def _build_catalog(now: datetime) -> Catalog:
         p.id: ProviderInfo(name=p.name, base_url=p.base_url, api_key_env=p.api_key_env, timeout_s=p.timeout_s)
         for p in Provider.objects.all()
     }
-    current_prices: dict[int, Prices] = {}
+    current_prices: dict[int, Price] = {}
     for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("model_id", "-effective_from"):
         current_prices.setdefault(
             price.model_id,
-            Prices(input=price.input_per_mtok, cached_input=price.cached_input_per_mtok, output=price.output_per_mtok),
+            Price.listed(input=price.input_per_mtok, cached_input=price.cached_input_per_mtok,
+                         output=price.output_per_mtok),
         )
     models = {
         m.name: ModelInfo(

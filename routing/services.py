@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -62,6 +63,8 @@ def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoad
             provider = fields.pop("provider")
             if provider not in provider_ids:
                 raise CatalogError(f"model {fields['name']!r}: unknown provider {provider!r}")
+            if Route.objects.filter(name=fields["name"]).exists():
+                raise CatalogError(f"model {fields['name']!r}: a route has that name; rename the route first")
             model, _ = CatalogModel.objects.update_or_create(
                 name=fields.pop("name"), defaults={**fields, "provider_id": provider_ids[provider]}
             )
@@ -170,6 +173,10 @@ def route_state(route: Route | None) -> dict | None:
 
 def route_save(*, team, name: str, fields: dict, actor: str, now: datetime | None = None) -> Route:
     """Create or update a route (team=None: global) from validated fields; record the change, if any."""
+    if CatalogModel.objects.filter(name=name).exists():
+        # A model's name always means the model (a key limited to it must never
+        # be routed elsewhere), so no route may take it.
+        raise CatalogError(f"route {name!r}: a model has that id; give the route another name")
     known = set(CatalogModel.objects.filter(name__in=fields["targets"]).values_list("name", flat=True))
     missing = [t for t in fields["targets"] if t not in known]
     if missing:
@@ -243,8 +250,10 @@ def _route_fields(entry, index=None, where=None):
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
         raise CatalogError(f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}")
     deadline_s = _positive_int(entry, "deadline_s", where, 60)
-    if not 1 <= deadline_s <= 3600:
-        raise CatalogError(f"{where}: 'deadline_s' must be between 1 and 3600 seconds")
+    longest = settings.TOLLGATE_CALL_DEADLINE_S
+    if not 1 <= deadline_s <= longest:
+        raise CatalogError(f"{where}: 'deadline_s' must be between 1 and {longest} seconds "
+                           f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)")
     retries = _positive_int(entry, "retries", where, 1)
     if retries > 5:
         raise CatalogError(f"{where}: 'retries' must be at most 5")

@@ -10,7 +10,8 @@ import random
 from decimal import Decimal
 
 from routing.selectors import ModelInfo, RouteInfo
-from routing.tokens import output_cap
+from routing.tokens import TokenBounds
+from usage.pricing import cost
 
 
 def request_needs(body: dict) -> set[str]:
@@ -25,10 +26,10 @@ def request_needs(body: dict) -> set[str]:
     return needs
 
 
-def expected_cost(model: ModelInfo, *, prompt_tokens: int, body: dict) -> Decimal:
-    """USD this request would cost on `model` at its current prices, at most."""
-    prices = model.prices
-    return (prompt_tokens * prices.input + output_cap(body, model.max_output_tokens) * (prices.output or 0)) / 1_000_000
+def expected_cost(model: ModelInfo, bounds: TokenBounds) -> Decimal:
+    """USD this request is expected to cost on `model` at its current prices (its usual
+    prompt estimate and its full output allowance; targets are priced by the caller)."""
+    return cost(model.prices, bounds.expected(model))
 
 
 def meets_floor(model: ModelInfo, require: dict) -> bool:
@@ -40,8 +41,7 @@ def order_targets(
     *,
     route: RouteInfo,
     targets: list[ModelInfo],
-    body: dict,
-    prompt_tokens: int,
+    bounds: TokenBounds,
     needs: set[str],
     latencies: dict[str, dict],
     stream: bool,
@@ -52,7 +52,7 @@ def order_targets(
     for model in targets:
         if not all(model.can(c) for c in needed):
             continue
-        if model.context_window and prompt_tokens + (body.get("max_tokens") or 0) > model.context_window:
+        if model.context_window and bounds.prompt_estimate + (bounds.body.get("max_tokens") or 0) > model.context_window:
             continue
         if route.strategy in ("cheapest", "fastest") and not meets_floor(model, route.require):
             continue
@@ -66,7 +66,7 @@ def order_targets(
             return [first] + [m for m in usable if m is not first]
         return usable
     if route.strategy == "cheapest":
-        return sorted(usable, key=lambda m: expected_cost(m, prompt_tokens=prompt_tokens, body=body))
+        return sorted(usable, key=lambda m: expected_cost(m, bounds))
     if route.strategy == "fastest":
         metric = "ttft_ms" if stream else "latency_ms"
 

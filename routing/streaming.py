@@ -8,14 +8,21 @@ import openai
 
 from routing import tokens
 from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
-from routing.calls import _PATHS, CHAT, Call, Status, upstream_body, usage_fields
+from routing.calls import _PATHS, CHAT, Call, counted_tokens, detached, upstream_body
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo
 from routing.upstream import upstream_client
+from usage.metering import Status
 
 
 class StreamRelay:
-    """Relays one upstream stream to the client chunk by chunk, then records it."""
+    """Relays one upstream stream to the client chunk by chunk, then records it.
+
+    However the stream ends — finished, cut by the upstream, ended at the
+    call's deadline, abandoned by the client — the call is recorded once,
+    billed on the upstream's usage if it sent a sane one, else on the prompt
+    estimate plus what was delivered, flagged as estimated.
+    """
 
     def __init__(self, call: Call, model: ModelInfo, stream: openai.AsyncStream, chunks, first: dict,
                  started: float, client_wants_usage: bool):
@@ -26,7 +33,9 @@ class StreamRelay:
         self.first = first
         self.started = started
         self.client_wants_usage = client_wants_usage
-        self.ttft_ms = int((time.perf_counter() - started) * 1000)
+        self.ttft_ms = int((time.monotonic() - started) * 1000)
+        self.status, self.error, self.usage, self.delivered = Status.OK, None, None, []
+        self.recorded = False
 
     def _client_event(self, chunk: dict) -> bytes | None:
         chunk["model"] = self.model.name
@@ -38,8 +47,6 @@ class StreamRelay:
 
     async def run(self):
         """The client's event stream; the call is recorded before the final event is sent."""
-        self.status, self.error, self.usage, self.delivered = Status.OK, None, None, []
-        self.recorded = False
         tail = b"data: [DONE]\n\n"
         try:
             try:
@@ -47,6 +54,11 @@ class StreamRelay:
                     yield event
             except (asyncio.CancelledError, GeneratorExit):
                 raise
+            except TimeoutError:
+                error = ProxyError(504, f"This call reached its deadline of {self.call.deadline_s:g} s and "
+                                        f"was ended.", code="deadline_exceeded")
+                self.status, self.error = Status.TIMEOUT, error.message
+                tail = b"data: " + json.dumps(error.payload()).encode() + b"\n\n"
             except Exception as exc:
                 failure = classify_failure(exc, self.model)
                 self.status, self.error = failure.status, failure.error.message
@@ -74,7 +86,14 @@ class StreamRelay:
                 event = self._client_event(chunk)
                 if event is not None:
                     yield event
-            chunk = await anext(self.chunks, None)
+            # The deadline bounds each wait for the upstream, never the client's reads.
+            async with asyncio.timeout_at(self.call.deadline_at):
+                chunk = await anext(self.chunks, None)
+
+    async def abandon(self) -> None:
+        """The client left before the stream started: end it and record what was produced."""
+        self.status = Status.CLIENT_CLOSED
+        await self._finish()
 
     async def _finish(self):
         # Set first: the shielded write below completes even if this task is cancelled.
@@ -83,24 +102,13 @@ class StreamRelay:
             await asyncio.shield(self.stream.close())
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
-        if self.status in (Status.OK, Status.CLIENT_CLOSED) or self.usage is not None:
-            # Delivered content is billed; a failed stream only if the upstream reported usage.
-            counted = usage_fields(self.model, self.usage,
-                                   estimate_completion=tokens.text_tokens("".join(self.delivered)),
-                                   prompt_estimate=self.call.prompt_estimate)
-        else:
-            counted = {}
-        self.call.add_row(
-            self.model,
-            status=self.status,
-            http_status=200,
-            error_type="" if self.status == Status.OK else self.status,
-            error_message=self.error or "",
-            streamed=True,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            ttft_ms=self.ttft_ms,
-            **counted,
-        )
+        counted, estimated = counted_tokens(self.model, self.call, self.usage,
+                                            completion_estimate=tokens.text_tokens("".join(self.delivered)))
+        self.call.meter.attempt(self.call.outcome(
+            self.model, status=self.status, started=self.started, http_status=200,
+            error_type="" if self.status == Status.OK else self.status, error_message=self.error or "",
+            streamed=True, ttft_ms=self.ttft_ms, tokens=counted, estimated=estimated,
+        ))
         await self.call.record()
 
 
@@ -114,17 +122,18 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
     client_wants_usage = bool(client_options.get("include_usage"))
     plan = AttemptPlan(call)
     async for model, timeout in plan:
-        started = time.perf_counter()
+        started = time.monotonic()
         stream = None
         try:
             client = upstream_client(model.provider)
             sent = {**upstream_body(body, model, CHAT), "stream": True,
                     "stream_options": {**client_options, "include_usage": True}}
-            # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
-            stream = await client.post(_PATHS[CHAT], body=sent, cast_to=object, stream=True,
-                                       stream_cls=openai.AsyncStream[object], options={"timeout": timeout})
-            chunks = aiter(stream)
-            first = await asyncio.wait_for(anext(chunks, None), timeout)
+            async with asyncio.timeout_at(call.deadline_at):
+                # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
+                stream = await client.post(_PATHS[CHAT], body=sent, cast_to=object, stream=True,
+                                           stream_cls=openai.AsyncStream[object], options={"timeout": timeout})
+                chunks = aiter(stream)
+                first = await asyncio.wait_for(anext(chunks, None), timeout)
             if first is None:
                 raise UpstreamStreamError(ProxyError(502, "The upstream stream ended before any data.",
                                                      code="upstream_error"))
@@ -135,10 +144,17 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
                 except Exception:
                     pass
             failure = classify_failure(exc, model)
-            call.add_failure(model, failure, started)
+            call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
         return StreamRelay(call, model, stream, chunks, first, started, client_wants_usage)
     await call.record()
     raise plan.final_error()
 
+
+def abandon_relay(task: "asyncio.Task[StreamRelay]") -> None:
+    """Done-callback for a stream whose client left while it was being opened."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    relay = task.result()
+    detached.spawn(relay.abandon())

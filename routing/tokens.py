@@ -1,71 +1,265 @@
-"""Token estimates, for upstreams that send no usage and for budget reservations.
+"""Token counts of a request: the usual estimate, and the most it can use.
 
-The method, documented once: a text costs ceil(ASCII characters / 4) plus
-one token per non-ASCII character (CJK text runs about one token per
-character in common BPE vocabularies, English about four characters per
-token). Each chat message adds 4 tokens of framing and a prompt adds 3 for
-priming the reply, as OpenAI's cookbook counts them; an image part counts
-as 85 tokens (a low-detail tile). Rows billed on an estimate are flagged
-`tokens_estimated` in the ledger.
+**Estimate** (for upstreams that send no usage, and for `cheapest`
+routing): a text costs ceil(ASCII characters / 4) plus one token per
+non-ASCII character (CJK text runs about one token per character in common
+BPE vocabularies, English about four characters per token). Each chat
+message adds 4 tokens of framing and a prompt adds 3 for priming the reply,
+as OpenAI's cookbook counts them; an image part counts as 85 tokens (a
+low-detail tile). Rows billed on an estimate are flagged `tokens_estimated`.
+
+**Ceiling** (for budget reservations and TPM limits, which must bound the
+real cost whatever the request's shape): byte-level BPE tokenizers never
+make more tokens than the UTF-8 bytes they read, so every text, tool
+definition, audio or file part and anything unknown counts its byte
+length; an image counts by its detail and size (below); output is the
+request's `max_completion_tokens`/`max_tokens` (else the model's cap, else
+TOLLGATE_RESERVE_OUTPUT_TOKENS), never above the model's cap, times the
+number of choices asked for (`n`), plus any `prediction` content, which
+providers bill as output.
 """
 
+import base64
+import binascii
+import io
+import json
 import math
+from dataclasses import dataclass
 
 from django.conf import settings
+
+from routing.selectors import ModelInfo
+from usage.pricing import MAX_TOKENS_PER_CALL, Tokens, is_token_count
 
 MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 IMAGE_TOKENS = 85
+# Image ceilings. OpenAI bills a high-detail image 85 + 170 per 512-px tile
+# after fitting it in 2048×2048 with its short side at most 768; Anthropic
+# bills width × height / 750; Qwen-VL up to 16,384 tokens. An image whose
+# size the gateway cannot read (a URL) is reserved at that largest figure.
+IMAGE_LOW_DETAIL_TOKENS = 85
+IMAGE_UNKNOWN_SIZE_TOKENS = 16_384
 
 
 def text_tokens(text: str) -> int:
+    """The usual estimate of a text's tokens."""
     if not text:
         return 0
     ascii_chars = sum(1 for ch in text if ord(ch) < 128)
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 
-def _content_tokens(content) -> int:
+def _bytes(value) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+# --- Chat ------------------------------------------------------------------
+
+
+def _part_estimate(part) -> int:
+    if isinstance(part, dict):
+        if part.get("type") == "image_url":
+            return IMAGE_TOKENS
+        if isinstance(part.get("text"), str):
+            return text_tokens(part["text"])
+    return math.ceil(_bytes(part) / 4)
+
+
+def _part_ceiling(part) -> int:
+    if isinstance(part, dict):
+        if part.get("type") == "image_url":
+            return image_ceiling(part.get("image_url"))
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            return _bytes(part["text"])
+    # input_audio, file and anything unknown: its byte length.
+    return _bytes(part)
+
+
+def _content_tokens(content, part_tokens, text_count) -> int:
+    if content is None:
+        return 0
     if isinstance(content, str):
-        return text_tokens(content)
+        return text_count(content)
     if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, dict):
-                if part.get("type") == "image_url":
-                    total += IMAGE_TOKENS
-                else:
-                    total += text_tokens(str(part.get("text", "")))
-        return total
-    return 0
+        return sum(part_tokens(part) for part in content)
+    return part_tokens(content)
 
 
-def chat_prompt_tokens(messages: list, tools=None) -> int:
+# Request fields that reach the model's input besides the messages.
+_INPUT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+
+
+def chat_prompt_estimate(body: dict) -> int:
     total = REPLY_PRIMING
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
+    for message in body["messages"]:
+        total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"), _part_estimate, text_tokens)
         for call in message.get("tool_calls") or []:
             total += text_tokens(str(call))
-    if tools:
-        total += text_tokens(str(tools))
+    for name in _INPUT_FIELDS:
+        if body.get(name) is not None:
+            total += math.ceil(_bytes(body[name]) / 4)
     return total
 
 
-def embedding_input_tokens(value) -> int:
+def chat_prompt_ceiling(body: dict) -> int:
+    total = REPLY_PRIMING
+    for message in body["messages"]:
+        framing = {k: v for k, v in message.items() if k != "content"}
+        total += MESSAGE_OVERHEAD + _bytes(framing)
+        total += _content_tokens(message.get("content"), _part_ceiling, _bytes)
+    for name in _INPUT_FIELDS:
+        if body.get(name) is not None:
+            total += _bytes(body[name])
+    return total
+
+
+def image_ceiling(image_url) -> int:
+    """Most tokens one image part can cost, by its detail and, for inline images, its size."""
+    if not isinstance(image_url, dict):
+        image_url = {"url": image_url}
+    if image_url.get("detail") == "low":
+        return IMAGE_LOW_DETAIL_TOKENS
+    size = _inline_image_size(image_url.get("url"))
+    if size is None:
+        return IMAGE_UNKNOWN_SIZE_TOKENS
+    width, height = size
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h)) if min(w, h) else 1.0
+    tiles = math.ceil(w * scale / 512) * math.ceil(h * scale / 512)
+    return max(IMAGE_LOW_DETAIL_TOKENS + 170 * tiles, math.ceil(width * height / 750))
+
+
+def _inline_image_size(url) -> tuple[int, int] | None:
+    if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=False)
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+    except (binascii.Error, ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def choices(body: dict) -> int:
+    """How many completions the request asks for."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def output_cap(body: dict, model_cap: int | None) -> int:
+    """Output tokens one choice may produce: the request's max, else the model's cap, else
+    TOLLGATE_RESERVE_OUTPUT_TOKENS; never above the model's cap."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    cap = asked or model_cap or settings.TOLLGATE_RESERVE_OUTPUT_TOKENS
+    return min(cap, model_cap) if model_cap else cap
+
+
+def _prediction_bytes(body: dict) -> int:
+    prediction = body.get("prediction")
+    return _bytes(prediction.get("content")) if isinstance(prediction, dict) else 0
+
+
+# --- Embeddings ----------------------------------------------------------------
+
+
+def embedding_input_estimate(value) -> int:
     """Tokens in an embeddings `input`: text, a list of texts, or token-id arrays."""
     if isinstance(value, str):
         return text_tokens(value)
     if isinstance(value, list):
         if all(isinstance(v, int) for v in value):
             return len(value)
-        return sum(embedding_input_tokens(v) for v in value)
+        return sum(embedding_input_estimate(v) for v in value)
     return 0
 
 
-def output_cap(body: dict, max_output_tokens: int | None) -> int:
-    """Output tokens a chat request may produce: its max_tokens, else the model's cap, else
-    TOLLGATE_RESERVE_OUTPUT_TOKENS. Used for budget reservations and for cheapest routing."""
-    return (body.get("max_completion_tokens") or body.get("max_tokens") or max_output_tokens
-            or settings.TOLLGATE_RESERVE_OUTPUT_TOKENS)
+def embedding_input_ceiling(value) -> int:
+    if isinstance(value, str):
+        return _bytes(value)
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(embedding_input_ceiling(v) for v in value)
+    return _bytes(value)
+
+
+# --- A request's bounds ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenBounds:
+    """A request's token estimate and ceiling, independent of the model but for its output cap."""
+
+    prompt_estimate: int
+    prompt_ceiling: int
+    # Output ceiling before the model's cap: per choice, how many choices, prediction bytes.
+    body: dict
+    chat: bool
+
+    @classmethod
+    def of_chat(cls, body: dict) -> "TokenBounds":
+        return cls(chat_prompt_estimate(body), chat_prompt_ceiling(body), body, True)
+
+    @classmethod
+    def of_embeddings(cls, body: dict) -> "TokenBounds":
+        value = body["input"]
+        return cls(embedding_input_estimate(value), embedding_input_ceiling(value), body, False)
+
+    def output_ceiling(self, model: ModelInfo | None) -> int:
+        if not self.chat:
+            return 0
+        cap = output_cap(self.body, model.max_output_tokens if model else None)
+        return cap * choices(self.body) + _prediction_bytes(self.body)
+
+    def ceiling(self, model: ModelInfo | None) -> Tokens:
+        """The most tokens this request can use on `model` (clamped to what a Tokens holds)."""
+        return _clamped(self.prompt_ceiling, self.output_ceiling(model))
+
+    def expected(self, model: ModelInfo | None) -> Tokens:
+        output = output_cap(self.body, model.max_output_tokens if model else None) if self.chat else 0
+        return _clamped(self.prompt_estimate, output * choices(self.body) if self.chat else 0)
+
+
+def _clamped(prompt: int, completion: int) -> Tokens:
+    return Tokens(prompt=min(prompt, MAX_TOKENS_PER_CALL), completion=min(completion, MAX_TOKENS_PER_CALL))
+
+
+# --- What an upstream reported ------------------------------------------------------
+
+
+def reported_tokens(usage, *, context_window: int | None = None, n: int = 1) -> Tokens | None:
+    """Tokens from an upstream's OpenAI `usage` object, or None when it sent none or
+    nonsense: negative, fractional, string or absurd counts, cached above prompt, a
+    prompt longer than the model's context window. The caller then counts itself and
+    flags the row as estimated."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    completion = 0 if completion is None else completion
+    cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+    reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+    if not all(is_token_count(v) for v in (prompt, completion, cached, reasoning)):
+        return None
+    if cached > prompt or reasoning > completion:
+        return None
+    if context_window and (prompt > context_window or completion > context_window * n):
+        return None
+    return Tokens(prompt=prompt, cached=cached, completion=completion, reasoning=reasoning)
+
+
+def _detail(usage: dict, section: str, name: str):
+    details = usage.get(section)
+    if details is None:
+        return 0
+    if not isinstance(details, dict):
+        return None
+    value = details.get(name)
+    return 0 if value is None else value

@@ -37,6 +37,13 @@ def _required_services():
         pytest.exit(f"Redis at {settings.REDIS_URL} is not reachable: {exc}", returncode=3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_background_sweeps():
+    # Tests sweep explicitly, with the clock they choose; the portals they start
+    # in this process must not sweep behind their back.
+    settings.TOLLGATE_WEB_SWEEPS = False
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     # The standing cast signs in with passwords; the default hasher is slow by design.

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEFAULT_USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
@@ -20,13 +20,17 @@ DEFAULT_USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 4
 @dataclass
 class Answer:
     content: str = "Hello from the fake upstream"
-    usage: dict | None = field(default_factory=lambda: dict(DEFAULT_USAGE))
+    # A usage object to report (anything, to play a liar), None for none, or HONEST.
+    usage: dict | str | None = field(default_factory=lambda: dict(DEFAULT_USAGE))
     # Streams: seconds between chunks, and a cut (connection closed) after N chunks.
     chunk_delay: float = 0.0
     cut_after: int | None = None
     # Seconds to wait before answering at all.
     delay: float = 0.0
     extra: dict = field(default_factory=dict)
+    # Answer `n` choices when asked (an honest upstream does; some ignore it),
+    # reporting n times the completion tokens.
+    honour_n: bool = True
 
 
 @dataclass
@@ -85,6 +89,32 @@ class FakeUpstream:
             return queue.popleft() if queue else Answer()
 
 
+def _choices(body: dict, behaviour: Answer) -> int:
+    n = body.get("n")
+    return n if behaviour.honour_n and isinstance(n, int) and n > 1 else 1
+
+
+HONEST = "honest"
+
+
+def _billing_honestly(body: dict, behaviour: Answer) -> Answer:
+    """Answer(usage=HONEST) bills what a real provider would at most: a token per 4 bytes
+    of everything the model reads, and every output token the request allowed, per choice."""
+    if behaviour.usage != HONEST:
+        return behaviour
+    read = sum(len(json.dumps(body[k])) for k in ("messages", "tools", "functions") if k in body)
+    allowed = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+    return replace(behaviour, usage={"prompt_tokens": read // 4, "completion_tokens": allowed,
+                                     "total_tokens": read // 4 + allowed})
+
+
+def _usage_for(usage, n: int):
+    if n == 1 or not isinstance(usage, dict) or not isinstance(usage.get("completion_tokens"), int):
+        return usage
+    completion = usage["completion_tokens"] * n
+    return {**usage, "completion_tokens": completion, "total_tokens": usage.get("prompt_tokens", 0) + completion}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream: FakeUpstream
@@ -121,15 +151,17 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._stream(body, behaviour)
             return
+        n = _choices(body, behaviour)
+        behaviour = _billing_honestly(body, behaviour)
         payload = {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1764000000, "model": body["model"],
             "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": behaviour.content},
-                         "finish_reason": "stop", "logprobs": None}],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": behaviour.content},
+                         "finish_reason": "stop", "logprobs": None} for i in range(n)],
             **behaviour.extra,
         }
         if behaviour.usage is not None:
-            payload["usage"] = behaviour.usage
+            payload["usage"] = _usage_for(behaviour.usage, n)
         self._json(200, payload)
 
     def _json(self, status, payload, headers=None):
@@ -155,15 +187,18 @@ class _Handler(BaseHTTPRequestHandler):
                 "model": body["model"], "system_fingerprint": "fp_fake"}
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         words = behaviour.content.split(" ")
+        n = _choices(body, behaviour)
+        behaviour = _billing_honestly(body, behaviour)
         events = []
         for i, word in enumerate(words):
             delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
-            events.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-                           **({"usage": None} if include_usage else {})})
-        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            for index in range(n):
+                events.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}],
+                               **({"usage": None} if include_usage else {})})
+        events.append({**base, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)],
                        **({"usage": None} if include_usage else {})})
         if include_usage and behaviour.usage is not None:
-            events.append({**base, "choices": [], "usage": behaviour.usage})
+            events.append({**base, "choices": [], "usage": _usage_for(behaviour.usage, n)})
         try:
             for sent, event in enumerate(events):
                 if behaviour.cut_after is not None and sent >= behaviour.cut_after:

@@ -12,7 +12,6 @@ from tests.factories import MembershipFactory, UserFactory
 from usage import alerts
 from usage.budgets import budget_set
 from usage.models import AlertDelivery, AlertEvent
-from usage.services import usage_record
 
 pytestmark = pytest.mark.django_db
 
@@ -63,14 +62,9 @@ def spend(team, key, amount, when, request_id):
     """A call of `amount` USD at `when`, reserved and settled as the proxy does it."""
     from django.utils import timezone
 
-    from usage.services import inflight_start
+    from tests.factories import spend as metered_spend
 
-    reservation = inflight_start(request_id=request_id, team_id=team.id, api_key_id=key.id, endpoint="chat",
-                                 requested_model="gpt-4o", now=when, reserve_usd=Decimal(amount))
-    usage_record(rows=[{"request_id": request_id, "attempt": 0, "team_id": team.id, "api_key_id": key.id,
-                        "endpoint": "chat", "requested_model": "gpt-4o", "model": "gpt-4o", "status": "ok",
-                        "cost_usd": Decimal(amount), "created_at": when}],
-                 reservation=reservation, now=timezone.now())
+    metered_spend(team, key, amount, when, request_id, now=timezone.now())
 
 
 def check_all(now):

@@ -11,11 +11,13 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
+from routing.tokens import TokenBounds
 from tests.fake_upstream import Answer
 from usage.budgets import budget_set
-from usage.models import Budget, BudgetCounter, InFlightCall, UsageRecord
+from usage.models import Budget, BudgetCounter, MeteredCall, UsageRecord
 
-MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken."}]  # estimated at 16 tokens
+# Reserved at its ceiling of 60 prompt tokens (its UTF-8 bytes plus framing).
+MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken!!!"}]
 live = pytest.mark.django_db(transaction=True)
 
 
@@ -52,21 +54,23 @@ def test_fifty_parallel_calls_never_spend_past_a_hard_budget(catalog, inference_
         assert error.body["type"] == "insufficient_quota" and "budget" in error.message
     counter = BudgetCounter.objects.get(budget=budget)
     assert counter.reserved_usd == 0 and counter.spent_usd == spent
-    assert not InFlightCall.objects.exists()
+    assert not MeteredCall.objects.in_flight().exists()
     assert UsageRecord.objects.filter(team=team, status="refused", http_status=429).count() == len(errors)
 
 
 @live
 def test_done_when_a_one_dollar_budget_is_never_overcharged_and_alerts_fire_once_each(
         catalog, inference_key, async_sdk, team, owner, member, upstream, celery_worker, mailoutbox):
-    # Each call costs exactly $0.25 and reserves exactly that: 32 × 2.50 + 24,992 × 10.00 per 1M.
-    upstream.script("gpt-4o", *[Answer(usage={"prompt_tokens": 32, "completion_tokens": 24992})] * 50)
+    # Each call reserves its ceiling, 60 × 2.50 + 24,985 × 10.00 per 1M = exactly $0.25, and the
+    # upstream reports that ceiling, so exactly four calls fit and spend the whole dollar.
+    assert TokenBounds.of_chat({"messages": MESSAGES}).prompt_ceiling == 60
+    upstream.script("gpt-4o", *[Answer(usage={"prompt_tokens": 60, "completion_tokens": 24985})] * 50)
     owner.email = "owner@acme.test"
     owner.save()
     budget = budget_set(team=team, amount_usd=Decimal("1"))
     _, secret = inference_key
 
-    served, errors = hammer(async_sdk, secret, 50, model="gpt-4o", max_tokens=24992)
+    served, errors = hammer(async_sdk, secret, 50, model="gpt-4o", max_tokens=24985)
 
     assert len(served) == 4 and len(errors) == 46
     assert UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))["total"] == Decimal("1")
@@ -124,39 +128,17 @@ def test_refusal_names_the_budget_and_when_it_resets(catalog, inference_key, sdk
 
 
 @pytest.mark.django_db
-def test_a_crashed_calls_reservation_is_released_by_the_sweeper(team, inference_key):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from usage.services import inflight_expire, inflight_start
-
-    key, _ = inference_key
-    budget = budget_set(team=team, amount_usd=Decimal("1"))
-    long_ago = timezone.now() - timedelta(hours=2)
-    inflight_start(request_id="req_dead", team_id=team.id, api_key_id=key.id, endpoint="chat",
-                   requested_model="gpt-4o", now=long_ago, reserve_usd=Decimal("0.4"))
-    assert BudgetCounter.objects.get(budget=budget).reserved_usd == Decimal("0.4")
-
-    inflight_expire()
-
-    assert BudgetCounter.objects.get(budget=budget).reserved_usd == 0
-    assert UsageRecord.objects.get(request_id="req_dead").status == "interrupted"
-
-
-@pytest.mark.django_db
 def test_reservation_that_does_not_fit_writes_nothing(team, inference_key):
     from django.utils import timezone
 
+    from tests.factories import open_call
     from usage.budgets import OverBudget
-    from usage.services import inflight_start
 
     key, _ = inference_key
     budget_set(team=team, amount_usd=Decimal("1"))
     with pytest.raises(OverBudget):
-        inflight_start(request_id="req_big", team_id=team.id, api_key_id=key.id, endpoint="chat",
-                       requested_model="gpt-4o", now=timezone.now(), reserve_usd=Decimal("1.01"))
-    assert not InFlightCall.objects.exists()
+        open_call(team, key, "req_big", timezone.now(), reserve="1.01")
+    assert not MeteredCall.objects.exists()
     assert BudgetCounter.objects.filter(reserved_usd__gt=0).count() == 0
 
 
@@ -193,8 +175,8 @@ def test_budget_api_for_owner_member_and_outsider(team, owner, member, outsider)
 def test_a_broken_broker_does_not_fail_a_recorded_call(team, inference_key, monkeypatch, django_capture_on_commit_callbacks):
     from datetime import UTC, datetime
 
+    from tests.factories import finish_call, open_call
     from usage import tasks
-    from usage.services import inflight_start, usage_record
 
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker unreachable")
@@ -203,12 +185,9 @@ def test_a_broken_broker_does_not_fail_a_recorded_call(team, inference_key, monk
     key, _ = inference_key
     budget_set(team=team, amount_usd=Decimal("1"), thresholds=[50], hard=False)
     now = datetime.now(UTC)
-    reservation = inflight_start(request_id="req_b", team_id=team.id, api_key_id=key.id, endpoint="chat",
-                                 requested_model="gpt-4o", now=now, reserve_usd=Decimal("0.6"))
+    meter = open_call(team, key, "req_b", now, reserve="0.6")
 
     with django_capture_on_commit_callbacks(execute=True):
-        written = usage_record(rows=[{"request_id": "req_b", "attempt": 0, "team_id": team.id, "api_key_id": key.id,
-                                      "endpoint": "chat", "requested_model": "gpt-4o", "status": "ok",
-                                      "cost_usd": Decimal("0.6"), "created_at": now}], reservation=reservation)
+        written = finish_call(meter, "0.6")
 
     assert len(written) == 1 and BudgetCounter.objects.get().spent_usd == Decimal("0.6")

@@ -5,9 +5,10 @@ from decimal import Decimal
 
 import pytest
 
+from routing import tokens
 from routing.tokens import text_tokens
 from tests.fake_upstream import Answer
-from usage.models import InFlightCall, UsageRecord
+from usage.models import MeteredCall, UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,7 +40,7 @@ def test_chat_completion_is_relayed_and_recorded_with_exact_cost(catalog, infere
     assert row.cost_usd == FLASH_COST
     assert row.streamed is False and row.latency_ms is not None
     assert upstream.received[0].headers["authorization"] == "Bearer sk-fake-upstream-secret"
-    assert not InFlightCall.objects.exists()
+    assert not MeteredCall.objects.in_flight().exists()
 
 
 def test_request_fields_pass_through_to_the_upstream_unchanged(catalog, inference_key, sdk, team, upstream):
@@ -261,10 +262,11 @@ def test_client_disconnect_cancels_upstream_and_records_what_was_delivered(catal
     while not upstream.closed_streams and time.monotonic() < deadline:
         time.sleep(0.05)
     assert upstream.closed_streams == ["deepseek-v4-flash"]
-    assert not InFlightCall.objects.exists()
+    assert not MeteredCall.objects.in_flight().exists()
 
 
-def test_stream_cut_by_upstream_ends_with_an_error_event_and_zero_cost(catalog, inference_key, sdk, team, upstream):
+def test_stream_cut_by_upstream_ends_with_an_error_event_and_bills_what_was_delivered(
+        catalog, inference_key, sdk, team, upstream):
     import openai
 
     _, secret = inference_key
@@ -278,7 +280,11 @@ def test_stream_cut_by_upstream_ends_with_an_error_event_and_zero_cost(catalog, 
 
     assert received == ["a", " b", " c"]
     [row] = rows(team)
-    assert (row.status, row.cost_usd, row.prompt_tokens) == ("upstream_error", 0, 0)
+    # No usage arrived: the prompt estimate and the delivered "a b c", at gpt-4o's prices, estimated.
+    prompt = tokens.chat_prompt_estimate({"messages": MESSAGES})
+    assert (row.status, row.tokens_estimated, row.prompt_tokens, row.completion_tokens) == (
+        "upstream_error", True, prompt, tokens.text_tokens("a b c"))
+    assert row.cost_usd == (prompt * Decimal("2.5") + 2 * Decimal("10")) / 10**6
 
 
 def test_models_lists_what_the_key_may_use(catalog, team, sdk):

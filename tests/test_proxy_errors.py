@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.services import api_key_create, api_key_revoke
 from tests.fake_upstream import Answer, Fail, Reset
-from usage.models import InFlightCall, UsageRecord
+from usage.models import MeteredCall, UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -225,7 +225,7 @@ def test_upstream_500_is_502_passing_on_its_error_and_recorded_at_zero_cost(cata
     [row] = rows(team)
     assert (row.status, row.http_status, row.cost_usd, row.prompt_tokens) == ("upstream_error", 502, 0, 0)
     assert "overloaded" in row.error_message
-    assert not InFlightCall.objects.exists()
+    assert not MeteredCall.objects.in_flight().exists()
 
 
 def test_upstream_400_is_passed_on_and_not_retried(catalog, sdk, inference_key, team, upstream):

@@ -50,21 +50,33 @@ def test_successful_responses_carry_the_ratelimit_headers(catalog, team, sdk):
     assert raw.headers["x-ratelimit-limit-requests"] == "10"
     assert raw.headers["x-ratelimit-remaining-requests"] == "9"
     assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
-    # hi: 3 + 4 + 1 = 8 estimated prompt tokens, plus max_tokens 50
-    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 58)
+    # Counted at admission: the prompt's ceiling (24 for "hi") plus max_tokens 50.
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 24 - 50)
 
 
 @live
-def test_tpm_refuses_a_request_that_would_not_fit(catalog, team, sdk):
-    _, secret = api_key_create(team=team, name="limited", tpm_limit=100)
+def test_tpm_counts_the_ceiling_and_gives_back_what_was_not_used(catalog, team, sdk):
+    # Each call is admitted at 24 + 80 = 104 tokens; the fake upstream then reports 46 used.
+    _, secret = api_key_create(team=team, name="limited", tpm_limit=124)
     client = sdk(secret)
     client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=80)
 
+    # 46 used + 104 asked > 124: refused, though 104 + 104 would have been refused sooner.
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=80)
 
     assert caught.value.body["type"] == "tokens"
-    assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == "12"
+    assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == str(124 - 46)
+    client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=30)
+
+
+@live
+def test_tpm_refuses_a_call_shaped_to_look_small(catalog, team, sdk):
+    """n = 50 multiplies the output a call may produce; the TPM limit counts it."""
+    _, secret = api_key_create(team=team, name="limited", tpm_limit=1000)
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=100, n=50)
+    assert caught.value.body["type"] == "tokens"
 
 
 @live

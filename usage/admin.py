@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from usage.models import InFlightCall, UsageRecord
+from usage.models import MeteredCall, UsageRecord
 
 
 @admin.register(UsageRecord)
@@ -21,9 +21,9 @@ class UsageRecordAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(InFlightCall)
-class InFlightCallAdmin(admin.ModelAdmin):
-    list_display = ["request_id", "team", "requested_model", "started_at", "expires_at"]
+@admin.register(MeteredCall)
+class MeteredCallAdmin(admin.ModelAdmin):
+    list_display = ["request_id", "team", "requested_model", "started_at", "worker", "closed_at", "swept"]
 
     def has_change_permission(self, request, obj=None):
         return False

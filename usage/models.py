@@ -22,7 +22,9 @@ class UsageRecord(models.Model):
         TIMEOUT = "timeout"
         CLIENT_CLOSED = "client_closed"
         REFUSED = "refused"
-        # Recorded by the sweeper for a call whose worker died mid-call.
+        # Recorded by the sweeper for a call whose worker died mid-call, at
+        # attempt SWEPT_ATTEMPT; the call's real rows, if its worker comes
+        # back, are added beside it (the sweep row costs nothing).
         INTERRUPTED = "interrupted"
 
     class Endpoint(models.TextChoices):
@@ -85,13 +87,22 @@ class UsageRecord(models.Model):
         return f"{self.request_id}#{self.attempt} {self.model} {self.status} ${self.cost_usd}"
 
 
-class InFlightCall(models.Model):
-    """A call between its start and its ledger rows.
+class MeteredCallQuerySet(models.QuerySet):
+    def in_flight(self):
+        return self.filter(closed_at__isnull=True)
 
-    Written before the upstream is called and deleted in the same
-    transaction that appends the call's ledger rows, so a worker that dies
-    mid-call leaves this row behind and the sweeper records the call as
-    interrupted: every call reaches the ledger exactly once.
+
+class MeteredCall(models.Model):
+    """One call opened through the meter: its lease while in flight, its journal entry after.
+
+    Written (with the call's budget reservations) before the upstream is
+    called, and closed by the statement that appends the call's ledger
+    rows. A call left open belongs to a worker that died: once that worker's
+    lease (WorkerLease) lapses, or the call outlives its deadline by a
+    margin, the sweeper records it as interrupted and releases its
+    reservations, so every call reaches the ledger exactly once. Closed
+    entries stay (pruned after TOLLGATE_CALL_JOURNAL_DAYS) so `reconcile`
+    can check that each finished call has its ledger rows.
     """
 
     request_id = models.CharField(max_length=64, unique=True)
@@ -99,16 +110,46 @@ class InFlightCall(models.Model):
     api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.CASCADE, related_name="+")
     endpoint = models.CharField(max_length=16)
     requested_model = models.CharField(max_length=200)
+    route = models.CharField(max_length=100, blank=True)
+    end_user = models.CharField(max_length=256, blank=True)
     started_at = models.DateTimeField()
-    # After this the worker is presumed dead (call deadline plus a margin).
-    expires_at = models.DateTimeField(db_index=True)
-    # What this call reserved (USD, worst case) on which BudgetCounter rows;
-    # released when the call is recorded or expires.
+    # The worker process serving the call (see WorkerLease).
+    worker = models.CharField(max_length=100, blank=True)
+    # The call's deadline plus a margin: past it the call is dead whatever its worker says.
+    expires_at = models.DateTimeField()
+    # What this call reserved (USD, worst case) on each BudgetCounter in
+    # counter_ids; released when the call is recorded or swept.
     reserved_usd = models.DecimalField(**USD_FIELD, default=0)
     counter_ids = models.JSONField(default=list, blank=True)
+    # Null while in flight; set by the ledger write or the sweeper.
+    closed_at = models.DateTimeField(null=True, blank=True)
+    swept = models.BooleanField(default=False)
+
+    objects = MeteredCallQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["expires_at"], condition=models.Q(closed_at__isnull=True),
+                         name="meteredcall_in_flight"),
+            models.Index(fields=["started_at"], name="meteredcall_started"),
+        ]
 
     def __str__(self):
         return self.request_id
+
+
+class WorkerLease(models.Model):
+    """A gateway process that is alive: it renews its lease every few seconds.
+
+    The calls in flight on a worker whose lease lapsed (killed, frozen, its
+    machine gone) are swept within a minute instead of at their deadline.
+    """
+
+    worker = models.CharField(max_length=100, unique=True)
+    expires_at = models.DateTimeField()
+
+    def __str__(self):
+        return self.worker
 
 
 class Budget(models.Model):
@@ -147,6 +188,13 @@ class BudgetCounter(models.Model):
     month = models.DateField(help_text="first day of the month, UTC")
     spent_usd = models.DecimalField(**USD_FIELD, default=0)
     reserved_usd = models.DecimalField(**USD_FIELD, default=0)
+    # Spend recorded beyond what calls had reserved (an upstream that produced
+    # more than the request allowed, a call swept and then finished), and spend
+    # already past the limit when the limit was lowered below it. The bound on
+    # a hard budget is spent_usd <= limit_usd + carried_usd + overrun_usd;
+    # reconcile checks it.
+    overrun_usd = models.DecimalField(**USD_FIELD, default=0)
+    carried_usd = models.DecimalField(**USD_FIELD, default=0)
     # The budget's terms, refreshed by every reservation, so that one
     # statement can check and reserve without reading the budget again.
     limit_usd = models.DecimalField(max_digits=16, decimal_places=6)

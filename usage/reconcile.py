@@ -1,15 +1,27 @@
-"""Check that the ledger, the rollups, the reports and the invoices agree to the cent."""
+"""Check that the ledger, the calls, the budgets, the rollups, the reports and the invoices agree.
+
+`reconcile_month` lists every disagreement it finds as a problem:
+
+- a ledger row whose cost is not what its tokens and unit prices make;
+- a finished call (MeteredCall) without its ledger rows, a sweep row that
+  bills anything, a call still open past its deadline (no sweeper runs);
+- a budget counter whose spend is not the ledger's spend for its budget and
+  month, or a hard budget spent beyond its limit plus the recorded overrun;
+- rollups, reports and invoices that do not add up to the ledger.
+"""
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.db.models import DecimalField, ExpressionWrapper, F, Sum, Value
+from django.db.models import DecimalField, Exists, ExpressionWrapper, F, OuterRef, Sum, Value
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from accounts.models import Team
 from usage.invoices import BILLED_KINDS, month_bounds, to_cents
-from usage.models import DailyUsage, Invoice, InvoiceLine, UsageRecord
+from usage.metering import SWEPT_ATTEMPT
+from usage.models import BudgetCounter, DailyUsage, Invoice, InvoiceLine, MeteredCall, UsageRecord
 from usage.rollups import rollup_advance, rollup_through
 from usage.selectors import usage_summary
 
@@ -48,6 +60,8 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
     for row in ledger.annotate(expected=_expected_cost()).exclude(cost_usd=F("expected"))[:50]:
         report.problems.append(f"ledger row {row.request_id}#{row.attempt}: cost {row.cost_usd} but its tokens "
                                f"and prices make {row.expected}")
+    _check_calls(report, ledger, start, end, now or timezone.now())
+    _check_budgets(report, first, start, end)
     team_ids = set(ledger.values_list("team_id", flat=True).distinct())
     team_ids |= set(Invoice.objects.filter(month=month).values_list("team_id", flat=True))
     for team in Team.objects.filter(id__in=team_ids).order_by("slug"):
@@ -84,3 +98,39 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
             if total != invoice.total_usd:
                 report.problems.append(f"{invoice}: total {invoice.total_usd} != sum of lines {total}")
     return report
+
+
+def _check_calls(report: Report, ledger, start: datetime, end: datetime, now: datetime) -> None:
+    """Every finished call has its ledger rows; a sweep never bills; no call is stuck open."""
+    calls = MeteredCall.objects.filter(started_at__gte=start, started_at__lt=end)
+    rows = UsageRecord.objects.filter(request_id=OuterRef("request_id"))
+    for call in calls.filter(closed_at__isnull=False).exclude(Exists(rows))[:50]:
+        report.problems.append(f"call {call.request_id} finished at {call.closed_at:%Y-%m-%d %H:%M:%S} but the "
+                               f"ledger has no row for it")
+    for row in ledger.filter(attempt=SWEPT_ATTEMPT).exclude(cost_usd=0)[:50]:
+        report.problems.append(f"sweep row {row.request_id} bills {row.cost_usd}; a sweep never bills")
+    stuck = calls.in_flight().filter(expires_at__lt=now).count()
+    if stuck:
+        report.problems.append(f"{stuck} calls are still open past their deadline: is the sweeper running "
+                               f"(usage.tasks.inflight_sweep)?")
+
+
+def _check_budgets(report: Report, month: date, start: datetime, end: datetime) -> None:
+    """Budget counters hold the ledger's spend; hard budgets stay within limit plus overrun."""
+    for counter in BudgetCounter.objects.filter(month=month).select_related("budget__team", "budget__api_key"):
+        budget = counter.budget
+        scope = f"{budget.team.slug} key {budget.api_key.prefix}" if budget.api_key_id else budget.team.slug
+        spent = UsageRecord.objects.filter(
+            team_id=budget.team_id, created_at__gte=start, created_at__lt=end,
+            **({"api_key_id": budget.api_key_id} if budget.api_key_id else {}),
+        ).aggregate(t=Sum("cost_usd"))["t"] or Decimal(0)
+        if spent != counter.spent_usd:
+            report.problems.append(f"{scope} budget {month:%Y-%m}: counter spent {counter.spent_usd} but the "
+                                   f"ledger holds {spent}")
+        bound = counter.limit_usd + counter.carried_usd + counter.overrun_usd
+        if counter.hard and counter.spent_usd > bound:
+            report.problems.append(f"{scope} budget {month:%Y-%m}: spent {counter.spent_usd} over the hard limit "
+                                   f"{counter.limit_usd} by more than the recorded overrun "
+                                   f"{counter.overrun_usd} (and carried {counter.carried_usd})")
+        if counter.reserved_usd < 0:
+            report.problems.append(f"{scope} budget {month:%Y-%m}: negative reservation {counter.reserved_usd}")

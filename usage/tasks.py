@@ -2,12 +2,17 @@
 
 from celery import shared_task
 
-from usage import alerts, services
+from usage import alerts, metering
 
 
 @shared_task
-def inflight_expire():
-    return services.inflight_expire()
+def inflight_sweep():
+    return metering.inflight_sweep()
+
+
+@shared_task
+def journal_prune():
+    return metering.journal_prune()
 
 
 @shared_task

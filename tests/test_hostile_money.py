@@ -1,0 +1,373 @@
+"""Money against hostile parties: an upstream that lies, a client that vanishes, requests
+shaped to look cheap. Every call ends in exactly one billed outcome; hard budgets hold."""
+
+import asyncio
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+from django.db.models import Sum
+
+from accounts.services import api_key_create
+from routing import tokens
+from tests.fake_upstream import HONEST, Answer
+from usage.budgets import budget_set
+from usage.metering import SWEPT_ATTEMPT
+from usage.models import BudgetCounter, MeteredCall, UsageRecord
+
+MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken."}]
+live = pytest.mark.django_db(transaction=True)
+GPT4O = (Decimal("2.5"), Decimal("10"))
+
+
+def wait_for(condition, timeout=15.0):
+    """Wait for an event the test cannot observe directly (a background write)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def outcomes(request_id):
+    """The call's billed outcome: its rows, which must hold exactly one successful or final row."""
+    return list(UsageRecord.objects.filter(request_id=request_id).order_by("attempt"))
+
+
+# --- The lying upstream ---------------------------------------------------------------------
+
+
+@live
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": -5, "completion_tokens": 10, "total_tokens": 5},
+    {"prompt_tokens": "12", "completion_tokens": "34"},
+    {"prompt_tokens": 12.5, "completion_tokens": 34.2},
+    {"prompt_tokens": 12, "completion_tokens": -200_000_000_000},
+    {"prompt_tokens": 10**15, "completion_tokens": 34},
+    {"prompt_tokens": 12, "completion_tokens": 34, "prompt_tokens_details": {"cached_tokens": 99}},
+    {"completion_tokens": 34},
+    None,
+], ids=["negative", "strings", "floats", "huge-negative", "absurd", "cached>prompt", "no-prompt", "missing"])
+def test_nonsense_usage_is_replaced_by_the_gateways_count(catalog, team, sdk, upstream, usage):
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(content="one two three four", usage=usage))
+
+    raw = sdk(secret).chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+
+    assert raw.http_request and raw.status_code == 200
+    [row] = outcomes(raw.headers["x-request-id"])
+    prompt = tokens.chat_prompt_estimate({"messages": MESSAGES})
+    completion = tokens.text_tokens("one two three four")
+    assert (row.status, row.tokens_estimated, row.prompt_tokens, row.completion_tokens) == (
+        "ok", True, prompt, completion)
+    assert row.cost_usd == (prompt * GPT4O[0] + completion * GPT4O[1]) / 10**6
+    assert Decimal(raw.headers["x-tollgate-cost"]) == row.cost_usd > 0
+    assert not MeteredCall.objects.in_flight().exists()
+
+
+@live
+def test_nonsense_usage_in_a_stream_is_replaced_too(catalog, team, sdk, upstream):
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(content="one two three", usage={"prompt_tokens": -1, "completion_tokens": 3}))
+
+    stream = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
+
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.status, row.tokens_estimated, row.completion_tokens) == ("ok", True, tokens.text_tokens("one two three"))
+    assert row.cost_usd > 0
+
+
+@live
+@pytest.mark.parametrize("honour_n", [True, False])
+def test_n_is_billed_as_the_upstream_reports_it(catalog, team, sdk, upstream, honour_n):
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(honour_n=honour_n))
+
+    answer = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, n=3, max_tokens=40)
+
+    assert len(answer.choices) == (3 if honour_n else 1)
+    [row] = UsageRecord.objects.filter(team=team)
+    assert row.completion_tokens == (34 * 3 if honour_n else 34) and not row.tokens_estimated
+
+
+@live
+def test_a_client_that_times_out_is_billed_for_what_the_upstream_produced(catalog, team, sdk, upstream):
+    """The call finishes in the background; its row appears once the upstream answers and
+    its reservation is released then, not fifteen minutes later."""
+    key, secret = api_key_create(team=team, name="app")
+    budget = budget_set(team=team, amount_usd=Decimal("10"))
+    upstream.script("gpt-4o", Answer(delay=1.0))
+
+    with pytest.raises(openai.APITimeoutError):
+        sdk(secret, timeout=0.3).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    wait_for(lambda: UsageRecord.objects.filter(team=team).exists())
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == ("client_closed", 12, 34)
+    assert row.cost_usd == (12 * GPT4O[0] + 34 * GPT4O[1]) / 10**6
+    counter = BudgetCounter.objects.get(budget=budget)
+    assert (counter.spent_usd, counter.reserved_usd) == (row.cost_usd, 0)
+    assert not MeteredCall.objects.in_flight().exists()
+
+
+@live
+def test_a_client_that_leaves_while_a_stream_opens_is_recorded(catalog, team, sdk, upstream):
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(delay=1.0, content="a b c"))
+
+    with pytest.raises(openai.APITimeoutError):
+        sdk(secret, timeout=0.3).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+
+    wait_for(lambda: UsageRecord.objects.filter(team=team).exists())
+    [row] = UsageRecord.objects.filter(team=team)
+    assert row.status == "client_closed" and row.streamed
+    assert not MeteredCall.objects.in_flight().exists()
+
+
+@live
+def test_a_client_that_leaves_mid_stream_is_billed_for_what_was_delivered(catalog, team, sdk, upstream):
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(content="w " * 40, chunk_delay=0.05))
+
+    stream = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+
+    wait_for(lambda: UsageRecord.objects.filter(team=team).exists())
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.status, row.tokens_estimated) == ("client_closed", True)
+    assert 0 < row.completion_tokens < 40 and row.cost_usd > 0
+
+
+# --- Deadlines ------------------------------------------------------------------------------------
+
+
+@live
+def test_a_stream_past_its_deadline_is_ended_and_billed(catalog, team, sdk, upstream):
+    from routing.services import route_save
+
+    route_save(team=None, name="patient", actor="test", fields={
+        "strategy": "fallback", "targets": ["gpt-4o"], "weights": [], "require": {}, "capabilities": [],
+        "deadline_s": 1, "retries": 0})
+    from routing.selectors import catalog_changed
+
+    catalog_changed()
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(content="w " * 50, chunk_delay=0.1))
+
+    stream = sdk(secret).chat.completions.create(model="patient", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            received.append(chunk)
+
+    assert "deadline" in str(caught.value.message)
+    assert 3 <= len(received) < 50
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.status, row.tokens_estimated, row.route) == ("timeout", True, "patient")
+    assert row.completion_tokens > 0 and row.cost_usd > 0
+    assert not MeteredCall.objects.in_flight().exists()
+
+
+@pytest.mark.django_db
+def test_a_route_may_not_outlive_the_global_deadline(catalog, settings):
+    from routing.services import CatalogError, route_fields
+
+    settings.TOLLGATE_CALL_DEADLINE_S = 120
+    with pytest.raises(CatalogError, match="between 1 and 120"):
+        route_fields({"name": "slow", "targets": ["gpt-4o"], "deadline_s": 3600})
+
+
+# --- Requests shaped to look cheap, against a hard budget -------------------------------------------
+
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGR" + "A" * 6_000, "format": "wav"}}
+FILE = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + "J" * 6_000}}
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "L" * 4_000,
+                                           "parameters": {"type": "object", "properties": {}}}}]
+FUNCTIONS = [{"name": "legacy", "description": "F" * 4_000, "parameters": {"type": "object", "properties": {}}}]
+SHAPES = [
+    {"n": 4, "max_tokens": 300},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "listen"}, AUDIO]}], "max_tokens": 300},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "read"}, FILE]}], "max_tokens": 300},
+    {"tools": TOOLS, "max_tokens": 300},
+    {"functions": FUNCTIONS, "max_tokens": 300},
+    {"messages": [{"role": "user", "content": {"type": "text", "text": "O" * 5_000}}], "max_tokens": 300},
+    {"stream": True, "n": 2, "max_tokens": 300},
+]
+
+
+@live
+def test_no_request_shape_overspends_a_hard_budget(catalog, team, async_sdk, upstream):
+    """100 parallel calls of every shape (n, audio, files, tools, legacy functions, object
+    content, streams) against a small hard budget and an upstream that bills honestly
+    (the most it may): spend stays within the budget and nothing stays reserved."""
+    key, secret = api_key_create(team=team, name="app")
+    budget = budget_set(team=team, amount_usd=Decimal("0.25"))
+    calls = [SHAPES[i % len(SHAPES)] for i in range(100)]
+    upstream.script("gpt-4o", *[Answer(content="x " * 10, usage=HONEST)] * 100)
+
+    async def one(client, shape):
+        body = {"model": "gpt-4o", "messages": MESSAGES, **shape}
+        if body.get("stream"):
+            stream = await client.chat.completions.create(**body)
+            async for _ in stream:
+                pass
+            return "streamed"
+        return await client.chat.completions.create(**body)
+
+    async def run():
+        client = async_sdk(secret, timeout=60)
+        results = await asyncio.gather(*[one(client, s) for s in calls], return_exceptions=True)
+        await client.close()
+        return results
+
+    results = asyncio.run(run())
+
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert all(isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota" for r in refused), refused
+    assert 0 < len(refused) < 100
+    spent = UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))["total"]
+    counter = BudgetCounter.objects.get(budget=budget)
+    assert spent <= Decimal("0.25")
+    assert (counter.spent_usd, counter.reserved_usd, counter.overrun_usd) == (spent, 0, 0)
+    assert not MeteredCall.objects.in_flight().exists()
+    # Each of the 100 calls has exactly one outcome row (no fallback here).
+    assert UsageRecord.objects.filter(team=team).count() == 100
+
+
+@live
+def test_an_upstream_that_overproduces_is_billed_and_then_the_team_is_refused(catalog, team, sdk, upstream):
+    """The one way past a reservation: an upstream producing more than the request allowed.
+    The excess is billed, recorded as overrun, and the team is refused from then on."""
+    _, secret = api_key_create(team=team, name="app")
+    budget = budget_set(team=team, amount_usd=Decimal("0.05"))
+    upstream.script("gpt-4o", Answer(usage={"prompt_tokens": 12, "completion_tokens": 9_000}))
+    client = sdk(secret)
+
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=100)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1)
+
+    assert caught.value.code == "insufficient_quota"
+    counter = BudgetCounter.objects.get(budget=budget)
+    assert counter.spent_usd == (12 * GPT4O[0] + 9_000 * GPT4O[1]) / 10**6 > Decimal("0.05")
+    assert counter.spent_usd <= counter.limit_usd + counter.overrun_usd and counter.overrun_usd > 0
+
+
+@live
+def test_a_budget_refusal_is_not_retried_by_the_sdk(catalog, team, sdk):
+    _, secret = api_key_create(team=team, name="app")
+    budget_set(team=team, amount_usd=Decimal("0"))
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret, max_retries=2).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert UsageRecord.objects.filter(team=team).count() == 1
+
+
+# --- A worker killed mid-call ---------------------------------------------------------------------
+
+
+@live
+def test_a_sigkilled_worker_has_its_calls_settled_within_a_minute(catalog, team, upstream, settings):
+    """A real uvicorn process is killed with SIGKILL mid-stream: its lease stops being
+    renewed, and a sweep once the lease has lapsed (30 s) records the call and releases
+    its reservation."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    import httpx2
+    from django.db import connection
+    from django.utils import timezone
+
+    from tests.conftest import ROOT
+    from usage.metering import inflight_sweep
+    from usage.models import WorkerLease
+
+    _, secret = api_key_create(team=team, name="app")
+    budget = budget_set(team=team, amount_usd=Decimal("10"))
+    upstream.script("gpt-4o", Answer(content="w " * 100, chunk_delay=0.2))
+    db = connection.settings_dict
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "TOLLGATE_WEB_SWEEPS": "0",
+           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"}
+    worker = subprocess.Popen([sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port),
+                               "--log-level", "warning"], cwd=ROOT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline and worker.poll() is None, "the worker did not start"
+                time.sleep(0.1)
+        with httpx2.stream("POST", url, headers={"Authorization": f"Bearer {secret}"}, timeout=30,
+                           json={"model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
+            lines = response.iter_lines()
+            next(lines)  # the stream has started: the call is in flight
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    call = MeteredCall.objects.in_flight().get()
+    assert WorkerLease.objects.filter(worker=call.worker).exists()  # its heartbeat had run
+    assert BudgetCounter.objects.get(budget=budget).reserved_usd > 0
+    now = timezone.now()
+    assert inflight_sweep(now=now) == 0  # its lease has not lapsed yet
+    assert inflight_sweep(now=now + timedelta(seconds=settings.TOLLGATE_LEASE_S + 1)) == 1
+
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.status, row.attempt, row.cost_usd) == ("interrupted", SWEPT_ATTEMPT, 0)
+    assert BudgetCounter.objects.get(budget=budget).reserved_usd == 0
+    assert settings.TOLLGATE_LEASE_S + settings.TOLLGATE_HEARTBEAT_S < 60
+
+
+# --- Names: a model is always the model ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_route_named_like_a_model_is_refused(catalog, team, owner):
+    from rest_framework.test import APIClient
+
+    from routing.services import CatalogError, catalog_load_data
+
+    client = APIClient()
+    client.force_login(owner)
+    response = client.post("/api/teams/acme/routes/", {"name": "qwen3-32b", "targets": ["gpt-4o"]}, format="json")
+    assert response.status_code == 400 and "model" in str(response.data)
+    with pytest.raises(CatalogError, match="a model has that id"):
+        catalog_load_data(data={"route": [{"name": "gpt-4o-mini", "targets": ["gpt-4o"]}]})
+    with pytest.raises(CatalogError, match="a route has that name"):
+        catalog_load_data(data={"model": [{"id": "bulk_classify", "provider": "global", "input_per_mtok": "1",
+                                           "output_per_mtok": "1"}]})
+
+
+@live
+def test_a_key_limited_to_a_model_is_never_routed_elsewhere(catalog, team, sdk):
+    """Even a route stored under a model's name (written before this rule, or by hand) does
+    not shadow the model."""
+    from routing.models import Route
+    from routing.selectors import catalog_changed
+
+    Route.objects.create(team=team, name="qwen3-32b", strategy="fallback", targets=["gpt-4o"])
+    catalog_changed()
+    _, secret = api_key_create(team=team, name="cheap-only", allowed_models=["qwen3-32b"])
+
+    raw = sdk(secret).chat.completions.with_raw_response.create(model="qwen3-32b", messages=MESSAGES)
+
+    assert raw.headers["x-tollgate-model"] == "qwen3-32b"
+    assert list(UsageRecord.objects.values_list("model", "route")) == [("qwen3-32b", "")]

@@ -1,0 +1,309 @@
+"""The metering boundary: the only way a call's money enters the ledger.
+
+Routing decides where a call goes and reports what happened as typed
+outcomes; this module alone turns them into ledger rows, budget
+reservations and settlements:
+
+    meter = meter_open(...)       # reserve the worst case, write the call's MeteredCall record
+    meter.attempt(Outcome(...))   # one per upstream attempt; returns its cost
+    meter.close()                 # ledger rows + call closed + budgets settled, one statement
+    meter_refuse(...)             # a call refused before it was opened: one $0 row
+
+A call is in the ledger exactly once: its MeteredCall is open from
+`meter_open` until the statement that writes its rows, and a call whose
+worker died is swept (`inflight_sweep`) as an `interrupted` row at attempt
+SWEPT_ATTEMPT, at no cost. If the call's real rows arrive after all (a
+worker that was only slow), they are added beside the sweep row, so the
+call is still billed once, at its real cost.
+"""
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from usage.budgets import OverBudget, Reservation, budget_release, budget_reserve, crossed_counters
+from usage.models import MeteredCall, UsageRecord, WorkerLease
+from usage.pricing import Price, Tokens, cost
+
+__all__ = [
+    "Meter", "Outcome", "OverBudget", "Status", "Endpoint", "inflight_sweep", "meter_open",
+    "meter_refuse", "SWEPT_ATTEMPT", "journal_prune",
+]
+
+logger = logging.getLogger(__name__)
+
+Status = UsageRecord.Status
+Endpoint = UsageRecord.Endpoint
+# The sweeper's row for a call takes this attempt number, which no real
+# attempt reaches, so the call's real rows can still be added beside it.
+SWEPT_ATTEMPT = 1000
+# Past its deadline plus this margin a call is dead, whatever its worker says.
+INFLIGHT_MARGIN = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one upstream attempt did, as routing saw it."""
+
+    status: str
+    model: str = ""
+    provider: str = ""
+    price: Price | None = None
+    tokens: Tokens = field(default_factory=Tokens)
+    # The tokens are the gateway's own count: the upstream sent none, or nonsense.
+    estimated: bool = False
+    streamed: bool = False
+    http_status: int | None = None
+    error_type: str = ""
+    error_message: str = ""
+    latency_ms: int | None = None
+    ttft_ms: int | None = None
+
+    def cost(self) -> Decimal:
+        if self.price is None:
+            if self.tokens.total:
+                raise ValueError(f"an outcome of {self.model!r} has tokens but no price")
+            return Decimal(0)
+        return cost(self.price, self.tokens)
+
+
+@dataclass
+class CallFacts:
+    """What every ledger row of a call shares."""
+
+    request_id: str
+    team_id: int
+    key_id: int | None
+    endpoint: str
+    requested_model: str
+    created_at: datetime
+    route: str = ""
+    end_user: str = ""
+
+
+class Meter:
+    """One open call: its reservation and the outcomes of its attempts, until it is closed."""
+
+    def __init__(self, facts: CallFacts, reservation: Reservation):
+        self.facts = facts
+        self.reservation = reservation
+        self.outcomes: list[tuple[Outcome, Decimal]] = []
+        self.closed = False
+
+    def attempt(self, outcome: Outcome) -> Decimal:
+        """Add an attempt's outcome; returns what it costs (USD)."""
+        if self.closed:
+            raise RuntimeError(f"{self.facts.request_id} is already recorded")
+        charge = outcome.cost()
+        self.outcomes.append((outcome, charge))
+        return charge
+
+    @property
+    def total(self) -> Decimal:
+        return sum((charge for _, charge in self.outcomes), Decimal(0))
+
+    def close(self, *, now: datetime | None = None) -> list[UsageRecord]:
+        """Write the call's rows, close its in-flight record and settle its budgets, in one
+        statement. Safe to call once; a second call is a programming error."""
+        if self.closed:
+            raise RuntimeError(f"{self.facts.request_id} is already recorded")
+        self.closed = True
+        now = now or timezone.now()
+        records = [_record(self.facts, outcome, charge, attempt, now)
+                   for attempt, (outcome, charge) in enumerate(self.outcomes)]
+        settled = _close_statement(self.facts.request_id, records, self.reservation, self.total, now)
+        for counter_id in crossed_counters(settled, self.total):
+            transaction.on_commit(lambda c=counter_id: _enqueue_alert_check(c))
+        return records
+
+
+def _record(facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int,
+            now: datetime) -> UsageRecord:
+    price = outcome.price or Price(None, None, None)
+    return UsageRecord(
+        request_id=facts.request_id, attempt=attempt, team_id=facts.team_id, api_key_id=facts.key_id,
+        endpoint=facts.endpoint, requested_model=facts.requested_model, route=facts.route,
+        end_user=facts.end_user, created_at=facts.created_at, recorded_at=now,
+        model=outcome.model, provider=outcome.provider,
+        input_per_mtok=price.input, cached_input_per_mtok=price.cached_input,
+        output_per_mtok=price.output, cost_usd=charge,
+        prompt_tokens=outcome.tokens.prompt, cached_tokens=outcome.tokens.cached,
+        completion_tokens=outcome.tokens.completion, reasoning_tokens=outcome.tokens.reasoning,
+        tokens_estimated=outcome.estimated, streamed=outcome.streamed, status=outcome.status,
+        http_status=outcome.http_status, error_type=outcome.error_type[:64],
+        error_message=outcome.error_message[:500], latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms,
+    )
+
+
+def _close_statement(request_id: str, records: list[UsageRecord], reservation: Reservation,
+                     total: Decimal, now: datetime) -> list[tuple]:
+    # One statement, so one round trip on the hot path, atomic on its own. If
+    # the sweeper closed the call first (`closed` is then empty) it already
+    # released the reservation: only the spend is added, and it counts as
+    # overrun, being covered by no reservation any more.
+    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    inserted = ""
+    if records:
+        inserted = (f", inserted AS (INSERT INTO {quote(UsageRecord._meta.db_table)} "
+                    f"({', '.join(quote(f.column) for f in fields)}) "
+                    f"VALUES {', '.join([row_sql] * len(records))})")
+    sql = f"""
+        WITH closed AS (
+            UPDATE {quote(MeteredCall._meta.db_table)} SET closed_at = %s
+            WHERE request_id = %s AND closed_at IS NULL RETURNING reserved_usd
+        ), held AS (
+            SELECT COALESCE((SELECT reserved_usd FROM closed), 0) AS amount
+        ), settled AS (
+            UPDATE usage_budgetcounter c SET
+                reserved_usd = c.reserved_usd - held.amount,
+                spent_usd = c.spent_usd + %s,
+                overrun_usd = c.overrun_usd + GREATEST(%s - held.amount, 0)
+            FROM held WHERE c.id = ANY(%s)
+            RETURNING c.id, c.spent_usd, c.limit_usd, c.thresholds
+        ){inserted}
+        SELECT id, spent_usd, limit_usd, thresholds FROM settled
+    """
+    params = [now, request_id, total, total, list(reservation.counter_ids)]
+    params += [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _enqueue_alert_check(counter_id: int) -> None:
+    # The call is recorded already: a broker outage must not fail it. The
+    # beat job budget_alerts_check_all catches up within minutes.
+    from usage.tasks import budget_alerts_check
+
+    try:
+        budget_alerts_check.delay(counter_id)
+    except Exception:
+        logger.exception("could not enqueue the budget alert check for counter %s", counter_id)
+
+
+def meter_open(*, facts: CallFacts, worst_case: list[tuple[Price, Tokens]], deadline_s: float,
+               now: datetime) -> Meter:
+    """Open a call: reserve the most it can cost on any of its candidate models (each
+    (price, ceiling tokens) pair) on every budget that applies, and write its in-flight
+    record. Raises OverBudget, having written nothing, if a hard budget lacks room."""
+    reserve = max((cost(price, tokens) for price, tokens in worst_case), default=Decimal(0))
+    call = MeteredCall(
+        request_id=facts.request_id, team_id=facts.team_id, api_key_id=facts.key_id,
+        endpoint=facts.endpoint, requested_model=facts.requested_model, route=facts.route,
+        end_user=facts.end_user, started_at=now, worker=heartbeat.worker(),
+        expires_at=now + timedelta(seconds=deadline_s) + INFLIGHT_MARGIN,
+    )
+    return Meter(facts, budget_reserve(call=call, amount=reserve, now=now))
+
+
+def meter_refuse(*, facts: CallFacts, outcome: Outcome, now: datetime | None = None) -> None:
+    """Record a call refused before it was opened (unknown model, not allowed, over budget)."""
+    meter = Meter(facts, Reservation(amount=Decimal(0), counter_ids=()))
+    meter.attempt(outcome)
+    meter.close(now=now)
+
+
+# --- Sweeping the calls of dead workers ---------------------------------------------
+
+
+def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Record the calls of dead workers as interrupted, at no cost, and release their
+    reservations. A worker is dead when its lease lapsed (or it never took one) or the
+    call outlived its deadline by INFLIGHT_MARGIN. Safe to run concurrently and often:
+    records are claimed with SKIP LOCKED."""
+    now = now or timezone.now()
+    lease = timedelta(seconds=settings.TOLLGATE_LEASE_S)
+    live = WorkerLease.objects.filter(worker=OuterRef("worker"), expires_at__gt=now)
+    with transaction.atomic():
+        stale = list(
+            MeteredCall.objects.in_flight().select_for_update(skip_locked=True)
+            .filter(Q(expires_at__lte=now) | (Q(started_at__lte=now - lease) & ~Exists(live)))
+            .order_by("id")[:limit]
+        )
+        if not stale:
+            return 0
+        for call in stale:
+            budget_release(counter_ids=call.counter_ids, amount=call.reserved_usd)
+        UsageRecord.objects.bulk_create([
+            UsageRecord(
+                request_id=call.request_id, attempt=SWEPT_ATTEMPT, team_id=call.team_id,
+                api_key_id=call.api_key_id, endpoint=call.endpoint, requested_model=call.requested_model,
+                route=call.route, end_user=call.end_user, status=Status.INTERRUPTED, tokens_estimated=True,
+                error_type="interrupted",
+                error_message="The gateway worker serving this call stopped before it finished.",
+                created_at=call.started_at, recorded_at=now,
+            )
+            for call in stale
+        ])
+        MeteredCall.objects.filter(id__in=[c.id for c in stale]).update(closed_at=now, swept=True)
+    return len(stale)
+
+
+def journal_prune(*, now: datetime | None = None, batch: int = 10_000) -> int:
+    """Forget closed calls older than TOLLGATE_CALL_JOURNAL_DAYS, and long-dead leases."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.TOLLGATE_CALL_JOURNAL_DAYS)
+    ids = list(MeteredCall.objects.filter(closed_at__lt=cutoff).values_list("id", flat=True)[:batch])
+    MeteredCall.objects.filter(id__in=ids).delete()
+    WorkerLease.objects.filter(expires_at__lt=now - timedelta(days=1)).delete()
+    return len(ids)
+
+
+class WorkerHeartbeat:
+    """This process's lease: renewed every TOLLGATE_HEARTBEAT_S seconds by a daemon thread,
+    which also sweeps dead workers' calls (TOLLGATE_WEB_SWEEPS), so a killed worker's calls
+    are recorded within a minute even without Celery beat.
+
+    The worker id names host and pid; it is made anew after a fork."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._worker = ""
+
+    def worker(self) -> str:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._worker = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+                    self._pid = os.getpid()
+                    threading.Thread(target=self._run, args=(self._worker,), name="tollgate-heartbeat",
+                                     daemon=True).start()
+        return self._worker
+
+    def _run(self, worker: str) -> None:
+        stop = threading.Event()
+        while self._worker == worker:
+            try:
+                lease_renew(worker=worker)
+                if settings.TOLLGATE_WEB_SWEEPS:
+                    inflight_sweep()
+            except Exception:
+                logger.exception("worker heartbeat failed; calls may be swept if this persists")
+            finally:
+                close_old_connections()
+                connection.close()
+            stop.wait(settings.TOLLGATE_HEARTBEAT_S)
+
+
+def lease_renew(*, worker: str, now: datetime | None = None) -> None:
+    now = now or timezone.now()
+    WorkerLease.objects.update_or_create(
+        worker=worker, defaults={"expires_at": now + timedelta(seconds=settings.TOLLGATE_LEASE_S)}
+    )
+
+
+heartbeat = WorkerHeartbeat()
