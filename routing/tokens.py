@@ -24,12 +24,17 @@ import binascii
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
 from routing.selectors import ModelInfo
 from usage.pricing import MAX_TOKENS_PER_CALL, Tokens, is_token_count
+
+# A request body as parsed from JSON.
+Body = dict[str, Any]
 
 MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
@@ -50,7 +55,7 @@ def text_tokens(text: str) -> int:
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 
-def _bytes(value) -> int:
+def _bytes(value: object) -> int:
     if isinstance(value, str):
         return len(value.encode("utf-8", "surrogatepass"))
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
@@ -59,7 +64,7 @@ def _bytes(value) -> int:
 # --- Chat ------------------------------------------------------------------
 
 
-def _part_estimate(part) -> int:
+def _part_estimate(part: object) -> int:
     if isinstance(part, dict):
         if part.get("type") == "image_url":
             return IMAGE_TOKENS
@@ -68,7 +73,7 @@ def _part_estimate(part) -> int:
     return math.ceil(_bytes(part) / 4)
 
 
-def _part_ceiling(part) -> int:
+def _part_ceiling(part: object) -> int:
     if isinstance(part, dict):
         if part.get("type") == "image_url":
             return image_ceiling(part.get("image_url"))
@@ -78,7 +83,8 @@ def _part_ceiling(part) -> int:
     return _bytes(part)
 
 
-def _content_tokens(content, part_tokens, text_count) -> int:
+def _content_tokens(content: object, part_tokens: Callable[[object], int],
+                    text_count: Callable[[str], int]) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
@@ -92,7 +98,7 @@ def _content_tokens(content, part_tokens, text_count) -> int:
 _INPUT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
 
 
-def chat_prompt_estimate(body: dict) -> int:
+def chat_prompt_estimate(body: Body) -> int:
     total = REPLY_PRIMING
     for message in body["messages"]:
         total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"), _part_estimate, text_tokens)
@@ -104,7 +110,7 @@ def chat_prompt_estimate(body: dict) -> int:
     return total
 
 
-def chat_prompt_ceiling(body: dict) -> int:
+def chat_prompt_ceiling(body: Body) -> int:
     total = REPLY_PRIMING
     for message in body["messages"]:
         framing = {k: v for k, v in message.items() if k != "content"}
@@ -116,7 +122,7 @@ def chat_prompt_ceiling(body: dict) -> int:
     return total
 
 
-def image_ceiling(image_url) -> int:
+def image_ceiling(image_url: object) -> int:
     """Most tokens one image part can cost, by its detail and, for inline images, its size."""
     if not isinstance(image_url, dict):
         image_url = {"url": image_url}
@@ -133,7 +139,7 @@ def image_ceiling(image_url) -> int:
     return max(IMAGE_LOW_DETAIL_TOKENS + 170 * tiles, math.ceil(width * height / 750))
 
 
-def _inline_image_size(url) -> tuple[int, int] | None:
+def _inline_image_size(url: object) -> tuple[int, int] | None:
     if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
         return None
     from PIL import Image, UnidentifiedImageError
@@ -147,13 +153,13 @@ def _inline_image_size(url) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
-def choices(body: dict) -> int:
+def choices(body: Body) -> int:
     """How many completions the request asks for."""
     n = body.get("n")
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
-def output_cap(body: dict, model_cap: int | None) -> int:
+def output_cap(body: Body, model_cap: int | None) -> int:
     """Output tokens one choice may produce: the request's max, else the model's cap, else
     TOLLGATE_RESERVE_OUTPUT_TOKENS; never above the model's cap."""
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -161,7 +167,7 @@ def output_cap(body: dict, model_cap: int | None) -> int:
     return min(cap, model_cap) if model_cap else cap
 
 
-def _prediction_bytes(body: dict) -> int:
+def _prediction_bytes(body: Body) -> int:
     prediction = body.get("prediction")
     return _bytes(prediction.get("content")) if isinstance(prediction, dict) else 0
 
@@ -169,7 +175,7 @@ def _prediction_bytes(body: dict) -> int:
 # --- Embeddings ----------------------------------------------------------------
 
 
-def embedding_input_estimate(value) -> int:
+def embedding_input_estimate(value: object) -> int:
     """Tokens in an embeddings `input`: text, a list of texts, or token-id arrays."""
     if isinstance(value, str):
         return text_tokens(value)
@@ -180,7 +186,7 @@ def embedding_input_estimate(value) -> int:
     return 0
 
 
-def embedding_input_ceiling(value) -> int:
+def embedding_input_ceiling(value: object) -> int:
     if isinstance(value, str):
         return _bytes(value)
     if isinstance(value, list):
@@ -200,15 +206,15 @@ class TokenBounds:
     prompt_estimate: int
     prompt_ceiling: int
     # Output ceiling before the model's cap: per choice, how many choices, prediction bytes.
-    body: dict
+    body: Body
     chat: bool
 
     @classmethod
-    def of_chat(cls, body: dict) -> "TokenBounds":
+    def of_chat(cls, body: Body) -> "TokenBounds":
         return cls(chat_prompt_estimate(body), chat_prompt_ceiling(body), body, True)
 
     @classmethod
-    def of_embeddings(cls, body: dict) -> "TokenBounds":
+    def of_embeddings(cls, body: Body) -> "TokenBounds":
         value = body["input"]
         return cls(embedding_input_estimate(value), embedding_input_ceiling(value), body, False)
 
@@ -234,7 +240,7 @@ def _clamped(prompt: int, completion: int) -> Tokens:
 # --- What an upstream reported ------------------------------------------------------
 
 
-def reported_tokens(usage, *, context_window: int | None = None, n: int = 1) -> Tokens | None:
+def reported_tokens(usage: object, *, context_window: int | None = None, n: int = 1) -> Tokens | None:
     """Tokens from an upstream's OpenAI `usage` object, or None when it sent none or
     nonsense: negative, fractional, string or absurd counts, cached above prompt, a
     prompt longer than the model's context window. The caller then counts itself and
@@ -246,7 +252,8 @@ def reported_tokens(usage, *, context_window: int | None = None, n: int = 1) -> 
     completion = 0 if completion is None else completion
     cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
     reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
-    if not all(is_token_count(v) for v in (prompt, completion, cached, reasoning)):
+    if not (is_token_count(prompt) and is_token_count(completion) and is_token_count(cached)
+            and is_token_count(reasoning)):
         return None
     if cached > prompt or reasoning > completion:
         return None
@@ -255,7 +262,7 @@ def reported_tokens(usage, *, context_window: int | None = None, n: int = 1) -> 
     return Tokens(prompt=prompt, cached=cached, completion=completion, reasoning=reasoning)
 
 
-def _detail(usage: dict, section: str, name: str):
+def _detail(usage: Body, section: str, name: str) -> object:
     details = usage.get(section)
     if details is None:
         return 0

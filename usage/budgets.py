@@ -8,10 +8,14 @@ re-checks the locked counter row, so parallel calls cannot both take the
 last dollar. The same statement writes the call's in-flight record.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
 from django.db.models import F, Sum
@@ -20,6 +24,9 @@ from django.utils import timezone
 
 from usage.models import Budget, BudgetCounter, MeteredCall, UsageRecord
 from usage.months import month_start, next_month_start
+
+if TYPE_CHECKING:
+    from accounts.models import ApiKey, Team
 
 DEFAULT_THRESHOLDS = [50, 80, 100]
 
@@ -37,8 +44,8 @@ class OverBudget(Exception):
         )
 
 
-def budget_set(*, team, amount_usd: Decimal, hard: bool = True, thresholds: list[int] | None = None,
-               api_key=None, now: datetime | None = None) -> Budget:
+def budget_set(*, team: Team, amount_usd: Decimal, hard: bool = True, thresholds: list[int] | None = None,
+               api_key: ApiKey | None = None, now: datetime | None = None) -> Budget:
     """Create or change a budget. It applies at once, to the whole current month:
     its counter for this month starts from what the ledger already holds."""
     if amount_usd < 0:
@@ -68,7 +75,7 @@ def budget_set(*, team, amount_usd: Decimal, hard: bool = True, thresholds: list
             defaults={"limit_usd": amount_usd, "hard": hard, "thresholds": thresholds, "spent_usd": spent,
                       "carried_usd": max(Decimal(0), spent - amount_usd)},
         )
-    return budget
+    return budget  # type: ignore[no-any-return]  # Django's ORM is untyped here
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ class Reservation:
     counter_ids: tuple[int, ...]
 
 
-def _month(now: datetime):
+def _month(now: datetime) -> date:
     return month_start(now).date()
 
 
@@ -98,7 +105,11 @@ def budget_reserve(*, call: MeteredCall, amount: Decimal, now: datetime) -> Rese
     return Reservation(amount=amount, counter_ids=counter_ids)
 
 
-def _reserve(call: MeteredCall, amount: Decimal, now: datetime):
+# A reservation's result per applicable budget: (budget id, hard, counter id or None if refused).
+ReserveRow = tuple[int, bool, int | None]
+
+
+def _reserve(call: MeteredCall, amount: Decimal, now: datetime) -> list[ReserveRow]:
     # One statement, atomic on its own: the conditional upsert re-checks each
     # locked counter row, so parallel calls cannot both take the last dollar.
     fields = [f for f in MeteredCall._meta.concrete_fields if not f.primary_key and f.name != "counter_ids"]
@@ -131,20 +142,24 @@ def _reserve(call: MeteredCall, amount: Decimal, now: datetime):
     params += [f.get_db_prep_save(f.pre_save(call, True), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        rows: list[ReserveRow] = cursor.fetchall()
+        return rows
 
 
-def budget_release(*, counter_ids, amount: Decimal) -> None:
+def budget_release(*, counter_ids: Iterable[int], amount: Decimal) -> None:
     if counter_ids and amount:
         BudgetCounter.objects.filter(id__in=list(counter_ids)).update(reserved_usd=F("reserved_usd") - amount)
 
 
-def crossed_counters(settled: list[tuple], cost: Decimal) -> list[int]:
+# A settled counter: (id, spent, limit, thresholds as a list or its JSON text).
+SettledRow = tuple[int, Decimal, Decimal, list[int] | str]
+
+
+def crossed_counters(settled: list[SettledRow], cost: Decimal) -> list[int]:
     """Counters whose spend just crossed one of their thresholds."""
     crossed = []
-    for counter_id, spent, limit, thresholds in settled:
-        if isinstance(thresholds, str):
-            thresholds = json.loads(thresholds)
+    for counter_id, spent, limit, raw in settled:
+        thresholds: list[int] = json.loads(raw) if isinstance(raw, str) else raw
         before = spent - cost
         if limit and any(before < limit * t / 100 <= spent for t in thresholds):
             crossed.append(counter_id)

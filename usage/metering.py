@@ -31,7 +31,14 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from usage.budgets import OverBudget, Reservation, budget_release, budget_reserve, crossed_counters
+from usage.budgets import (
+    OverBudget,
+    Reservation,
+    SettledRow,
+    budget_release,
+    budget_reserve,
+    crossed_counters,
+)
 from usage.models import MeteredCall, UsageRecord, WorkerLease
 from usage.pricing import Price, Tokens, cost
 
@@ -147,7 +154,7 @@ def _record(facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int,
 
 
 def _close_statement(request_id: str, records: list[UsageRecord], reservation: Reservation,
-                     total: Decimal, now: datetime) -> list[tuple]:
+                     total: Decimal, now: datetime) -> list[SettledRow]:
     # One statement, so one round trip on the hot path, atomic on its own. If
     # the sweeper closed the call first (`closed` is then empty) it already
     # released the reservation: only the spend is added, and it counts as
@@ -180,7 +187,8 @@ def _close_statement(request_id: str, records: list[UsageRecord], reservation: R
     params += [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        settled: list[SettledRow] = cursor.fetchall()
+        return settled
 
 
 def _enqueue_alert_check(counter_id: int) -> None:
@@ -269,7 +277,7 @@ class WorkerHeartbeat:
 
     The worker id names host and pid; it is made anew after a fork."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._worker = ""

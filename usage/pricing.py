@@ -18,6 +18,7 @@ is exact at 12, which is what the ledger stores.
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeGuard
 
 MTOK = Decimal(1_000_000)
 # More tokens than any one call can use (context windows are ~10⁶); a
@@ -73,7 +74,7 @@ class Tokens:
         return self.prompt + self.completion
 
 
-def is_token_count(value: object) -> bool:
+def is_token_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_PER_CALL
 
 
