@@ -198,6 +198,9 @@ TOLLGATE_CALL_DEADLINE_S = env.int("TOLLGATE_CALL_DEADLINE_S", default=600)
 TOLLGATE_LEASE_S = env.int("TOLLGATE_LEASE_S", default=30)
 TOLLGATE_HEARTBEAT_S = env.int("TOLLGATE_HEARTBEAT_S", default=10)
 TOLLGATE_WEB_SWEEPS = env.bool("TOLLGATE_WEB_SWEEPS", default=True)
+# Seconds the gateway keeps reading a stream whose client left, for the usage
+# the upstream reports at its end (bounded by the call's deadline).
+TOLLGATE_DRAIN_S = env.int("TOLLGATE_DRAIN_S", default=30)
 # Days a closed call's journal entry (MeteredCall) is kept for `reconcile`.
 TOLLGATE_CALL_JOURNAL_DAYS = env.int("TOLLGATE_CALL_JOURNAL_DAYS", default=100)
 # How long an authenticated key stays cached, in seconds; revocation clears it.

@@ -37,7 +37,7 @@ from routing.errors import (
     request_too_large,
 )
 from routing.selectors import catalog_snapshot
-from routing.streaming import abandon_relay, call_stream
+from routing.streaming import RelayBody, abandon_relay, call_stream
 
 
 class JSONBodyParser(BaseParser):
@@ -197,7 +197,7 @@ class ChatCompletionsView(ProxyCallView):
         body, call = self.body, self.call
         if body.get("stream"):
             relay = await detached.run(call, call_stream(call, body), on_abandon=abandon_relay)
-            response = StreamingHttpResponse(relay.run(), content_type="text/event-stream")
+            response = StreamingHttpResponse(RelayBody(relay), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return _call_headers(response, call, relay.model)

@@ -5,6 +5,7 @@ import json
 import time
 
 import openai
+from django.conf import settings
 
 from routing import tokens
 from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
@@ -15,13 +16,21 @@ from routing.upstream import upstream_client
 from usage.metering import Status
 
 
-class StreamRelay:
-    """Relays one upstream stream to the client chunk by chunk, then records it.
+# The watchdog ends a stream this long after its deadline when the relay itself could
+# not (a client that stopped reading holds the relay at its yield), seconds.
+WATCHDOG_GRACE_S = 1.0
 
-    However the stream ends — finished, cut by the upstream, ended at the
-    call's deadline, abandoned by the client — the call is recorded once,
-    billed on the upstream's usage if it sent a sane one, else on the prompt
-    estimate plus what was delivered, flagged as estimated.
+
+class StreamRelay:
+    """Relays one upstream stream to the client chunk by chunk, and records it once.
+
+    However the stream ends — finished, failed or cut by the upstream, ended at
+    the call's deadline, abandoned by the client — exactly one of those paths
+    claims it (`_end`) and records it, billed on the upstream's usage if it sent
+    a sane one, else on the prompt estimate plus what the upstream produced,
+    flagged as estimated. A client that leaves does not end the upstream at
+    once: the rest of the stream is drained (at most TOLLGATE_DRAIN_S) for the
+    usage the upstream reports at its end, so leaving early cannot dodge it.
     """
 
     def __init__(self, call: Call, model: ModelInfo, stream: openai.AsyncStream, chunks, first: dict,
@@ -34,8 +43,10 @@ class StreamRelay:
         self.started = started
         self.client_wants_usage = client_wants_usage
         self.ttft_ms = int((time.monotonic() - started) * 1000)
-        self.status, self.error, self.usage, self.delivered = Status.OK, None, None, []
-        self.recorded = False
+        self.status, self.error, self.usage, self.produced = Status.OK, None, None, []
+        self.ended = False
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_at(call.deadline_at + WATCHDOG_GRACE_S, self._deadline_passed)
 
     def _client_event(self, chunk: dict) -> bytes | None:
         chunk["model"] = self.model.name
@@ -47,69 +58,126 @@ class StreamRelay:
 
     async def run(self):
         """The client's event stream; the call is recorded before the final event is sent."""
-        tail = b"data: [DONE]\n\n"
+        status, error = Status.OK, None
         try:
-            try:
-                async for event in self._relay():
-                    yield event
-            except (asyncio.CancelledError, GeneratorExit):
-                raise
-            except TimeoutError:
-                error = ProxyError(504, f"This call reached its deadline of {self.call.deadline_s:g} s and "
-                                        f"was ended.", code="deadline_exceeded")
-                self.status, self.error = Status.TIMEOUT, error.message
-                tail = b"data: " + json.dumps(error.payload()).encode() + b"\n\n"
-            except Exception as exc:
-                failure = classify_failure(exc, self.model)
-                self.status, self.error = failure.status, failure.error.message
-                tail = b"data: " + json.dumps(failure.error.payload()).encode() + b"\n\n"
-            await self._finish()
-            yield tail
+            async for event in self._relay():
+                yield event
         except (asyncio.CancelledError, GeneratorExit):
-            self.status = Status.CLIENT_CLOSED
+            self.abandon()
             raise
-        finally:
-            if not self.recorded:
-                await self._finish()
+        except TimeoutError:
+            status, error = Status.TIMEOUT, self._deadline_error()
+        except Exception as exc:
+            failure = classify_failure(exc, self.model)
+            status, error = failure.status, failure.error
+        await self._end(status, error)
+        if self.error is not None:
+            yield b"data: " + json.dumps(self.error.payload()).encode() + b"\n\n"
+        else:
+            yield b"data: [DONE]\n\n"
+
+    def _note(self, chunk) -> None:
+        """Keep what metering needs from an upstream event: its usage, and the text produced."""
+        if not isinstance(chunk, dict):
+            return
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            # Content, reasoning (reasoning_content, reasoning), refusals: every text the model produced.
+            self.produced.extend(v for k, v in delta.items() if k != "role" and isinstance(v, str))
+            tool_calls = delta.get("tool_calls")
+            for call in tool_calls if isinstance(tool_calls, list) else []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self.produced.append(str(function.get("arguments") or ""))
 
     async def _relay(self):
         chunk = self.first
-        while chunk is not None:
-            if isinstance(chunk, dict):
-                if isinstance(chunk.get("usage"), dict):
-                    self.usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}) if isinstance(choice, dict) else {}
-                    self.delivered.append(str(delta.get("content") or ""))
-                    for tool_call in delta.get("tool_calls") or []:
-                        self.delivered.append(str((tool_call.get("function") or {}).get("arguments") or ""))
-                event = self._client_event(chunk)
-                if event is not None:
-                    yield event
-            # The deadline bounds each wait for the upstream, never the client's reads.
+        while chunk is not None and not self.ended:
+            self._note(chunk)
+            event = self._client_event(chunk) if isinstance(chunk, dict) else None
+            if event is not None:
+                yield event
+            if self.ended:  # the watchdog ended the call while the client was not reading
+                return
+            # The deadline bounds each wait for the upstream; the watchdog, the client's reads.
             async with asyncio.timeout_at(self.call.deadline_at):
                 chunk = await anext(self.chunks, None)
 
-    async def abandon(self) -> None:
-        """The client left before the stream started: end it and record what was produced."""
-        self.status = Status.CLIENT_CLOSED
-        await self._finish()
+    def _deadline_error(self) -> ProxyError:
+        return ProxyError(504, f"This call reached its deadline of {self.call.deadline_s:g} s and was ended.",
+                          code="deadline_exceeded")
 
-    async def _finish(self):
-        # Set first: the shielded write below completes even if this task is cancelled.
-        self.recorded = True
+    def _deadline_passed(self) -> None:
+        if not self.ended:
+            detached.spawn(self._end(Status.TIMEOUT, self._deadline_error()))
+
+    def abandon(self) -> None:
+        """The client left (or never came): drain the upstream for its usage, then record."""
+        if not self.ended:
+            self.ended = True
+            detached.spawn(self._drain_and_record())
+
+    async def _drain_and_record(self) -> None:
+        self.status = Status.CLIENT_CLOSED
+        if self.usage is None:
+            loop = asyncio.get_running_loop()
+            until = min(self.call.deadline_at, loop.time() + settings.TOLLGATE_DRAIN_S)
+            try:
+                async with asyncio.timeout_at(until):
+                    async for chunk in self.chunks:
+                        self._note(chunk)
+                        if self.usage is not None:
+                            break
+            except Exception:  # cut, timed out, or a read cancelled with the client: estimate
+                pass
+        await self._record()
+
+    async def _end(self, status: str, error: ProxyError | None) -> None:
+        """Claim the call's end (once, whoever comes first) and record it."""
+        if self.ended:
+            return
+        self.ended = True
+        self.status, self.error = status, error
+        await self._record()
+
+    async def _record(self) -> None:
+        self._watchdog.cancel()
         try:
             await asyncio.shield(self.stream.close())
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
         counted, estimated = counted_tokens(self.model, self.call, self.usage,
-                                            completion_estimate=tokens.text_tokens("".join(self.delivered)))
+                                            completion_estimate=tokens.text_tokens("".join(self.produced)))
         self.call.meter.attempt(self.call.outcome(
             self.model, status=self.status, started=self.started, http_status=200,
-            error_type="" if self.status == Status.OK else self.status, error_message=self.error or "",
+            error_type="" if self.status == Status.OK else self.status,
+            error_message=self.error.message if self.error else "",
             streamed=True, ttft_ms=self.ttft_ms, tokens=counted, estimated=estimated,
         ))
         await self.call.record()
+
+
+class RelayBody:
+    """A stream's response body: the relay's events, and the `close()` Django calls when
+    it is done with the response, however it ended. A client that disconnects while the
+    relay waits at a yield leaves the relay's generator suspended forever; `close` is the
+    one signal that always comes, so the call is always recorded."""
+
+    def __init__(self, relay: StreamRelay):
+        self.relay = relay
+        self.loop = asyncio.get_running_loop()
+
+    def __aiter__(self):
+        return self.relay.run()
+
+    def close(self) -> None:
+        # Django calls this from a worker thread.
+        self.loop.call_soon_threadsafe(self.relay.abandon)
 
 
 async def call_stream(call: Call, body: dict) -> StreamRelay:
@@ -154,7 +222,5 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
 
 def abandon_relay(task: "asyncio.Task[StreamRelay]") -> None:
     """Done-callback for a stream whose client left while it was being opened."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    relay = task.result()
-    detached.spawn(relay.abandon())
+    if not task.cancelled() and task.exception() is None:
+        task.result().abandon()
