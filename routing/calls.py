@@ -122,18 +122,23 @@ def _record(call: Call) -> None:
         connection.close()  # back to the pool; this thread serves other calls
 
 
-def counted_tokens(model: ModelInfo, call: Call, usage, *, completion_estimate: int) -> tuple[Tokens, bool]:
+def counted_tokens(model: ModelInfo, call: Call, usage: object, *,
+                   completion_estimate: int) -> tuple[Tokens, bool]:
     """The tokens to bill: the upstream's `usage` when it is sane, else the gateway's own
-    count (the prompt estimate plus what was produced), flagged as estimated."""
-    reported = tokens.reported_tokens(usage, context_window=model.context_window,
-                                      n=tokens.choices(call.bounds.body))
+    count (the prompt estimate plus what was produced), flagged as estimated. Neither may
+    pass what the request allowed: an upstream's overproduction is its own to bear."""
+    chat = call.endpoint == CHAT
+    allowance = tokens.output_allowance(call.bounds.body, model) if chat else 0
+    reported = tokens.reported_tokens(usage, max_prompt=model.context_window, max_completion=allowance,
+                                      chat=chat)
     if reported is not None:
         return reported, False
     if usage is not None:
         logger.warning("upstream %s sent unusable usage for %s: %.200r; counting it ourselves",
                        model.provider.name, call.request_id, usage)
+    completion = min(completion_estimate, allowance if allowance is not None else tokens.MAX_TOKENS_PER_CALL)
     return Tokens(prompt=min(call.bounds.prompt_estimate, tokens.MAX_TOKENS_PER_CALL),
-                  completion=min(completion_estimate, tokens.MAX_TOKENS_PER_CALL)), True
+                  completion=min(completion, tokens.MAX_TOKENS_PER_CALL)), True
 
 
 # --- Preparing a call -------------------------------------------------------
@@ -318,10 +323,20 @@ def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
 
 
 def _produced_tokens(payload: dict) -> int:
-    return sum(
-        tokens.text_tokens(str((c.get("message") or {}).get("content") or ""))
-        for c in payload.get("choices") or [] if isinstance(c, dict)
-    )
+    """The text an answer holds (content, reasoning, refusals, tool arguments), estimated:
+    whatever shape the upstream gave it, never an error after the work was done."""
+    choices = payload.get("choices")
+    produced = []
+    for choice in choices if isinstance(choices, list) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            produced.extend(v for k, v in message.items() if k != "role" and isinstance(v, str))
+            calls = message.get("tool_calls")
+            if isinstance(calls, list):
+                produced.extend(str(c.get("function")) for c in calls if isinstance(c, dict))
+        elif isinstance(message, str):
+            produced.append(message)
+    return tokens.text_tokens("".join(produced))
 
 
 async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:

@@ -5,8 +5,8 @@ Counted in Redis when REDIS_URL is set, so every worker shares the count
 in process memory otherwise. A request's tokens are the most it can use
 (routing.tokens: its prompt ceiling plus n × its output allowance),
 counted when it is admitted, so a request shaped to look small cannot slip
-past the limit; when the call is recorded, what it did not use is given
-back (`ratelimit_settle`). A refused request gives its counts back.
+past the limit; when the call is recorded the window counts what it really
+used (`ratelimit_settle`). A refused request gives its counts back.
 Headers follow OpenAI's names.
 """
 
@@ -114,12 +114,13 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
 
 
 def ratelimit_settle(check: RateCheck | None, *, tokens: int) -> None:
-    """Give back the tokens an admitted call counted but did not use."""
-    if check is None or not check.tokens_key or tokens >= check.tokens_counted:
+    """Count what an admitted call really used instead of what it was admitted at: unused
+    tokens go back, and an upstream's overproduction is charged to the window."""
+    if check is None or not check.tokens_key or tokens == check.tokens_counted:
         return
-    unused, check.tokens_counted = check.tokens_counted - tokens, tokens
+    delta, check.tokens_counted = tokens - check.tokens_counted, tokens
     try:
-        _incr({check.tokens_key: -unused}, check.window)
+        _incr({check.tokens_key: delta}, check.window)
     except Exception:
-        # The window simply stays fuller than it should until it rolls over.
-        logger.warning("could not give back %s unused tokens to %s", unused, check.tokens_key)
+        # The window simply counts the admitted figure until it rolls over.
+        logger.warning("could not settle %s tokens on %s", delta, check.tokens_key)

@@ -11,12 +11,14 @@ low-detail tile). Rows billed on an estimate are flagged `tokens_estimated`.
 **Ceiling** (for budget reservations and TPM limits, which must bound the
 real cost whatever the request's shape): byte-level BPE tokenizers never
 make more tokens than the UTF-8 bytes they read, so every text, tool
-definition, audio or file part and anything unknown counts its byte
-length; an image counts by its detail and size (below); output is the
-request's `max_completion_tokens`/`max_tokens` (else the model's cap, else
-TOLLGATE_RESERVE_OUTPUT_TOKENS), never above the model's cap, times the
-number of choices asked for (`n`), plus any `prediction` content, which
-providers bill as output.
+definition and inline audio or file counts its byte length; an image counts
+by its size whatever its `detail` says (below); a part whose size the
+request does not carry (a file by id, media by URL, an unknown kind) may
+fill the model's whole context window, which bounds every prompt. Output is
+the larger of `max_completion_tokens` and `max_tokens` (else the model's
+cap, else TOLLGATE_RESERVE_OUTPUT_TOKENS), never above the model's cap,
+times the number of choices asked for (`n`), plus any `prediction` content,
+which providers bill as output.
 """
 
 import base64
@@ -45,6 +47,11 @@ IMAGE_TOKENS = 85
 # size the gateway cannot read (a URL) is reserved at that largest figure.
 IMAGE_LOW_DETAIL_TOKENS = 85
 IMAGE_UNKNOWN_SIZE_TOKENS = 16_384
+# A part whose size the request does not carry (a file by id, audio or video by URL, an
+# unknown kind) counts this much, which the model's context window then bounds; a model
+# with no known window is bounded at the largest window offered today.
+UNSIZED_PART_TOKENS = MAX_TOKENS_PER_CALL
+UNKNOWN_CONTEXT_WINDOW = 2_000_000
 
 
 def text_tokens(text: str) -> int:
@@ -75,12 +82,20 @@ def _part_estimate(part: object) -> int:
 
 def _part_ceiling(part: object) -> int:
     if isinstance(part, dict):
-        if part.get("type") == "image_url":
+        kind = part.get("type")
+        if kind == "image_url":
             return image_ceiling(part.get("image_url"))
-        if part.get("type") == "text" and isinstance(part.get("text"), str):
+        if kind == "text" and isinstance(part.get("text"), str):
             return _bytes(part["text"])
-    # input_audio, file and anything unknown: its byte length.
-    return _bytes(part)
+        inline = part.get(kind) if isinstance(kind, str) else None
+        if kind == "input_audio" and isinstance(inline, dict) and isinstance(inline.get("data"), str):
+            return _bytes(part)
+        if kind == "file" and isinstance(inline, dict) and isinstance(inline.get("file_data"), str) \
+                and not inline.get("file_id"):
+            return _bytes(part)
+    # A file by id, media by URL, anything unknown: its size is not in the request, so it
+    # may fill the whole context window (TokenBounds.ceiling clamps to it).
+    return UNSIZED_PART_TOKENS
 
 
 def _content_tokens(content: object, part_tokens: Callable[[object], int],
@@ -124,10 +139,9 @@ def chat_prompt_ceiling(body: Body) -> int:
 
 def image_ceiling(image_url: object) -> int:
     """Most tokens one image part can cost, by its detail and, for inline images, its size."""
+    # `detail` is not trusted: some providers ignore it and bill by size.
     if not isinstance(image_url, dict):
         image_url = {"url": image_url}
-    if image_url.get("detail") == "low":
-        return IMAGE_LOW_DETAIL_TOKENS
     size = _inline_image_size(image_url.get("url"))
     if size is None:
         return IMAGE_UNKNOWN_SIZE_TOKENS
@@ -159,12 +173,29 @@ def choices(body: Body) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
+def _asked_output(body: Body) -> int | None:
+    # Upstreams differ in which of the two they honour: the larger one bounds them all.
+    asked = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
+             if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return max(asked) if asked else None
+
+
 def output_cap(body: Body, model_cap: int | None) -> int:
     """Output tokens one choice may produce: the request's max, else the model's cap, else
     TOLLGATE_RESERVE_OUTPUT_TOKENS; never above the model's cap."""
-    asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    cap = asked or model_cap or settings.TOLLGATE_RESERVE_OUTPUT_TOKENS
+    cap = _asked_output(body) or model_cap or settings.TOLLGATE_RESERVE_OUTPUT_TOKENS
     return min(cap, model_cap) if model_cap else cap
+
+
+def output_allowance(body: Body, model: "ModelInfo | None") -> int | None:
+    """The most output an honest upstream can produce for the request (all choices), or
+    None when nothing bounds it: what was asked, else the model's output cap, else its
+    context window."""
+    model_cap = model.max_output_tokens if model else None
+    per_choice = _asked_output(body) or model_cap or (model.context_window if model else None)
+    if per_choice is None:
+        return None
+    return min(per_choice, model_cap) * choices(body) if model_cap else per_choice * choices(body)
 
 
 def _prediction_bytes(body: Body) -> int:
@@ -225,8 +256,10 @@ class TokenBounds:
         return cap * choices(self.body) + _prediction_bytes(self.body)
 
     def ceiling(self, model: ModelInfo | None) -> Tokens:
-        """The most tokens this request can use on `model` (clamped to what a Tokens holds)."""
-        return _clamped(self.prompt_ceiling, self.output_ceiling(model))
+        """The most tokens this request can use on `model`: no prompt passes the model's
+        context window (an upstream refuses it)."""
+        window = (model.context_window if model else None) or UNKNOWN_CONTEXT_WINDOW
+        return _clamped(min(self.prompt_ceiling, window), self.output_ceiling(model))
 
     def expected(self, model: ModelInfo | None) -> Tokens:
         output = output_cap(self.body, model.max_output_tokens if model else None) if self.chat else 0
@@ -240,24 +273,25 @@ def _clamped(prompt: int, completion: int) -> Tokens:
 # --- What an upstream reported ------------------------------------------------------
 
 
-def reported_tokens(usage: object, *, context_window: int | None = None, n: int = 1) -> Tokens | None:
+def reported_tokens(usage: object, *, max_prompt: int | None = None, max_completion: int | None = None,
+                    chat: bool = True) -> Tokens | None:
     """Tokens from an upstream's OpenAI `usage` object, or None when it sent none or
     nonsense: negative, fractional, string or absurd counts, cached above prompt, a
-    prompt longer than the model's context window. The caller then counts itself and
-    flags the row as estimated."""
+    chat answer without completion tokens, a prompt longer than the model's context
+    window, more output than the request allowed. The caller then counts itself and
+    flags the row as estimated. Embeddings produce no output: their completion is 0."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    completion = 0 if completion is None else completion
+    completion = usage.get("completion_tokens") if chat else 0
     cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
-    reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+    reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens") if chat else 0
     if not (is_token_count(prompt) and is_token_count(completion) and is_token_count(cached)
             and is_token_count(reasoning)):
         return None
     if cached > prompt or reasoning > completion:
         return None
-    if context_window and (prompt > context_window or completion > context_window * n):
+    if (max_prompt and prompt > max_prompt) or (max_completion and completion > max_completion):
         return None
     return Tokens(prompt=prompt, cached=cached, completion=completion, reasoning=reasoning)
 

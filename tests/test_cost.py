@@ -141,7 +141,8 @@ def test_images_count_by_detail_and_size():
     remote = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
     small = {"type": "image_url", "image_url": {"url": _png(512, 512)}}
     big = {"type": "image_url", "image_url": {"url": _png(4000, 3000)}}
-    assert tokens.image_ceiling(low["image_url"]) == 85
+    # `detail: low` is not trusted (some providers bill by size whatever it says).
+    assert tokens.image_ceiling(low["image_url"]) == tokens.IMAGE_UNKNOWN_SIZE_TOKENS
     assert tokens.image_ceiling(remote["image_url"]) == tokens.IMAGE_UNKNOWN_SIZE_TOKENS
     # The largest of the providers' rules: OpenAI's tiles (255) or Anthropic's area (350).
     assert tokens.image_ceiling(small["image_url"]) == 512 * 512 // 750 + 1
@@ -169,6 +170,7 @@ def test_output_is_multiplied_by_n_and_capped_at_the_models_limit(catalog):
     {"prompt_tokens": 12, "prompt_tokens_details": {"cached_tokens": 13}},
     {"prompt_tokens": 12, "prompt_tokens_details": "lots"},
     {"completion_tokens": 3},
+    {"prompt_tokens": 17, "total_tokens": 27},
     "usage",
     None,
 ])
@@ -180,5 +182,24 @@ def test_sane_usage_is_read_with_its_details():
     usage = {"prompt_tokens": 100, "completion_tokens": 50, "prompt_tokens_details": {"cached_tokens": 40},
              "completion_tokens_details": {"reasoning_tokens": 20}}
     assert reported_tokens(usage) == Tokens(prompt=100, cached=40, completion=50, reasoning=20)
-    assert reported_tokens({"prompt_tokens": 100, "completion_tokens": None}) == Tokens(prompt=100)
-    assert reported_tokens({"prompt_tokens": 200_000}, context_window=128_000) is None
+    # A chat answer must say what it produced; an embedding produces nothing.
+    assert reported_tokens({"prompt_tokens": 100, "completion_tokens": None}) is None
+    assert reported_tokens({"prompt_tokens": 100, "completion_tokens": 9}, chat=False) == Tokens(prompt=100)
+    assert reported_tokens({"prompt_tokens": 200_000, "completion_tokens": 1}, max_prompt=128_000) is None
+    assert reported_tokens({"prompt_tokens": 10, "completion_tokens": 120_000}, max_completion=10) is None
+
+
+@pytest.mark.django_db
+def test_parts_whose_size_the_request_does_not_carry_may_fill_the_context_window(catalog):
+    from routing.selectors import catalog_snapshot
+
+    model = catalog_snapshot().models["gpt-4o"]
+    by_id = user([{"type": "file", "file": {"file_id": "file-abc"}}])
+    video = user([{"type": "video_url", "video_url": {"url": "https://x/v.mp4"}}])
+    for body in (by_id, video):
+        assert ceiling(body, model).prompt == model.context_window
+
+
+def test_the_larger_of_max_tokens_and_max_completion_tokens_bounds_output():
+    bounds = TokenBounds.of_chat({**user("hi"), "max_completion_tokens": 1, "max_tokens": 3000})
+    assert bounds.ceiling(None).completion == 3000

@@ -239,12 +239,25 @@ def test_no_request_shape_overspends_a_hard_budget(catalog, team, async_sdk, ups
 
 
 @live
-def test_an_upstream_that_overproduces_is_billed_and_then_the_team_is_refused(catalog, team, sdk, upstream):
-    """The one way past a reservation: an upstream producing more than the request allowed.
-    The excess is billed, recorded as overrun, and the team is refused from then on."""
+def test_an_upstream_claiming_more_output_than_allowed_is_not_believed(catalog, team, sdk, upstream):
+    _, secret = api_key_create(team=team, name="app")
+    upstream.script("gpt-4o", Answer(content="one two", usage={"prompt_tokens": 12, "completion_tokens": 120_000}))
+
+    sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)
+
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.tokens_estimated, row.completion_tokens) == (True, tokens.text_tokens("one two"))
+
+
+@live
+def test_an_upstream_that_bills_past_the_reservation_is_billed_and_then_the_team_is_refused(
+        catalog, team, sdk, upstream):
+    """The one way past a reservation: a prompt billed beyond its ceiling (a provider's own
+    framing, or a liar within the context window). The excess is billed, recorded as
+    overrun, and the team is refused from then on."""
     _, secret = api_key_create(team=team, name="app")
     budget = budget_set(team=team, amount_usd=Decimal("0.05"))
-    upstream.script("gpt-4o", Answer(usage={"prompt_tokens": 12, "completion_tokens": 9_000}))
+    upstream.script("gpt-4o", Answer(usage={"prompt_tokens": 100_000, "completion_tokens": 10}))
     client = sdk(secret)
 
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=100)
@@ -253,7 +266,7 @@ def test_an_upstream_that_overproduces_is_billed_and_then_the_team_is_refused(ca
 
     assert caught.value.code == "insufficient_quota"
     counter = BudgetCounter.objects.get(budget=budget)
-    assert counter.spent_usd == (12 * GPT4O[0] + 9_000 * GPT4O[1]) / 10**6 > Decimal("0.05")
+    assert counter.spent_usd == (100_000 * GPT4O[0] + 10 * GPT4O[1]) / 10**6 > Decimal("0.05")
     assert counter.spent_usd <= counter.limit_usd + counter.overrun_usd and counter.overrun_usd > 0
 
 

@@ -10,6 +10,7 @@ from django.db.models import F
 
 from tests.factories import finish_call, open_call, spend
 from usage.budgets import budget_set
+from usage.invoices import invoice_close
 from usage.metering import SWEPT_ATTEMPT, inflight_sweep
 from usage.models import BudgetCounter, DailyUsage, MeteredCall, UsageRecord
 from usage.reconcile import reconcile_month
@@ -32,6 +33,7 @@ def month(team, inference_key):
     open_call(team, key, "req_lost", DURING)
     MeteredCall.objects.filter(request_id="req_lost").update(worker="dead-host:1:gone")
     inflight_sweep(now=DURING + timedelta(minutes=5))
+    invoice_close(team=team, month=OCT, now=AFTER)
     return key
 
 
@@ -86,6 +88,14 @@ def test_rollups_that_disagree_with_the_ledger_fail(month):
 def test_a_call_stuck_open_past_its_deadline_fails(team, month):
     open_call(team, month, "req_stuck", DURING, deadline_s=60)
     assert any("still open past their deadline" in p for p in problems())
+
+
+def test_a_finished_month_that_was_never_invoiced_fails(team, inference_key):
+    key, _ = inference_key
+    september = datetime(2026, 9, 10, tzinfo=UTC)
+    spend(team, key, "0.25", september, "req_sep", now=september)
+    found = reconcile_month(month=date(2026, 9, 1), now=AFTER).problems
+    assert any("no finalized invoice" in p for p in found)
 
 
 def test_a_ledger_row_whose_cost_does_not_match_its_tokens_fails(month):

@@ -60,10 +60,12 @@ def budget_set(*, team: Team, amount_usd: Decimal, hard: bool = True, thresholds
             defaults={"amount_usd": amount_usd, "hard": hard, "thresholds": thresholds},
         )
         # Counters copy the terms; refresh them so a new limit applies at once.
-        # Spend already past a lowered limit is carried, not an overspend.
+        # Spend already past a lowered limit, and calls in flight admitted under
+        # the old one, are carried, not an overspend.
         BudgetCounter.objects.filter(budget=budget).update(
             limit_usd=amount_usd, hard=hard, thresholds=thresholds,
-            carried_usd=Greatest(F("carried_usd"), F("spent_usd") - F("overrun_usd") - amount_usd),
+            carried_usd=Greatest(F("carried_usd"),
+                                 F("spent_usd") + F("reserved_usd") - F("overrun_usd") - amount_usd),
         )
         start = month_start(now)
         spent = UsageRecord.objects.filter(

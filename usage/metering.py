@@ -40,6 +40,7 @@ from usage.budgets import (
     crossed_counters,
 )
 from usage.models import MeteredCall, UsageRecord, WorkerLease
+from usage.months import month_start
 from usage.pricing import Price, Tokens, cost
 
 __all__ = [
@@ -128,7 +129,7 @@ class Meter:
         now = now or timezone.now()
         records = [_record(self.facts, outcome, charge, attempt, now)
                    for attempt, (outcome, charge) in enumerate(self.outcomes)]
-        settled = _close_statement(self.facts.request_id, records, self.reservation, self.total, now)
+        settled = _close_statement(self.facts, records, self.reservation, self.total, now)
         for counter_id in crossed_counters(settled, self.total):
             transaction.on_commit(lambda c=counter_id: _enqueue_alert_check(c))
         return records
@@ -153,12 +154,14 @@ def _record(facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int,
     )
 
 
-def _close_statement(request_id: str, records: list[UsageRecord], reservation: Reservation,
+def _close_statement(facts: CallFacts, records: list[UsageRecord], reservation: Reservation,
                      total: Decimal, now: datetime) -> list[SettledRow]:
-    # One statement, so one round trip on the hot path, atomic on its own. If
-    # the sweeper closed the call first (`closed` is then empty) it already
-    # released the reservation: only the spend is added, and it counts as
-    # overrun, being covered by no reservation any more.
+    # One statement, so one round trip on the hot path, atomic on its own. The
+    # spend goes on every budget of the call's team and key for the month it
+    # started in — also one set while it was in flight — and the reservation
+    # comes off the counters it was held on. If the sweeper closed the call
+    # first (`closed` is then empty) it already released the reservation: only
+    # the spend is added, as overrun, being covered by no reservation any more.
     fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
     row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
@@ -175,15 +178,20 @@ def _close_statement(request_id: str, records: list[UsageRecord], reservation: R
             SELECT COALESCE((SELECT reserved_usd FROM closed), 0) AS amount
         ), settled AS (
             UPDATE usage_budgetcounter c SET
-                reserved_usd = c.reserved_usd - held.amount,
+                reserved_usd = c.reserved_usd - CASE WHEN c.id = ANY(%s) THEN held.amount ELSE 0 END,
                 spent_usd = c.spent_usd + %s,
-                overrun_usd = c.overrun_usd + GREATEST(%s - held.amount, 0)
-            FROM held WHERE c.id = ANY(%s)
+                overrun_usd = c.overrun_usd
+                    + GREATEST(%s - CASE WHEN c.id = ANY(%s) THEN held.amount ELSE 0 END, 0)
+            FROM held, usage_budget b
+            WHERE b.id = c.budget_id AND c.month = %s AND b.team_id = %s
+                AND (b.api_key_id IS NULL OR b.api_key_id = %s)
             RETURNING c.id, c.spent_usd, c.limit_usd, c.thresholds
         ){inserted}
         SELECT id, spent_usd, limit_usd, thresholds FROM settled
     """
-    params = [now, request_id, total, total, list(reservation.counter_ids)]
+    reserved_on = list(reservation.counter_ids)
+    params = [now, facts.request_id, reserved_on, total, total, reserved_on,
+              month_start(facts.created_at).date(), facts.team_id, facts.key_id]
     params += [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -7,13 +7,15 @@
   bills anything, a call still open past its deadline (no sweeper runs);
 - a budget counter whose spend is not the ledger's spend for its budget and
   month, or a hard budget spent beyond its limit plus the recorded overrun;
-- rollups, reports and invoices that do not add up to the ledger.
+- rollups, reports and invoices that do not add up to the ledger, and a
+  month over (past the invoicing grace period) with usage but no invoice.
 """
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import DecimalField, Exists, ExpressionWrapper, F, OuterRef, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -60,7 +62,10 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
     for row in ledger.annotate(expected=_expected_cost()).exclude(cost_usd=F("expected"))[:50]:
         report.problems.append(f"ledger row {row.request_id}#{row.attempt}: cost {row.cost_usd} but its tokens "
                                f"and prices make {row.expected}")
-    _check_calls(report, ledger, start, end, now or timezone.now())
+    now = now or timezone.now()
+    # Beat closes a month once its grace period is over, hourly.
+    close_due = now >= end + timedelta(hours=settings.TOLLGATE_INVOICE_GRACE_HOURS + 1)
+    _check_calls(report, ledger, start, end, now)
     _check_budgets(report, first, start, end)
     team_ids = set(ledger.values_list("team_id", flat=True).distinct())
     team_ids |= set(Invoice.objects.filter(month=month).values_list("team_id", flat=True))
@@ -81,6 +86,9 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
                                             usage_month=month, kind__in=BILLED_KINDS)
         billed_total = billed.aggregate(t=Sum("exact_usd"))["t"] or Decimal(0)
         invoiced = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.FINALIZED).first()
+        if invoiced is None and not billed_total and ledger.filter(team=team).exists() and close_due:
+            report.problems.append(f"{team.slug} {month:%Y-%m}: the month is over and has usage but no "
+                                   f"finalized invoice (run closemonth {month:%Y-%m})")
         if invoiced is not None or billed_total:
             if billed_total > ledger_total:
                 report.problems.append(f"{team.slug} {month:%Y-%m}: invoices billed {billed_total} but the ledger "
