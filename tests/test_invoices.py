@@ -345,3 +345,27 @@ def test_reports_read_rollups_plus_the_ledger_tail_and_equal_the_ledger(team, ke
     # A range that is not day-aligned is read from the ledger alone, to the second.
     partial = usage_summary(team_id=team.id, group_by="model", start=datetime(2026, 10, 4, 12, 30, tzinfo=UTC), end=end)
     assert sum(g["requests"] for g in partial) == 2  # Oct 4 13:00 (the late one) and Oct 9; 12:00 calls are before
+
+
+def refused(team, when, recorded=None, n=[0]):
+    """A call to a model that does not exist: refused before routing, at $0, no model, no prices."""
+    n[0] += 1
+    return UsageRecord.objects.create(
+        request_id=f"req_refused{n[0]}", team=team, endpoint="chat", requested_model="gpt-4o-mnii",
+        status="refused", http_status=404, error_type="invalid_request_error",
+        created_at=when, recorded_at=recorded or when,
+    )
+
+
+def test_a_month_with_one_refused_call_closes(team, key):
+    refused(team, datetime(2026, 10, 5, tzinfo=UTC))
+    call(team, key, datetime(2026, 10, 6, tzinfo=UTC))
+
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    lines = {line.description: line for line in invoice.lines.all()}
+    assert (lines["Refused calls"].requests, lines["Refused calls"].amount_usd) == (1, Decimal("0.00"))
+    assert lines["Refused calls"].input_per_mtok is None and lines["Refused calls"].model == ""
+    assert invoice.total_usd == lines["gpt-4o"].amount_usd == invoices.to_cents(
+        UsageRecord.objects.get(status="ok").cost_usd)
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok

@@ -30,6 +30,7 @@ from usage.rollups import rollup_advance, rollup_through
 CENT = Decimal("0.01")
 PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 BILLED_KINDS = (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.LATE_USAGE)
+COUNTS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
 
 
 class InvoiceError(Exception):
@@ -84,15 +85,33 @@ def billed_groups(*, team: Team, month: date, exclude: Invoice | None = None) ->
     return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
 
 
+def _usd(group: dict | None) -> Decimal:
+    # A group's exact USD; a missing group is Decimal zero, never the int 0 (`Decimal("0E-12") or 0`
+    # is 0, and an int cannot be rounded to cents).
+    if group is None or group["exact"] is None:
+        return Decimal(0)
+    return group["exact"]
+
+
+def _count(group: dict | None, name: str) -> int:
+    return 0 if group is None or group[name] is None else group[name]
+
+
 def _unbilled(*, team, month, exclude) -> list[dict]:
-    owed, billed = usage_groups(team=team, month=month), billed_groups(team=team, month=month, exclude=exclude)
+    """The month's usage not yet on a live invoice, per model and unit prices.
+
+    A group differs when its USD or any of its counts do: a refused call costs $0 but is a
+    request, so it is billed (as $0.00) like any other and counted as billed afterwards.
+    """
+    owed = usage_groups(team=team, month=month)
+    billed = billed_groups(team=team, month=month, exclude=exclude)
     result = []
     for key in sorted(set(owed) | set(billed), key=lambda k: (k[0], *(str(p) for p in k[1:]))):
-        o, b = owed.get(key, {}), billed.get(key, {})
-        diff = {name: (o.get(name) or 0) - (b.get(name) or 0)
-                for name in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "exact")}
-        if diff["exact"] or diff["requests"]:
-            result.append({"model": key[0], **dict(zip(PRICE_KEYS, key[1:])), **diff})
+        o, b = owed.get(key), billed.get(key)
+        diff = {name: _count(o, name) - _count(b, name) for name in COUNTS}
+        exact = _usd(o) - _usd(b)
+        if exact or any(diff.values()):
+            result.append({"model": key[0], **dict(zip(PRICE_KEYS, key[1:])), **diff, "exact": exact})
     return result
 
 
