@@ -369,3 +369,22 @@ def test_a_month_with_one_refused_call_closes(team, key):
     assert invoice.total_usd == lines["gpt-4o"].amount_usd == invoices.to_cents(
         UsageRecord.objects.get(status="ok").cost_usd)
     assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+
+def test_the_markup_line_is_rounded_from_the_exact_amount_it_stores(team):
+    team.markup_percent = Decimal("10")
+    team.save()
+    # One token at USD 49,999.999999 per 1M: 0.049999999999; its 10 % markup, 0.0049999999999, has
+    # 13 decimals. The line stores 12 (0.005000000000), so its cents must come from that: 0.01.
+    UsageRecord.objects.create(
+        request_id="req_markup_precision", team=team, endpoint="chat", requested_model="m", model="m",
+        status="ok", prompt_tokens=1, input_per_mtok=Decimal("49999.999999"),
+        cost_usd=Decimal("0.049999999999"), created_at=datetime(2026, 10, 5, tzinfo=UTC),
+        recorded_at=datetime(2026, 10, 5, tzinfo=UTC),
+    )
+
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    markup = invoice.lines.get(kind="markup")
+    assert (markup.exact_usd, markup.amount_usd) == (Decimal("0.005"), Decimal("0.01"))
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok

@@ -3,7 +3,8 @@
 One rounding rule, here and only here (`to_cents`): a line's amount is its
 exact ledger sum rounded half-up to cents, once; an invoice's total is the
 sum of its rounded lines. The markup is its own line, computed on the
-exact usage amount.
+exact usage amount and kept at the ledger's 12 decimals, which its cents
+are rounded from.
 
 What a month's usage should cost is always `rollup(month)`; what has been
 billed for it is the sum of the lines for that month on live (finalized,
@@ -23,7 +24,14 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import Team
-from usage.models import DailyUsage, Invoice, InvoiceAdjustment, InvoiceLine, InvoiceSequence
+from usage.models import (
+    USD_FIELD,
+    DailyUsage,
+    Invoice,
+    InvoiceAdjustment,
+    InvoiceLine,
+    InvoiceSequence,
+)
 from usage.months import next_month_start
 from usage.rollups import rollup_advance, rollup_through
 
@@ -31,6 +39,9 @@ CENT = Decimal("0.01")
 PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 BILLED_KINDS = (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.LATE_USAGE)
 COUNTS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
+# The ledger's precision (USD_FIELD, 12 decimal places). An exact amount computed here, like the
+# markup, is rounded to it before its cents are taken, so the cents are those of the stored value.
+EXACT = Decimal(1).scaleb(-USD_FIELD["decimal_places"])
 
 
 class InvoiceError(Exception):
@@ -146,7 +157,7 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
             invoice.delete()
         return None
     if team.markup_percent:
-        markup = usage_exact * team.markup_percent / 100
+        markup = (usage_exact * team.markup_percent / 100).quantize(EXACT, rounding=ROUND_HALF_UP)
         lines.append(InvoiceLine(kind=InvoiceLine.Kind.MARKUP, description=f"Markup {team.markup_percent.normalize():f}%",
                                  exact_usd=markup, amount_usd=to_cents(markup)))
     for adjustment in adjustments:
