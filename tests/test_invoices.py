@@ -388,3 +388,16 @@ def test_the_markup_line_is_rounded_from_the_exact_amount_it_stores(team):
     markup = invoice.lines.get(kind="markup")
     assert (markup.exact_usd, markup.amount_usd) == (Decimal("0.005"), Decimal("0.01"))
     assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+
+def test_two_adjustments_with_the_same_reason_land_on_two_lines(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    for amount in ("-1.00", "-2.50"):
+        adjustment_add(team=team, month=OCT, amount_usd=Decimal(amount), reason="Credit: outage",
+                       created_by="finance@acme.test")
+
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    lines = list(invoice.lines.filter(kind="adjustment"))
+    assert sorted(line.amount_usd for line in lines) == [Decimal("-2.50"), Decimal("-1.00")]
+    assert sorted(line.adjustment.amount_usd for line in lines) == [Decimal("-2.50"), Decimal("-1.00")]

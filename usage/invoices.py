@@ -160,9 +160,12 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
         markup = (usage_exact * team.markup_percent / 100).quantize(EXACT, rounding=ROUND_HALF_UP)
         lines.append(InvoiceLine(kind=InvoiceLine.Kind.MARKUP, description=f"Markup {team.markup_percent.normalize():f}%",
                                  exact_usd=markup, amount_usd=to_cents(markup)))
+    adjusted = []
     for adjustment in adjustments:
-        lines.append(InvoiceLine(kind=InvoiceLine.Kind.ADJUSTMENT, description=adjustment.reason,
-                                 exact_usd=adjustment.amount_usd, amount_usd=to_cents(adjustment.amount_usd)))
+        line = InvoiceLine(kind=InvoiceLine.Kind.ADJUSTMENT, description=adjustment.reason,
+                           exact_usd=adjustment.amount_usd, amount_usd=to_cents(adjustment.amount_usd))
+        lines.append(line)
+        adjusted.append((adjustment, line))
 
     if invoice is None:
         invoice = Invoice(team=team, month=month)
@@ -176,7 +179,8 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     for position, line in enumerate(lines, start=1):
         line.invoice, line.position = invoice, position
     InvoiceLine.objects.bulk_create(lines)
-    invoice._adjustments = adjustments
+    # Each adjustment with its own line (reasons need not be unique), linked when finalized.
+    invoice._adjusted = adjusted
     return invoice
 
 
@@ -233,9 +237,8 @@ def _finalize(invoice: Invoice, now: datetime) -> Invoice:
     invoice.number = f"TG-{now.year}-{sequence.last_number:06d}"
     invoice.status, invoice.finalized_at = Invoice.Status.FINALIZED, now
     invoice.save()
-    lines = {line.description: line for line in invoice.lines.filter(kind=InvoiceLine.Kind.ADJUSTMENT)}
-    for adjustment in getattr(invoice, "_adjustments", []):
-        adjustment.invoice_line = lines.get(adjustment.reason)
+    for adjustment, line in getattr(invoice, "_adjusted", []):
+        adjustment.invoice_line = line
         adjustment.save(update_fields=["invoice_line"])
     return invoice
 
