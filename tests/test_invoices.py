@@ -401,3 +401,18 @@ def test_two_adjustments_with_the_same_reason_land_on_two_lines(team, key):
     lines = list(invoice.lines.filter(kind="adjustment"))
     assert sorted(line.amount_usd for line in lines) == [Decimal("-2.50"), Decimal("-1.00")]
     assert sorted(line.adjustment.amount_usd for line in lines) == [Decimal("-2.50"), Decimal("-1.00")]
+
+
+def test_the_correction_of_a_voided_invoice_keeps_its_adjustments(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    adjustment = adjustment_add(team=team, month=OCT, amount_usd=Decimal("-1.25"), reason="Credit: outage",
+                                created_by="finance@acme.test")
+    original = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    invoice_void(invoice=original, reason="Wrong address")
+    corrected = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    adjustment.refresh_from_db()
+    assert corrected.total_usd == original.total_usd
+    assert adjustment.invoice_line.invoice == corrected
+    assert original.lines.get(kind="adjustment").amount_usd == Decimal("-1.25")  # the void one, as issued

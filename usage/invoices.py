@@ -20,7 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.models import Team
@@ -151,7 +151,10 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
             lines.append(_usage_line(group, InvoiceLine.Kind.LATE_USAGE, earlier,
                                      f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'}"))
     usage_exact = sum((line.exact_usd for line in lines), Decimal(0))
-    adjustments = list(InvoiceAdjustment.objects.filter(team=team, month=month, invoice_line__isnull=True))
+    # Adjustments not on a live invoice: new ones, and those of a voided invoice (its correction
+    # carries them again; the void invoice keeps its lines as issued).
+    adjustments = list(InvoiceAdjustment.objects.filter(team=team, month=month).filter(
+        Q(invoice_line__isnull=True) | Q(invoice_line__invoice__status=Invoice.Status.VOID)).order_by("id"))
     if not lines and not adjustments:
         if invoice is not None and invoice.status == Invoice.Status.DRAFT:
             invoice.delete()
