@@ -29,6 +29,8 @@ from usage.invoices import (
 from usage.models import Invoice, InvoiceLine, InvoiceSequence, UsageRecord
 from usage.months import month_start
 from usage.reconcile import reconcile_month
+from usage.rollups import rollup_advance
+from usage.selectors import usage_summary
 from usage.tasks import invoices_close_due
 
 pytestmark = pytest.mark.django_db
@@ -568,3 +570,16 @@ def test_late_usage_of_a_month_closed_with_nothing_to_bill_goes_on_the_next_invo
     november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
 
     assert november.lines.get(kind="late_usage").exact_usd == late.cost_usd
+
+
+def test_reports_of_a_month_of_refused_calls_cost_decimal_zero(team, owner):
+    refused(team, datetime(2026, 10, 3, tzinfo=UTC))
+    rollup_advance(now=datetime(2026, 10, 10, tzinfo=UTC))
+    refused(team, datetime(2026, 10, 4, tzinfo=UTC), recorded=datetime(2026, 10, 20, tzinfo=UTC))
+
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    for group_by in ("model", "day", "key"):
+        for group in usage_summary(team_id=team.id, group_by=group_by, start=start, end=end):
+            assert isinstance(group["cost_usd"], Decimal) and group["cost_usd"] == 0
+    [by_model] = usage_summary(team_id=team.id, group_by="model", start=start, end=end)
+    assert by_model["requests"] == 2
