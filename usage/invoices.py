@@ -3,7 +3,8 @@
 One rounding rule, here and only here (`to_cents`): a line's amount is its
 exact ledger sum rounded half-up to cents, once; an invoice's total is the
 sum of its rounded lines. The markup is its own line, computed on the
-exact usage amount.
+exact usage amount and kept at the ledger's 12 decimals, which its cents
+are rounded from.
 
 What a month's usage should cost is always `rollup(month)`; what has been
 billed for it is the sum of the lines for that month on live (finalized,
@@ -14,22 +15,39 @@ is lost and nothing is billed twice, and a voided invoice's usage is billed
 again by its correction.
 """
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.models import Team
-from usage.models import DailyUsage, Invoice, InvoiceAdjustment, InvoiceLine, InvoiceSequence
+from usage.models import (
+    USD_FIELD,
+    DailyUsage,
+    Invoice,
+    InvoiceAdjustment,
+    InvoiceLine,
+    InvoiceSequence,
+)
 from usage.months import next_month_start
 from usage.rollups import rollup_advance, rollup_through
 
 CENT = Decimal("0.01")
 PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 BILLED_KINDS = (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.LATE_USAGE)
+COUNTS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
+# The ledger's precision (USD_FIELD, 12 decimal places). An exact amount computed here, like the
+# markup, is rounded to it before its cents are taken, so the cents are those of the stored value.
+EXACT = Decimal(1).scaleb(-USD_FIELD["decimal_places"])
+
+
+logger = logging.getLogger(__name__)
 
 
 class InvoiceError(Exception):
@@ -84,15 +102,34 @@ def billed_groups(*, team: Team, month: date, exclude: Invoice | None = None) ->
     return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
 
 
+def _usd(group: dict | None) -> Decimal:
+    # A group's exact USD; a missing group is Decimal zero, never the int 0 (`Decimal("0E-12") or 0`
+    # is 0, and an int cannot be rounded to cents).
+    if group is None or group["exact"] is None:
+        return Decimal(0)
+    return group["exact"]
+
+
+def _count(group: dict | None, name: str) -> int:
+    return 0 if group is None or group[name] is None else group[name]
+
+
 def _unbilled(*, team, month, exclude) -> list[dict]:
-    owed, billed = usage_groups(team=team, month=month), billed_groups(team=team, month=month, exclude=exclude)
+    """The month's usage not yet on a live invoice, per model and unit prices.
+
+    A group differs when its USD or any of its counts do: a refused call costs $0 but is a
+    request, so it is billed (as $0.00) like any other and counted as billed afterwards.
+    """
+    owed = usage_groups(team=team, month=month)
+    billed = billed_groups(team=team, month=month, exclude=exclude)
     result = []
     for key in sorted(set(owed) | set(billed), key=lambda k: (k[0], *(str(p) for p in k[1:]))):
-        o, b = owed.get(key, {}), billed.get(key, {})
-        diff = {name: (o.get(name) or 0) - (b.get(name) or 0)
-                for name in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "exact")}
-        if diff["exact"] or diff["requests"]:
-            result.append({"model": key[0], **dict(zip(PRICE_KEYS, key[1:])), **diff})
+        o, b = owed.get(key), billed.get(key)
+        diff = {name: _count(o, name) - _count(b, name) for name in COUNTS}
+        exact = _usd(o) - _usd(b)
+        if exact or any(diff.values()):
+            prices = dict(zip(PRICE_KEYS, key[1:]))
+            result.append({"model": key[0], **prices, **diff, "exact": exact})
     return result
 
 
@@ -121,18 +158,26 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
             lines.append(_usage_line(group, InvoiceLine.Kind.LATE_USAGE, earlier,
                                      f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'}"))
     usage_exact = sum((line.exact_usd for line in lines), Decimal(0))
-    adjustments = list(InvoiceAdjustment.objects.filter(team=team, month=month, invoice_line__isnull=True))
+    # Adjustments not on a live invoice: new ones, and those of a voided invoice (its correction
+    # carries them again; the void invoice keeps its lines as issued).
+    pending = Q(invoice_line__isnull=True) | Q(invoice_line__invoice__status=Invoice.Status.VOID)
+    adjustments = list(
+        InvoiceAdjustment.objects.filter(pending, team=team, month=month).order_by("id"))
     if not lines and not adjustments:
         if invoice is not None and invoice.status == Invoice.Status.DRAFT:
             invoice.delete()
         return None
     if team.markup_percent:
-        markup = usage_exact * team.markup_percent / 100
+        markup = (usage_exact * team.markup_percent / 100).quantize(EXACT, rounding=ROUND_HALF_UP)
         lines.append(InvoiceLine(kind=InvoiceLine.Kind.MARKUP, description=f"Markup {team.markup_percent.normalize():f}%",
                                  exact_usd=markup, amount_usd=to_cents(markup)))
+    adjusted = []
     for adjustment in adjustments:
-        lines.append(InvoiceLine(kind=InvoiceLine.Kind.ADJUSTMENT, description=adjustment.reason,
-                                 exact_usd=adjustment.amount_usd, amount_usd=to_cents(adjustment.amount_usd)))
+        amount = adjustment.amount_usd
+        line = InvoiceLine(kind=InvoiceLine.Kind.ADJUSTMENT, description=adjustment.reason,
+                           exact_usd=amount, amount_usd=to_cents(amount))
+        lines.append(line)
+        adjusted.append((adjustment, line))
 
     if invoice is None:
         invoice = Invoice(team=team, month=month)
@@ -146,7 +191,8 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     for position, line in enumerate(lines, start=1):
         line.invoice, line.position = invoice, position
     InvoiceLine.objects.bulk_create(lines)
-    invoice._adjustments = adjustments
+    # Each adjustment with its own line (reasons need not be unique), linked when finalized.
+    invoice._adjusted = adjusted
     return invoice
 
 
@@ -181,19 +227,30 @@ def invoice_close(*, team: Team, month: date, now: datetime | None = None) -> In
     """Build and finalize the team's invoice for a finished month. Safe to run again: a
     finalized invoice is returned unchanged; a crash half-way leaves nothing behind."""
     now = now or timezone.now()
+    _require_over(month, now)
+    rollup_advance(now=now)
+    return _close(team, month, now)[0]
+
+
+def _require_over(month: date, now: datetime) -> None:
     if now < next_month_start(datetime(month.year, month.month, 1, tzinfo=UTC)):
         raise InvoiceError(f"{month:%Y-%m} is not over yet; it can only be previewed as a draft.")
-    rollup_advance(now=now)
+
+
+def _close(team: Team, month: date, now: datetime) -> tuple[Invoice | None, bool]:
+    """The team's finalized invoice for the month (None: nothing to bill), and whether this
+    call finalized it. One transaction: on any error nothing of it is kept."""
     with transaction.atomic():
         live = _live_invoice(team, month)
         if live is not None and live.status == Invoice.Status.FINALIZED:
-            return live
-        voided = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID).order_by("-id").first()
+            return live, False
+        voided = (Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID)
+                  .order_by("-id").first())
         invoice = invoice_build(team=team, month=month, invoice=live)
         if invoice is None:
-            return None
+            return None, False
         invoice.replaces = voided
-        return _finalize(invoice, now)
+        return _finalize(invoice, now), True
 
 
 def _finalize(invoice: Invoice, now: datetime) -> Invoice:
@@ -203,16 +260,61 @@ def _finalize(invoice: Invoice, now: datetime) -> Invoice:
     invoice.number = f"TG-{now.year}-{sequence.last_number:06d}"
     invoice.status, invoice.finalized_at = Invoice.Status.FINALIZED, now
     invoice.save()
-    lines = {line.description: line for line in invoice.lines.filter(kind=InvoiceLine.Kind.ADJUSTMENT)}
-    for adjustment in getattr(invoice, "_adjustments", []):
-        adjustment.invoice_line = lines.get(adjustment.reason)
+    for adjustment, line in getattr(invoice, "_adjusted", []):
+        adjustment.invoice_line = line
         adjustment.save(update_fields=["invoice_line"])
     return invoice
 
 
-def invoices_close_month(*, month: date, now: datetime | None = None, team: Team | None = None) -> list[Invoice]:
-    """Close a month for one team or every team with usage, late usage or adjustments."""
+@dataclass(frozen=True)
+class TeamClose:
+    """One team's part in closing a month."""
+
+    team: Team
+    # The month's finalized invoice; None when there was nothing to bill or the close failed.
+    invoice: Invoice | None = None
+    # True when this run finalized it, False when an earlier run had.
+    new: bool = False
+    # Why the team's close failed (one line); its transaction was rolled back, so a rerun retries.
+    error: str = ""
+
+
+@dataclass
+class MonthClose:
+    """What closing a month did, team by team."""
+
+    month: date
+    teams: list[TeamClose] = field(default_factory=list)
+
+    @property
+    def invoices(self) -> list[Invoice]:
+        return [t.invoice for t in self.teams if t.invoice is not None]
+
+    @property
+    def failures(self) -> list[TeamClose]:
+        return [t for t in self.teams if t.error]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def invoices_close_month(
+    *,
+    month: date,
+    now: datetime | None = None,
+    team: Team | None = None,
+    progress: Callable[[int, int, TeamClose], None] | None = None,
+) -> MonthClose:
+    """Close a month for one team or every team with usage, late usage or adjustments.
+
+    Each team is closed in its own transaction. A team that fails is rolled back, logged and
+    listed in `failures`, and the others are still closed; running again retries the failed
+    ones and leaves finalized invoices as they are. `progress(position, total, outcome)` is
+    called after each team.
+    """
     now = now or timezone.now()
+    _require_over(month, now)
     rollup_advance(now=now)
     if team is not None:
         teams = [team]
@@ -221,8 +323,23 @@ def invoices_close_month(*, month: date, now: datetime | None = None, team: Team
         ids = set(DailyUsage.objects.filter(day__lt=after).values_list("team_id", flat=True).distinct())
         ids |= set(InvoiceAdjustment.objects.filter(month=month).values_list("team_id", flat=True))
         teams = list(Team.objects.filter(id__in=ids).order_by("id"))
-    invoices = [invoice_close(team=t, month=month, now=now) for t in teams]
-    return [i for i in invoices if i is not None]
+    result = MonthClose(month=month)
+    for position, each in enumerate(teams, start=1):
+        try:
+            invoice, new = _close(each, month, now)
+            outcome = TeamClose(team=each, invoice=invoice, new=new)
+        except Exception as exc:  # whatever stops one team must not stop the others
+            logger.exception("Closing %s for team %s failed", f"{month:%Y-%m}", each.slug)
+            outcome = TeamClose(team=each, error=_one_line(exc))
+        result.teams.append(outcome)
+        if progress is not None:
+            progress(position, len(teams), outcome)
+    return result
+
+
+def _one_line(exc: Exception) -> str:
+    message = " ".join(str(exc).split()) or "no message"
+    return message if isinstance(exc, InvoiceError) else f"{type(exc).__name__}: {message}"
 
 
 def invoice_void(*, invoice: Invoice, reason: str, now: datetime | None = None) -> Invoice:

@@ -1,6 +1,7 @@
 """Reads of the usage ledger; every one takes the team."""
 
 from datetime import UTC, datetime, time
+from decimal import Decimal
 
 from django.db.models import Avg, Count, F, QuerySet, Sum
 from django.db.models.functions import TruncDate
@@ -62,13 +63,17 @@ def usage_summary(*, team_id: int, group_by: str, start: datetime | None = None,
     merged: dict = {}
     for part in (_grouped(rolled, ROLLUP_GROUPS[group_by], label), _grouped(tail, LEDGER_GROUPS[group_by], label)):
         for group in part:
-            into = merged.setdefault(group[label], {label: group[label], **{k: 0 for k in SUMMED}})
+            into = merged.setdefault(group[label], {label: group[label], **ZEROS})
             for k in SUMMED:
-                into[k] += group[k] or 0
+                if group[k] is not None:
+                    into[k] += group[k]
     return [merged[key] for key in sorted(merged, key=lambda k: (k is None, str(k)))]
 
 
 SUMMED = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd")
+# USD stays Decimal even for a group of $0 refused calls.
+ZEROS = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
+         "cost_usd": Decimal(0)}
 LEDGER_GROUPS = {"day": TruncDate("created_at", tzinfo=UTC), "model": F("model"), "key": F("api_key__prefix")}
 ROLLUP_GROUPS = {"day": F("day"), "model": F("model"), "key": F("api_key__prefix")}
 

@@ -1,8 +1,12 @@
 """Celery tasks: thin wrappers that load by id and call a service."""
 
+import logging
+
 from celery import shared_task
 
 from usage import alerts, metering
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task
@@ -45,7 +49,10 @@ def rollup_advance():
 
 @shared_task
 def invoices_close_due():
-    """Close the previous month for every team once its grace period is over (idempotent)."""
+    """Close the previous month for every team once its grace period is over (idempotent).
+
+    A team that fails does not stop the others; it is logged, and the next hourly run retries it.
+    """
     from datetime import timedelta
 
     from django.conf import settings
@@ -57,6 +64,11 @@ def invoices_close_due():
     now = timezone.now()
     this_month = month_start(now)
     if now - this_month < timedelta(hours=settings.TOLLGATE_INVOICE_GRACE_HOURS):
-        return []
+        return {"invoices": [], "failed": {}}
     previous = month_start(this_month - timedelta(days=1)).date()
-    return [invoice.number for invoice in invoices_close_month(month=previous, now=now)]
+    result = invoices_close_month(month=previous, now=now)
+    for failure in result.failures:
+        logger.error("invoices_close_due: %s for team %s failed: %s", f"{previous:%Y-%m}",
+                     failure.team.slug, failure.error)
+    return {"invoices": [invoice.number for invoice in result.invoices],
+            "failed": {failure.team.slug: failure.error for failure in result.failures}}

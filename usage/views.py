@@ -1,4 +1,5 @@
 from datetime import timedelta
+from decimal import Decimal
 
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
@@ -31,7 +32,7 @@ def dashboard(request, slug):
     totals = {
         "requests": sum(g["requests"] for g in by_model),
         "tokens": sum(g["prompt_tokens"] + g["completion_tokens"] for g in by_model),
-        "cost_usd": sum((g["cost_usd"] for g in by_model), start=0),
+        "cost_usd": sum((g["cost_usd"] for g in by_model), start=Decimal(0)),
     }
     return render(request, "usage/dashboard.html", {
         "team": team,

@@ -1,11 +1,13 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Team
-from usage.invoices import InvoiceError, invoices_close_month, month_of
+from usage.invoices import InvoiceError, TeamClose, invoices_close_month, month_of
 
 
 class Command(BaseCommand):
-    help = "Build and finalize a finished month's invoices (all teams, or one). Safe to run again."
+    help = ("Build and finalize a finished month's invoices (all teams, or one). Safe to run "
+            "again: goes on past a team that fails, names it, and exits non-zero; a rerun "
+            "retries it.")
 
     def add_arguments(self, parser):
         parser.add_argument("month", metavar="YYYY-MM")
@@ -19,11 +21,46 @@ class Command(BaseCommand):
                 target = Team.objects.filter(slug=team).first()
                 if target is None:
                     raise CommandError(f"No team '{team}'.")
-            invoices = invoices_close_month(month=month, team=target)
+            result = invoices_close_month(month=month, team=target, progress=self.progress)
         except InvoiceError as exc:
             raise CommandError(str(exc)) from None
-        if not invoices:
-            self.stdout.write(f"No usage to invoice for {month:%Y-%m}.")
-        for invoice in invoices:
-            self.stdout.write(f"{invoice.number}  {invoice.team.slug:20} {invoice.month:%Y-%m}  "
-                              f"USD {invoice.total_usd:>12,.2f}  ({len(invoice.lines.all())} lines)")
+
+        label = f"{month:%Y-%m}"
+        if not result.teams:
+            self.stdout.write(f"No usage to invoice for {label}.")
+            return
+        new = sum(1 for t in result.teams if t.new)
+        kept = len(result.invoices) - new
+        empty = sum(1 for t in result.teams if t.invoice is None and not t.error)
+        failures = result.failures
+        self.stdout.write(
+            f"{label}: {counted(len(result.teams), 'team')}, {counted(new, 'invoice')} finalized, "
+            f"{kept} already final, {empty} with nothing to bill, {len(failures)} failed."
+        )
+        if failures:
+            for failure in failures:
+                self.stdout.write(f"  failed: {failure.team.slug}: {failure.error}")
+            slugs = ", ".join(f.team.slug for f in failures)
+            target_flag = f" --team {team}" if team else ""
+            raise CommandError(
+                f"{len(failures)} of {len(result.teams)} teams could not be closed for {label}: "
+                f"{slugs}. Fix the cause and run `closemonth {label}{target_flag}` again; "
+                f"finalized invoices stay as they are."
+            )
+
+    def progress(self, position: int, total: int, outcome: TeamClose) -> None:
+        prefix = f"[{position:>{len(str(total))}}/{total}] {outcome.team.slug:<20}"
+        invoice = outcome.invoice
+        if outcome.error:
+            self.stdout.write(f"{prefix} FAILED: {outcome.error}")
+        elif invoice is None:
+            self.stdout.write(f"{prefix} nothing to bill")
+        else:
+            note = "" if outcome.new else "  (already final)"
+            self.stdout.write(f"{prefix} {invoice.number}  USD {invoice.total_usd:>12,.2f}"
+                              f"  {counted(len(invoice.lines.all()), 'line')}{note}")
+        self.stdout.flush()
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
