@@ -15,6 +15,7 @@ from django.core.cache import cache
 
 from accounts.models import ApiKey, Membership
 from accounts.services import api_key_create
+from routing.selectors import catalog_changed
 from routing.services import catalog_load, catalog_load_data
 from tests.factories import MembershipFactory, TeamFactory, UserFactory
 from tests.fake_upstream import FakeUpstream
@@ -157,6 +158,8 @@ def catalog(upstream):
         {"name": name, "base_url": upstream.url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_s": 5}
         for name in ("openai", "anthropic", "google", "global")
     ]})
+    # On-commit hooks do not run inside a test's transaction: drop this process's snapshot.
+    catalog_changed()
 
 
 # --- The standing cast: an owner and a member of one team, an outsider in another.

@@ -53,6 +53,11 @@ class Received:
     body: dict
 
 
+class _Server(ThreadingHTTPServer):
+    # The tests open 100 connections at once; the default backlog of 5 resets some.
+    request_queue_size = 256
+
+
 class FakeUpstream:
     def __init__(self):
         self.scripts: dict[str, deque] = defaultdict(deque)
@@ -60,7 +65,7 @@ class FakeUpstream:
         self.closed_streams: list[str] = []
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"upstream": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -193,11 +193,13 @@ def test_sane_usage_is_read_with_its_details():
 def test_parts_whose_size_the_request_does_not_carry_may_fill_the_context_window(catalog):
     from routing.selectors import catalog_snapshot
 
-    model = catalog_snapshot().models["gpt-4o"]
+    flash, gpt4o = catalog_snapshot().models["deepseek-v4-flash"], catalog_snapshot().models["gpt-4o"]
+    assert (flash.context_window, gpt4o.context_window) == (128_000, None)
     by_id = user([{"type": "file", "file": {"file_id": "file-abc"}}])
     video = user([{"type": "video_url", "video_url": {"url": "https://x/v.mp4"}}])
     for body in (by_id, video):
-        assert ceiling(body, model).prompt == model.context_window
+        assert ceiling(body, flash).prompt == 128_000
+        assert ceiling(body, gpt4o).prompt == tokens.UNKNOWN_CONTEXT_WINDOW
 
 
 def test_the_larger_of_max_tokens_and_max_completion_tokens_bounds_output():

@@ -227,7 +227,8 @@ def test_no_request_shape_overspends_a_hard_budget(catalog, team, async_sdk, ups
     results = asyncio.run(run())
 
     refused = [r for r in results if isinstance(r, Exception)]
-    assert all(isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota" for r in refused), refused
+    odd = [r for r in refused if not (isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota")]
+    assert not odd, [repr(r)[:300] for r in odd]
     assert 0 < len(refused) < 100
     spent = UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))["total"]
     counter = BudgetCounter.objects.get(budget=budget)

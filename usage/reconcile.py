@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import DecimalField, Exists, ExpressionWrapper, F, OuterRef, Sum, Value
+from django.db.models import DecimalField, Exists, ExpressionWrapper, F, Max, OuterRef, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -91,8 +91,17 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
                                    f"finalized invoice (run closemonth {month:%Y-%m})")
         if invoiced is not None or billed_total:
             if billed_total > ledger_total:
-                report.problems.append(f"{team.slug} {month:%Y-%m}: invoices billed {billed_total} but the ledger "
-                                       f"holds {ledger_total}")
+                # Legitimate only as a correction (a negative row) recorded after the month was billed,
+                # which the next invoice credits.
+                billed_through = billed.aggregate(t=Max("invoice__usage_through"))["t"]
+                credits = ledger.filter(team=team, cost_usd__lt=0, recorded_at__gt=billed_through)
+                credit = credits.aggregate(t=Sum("cost_usd"))["t"] or Decimal(0)
+                if billed_total + credit <= ledger_total:
+                    report.notes.append(f"{team.slug} {month:%Y-%m}: a credit of {-credit} to carry on the next "
+                                        f"invoice")
+                else:
+                    report.problems.append(f"{team.slug} {month:%Y-%m}: invoices billed {billed_total} but the "
+                                           f"ledger holds {ledger_total}")
             elif billed_total < ledger_total:
                 late = ledger_total - billed_total
                 report.notes.append(f"{team.slug} {month:%Y-%m}: late usage {late} to bill on the next invoice")
