@@ -45,6 +45,7 @@ class StreamRelay:
         self.ttft_ms = int((time.monotonic() - started) * 1000)
         self.status, self.error, self.usage, self.produced = Status.OK, None, None, []
         self.ended = False
+        self._pending: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
         self._watchdog = loop.call_at(call.deadline_at + WATCHDOG_GRACE_S, self._deadline_passed)
 
@@ -106,7 +107,17 @@ class StreamRelay:
                 return
             # The deadline bounds each wait for the upstream; the watchdog, the client's reads.
             async with asyncio.timeout_at(self.call.deadline_at):
-                chunk = await anext(self.chunks, None)
+                chunk = await self._read()
+
+    async def _read(self):
+        """The next upstream event, read in a task of its own: a client who leaves cancels the
+        relay, and must not break the upstream stream mid-read, which the drain goes on with."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self.chunks, None))
+            self._pending.add_done_callback(_retrieve)
+        chunk = await asyncio.shield(self._pending)
+        self._pending = None
+        return chunk
 
     def _deadline_error(self) -> ProxyError:
         return ProxyError(504, f"This call reached its deadline of {self.call.deadline_s:g} s and was ended.",
@@ -129,11 +140,9 @@ class StreamRelay:
             until = min(self.call.deadline_at, loop.time() + settings.TOLLGATE_DRAIN_S)
             try:
                 async with asyncio.timeout_at(until):
-                    async for chunk in self.chunks:
+                    while self.usage is None and (chunk := await self._read()) is not None:
                         self._note(chunk)
-                        if self.usage is not None:
-                            break
-            except Exception:  # cut, timed out, or a read cancelled with the client: estimate
+            except Exception:  # cut or timed out: bill the estimate
                 pass
         await self._record()
 
@@ -160,6 +169,12 @@ class StreamRelay:
             streamed=True, ttft_ms=self.ttft_ms, tokens=counted, estimated=estimated,
         ))
         await self.call.record()
+
+
+def _retrieve(read: asyncio.Future) -> None:
+    # A read the relay stopped waiting for (deadline, stream closed) may fail unobserved.
+    if not read.cancelled():
+        read.exception()
 
 
 class RelayBody:

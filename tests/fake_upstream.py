@@ -25,8 +25,9 @@ class Answer:
     # Streams: seconds between chunks, and a cut (connection closed) after N chunks.
     chunk_delay: float = 0.0
     cut_after: int | None = None
-    # Seconds to wait before answering at all.
+    # Seconds to wait before answering at all, and before a stream's usage event.
     delay: float = 0.0
+    usage_delay: float = 0.0
     extra: dict = field(default_factory=dict)
     # Answer `n` choices when asked (an honest upstream does; some ignore it),
     # reporting n times the completion tokens.
@@ -102,15 +103,24 @@ def _choices(body: dict, behaviour: Answer) -> int:
 HONEST = "honest"
 
 
+# What an honest provider bills for a document or a video the request only names.
+REFERENCED_PART_TOKENS = 50_000
+
+
 def _billing_honestly(body: dict, behaviour: Answer) -> Answer:
     """Answer(usage=HONEST) bills what a real provider would at most: a token per 4 bytes
-    of everything the model reads, and every output token the request allowed, per choice."""
+    of everything the model reads, REFERENCED_PART_TOKENS for each file or video it only
+    names, and every output token the request allowed (the larger of its two maxima,
+    since providers differ in which they honour), per choice."""
     if behaviour.usage != HONEST:
         return behaviour
     read = sum(len(json.dumps(body[k])) for k in ("messages", "tools", "functions") if k in body)
-    allowed = body.get("max_completion_tokens") or body.get("max_tokens") or 16
-    return replace(behaviour, usage={"prompt_tokens": read // 4, "completion_tokens": allowed,
-                                     "total_tokens": read // 4 + allowed})
+    text = json.dumps(body.get("messages"))
+    referenced = text.count('"file_id"') + text.count('"video_url"')
+    prompt = read // 4 + referenced * REFERENCED_PART_TOKENS
+    allowed = max(body.get("max_completion_tokens") or 0, body.get("max_tokens") or 0) or 16
+    return replace(behaviour, usage={"prompt_tokens": prompt, "completion_tokens": allowed,
+                                     "total_tokens": prompt + allowed})
 
 
 def _usage_for(usage, n: int):
@@ -149,8 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {
                 "object": "list", "model": body["model"],
                 "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
-                **({"usage": {"prompt_tokens": usage.get("prompt_tokens", 0),
-                              "total_tokens": usage.get("prompt_tokens", 0)}} if behaviour.usage else {}),
+                **({"usage": {**usage, "total_tokens": usage.get("prompt_tokens", 0)}} if behaviour.usage else {}),
             })
             return
         if body.get("stream"):
@@ -213,6 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
+                if "usage" in event and not event["choices"] and behaviour.usage_delay:
+                    time.sleep(behaviour.usage_delay)
                 self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
                 if behaviour.chunk_delay:
                     time.sleep(behaviour.chunk_delay)

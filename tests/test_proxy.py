@@ -235,9 +235,11 @@ def test_stream_is_relayed_as_it_arrives(catalog, inference_key, sdk, upstream):
     assert first_at < total - 0.8
 
 
-def test_client_disconnect_cancels_upstream_and_records_what_was_delivered(catalog, inference_key, sdk, team, upstream):
+def test_client_disconnect_past_the_drain_time_cancels_upstream_and_records_what_was_delivered(
+        catalog, inference_key, sdk, team, upstream, settings):
     import time
 
+    settings.TOLLGATE_DRAIN_S = 0  # no waiting for the upstream's usage once the client left
     _, secret = inference_key
     words = " ".join(f"w{i}" for i in range(40))
     upstream.script("deepseek-v4-flash", Answer(content=words, chunk_delay=0.1))
