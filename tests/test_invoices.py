@@ -559,8 +559,6 @@ def test_refused_calls_preview_and_download_for_the_owner_not_for_others(
     assert get(outsider, f"/api/teams/acme/invoices/{label}/").status_code == 404
 
 
-@pytest.mark.xfail(strict=True, reason="a month closed with nothing to bill leaves no mark, so rows "
-                   "recorded for it later are never billed; marking it needs a model change")
 def test_late_usage_of_a_month_closed_with_nothing_to_bill_goes_on_the_next_invoice(team, key):
     assert invoice_close(team=team, month=OCT, now=AFTER_OCT) is None
     late = call(team, key, datetime(2026, 10, 31, 23, 59, tzinfo=UTC),

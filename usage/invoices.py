@@ -29,6 +29,7 @@ from django.utils import timezone
 from accounts.models import Team
 from usage.models import (
     USD_FIELD,
+    ClosedMonth,
     DailyUsage,
     Invoice,
     InvoiceAdjustment,
@@ -134,10 +135,10 @@ def _unbilled(*, team, month, exclude) -> list[dict]:
 
 
 def _closed_earlier_months(team: Team, month: date) -> list[date]:
-    return sorted(set(
-        Invoice.objects.filter(team=team, status=Invoice.Status.FINALIZED, month__lt=month)
-        .values_list("month", flat=True)
-    ))
+    # Months with a finalized invoice, and months closed with nothing to bill.
+    invoiced = Invoice.objects.filter(team=team, status=Invoice.Status.FINALIZED, month__lt=month)
+    closed = ClosedMonth.objects.filter(team=team, month__lt=month)
+    return sorted(set(invoiced.values_list("month", flat=True)) | set(closed.values_list("month", flat=True)))
 
 
 def seller_block() -> dict:
@@ -247,6 +248,7 @@ def _close(team: Team, month: date, now: datetime) -> tuple[Invoice | None, bool
         voided = (Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID)
                   .order_by("-id").first())
         invoice = invoice_build(team=team, month=month, invoice=live)
+        ClosedMonth.objects.get_or_create(team=team, month=month, defaults={"closed_at": now})
         if invoice is None:
             return None, False
         invoice.replaces = voided

@@ -292,6 +292,18 @@ class RollupMark(models.Model):
 CENTS_FIELD = dict(max_digits=14, decimal_places=2)
 
 
+class ClosedMonth(models.Model):
+    """A team's month that closemonth has closed, whether or not it had anything to bill:
+    usage of it recorded later is late usage for the next invoice."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
+    month = models.DateField(help_text="first day of the month, UTC")
+    closed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "month"], name="closedmonth_unique")]
+
+
 class InvoiceSequence(models.Model):
     """Invoice numbers per year, handed out without gaps inside the finalizing transaction."""
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 from accounts.models import Team
 from usage.invoices import BILLED_KINDS, month_bounds, to_cents
 from usage.metering import SWEPT_ATTEMPT
-from usage.models import BudgetCounter, DailyUsage, Invoice, InvoiceLine, MeteredCall, UsageRecord
+from usage.models import BudgetCounter, ClosedMonth, DailyUsage, Invoice, InvoiceLine, MeteredCall, UsageRecord
 from usage.rollups import rollup_advance, rollup_through
 from usage.selectors import usage_summary
 
@@ -86,10 +86,11 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
                                             usage_month=month, kind__in=BILLED_KINDS)
         billed_total = billed.aggregate(t=Sum("exact_usd"))["t"] or Decimal(0)
         invoiced = Invoice.objects.filter(team=team, month=month, status=Invoice.Status.FINALIZED).first()
-        if invoiced is None and not billed_total and ledger.filter(team=team).exists() and close_due:
-            report.problems.append(f"{team.slug} {month:%Y-%m}: the month is over and has usage but no "
-                                   f"finalized invoice (run closemonth {month:%Y-%m})")
-        if invoiced is not None or billed_total:
+        closed = invoiced is not None or ClosedMonth.objects.filter(team=team, month=month).exists()
+        if not closed and not billed_total and ledger.filter(team=team).exists() and close_due:
+            report.problems.append(f"{team.slug} {month:%Y-%m}: the month is over and has usage but was "
+                                   f"never closed (run closemonth {month:%Y-%m})")
+        if closed or billed_total:
             if billed_total > ledger_total:
                 # Legitimate only as a correction (a negative row) recorded after the month was billed,
                 # which the next invoice credits.
