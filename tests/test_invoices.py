@@ -581,3 +581,16 @@ def test_reports_of_a_month_of_refused_calls_cost_decimal_zero(team, owner):
             assert isinstance(group["cost_usd"], Decimal) and group["cost_usd"] == 0
     [by_model] = usage_summary(team_id=team.id, group_by="model", start=start, end=end)
     assert by_model["requests"] == 2
+
+
+def test_an_adjustment_added_after_its_month_closed_goes_on_the_next_invoice(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    credit = adjustment_add(team=team, month=OCT, amount_usd=Decimal("-0.40"), reason="Credit: October outage",
+                            created_by="finance@acme.test")
+    call(team, key, datetime(2026, 11, 5, tzinfo=UTC))
+
+    november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
+
+    credit.refresh_from_db()
+    assert credit.invoice_line.invoice == november and credit.invoice_line.amount_usd == Decimal("-0.40")

@@ -161,9 +161,11 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     usage_exact = sum((line.exact_usd for line in lines), Decimal(0))
     # Adjustments not on a live invoice: new ones, and those of a voided invoice (its correction
     # carries them again; the void invoice keeps its lines as issued).
+    # Adjustments of earlier months added after those were closed go on this one.
     pending = Q(invoice_line__isnull=True) | Q(invoice_line__invoice__status=Invoice.Status.VOID)
+    late = Q(month__lt=month, invoice_line__isnull=True)
     adjustments = list(
-        InvoiceAdjustment.objects.filter(pending, team=team, month=month).order_by("id"))
+        InvoiceAdjustment.objects.filter((pending & Q(month=month)) | late, team=team).order_by("id"))
     if not lines and not adjustments:
         if invoice is not None and invoice.status == Invoice.Status.DRAFT:
             invoice.delete()
@@ -323,7 +325,8 @@ def invoices_close_month(
     else:
         _, after = month_bounds(month)
         ids = set(DailyUsage.objects.filter(day__lt=after).values_list("team_id", flat=True).distinct())
-        ids |= set(InvoiceAdjustment.objects.filter(month=month).values_list("team_id", flat=True))
+        ids |= set(InvoiceAdjustment.objects.filter(month__lte=month, invoice_line__isnull=True)
+                   .values_list("team_id", flat=True))
         teams = list(Team.objects.filter(id__in=ids).order_by("id"))
     result = MonthClose(month=month)
     for position, each in enumerate(teams, start=1):
