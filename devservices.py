@@ -159,12 +159,23 @@ class EmbeddedPostgres:
         fresh.mkdir()
         self._own(fresh)
         say(f"initialising PostgreSQL data in {self.pgdata.relative_to(ROOT)}")
-        self._tool("initdb", [
-            "--username", DB_USER, "--auth=trust", "--encoding=UTF8", "--no-instructions",
-            # Code-point collation without depending on the OS's locales.
-            "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
-            *([] if self.durable else ["--no-sync"]),
-        ], pgdata=fresh, timeout=START_TIMEOUT_S)
+        self._tool(
+            "initdb",
+            [
+                "--username",
+                DB_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+                # Code-point collation without depending on the OS's locales.
+                "--locale=C",
+                "--locale-provider=builtin",
+                "--builtin-locale=C.UTF-8",
+                *([] if self.durable else ["--no-sync"]),
+            ],
+            pgdata=fresh,
+            timeout=START_TIMEOUT_S,
+        )
         fresh.rename(self.pgdata)
 
     def postmaster_pid(self) -> int | None:
@@ -193,10 +204,17 @@ class EmbeddedPostgres:
             self.port = free_port()
             logged = self.log.stat().st_size
             try:
-                self._tool("pg_ctl", [
-                    "start", "--wait", f"--timeout={START_TIMEOUT_S}", f"--log={self.log}",
-                    f"--options={options} -p {self.port}",
-                ], timeout=START_TIMEOUT_S + 10)
+                self._tool(
+                    "pg_ctl",
+                    [
+                        "start",
+                        "--wait",
+                        f"--timeout={START_TIMEOUT_S}",
+                        f"--log={self.log}",
+                        f"--options={options} -p {self.port}",
+                    ],
+                    timeout=START_TIMEOUT_S + 10,
+                )
                 return
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 if "already in use" in log_tail(self.log, logged) and attempt < PORT_ATTEMPTS:
@@ -223,8 +241,11 @@ class EmbeddedPostgres:
             return
         try:
             # fast: roll back open transactions and disconnect clients, then a clean shutdown.
-            self._tool("pg_ctl", ["stop", "--mode=fast", "--wait", f"--timeout={STOP_TIMEOUT_S}"],
-                       timeout=STOP_TIMEOUT_S + 10)
+            self._tool(
+                "pg_ctl",
+                ["stop", "--mode=fast", "--wait", f"--timeout={STOP_TIMEOUT_S}"],
+                timeout=STOP_TIMEOUT_S + 10,
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             # SIGQUIT: PostgreSQL's immediate shutdown (crash recovery at the next start).
             say(f"PostgreSQL (pid {pid}) did not stop within {STOP_TIMEOUT_S} s; quitting it")
@@ -260,10 +281,25 @@ class EmbeddedRedis:
             self.port = free_port()
             logged = self.log.stat().st_size if self.log.exists() else 0
             self.process = subprocess.Popen(
-                [str(binary), "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                 "--pidfile", str(self.pidfile), "--logfile", str(self.log)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                [
+                    str(binary),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--pidfile",
+                    str(self.pidfile),
+                    "--logfile",
+                    str(self.log),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 # Its own session: a Ctrl-C for the tests must not take Redis away mid-teardown.
                 start_new_session=True,
             )
@@ -334,14 +370,20 @@ class Abort(Exception):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
-    parser = argparse.ArgumentParser(prog="python devservices.py", usage="%(prog)s "
-                                     "{run,test} [--durable] -- COMMAND...", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python devservices.py",
+        usage="%(prog)s {run,test} [--durable] -- COMMAND...",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("mode", choices=["run", "test"])
-    parser.add_argument("--durable", action="store_true",
-                        help="keep a throwaway PostgreSQL crash-safe (fsync on), for benchmarks")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="keep a throwaway PostgreSQL crash-safe (fsync on), for benchmarks",
+    )
     args = parser.parse_args(argv[:split])
-    command = argv[split + 1:]
+    command = argv[split + 1 :]
     if not command:
         parser.error("a command to run is required, after --")
 

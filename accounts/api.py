@@ -20,14 +20,26 @@ class TeamSerializer(serializers.Serializer):
 class ApiKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiKey
-        fields = ["prefix", "name", "kind", "allowed_models", "rpm_limit", "tpm_limit",
-                  "created_at", "last_used_at", "expires_at", "revoked_at"]
+        fields = [
+            "prefix",
+            "name",
+            "kind",
+            "allowed_models",
+            "rpm_limit",
+            "tpm_limit",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+        ]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=ApiKey.Kind.choices, default=ApiKey.Kind.INFERENCE)
-    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, default=list
+    )
     rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)

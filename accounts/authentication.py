@@ -17,7 +17,9 @@ class _BearerKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, secret = header.partition(" ")
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
-            raise exceptions.AuthenticationFailed("Send your API key as 'Authorization: Bearer <key>'.")
+            raise exceptions.AuthenticationFailed(
+                "Send your API key as 'Authorization: Bearer <key>'."
+            )
         try:
             principal = api_key_authenticate(secret=secret)
         except InvalidKey as exc:

@@ -16,7 +16,9 @@ def team_access(*, actor, slug: str) -> tuple[Team, str] | None:
             return None
         team = Team.objects.filter(id=actor.team_id).first()
         return (team, MANAGEMENT_KEY_ROLE) if team else None
-    membership = Membership.objects.select_related("team").filter(user=actor, team__slug=slug).first()
+    membership = (
+        Membership.objects.select_related("team").filter(user=actor, team__slug=slug).first()
+    )
     if membership is None:
         return None
     return membership.team, membership.role

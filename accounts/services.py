@@ -31,18 +31,24 @@ def key_hash(secret: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), secret.encode(), hashlib.sha256).hexdigest()
 
 
-def team_create(*, slug: str, name: str, markup_percent: Decimal = Decimal("0"), owner_email: str = "") -> Team:
+def team_create(
+    *, slug: str, name: str, markup_percent: Decimal = Decimal("0"), owner_email: str = ""
+) -> Team:
     with transaction.atomic():
         team = Team.objects.create(slug=slug, name=name, markup_percent=markup_percent)
         if owner_email:
             User = get_user_model()
-            user, _ = User.objects.get_or_create(username=owner_email, defaults={"email": owner_email})
+            user, _ = User.objects.get_or_create(
+                username=owner_email, defaults={"email": owner_email}
+            )
             Membership.objects.create(user=user, team=team, role=Membership.Role.OWNER)
     return team
 
 
 def membership_add(*, team: Team, user, role: str) -> Membership:
-    membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+    membership, _ = Membership.objects.update_or_create(
+        team=team, user=user, defaults={"role": role}
+    )
     return membership
 
 
@@ -58,7 +64,9 @@ def api_key_create(
     created_by=None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never stored or shown again."""
-    prefix = KEY_PREFIXES[kind] + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_RANDOM_LEN))
+    prefix = KEY_PREFIXES[kind] + "".join(
+        secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_RANDOM_LEN)
+    )
     secret = f"{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
         team=team,
@@ -121,7 +129,11 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
     """
     now = now or timezone.now()
     prefix = secret[:PREFIX_LEN]
-    if len(secret) < PREFIX_LEN + 2 or secret[PREFIX_LEN] != "_" or prefix[:4] not in KEY_PREFIXES.values():
+    if (
+        len(secret) < PREFIX_LEN + 2
+        or secret[PREFIX_LEN] != "_"
+        or prefix[:4] not in KEY_PREFIXES.values()
+    ):
         raise InvalidKey("Incorrect API key provided.")
     principal = cache.get(_principal_cache_key(prefix))
     if principal is None:

@@ -19,9 +19,18 @@ def keys(request, slug):
         if not name or len(name) > 100:
             messages.error(request, "Give the key a name of up to 100 characters.")
         else:
-            key, new_secret = api_key_create(team=team, name=name, allowed_models=models, created_by=request.user)
-            messages.success(request, f"Key {key.prefix} created. Copy its secret now: it will not be shown again.")
-    return render(request, "accounts/keys.html", {"team": team, "keys": api_key_list(team=team), "new_secret": new_secret})
+            key, new_secret = api_key_create(
+                team=team, name=name, allowed_models=models, created_by=request.user
+            )
+            messages.success(
+                request,
+                f"Key {key.prefix} created. Copy its secret now: it will not be shown again.",
+            )
+    return render(
+        request,
+        "accounts/keys.html",
+        {"team": team, "keys": api_key_list(team=team), "new_secret": new_secret},
+    )
 
 
 @login_required
@@ -32,5 +41,7 @@ def key_revoke(request, slug, prefix):
     if key is None:
         raise Http404("No such key.")
     api_key_revoke(key=key)
-    messages.success(request, f"Key {key.prefix} ({key.name}) is revoked; calls with it now get 401.")
+    messages.success(
+        request, f"Key {key.prefix} ({key.name}) is revoked; calls with it now get 401."
+    )
     return redirect("keys", slug=team.slug)

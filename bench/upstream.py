@@ -2,18 +2,43 @@
 
 import json
 
-CHAT = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1764000000, "model": "bench",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-}).encode()
+CHAT = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1764000000,
+        "model": "bench",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    }
+).encode()
 
 CHUNKS = [
-    json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "bench",
-                "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}], "usage": None})
+    json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "bench",
+            "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+            "usage": None,
+        }
+    )
     for w in ("one", " two", " three")
-] + [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "bench", "choices": [],
-                 "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}})]
+] + [
+    json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "bench",
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+        }
+    )
+]
 
 
 async def app(scope, receive, send):
@@ -26,12 +51,31 @@ async def app(scope, receive, send):
         if not message.get("more_body"):
             break
     if json.loads(body or b"{}").get("stream"):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         for chunk in CHUNKS:
-            await send({"type": "http.response.body", "body": f"data: {chunk}\n\n".encode(), "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"data: {chunk}\n\n".encode(),
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(CHAT)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(CHAT)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": CHAT})

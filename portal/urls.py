@@ -11,17 +11,37 @@ api = [
     path("teams/", accounts_api.TeamListApi.as_view(), name="api-teams"),
     path("teams/<slug:slug>/", accounts_api.TeamDetailApi.as_view(), name="api-team"),
     path("teams/<slug:slug>/keys/", accounts_api.ApiKeyListApi.as_view(), name="api-keys"),
-    path("teams/<slug:slug>/keys/<str:prefix>/revoke/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key-revoke"),
+    path(
+        "teams/<slug:slug>/keys/<str:prefix>/revoke/",
+        accounts_api.ApiKeyRevokeApi.as_view(),
+        name="api-key-revoke",
+    ),
     path("teams/<slug:slug>/usage/", usage_api.UsageListApi.as_view(), name="api-usage"),
-    path("teams/<slug:slug>/usage/summary/", usage_api.UsageSummaryApi.as_view(), name="api-usage-summary"),
+    path(
+        "teams/<slug:slug>/usage/summary/",
+        usage_api.UsageSummaryApi.as_view(),
+        name="api-usage-summary",
+    ),
     path("teams/<slug:slug>/routes/", routing_api.RouteListApi.as_view(), name="api-routes"),
-    path("teams/<slug:slug>/routes/changes/", routing_api.RouteChangeListApi.as_view(), name="api-route-changes"),
-    path("teams/<slug:slug>/routes/<str:name>/", routing_api.RouteDetailApi.as_view(), name="api-route"),
+    path(
+        "teams/<slug:slug>/routes/changes/",
+        routing_api.RouteChangeListApi.as_view(),
+        name="api-route-changes",
+    ),
+    path(
+        "teams/<slug:slug>/routes/<str:name>/",
+        routing_api.RouteDetailApi.as_view(),
+        name="api-route",
+    ),
     path("teams/<slug:slug>/compare/", routing_api.CompareApi.as_view(), name="api-compare"),
     path("teams/<slug:slug>/budget/", usage_api.BudgetApi.as_view(), name="api-budget"),
     path("teams/<slug:slug>/alerts/", usage_api.AlertListApi.as_view(), name="api-alerts"),
     path("teams/<slug:slug>/invoices/", usage_api.InvoiceListApi.as_view(), name="api-invoices"),
-    path("teams/<slug:slug>/invoices/<str:month>/", usage_api.InvoiceDetailApi.as_view(), name="api-invoice"),
+    path(
+        "teams/<slug:slug>/invoices/<str:month>/",
+        usage_api.InvoiceDetailApi.as_view(),
+        name="api-invoice",
+    ),
 ]
 
 urlpatterns = [

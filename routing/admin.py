@@ -13,7 +13,12 @@ class ModelPriceInline(admin.TabularInline):
     model = ModelPrice
     extra = 0
     # Prices are history: add a new row rather than editing a charged one.
-    readonly_fields = ["input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "effective_from"]
+    readonly_fields = [
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "output_per_mtok",
+        "effective_from",
+    ]
     can_delete = False
 
     def has_add_permission(self, request, obj=None):
@@ -29,7 +34,13 @@ class CatalogModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ["model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "effective_from"]
+    list_display = [
+        "model",
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "output_per_mtok",
+        "effective_from",
+    ]
 
     def has_change_permission(self, request, obj=None):
         return obj is None  # new prices only; past ones were charged
@@ -43,12 +54,22 @@ class RouteAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         before = route_state(Route.objects.filter(pk=obj.pk).first()) if change else None
         super().save_model(request, obj, form, change)
-        route_change_record(team=obj.team, name=obj.name, actor=request.user.get_username(),
-                            before=before, after=route_state(obj))
+        route_change_record(
+            team=obj.team,
+            name=obj.name,
+            actor=request.user.get_username(),
+            before=before,
+            after=route_state(obj),
+        )
 
     def delete_model(self, request, obj):
-        route_change_record(team=obj.team, name=obj.name, actor=request.user.get_username(),
-                            before=route_state(obj), after=None)
+        route_change_record(
+            team=obj.team,
+            name=obj.name,
+            actor=request.user.get_username(),
+            before=route_state(obj),
+            after=None,
+        )
         super().delete_model(request, obj)
 
 

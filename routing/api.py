@@ -27,11 +27,17 @@ def actor_name(request) -> str:
 class RouteSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scope = serializers.ChoiceField(choices=["global", "team"], read_only=True)
-    strategy = serializers.ChoiceField(choices=Route.Strategy.choices, default=Route.Strategy.FALLBACK)
+    strategy = serializers.ChoiceField(
+        choices=Route.Strategy.choices, default=Route.Strategy.FALLBACK
+    )
     targets = serializers.ListField(child=serializers.CharField(max_length=100), min_length=1)
-    weights = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False, default=list)
+    weights = serializers.ListField(
+        child=serializers.IntegerField(min_value=0), required=False, default=list
+    )
     require = serializers.DictField(child=serializers.FloatField(), required=False, default=dict)
-    capabilities = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    capabilities = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list
+    )
     deadline_s = serializers.IntegerField(min_value=1, max_value=3600, default=60)
     retries = serializers.IntegerField(min_value=0, max_value=5, default=1)
 
@@ -43,8 +49,11 @@ class RouteChangeSerializer(serializers.ModelSerializer):
 
 
 def _route_data(route: Route) -> dict:
-    return {"name": route.name, "scope": "global" if route.team_id is None else "team",
-            **{f: getattr(route, f) for f in ROUTE_FIELDS}}
+    return {
+        "name": route.name,
+        "scope": "global" if route.team_id is None else "team",
+        **{f: getattr(route, f) for f in ROUTE_FIELDS},
+    }
 
 
 def _save(request, team, name, data):
@@ -73,7 +82,9 @@ class RouteListApi(APIView):
         serializer.is_valid(raise_exception=True)
         name = serializer.validated_data["name"]
         if Route.objects.filter(team=team, name=name).exists():
-            raise ValidationError({"name": "This team already has a route of that name; update it instead."})
+            raise ValidationError(
+                {"name": "This team already has a route of that name; update it instead."}
+            )
         route = _save(request, team, name, serializer.validated_data)
         return Response(_route_data(route), status=status.HTTP_201_CREATED)
 
@@ -90,7 +101,9 @@ class RouteDetailApi(APIView):
     def delete(self, request, slug, name):
         team = require_team(request, slug, KEY_MANAGERS)
         if not route_delete(team=team, name=name, actor=actor_name(request)):
-            raise NotFound("This team has no route of that name (global routes are changed in the catalog).")
+            raise NotFound(
+                "This team has no route of that name (global routes are changed in the catalog)."
+            )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -103,7 +116,9 @@ class RouteChangeListApi(APIView):
 
 
 class CompareRequestSerializer(serializers.Serializer):
-    models = serializers.ListField(child=serializers.CharField(max_length=100), min_length=1, max_length=8)
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=100), min_length=1, max_length=8
+    )
     messages = serializers.ListField(child=serializers.DictField(), min_length=1)
     max_tokens = serializers.IntegerField(min_value=1, max_value=32000, required=False)
     temperature = serializers.FloatField(min_value=0, max_value=2, required=False)
@@ -124,25 +139,46 @@ class CompareResultSerializer(serializers.Serializer):
 def _compare_principal(team) -> KeyPrincipal:
     # Compare calls are billed to the team like any call; made from the UI
     # or API they have no inference key, so the ledger's key is empty.
-    return KeyPrincipal(key_id=None, prefix="", kind="compare", team_id=team.id, team_slug=team.slug)
+    return KeyPrincipal(
+        key_id=None, prefix="", kind="compare", team_id=team.id, team_slug=team.slug
+    )
 
 
 async def _compare_one(principal, body, model_name) -> dict:
     request_id = new_request_id()
-    result = {"model": model_name, "ok": False, "answer": None, "error": None, "prompt_tokens": 0,
-              "completion_tokens": 0, "latency_ms": None, "cost_usd": "0", "request_id": request_id}
+    result = {
+        "model": model_name,
+        "ok": False,
+        "answer": None,
+        "error": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "latency_ms": None,
+        "cost_usd": "0",
+        "request_id": request_id,
+    }
     try:
-        call = await sync_to_async(call_prepare)(principal=principal, endpoint=CHAT, body={**body, "model": model_name},
-                                                 request_id=request_id, now=timezone.now())
+        call = await sync_to_async(call_prepare)(
+            principal=principal,
+            endpoint=CHAT,
+            body={**body, "model": model_name},
+            request_id=request_id,
+            now=timezone.now(),
+        )
         payload, model, cost = await call_json(call, {**body, "model": model_name})
     except ProxyError as exc:
         result["error"] = exc.message
         return result
     choices = payload.get("choices") or [{}]
     served, _ = call.meter.outcomes[-1]
-    result.update(ok=True, answer=(choices[0].get("message") or {}).get("content"),
-                  prompt_tokens=served.tokens.prompt, completion_tokens=served.tokens.completion,
-                  latency_ms=served.latency_ms, cost_usd=format_usd(cost))
+    result.update(
+        ok=True,
+        answer=(choices[0].get("message") or {}).get("content"),
+        prompt_tokens=served.tokens.prompt,
+        completion_tokens=served.tokens.completion,
+        latency_ms=served.latency_ms,
+        cost_usd=format_usd(cost),
+    )
     return result
 
 

@@ -35,7 +35,9 @@ class ProxyHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await super().__call__(scope, receive, send)
-        executor = self._idle_executors.pop() if self._idle_executors else ThreadPoolExecutor(1, "proxy")
+        executor = (
+            self._idle_executors.pop() if self._idle_executors else ThreadPoolExecutor(1, "proxy")
+        )
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
@@ -112,10 +114,16 @@ class RequestBodyLimit:
 
     async def _too_large(self, send):
         payload = json.dumps(request_too_large().payload()).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            (b"x-request-id", new_request_id().encode()),
-            (b"connection", b"close"),
-        ]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"x-request-id", new_request_id().encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})

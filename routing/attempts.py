@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 # Upstream statuses caused by the request itself: passed on, never retried.
 CLIENT_FAULT_STATUSES = {400, 413, 422}
 
+
 @dataclass
 class AttemptFailure:
     status: str
@@ -44,15 +45,25 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
     if isinstance(exc, ProxyError):
         return AttemptFailure(Status.UPSTREAM_ERROR, exc, retryable=True)
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, asyncio.TimeoutError)):
-        return AttemptFailure(Status.TIMEOUT, ProxyError(
-            504, f"The upstream for `{model.name}` did not answer in time.", code="upstream_timeout"
-        ), retryable=True)
+        return AttemptFailure(
+            Status.TIMEOUT,
+            ProxyError(
+                504,
+                f"The upstream for `{model.name}` did not answer in time.",
+                code="upstream_timeout",
+            ),
+            retryable=True,
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         body = _upstream_body(exc.response)
-        message = (body or {}).get("error", {}).get("message") or f"The upstream answered HTTP {status}."
+        message = (body or {}).get("error", {}).get(
+            "message"
+        ) or f"The upstream answered HTTP {status}."
         if status in CLIENT_FAULT_STATUSES:
-            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False)
+            return AttemptFailure(
+                Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False
+            )
         if status == 429:
             headers, retry_after = {}, None
             if exc.response.headers.get("retry-after"):
@@ -61,28 +72,62 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
                     retry_after = max(0.0, float(headers["Retry-After"]))
                 except ValueError:
                     retry_after = None
-            return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-                429, message, type="rate_limit_error", code="upstream_rate_limited", headers=headers, body=body
-            ), retryable=True, retry_after=retry_after)
-        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-            502, f"The upstream for `{model.name}` failed: {message}", code="upstream_error", body=body
-        ), retryable=True)
+            return AttemptFailure(
+                Status.UPSTREAM_ERROR,
+                ProxyError(
+                    429,
+                    message,
+                    type="rate_limit_error",
+                    code="upstream_rate_limited",
+                    headers=headers,
+                    body=body,
+                ),
+                retryable=True,
+                retry_after=retry_after,
+            )
+        return AttemptFailure(
+            Status.UPSTREAM_ERROR,
+            ProxyError(
+                502,
+                f"The upstream for `{model.name}` failed: {message}",
+                code="upstream_error",
+                body=body,
+            ),
+            retryable=True,
+        )
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-            502, f"Could not reach the upstream for `{model.name}`.", code="upstream_unreachable"
-        ), retryable=True)
+        return AttemptFailure(
+            Status.UPSTREAM_ERROR,
+            ProxyError(
+                502,
+                f"Could not reach the upstream for `{model.name}`.",
+                code="upstream_unreachable",
+            ),
+            retryable=True,
+        )
     if isinstance(exc, UpstreamStreamError):
         return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
     if isinstance(exc, openai.APIError):
         # An error event inside an SSE stream.
         body = {"error": exc.body} if isinstance(exc.body, dict) else None
-        return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-            502, f"The upstream for `{model.name}` failed: {exc.message}", code="upstream_error", body=body
-        ), retryable=True)
+        return AttemptFailure(
+            Status.UPSTREAM_ERROR,
+            ProxyError(
+                502,
+                f"The upstream for `{model.name}` failed: {exc.message}",
+                code="upstream_error",
+                body=body,
+            ),
+            retryable=True,
+        )
     logger.exception("unexpected upstream failure", exc_info=exc)
-    return AttemptFailure(Status.UPSTREAM_ERROR, ProxyError(
-        502, f"The upstream for `{model.name}` failed unexpectedly.", code="upstream_error"
-    ), retryable=True)
+    return AttemptFailure(
+        Status.UPSTREAM_ERROR,
+        ProxyError(
+            502, f"The upstream for `{model.name}` failed unexpectedly.", code="upstream_error"
+        ),
+        retryable=True,
+    )
 
 
 class UpstreamStreamError(Exception):
@@ -147,6 +192,6 @@ class AttemptPlan:
     def final_error(self) -> ProxyError:
         if self.last_failure is not None:
             return self.last_failure.error
-        return ProxyError(504, "No upstream could be tried within the route's deadline.", code="deadline_exceeded")
-
-
+        return ProxyError(
+            504, "No upstream could be tried within the route's deadline.", code="deadline_exceeded"
+        )

@@ -97,14 +97,26 @@ class Call:
         return self.rate.headers if self.rate else {}
 
     def outcome(self, model: ModelInfo, *, status: str, started: float, **fields) -> Outcome:
-        return Outcome(status=status, model=model.name, provider=model.provider.name, price=model.prices,
-                       latency_ms=int((time.monotonic() - started) * 1000), **fields)
+        return Outcome(
+            status=status,
+            model=model.name,
+            provider=model.provider.name,
+            price=model.prices,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            **fields,
+        )
 
     def fail(self, model: ModelInfo, failure: AttemptFailure, started: float) -> None:
-        self.meter.attempt(self.outcome(
-            model, status=failure.status, started=started, http_status=failure.error.status,
-            error_type=failure.error.code or failure.error.type, error_message=failure.error.message,
-        ))
+        self.meter.attempt(
+            self.outcome(
+                model,
+                status=failure.status,
+                started=started,
+                http_status=failure.error.status,
+                error_type=failure.error.code or failure.error.type,
+                error_message=failure.error.message,
+            )
+        )
 
     async def record(self) -> None:
         # Shielded: a client disconnect must not cancel the ledger write. Not
@@ -122,23 +134,33 @@ def _record(call: Call) -> None:
         connection.close()  # back to the pool; this thread serves other calls
 
 
-def counted_tokens(model: ModelInfo, call: Call, usage: object, *,
-                   completion_estimate: int) -> tuple[Tokens, bool]:
+def counted_tokens(
+    model: ModelInfo, call: Call, usage: object, *, completion_estimate: int
+) -> tuple[Tokens, bool]:
     """The tokens to bill: the upstream's `usage` when it is sane, else the gateway's own
     count (the prompt estimate plus what was produced), flagged as estimated. Neither may
     pass what the request allowed: an upstream's overproduction is its own to bear."""
     chat = call.endpoint == CHAT
     allowance = tokens.output_allowance(call.bounds.body, model) if chat else 0
-    reported = tokens.reported_tokens(usage, max_prompt=model.context_window, max_completion=allowance,
-                                      chat=chat)
+    reported = tokens.reported_tokens(
+        usage, max_prompt=model.context_window, max_completion=allowance, chat=chat
+    )
     if reported is not None:
         return reported, False
     if usage is not None:
-        logger.warning("upstream %s sent unusable usage for %s: %.200r; counting it ourselves",
-                       model.provider.name, call.request_id, usage)
-    completion = min(completion_estimate, allowance if allowance is not None else tokens.MAX_TOKENS_PER_CALL)
-    return Tokens(prompt=min(call.bounds.prompt_estimate, tokens.MAX_TOKENS_PER_CALL),
-                  completion=min(completion, tokens.MAX_TOKENS_PER_CALL)), True
+        logger.warning(
+            "upstream %s sent unusable usage for %s: %.200r; counting it ourselves",
+            model.provider.name,
+            call.request_id,
+            usage,
+        )
+    completion = min(
+        completion_estimate, allowance if allowance is not None else tokens.MAX_TOKENS_PER_CALL
+    )
+    return Tokens(
+        prompt=min(call.bounds.prompt_estimate, tokens.MAX_TOKENS_PER_CALL),
+        completion=min(completion, tokens.MAX_TOKENS_PER_CALL),
+    ), True
 
 
 # --- Preparing a call -------------------------------------------------------
@@ -171,7 +193,9 @@ class RecentLatencies:
 recent_latencies = RecentLatencies()
 
 
-def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_id: str, now: datetime) -> Call:
+def call_prepare(
+    *, principal: KeyPrincipal, endpoint: str, body: dict, request_id: str, now: datetime
+) -> Call:
     """Resolve the requested model or route to the models that may serve it, and open the call.
 
     Refusals (unknown, not allowed, unusable or unpriced model, over budget)
@@ -186,19 +210,31 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
     model = catalog.models.get(name)
     route = catalog.route(team_id=principal.team_id, name=name) if model is None else None
     facts = CallFacts(
-        request_id=request_id, team_id=principal.team_id, key_id=principal.key_id, endpoint=endpoint,
-        requested_model=name, route=route.name if route else "", end_user=str(body.get("user") or "")[:256],
+        request_id=request_id,
+        team_id=principal.team_id,
+        key_id=principal.key_id,
+        endpoint=endpoint,
+        requested_model=name,
+        route=route.name if route else "",
+        end_user=str(body.get("user") or "")[:256],
         created_at=now,
     )
     call = Call(facts=facts, principal=principal, candidates=[], bounds=bounds)
 
     def refuse(error: ProxyError, refused_model: ModelInfo | None = None):
-        meter_refuse(facts=facts, now=now, outcome=Outcome(
-            status=Status.REFUSED, model=refused_model.name if refused_model else "",
-            provider=refused_model.provider.name if refused_model else "",
-            price=refused_model.prices if refused_model else None, http_status=error.status,
-            error_type=error.code or error.type, error_message=error.message,
-        ))
+        meter_refuse(
+            facts=facts,
+            now=now,
+            outcome=Outcome(
+                status=Status.REFUSED,
+                model=refused_model.name if refused_model else "",
+                provider=refused_model.provider.name if refused_model else "",
+                price=refused_model.prices if refused_model else None,
+                http_status=error.status,
+                error_type=error.code or error.type,
+                error_message=error.message,
+            ),
+        )
         raise error
 
     capability = _CAPABILITY[endpoint]
@@ -206,10 +242,19 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
     global_deadline = settings.TOLLGATE_CALL_DEADLINE_S
     if route is not None:
         if not route_allowed(principal, route):
-            refuse(ProxyError(403, f"This API key is not allowed to use the route `{name}`.", code="model_not_allowed"))
+            refuse(
+                ProxyError(
+                    403,
+                    f"This API key is not allowed to use the route `{name}`.",
+                    code="model_not_allowed",
+                )
+            )
         targets = [catalog.models[t] for t in route.targets if t in catalog.models]
-        targets = [m for m in targets if m.can(capability)
-                   and unpriced_direction(m.prices, needs_output=needs_output) is None]
+        targets = [
+            m
+            for m in targets
+            if m.can(capability) and unpriced_direction(m.prices, needs_output=needs_output) is None
+        ]
         ordered = order_targets(
             route=route,
             targets=targets,
@@ -223,40 +268,69 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
         call.candidates = [m for m in ordered if m.name not in cold] or ordered
         call.deadline_s, call.retries = min(route.deadline_s, global_deadline), route.retries
         if not call.candidates:
-            refuse(ProxyError(
-                400,
-                f"No model of the route `{name}` can serve this request (capabilities, context window, "
-                f"prices or quality floor).",
-                param="model", code="no_usable_target",
-            ))
+            refuse(
+                ProxyError(
+                    400,
+                    f"No model of the route `{name}` can serve this request (capabilities, context window, "
+                    f"prices or quality floor).",
+                    param="model",
+                    code="no_usable_target",
+                )
+            )
     else:
         if model is None:
-            refuse(ProxyError(
-                404, f"The model `{name}` does not exist or you do not have access to it.",
-                param="model", code="model_not_found",
-            ))
+            refuse(
+                ProxyError(
+                    404,
+                    f"The model `{name}` does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",
+                )
+            )
         if not principal.may_use(name):
-            refuse(ProxyError(403, f"This API key is not allowed to use the model `{name}`.",
-                              param="model", code="model_not_allowed"), model)
+            refuse(
+                ProxyError(
+                    403,
+                    f"This API key is not allowed to use the model `{name}`.",
+                    param="model",
+                    code="model_not_allowed",
+                ),
+                model,
+            )
         if not model.can(capability):
-            refuse(ProxyError(400, f"The model `{name}` does not support {capability}.",
-                              param="model", code="model_not_supported"), model)
+            refuse(
+                ProxyError(
+                    400,
+                    f"The model `{name}` does not support {capability}.",
+                    param="model",
+                    code="model_not_supported",
+                ),
+                model,
+            )
         direction = unpriced_direction(model.prices, needs_output=needs_output)
         if direction is not None:
-            refuse(ProxyError(
-                400,
-                f"The model `{name}` has no {direction} price in this gateway's catalog, so its calls "
-                f"cannot be billed and are refused. Ask your Tollgate admin to set its price.",
-                param="model", code="model_unpriced",
-            ), model)
+            refuse(
+                ProxyError(
+                    400,
+                    f"The model `{name}` has no {direction} price in this gateway's catalog, so its calls "
+                    f"cannot be billed and are refused. Ask your Tollgate admin to set its price.",
+                    param="model",
+                    code="model_unpriced",
+                ),
+                model,
+            )
         call.candidates = [model]
         call.deadline_s = global_deadline
 
     # TPM counts the most the call can use, as budgets do; what it did not use
     # is given back when it is recorded.
     ceilings = [(m.prices, bounds.ceiling(m)) for m in call.candidates]
-    rate = ratelimit_check(key_id=principal.key_id, rpm=principal.rpm_limit, tpm=principal.tpm_limit,
-                           tokens=max(t.total for _, t in ceilings))
+    rate = ratelimit_check(
+        key_id=principal.key_id,
+        rpm=principal.rpm_limit,
+        tpm=principal.tpm_limit,
+        tokens=max(t.total for _, t in ceilings),
+    )
     if not rate.allowed:
         # Not written to the ledger: a client hammering past its limit must
         # not turn into database writes.
@@ -264,15 +338,26 @@ def call_prepare(*, principal: KeyPrincipal, endpoint: str, body: dict, request_
             429,
             f"Rate limit reached for this key on {rate.exceeded} per minute: limit {rate.limit}, "
             f"used {rate.used}. Please try again in {rate.retry_after}s.",
-            type=rate.exceeded, code="rate_limit_exceeded", headers=rate.headers,
+            type=rate.exceeded,
+            code="rate_limit_exceeded",
+            headers=rate.headers,
         )
     call.rate = rate
     try:
-        call.meter = meter_open(facts=facts, worst_case=ceilings, deadline_s=call.deadline_s, now=now)
+        call.meter = meter_open(
+            facts=facts, worst_case=ceilings, deadline_s=call.deadline_s, now=now
+        )
     except OverBudget as exc:
         ratelimit_settle(rate, tokens=0)
-        refuse(ProxyError(429, str(exc), type="insufficient_quota", code="insufficient_quota",
-                          headers={**rate.headers, "x-should-retry": "false"}))
+        refuse(
+            ProxyError(
+                429,
+                str(exc),
+                type="insufficient_quota",
+                code="insufficient_quota",
+                headers={**rate.headers, "x-should-retry": "false"},
+            )
+        )
     return call
 
 
@@ -349,22 +434,36 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
             # The SDK's generic post: its pooled client, auth and error mapping,
             # without re-validating a body that is passed through as sent.
             async with asyncio.timeout_at(call.deadline_at):
-                raw = await client.post(_PATHS[call.endpoint], body=upstream_body(body, model, call.endpoint),
-                                        cast_to=httpx2.Response, options={"timeout": timeout})
+                raw = await client.post(
+                    _PATHS[call.endpoint],
+                    body=upstream_body(body, model, call.endpoint),
+                    cast_to=httpx2.Response,
+                    options={"timeout": timeout},
+                )
                 payload = raw.json()
             if not isinstance(payload, dict):
-                raise UpstreamStreamError(ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error"))
+                raise UpstreamStreamError(
+                    ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error")
+                )
         except Exception as exc:
             failure = classify_failure(exc, model)
             call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
         produced = _produced_tokens(payload) if call.endpoint == CHAT else 0
-        counted, estimated = counted_tokens(model, call, payload.get("usage"), completion_estimate=produced)
-        call.meter.attempt(call.outcome(
-            model, status=Status.CLIENT_CLOSED if call.client_gone else Status.OK, started=started,
-            http_status=200, tokens=counted, estimated=estimated,
-        ))
+        counted, estimated = counted_tokens(
+            model, call, payload.get("usage"), completion_estimate=produced
+        )
+        call.meter.attempt(
+            call.outcome(
+                model,
+                status=Status.CLIENT_CLOSED if call.client_gone else Status.OK,
+                started=started,
+                http_status=200,
+                tokens=counted,
+                estimated=estimated,
+            )
+        )
         payload["model"] = model.name
         await call.record()
         return payload, model, call.meter.total

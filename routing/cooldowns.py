@@ -30,7 +30,9 @@ def cooling(models: list[str], *, now: float | None = None) -> set[str]:
     return {m for m in models if until.get(_until_key(m), 0) > now}
 
 
-def cooldown_note_failure(model: str, *, retry_after: float | None = None, now: float | None = None) -> bool:
+def cooldown_note_failure(
+    model: str, *, retry_after: float | None = None, now: float | None = None
+) -> bool:
     """Count a failure of `model`; return True if it is now cooling down."""
     now = now if now is not None else time.time()
     if retry_after and retry_after > 0:
@@ -44,7 +46,9 @@ def cooldown_note_failure(model: str, *, retry_after: float | None = None, now: 
         cache.set(key, 1, settings.TOLLGATE_COOLDOWN_WINDOW_S)
         failures = 1
     if failures >= settings.TOLLGATE_COOLDOWN_FAILURES:
-        cache.set(_until_key(model), now + settings.TOLLGATE_COOLDOWN_S, settings.TOLLGATE_COOLDOWN_S + 1)
+        cache.set(
+            _until_key(model), now + settings.TOLLGATE_COOLDOWN_S, settings.TOLLGATE_COOLDOWN_S + 1
+        )
         cache.delete(key)
         return True
     return False

@@ -32,7 +32,9 @@ _TYPE_FOR_STATUS = {
 class ProxyError(Exception):
     """An error to answer a /v1 client with, in OpenAI's shape."""
 
-    def __init__(self, status, message, *, type=None, param=None, code=None, headers=None, body=None):
+    def __init__(
+        self, status, message, *, type=None, param=None, code=None, headers=None, body=None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -46,7 +48,14 @@ class ProxyError(Exception):
     def payload(self):
         if self.body is not None:
             return self.body
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 def openai_error_response(error: ProxyError) -> JsonResponse:
@@ -63,9 +72,7 @@ def proxy_exception_handler(exc, context):
     if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
         message = str(exc.detail)
         if isinstance(exc, drf_exceptions.NotAuthenticated):
-            message = (
-                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
-            )
+            message = "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         return openai_error_response(ProxyError(401, message, code="invalid_api_key"))
     if isinstance(exc, drf_exceptions.ParseError):
         return openai_error_response(
@@ -78,7 +85,9 @@ def proxy_exception_handler(exc, context):
     if isinstance(exc, drf_exceptions.APIException):
         return openai_error_response(ProxyError(exc.status_code, str(exc.detail)))
     logger.exception("unhandled error in the proxy", exc_info=exc)
-    return openai_error_response(ProxyError(500, "The gateway had an internal error.", code="internal_error"))
+    return openai_error_response(
+        ProxyError(500, "The gateway had an internal error.", code="internal_error")
+    )
 
 
 def request_too_large():

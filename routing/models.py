@@ -62,7 +62,9 @@ class ModelPrice(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["model", "effective_from"], name="modelprice_unique_model_from")
+            models.UniqueConstraint(
+                fields=["model", "effective_from"], name="modelprice_unique_model_from"
+            )
         ]
         ordering = ["model", "-effective_from"]
 
@@ -111,7 +113,9 @@ class Route(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["team", "name"], name="route_unique_team_name"),
             models.UniqueConstraint(
-                fields=["name"], condition=models.Q(team__isnull=True), name="route_unique_global_name"
+                fields=["name"],
+                condition=models.Q(team__isnull=True),
+                name="route_unique_global_name",
             ),
         ]
 
@@ -122,9 +126,13 @@ class Route(models.Model):
 class RouteChange(models.Model):
     """Who changed a route, when, and what it was before and after (null = absent)."""
 
-    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(
+        "accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     route_name = models.CharField(max_length=100)
-    actor = models.CharField(max_length=200, help_text="a user, a management key prefix, or a command")
+    actor = models.CharField(
+        max_length=200, help_text="a user, a management key prefix, or a command"
+    )
     at = models.DateTimeField(default=timezone.now)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)

@@ -35,7 +35,11 @@ def _answer(model: str, messages) -> str:
     said = " ".join(_last_user_text(messages).split())
     if len(said) > 160:
         said = said[:157] + "..."
-    return f"Offline answer from {model}. You said: {said}" if said else f"Offline answer from {model}."
+    return (
+        f"Offline answer from {model}. You said: {said}"
+        if said
+        else f"Offline answer from {model}."
+    )
 
 
 def _json(status: int, payload: dict) -> httpx2.Response:
@@ -43,7 +47,17 @@ def _json(status: int, payload: dict) -> httpx2.Response:
 
 
 def _error(status: int, message: str) -> httpx2.Response:
-    return _json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+    return _json(
+        status,
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    )
 
 
 class OfflineTransport(httpx2.AsyncBaseTransport):
@@ -68,19 +82,40 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
             text = " ".join(words)
         prompt = tokens.chat_prompt_estimate({**body, "messages": messages})
         completion = tokens.text_tokens(text)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not body.get("stream"):
-            return _json(200, {
-                "id": ident, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop", "logprobs": None}],
-                "usage": usage,
-            })
+            return _json(
+                200,
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                },
+            )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events():
-            base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+            base = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
             for i, piece in enumerate(pieces):
                 delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
@@ -97,7 +132,11 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
 
     def _embeddings(self, body: dict) -> httpx2.Response:
         value = body.get("input")
-        inputs = value if isinstance(value, list) and not all(isinstance(v, int) for v in value) else [value]
+        inputs = (
+            value
+            if isinstance(value, list) and not all(isinstance(v, int) for v in value)
+            else [value]
+        )
         dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
         data = []
         for index, item in enumerate(inputs):
@@ -108,10 +147,15 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
                 embedding = vector
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         prompt = tokens.embedding_input_estimate(value)
-        return _json(200, {
-            "object": "list", "data": data, "model": body.get("model", "offline"),
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-        })
+        return _json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", "offline"),
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+            },
+        )
 
 
 def _vector(text: str, dimensions: int) -> list[float]:

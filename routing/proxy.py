@@ -53,8 +53,11 @@ class JSONBodyParser(BaseParser):
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ProxyError(400, f"We could not parse the JSON body of your request: {exc}.",
-                             code="invalid_json") from None
+            raise ProxyError(
+                400,
+                f"We could not parse the JSON body of your request: {exc}.",
+                code="invalid_json",
+            ) from None
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -97,7 +100,9 @@ def _check_common(body) -> dict:
         raise _bad("The request body must be a JSON object.")
     model = body.get("model")
     if model is None:
-        raise _bad("You must provide a model parameter.", param="model", code="missing_required_parameter")
+        raise _bad(
+            "You must provide a model parameter.", param="model", code="missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
         raise _bad("'model' must be a non-empty string.", param="model", code="invalid_type")
     user = body.get("user")
@@ -116,18 +121,27 @@ def validate_chat_body(body) -> dict:
     _check_common(body)
     messages = body.get("messages")
     if messages is None:
-        raise _bad("You must provide a messages parameter.", param="messages", code="missing_required_parameter")
+        raise _bad(
+            "You must provide a messages parameter.",
+            param="messages",
+            code="missing_required_parameter",
+        )
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array.", param="messages", code="invalid_type")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _bad(f"'messages[{index}]' must be an object with a 'role'.", param=f"messages[{index}]",
-                       code="invalid_type")
+            raise _bad(
+                f"'messages[{index}]' must be an object with a 'role'.",
+                param=f"messages[{index}]",
+                code="invalid_type",
+            )
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise _bad("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+        raise _bad(
+            "'stream_options' must be an object.", param="stream_options", code="invalid_type"
+        )
     for name in ("max_tokens", "max_completion_tokens", "n"):
         _positive_int(body, name)
     return body
@@ -137,18 +151,32 @@ def validate_embeddings_body(body) -> dict:
     _check_common(body)
     value = body.get("input")
     if value is None:
-        raise _bad("You must provide an input parameter.", param="input", code="missing_required_parameter")
+        raise _bad(
+            "You must provide an input parameter.", param="input", code="missing_required_parameter"
+        )
 
     def valid_item(item):
         return (isinstance(item, str) and item != "") or (
-            isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+            isinstance(item, list)
+            and item
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
         )
 
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    ):
         return body
-    if not (valid_item(value) or (isinstance(value, list) and value and all(valid_item(i) for i in value))):
-        raise _bad("'input' must be a non-empty string, array of strings, or array of token arrays.",
-                   param="input", code="invalid_type")
+    if not (
+        valid_item(value)
+        or (isinstance(value, list) and value and all(valid_item(i) for i in value))
+    ):
+        raise _bad(
+            "'input' must be a non-empty string, array of strings, or array of token arrays.",
+            param="input",
+            code="invalid_type",
+        )
     return body
 
 
@@ -163,7 +191,9 @@ def _call_headers(response, call, model):
 
 
 def _json_response(call, payload, model, cost) -> HttpResponse:
-    response = HttpResponse(json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json")
+    response = HttpResponse(
+        json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json"
+    )
     response["x-tollgate-cost"] = format_usd(cost)
     return _call_headers(response, call, model)
 
@@ -181,8 +211,13 @@ class ProxyCallView(ProxyView):
         if request.method == "POST":
             self.body = type(self).validate(request.data)
             try:
-                self.call = call_prepare(principal=request.user, endpoint=self.endpoint, body=self.body,
-                                         request_id=self.request_id, now=timezone.now())
+                self.call = call_prepare(
+                    principal=request.user,
+                    endpoint=self.endpoint,
+                    body=self.body,
+                    request_id=self.request_id,
+                    now=timezone.now(),
+                )
             finally:
                 # Back to the pool before the upstream call: a long stream must
                 # not hold a database connection it does not use.
@@ -209,7 +244,9 @@ class EmbeddingsView(ProxyCallView):
     validate = validate_embeddings_body
 
     async def post(self, request):
-        return _json_response(self.call, *await detached.run(self.call, call_json(self.call, self.body)))
+        return _json_response(
+            self.call, *await detached.run(self.call, call_json(self.call, self.body))
+        )
 
 
 def _model_entries(principal):
@@ -217,12 +254,20 @@ def _model_entries(principal):
     entries = []
     for model in sorted(catalog.models.values(), key=lambda m: m.name):
         if principal.may_use(model.name):
-            entries.append({"id": model.name, "object": "model", "created": model.created,
-                            "owned_by": model.provider.name})
+            entries.append(
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": model.created,
+                    "owned_by": model.provider.name,
+                }
+            )
     for route in catalog.routes_for(team_id=principal.team_id):
         # A model's name always means the model, so a route under it is unreachable.
         if route.name not in catalog.models and route_allowed(principal, route):
-            entries.append({"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"})
+            entries.append(
+                {"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"}
+            )
     return entries
 
 
@@ -238,13 +283,18 @@ class ModelDetailView(ProxyView):
         for entry in entries:
             if entry["id"] == model_id:
                 return JsonResponse(entry)
-        raise ProxyError(404, f"The model `{model_id}` does not exist or you do not have access to it.",
-                         param="model", code="model_not_found")
+        raise ProxyError(
+            404,
+            f"The model `{model_id}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
 
 
 @csrf_exempt
 async def unknown_endpoint(request, path=""):
-    response = openai_error_response(ProxyError(404, f"Unknown request URL: {request.method} /v1/{path}.",
-                                                code="unknown_url"))
+    response = openai_error_response(
+        ProxyError(404, f"Unknown request URL: {request.method} /v1/{path}.", code="unknown_url")
+    )
     response["x-request-id"] = new_request_id()
     return response

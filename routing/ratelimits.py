@@ -76,7 +76,9 @@ def _duration(seconds: float) -> str:
     return f"{math.ceil(seconds)}s" if seconds >= 1 else f"{max(1, int(seconds * 1000))}ms"
 
 
-def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> RateCheck:
+def ratelimit_check(
+    *, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None
+) -> RateCheck:
     if not rpm and not tpm:
         return RateCheck(allowed=True)
     now = now if now is not None else time.time()
@@ -98,7 +100,12 @@ def ratelimit_check(*, key_id: int, rpm: int | None, tpm: int | None, tokens: in
         check.tokens_key, check.tokens_counted = limits["tokens"][0], tokens
     for (kind, (_, limit, amount)), used in zip(limits.items(), counts):
         if used > limit and check.allowed:
-            check.allowed, check.exceeded, check.limit, check.used = False, kind, limit, used - amount
+            check.allowed, check.exceeded, check.limit, check.used = (
+                False,
+                kind,
+                limit,
+                used - amount,
+            )
     if not check.allowed:
         # A refused request does not count: give its amounts back.
         _incr({key: -amount for key, _, amount in limits.values()}, window)

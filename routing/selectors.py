@@ -65,7 +65,9 @@ class RouteInfo:
 
 
 class Catalog:
-    def __init__(self, *, models: dict[str, ModelInfo], routes: list[RouteInfo], built_at: datetime):
+    def __init__(
+        self, *, models: dict[str, ModelInfo], routes: list[RouteInfo], built_at: datetime
+    ):
         self.models = models
         self.global_routes = {r.name: r for r in routes if r.team_id is None}
         self.team_routes = {(r.team_id, r.name): r for r in routes if r.team_id is not None}
@@ -83,15 +85,22 @@ class Catalog:
 
 def _build_catalog(now: datetime) -> Catalog:
     providers = {
-        p.id: ProviderInfo(name=p.name, base_url=p.base_url, api_key_env=p.api_key_env, timeout_s=p.timeout_s)
+        p.id: ProviderInfo(
+            name=p.name, base_url=p.base_url, api_key_env=p.api_key_env, timeout_s=p.timeout_s
+        )
         for p in Provider.objects.all()
     }
     current_prices: dict[int, Price] = {}
-    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("model_id", "-effective_from"):
+    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by(
+        "model_id", "-effective_from"
+    ):
         current_prices.setdefault(
             price.model_id,
-            Price.listed(input=price.input_per_mtok, cached_input=price.cached_input_per_mtok,
-                         output=price.output_per_mtok),
+            Price.listed(
+                input=price.input_per_mtok,
+                cached_input=price.cached_input_per_mtok,
+                output=price.output_per_mtok,
+            ),
         )
     models = {
         m.name: ModelInfo(
@@ -139,7 +148,11 @@ def catalog_snapshot() -> Catalog:
         return snapshot
     version = cache.get(CATALOG_VERSION_KEY)
     _checked_monotonic = moment
-    if snapshot is not None and version == _snapshot_version and moment - _snapshot_monotonic < CATALOG_MAX_AGE_S:
+    if (
+        snapshot is not None
+        and version == _snapshot_version
+        and moment - _snapshot_monotonic < CATALOG_MAX_AGE_S
+    ):
         return snapshot
     # No lock: a caller may hold a pooled connection while another, holding
     # the lock, waits for one. Two threads rebuilding at once is harmless.

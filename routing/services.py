@@ -64,18 +64,24 @@ def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoad
             if provider not in provider_ids:
                 raise CatalogError(f"model {fields['name']!r}: unknown provider {provider!r}")
             if Route.objects.filter(name=fields["name"]).exists():
-                raise CatalogError(f"model {fields['name']!r}: a route has that name; rename the route first")
+                raise CatalogError(
+                    f"model {fields['name']!r}: a route has that name; rename the route first"
+                )
             model, _ = CatalogModel.objects.update_or_create(
                 name=fields.pop("name"), defaults={**fields, "provider_id": provider_ids[provider]}
             )
             new_price = ModelPrice(model=model, effective_from=now, **prices)
-            current = model.prices.filter(effective_from__lte=now).order_by("-effective_from").first()
+            current = (
+                model.prices.filter(effective_from__lte=now).order_by("-effective_from").first()
+            )
             if current is None or not current.same_prices(new_price):
                 new_price.save()
                 result.new_prices.append(model.name)
             result.models += 1
         for fields in routes:
-            route_save(team=None, name=fields.pop("name"), fields=fields, actor="loadcatalog", now=now)
+            route_save(
+                team=None, name=fields.pop("name"), fields=fields, actor="loadcatalog", now=now
+            )
             result.routes += 1
     return result
 
@@ -135,15 +141,26 @@ def parse_price(value, where) -> Decimal | None:
 def _model_fields(entry, index):
     where = f"model #{index + 1}"
     allowed = {
-        "id", "provider", "upstream_id", "display_name", "origin", "context_window",
-        "max_output_tokens", "output_tokens_per_s", "capabilities", "benchmarks", *PRICE_KEYS,
+        "id",
+        "provider",
+        "upstream_id",
+        "display_name",
+        "origin",
+        "context_window",
+        "max_output_tokens",
+        "output_tokens_per_s",
+        "capabilities",
+        "benchmarks",
+        *PRICE_KEYS,
     }
     _check_keys(entry, allowed, where)
     name = _require(entry, "id", where)
     where = f"model {name!r}"
     capabilities = entry.get("capabilities", ["chat"])
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
-        raise CatalogError(f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}")
+        raise CatalogError(
+            f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}"
+        )
     benchmarks = entry.get("benchmarks", {})
     if not isinstance(benchmarks, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in benchmarks.values()
@@ -164,7 +181,15 @@ def _model_fields(entry, index):
     }
 
 
-ROUTE_FIELDS = ("strategy", "targets", "weights", "require", "capabilities", "deadline_s", "retries")
+ROUTE_FIELDS = (
+    "strategy",
+    "targets",
+    "weights",
+    "require",
+    "capabilities",
+    "deadline_s",
+    "retries",
+)
 
 
 def route_state(route: Route | None) -> dict | None:
@@ -177,7 +202,9 @@ def route_save(*, team, name: str, fields: dict, actor: str, now: datetime | Non
         # A model's name always means the model (a key limited to it must never
         # be routed elsewhere), so no route may take it.
         raise CatalogError(f"route {name!r}: a model has that id; give the route another name")
-    known = set(CatalogModel.objects.filter(name__in=fields["targets"]).values_list("name", flat=True))
+    known = set(
+        CatalogModel.objects.filter(name__in=fields["targets"]).values_list("name", flat=True)
+    )
     missing = [t for t in fields["targets"] if t not in known]
     if missing:
         raise CatalogError(f"route {name!r}: unknown targets {', '.join(missing)}")
@@ -191,7 +218,9 @@ def route_save(*, team, name: str, fields: dict, actor: str, now: datetime | Non
         after = route_state(route)
         if before != after:
             route.save()
-            route_change_record(team=team, name=name, actor=actor, before=before, after=after, now=now)
+            route_change_record(
+                team=team, name=name, actor=actor, before=before, after=after, now=now
+            )
     return route
 
 
@@ -208,8 +237,14 @@ def route_delete(*, team, name: str, actor: str) -> bool:
 
 
 def route_change_record(*, team, name, actor, before, after, now=None) -> RouteChange:
-    return RouteChange.objects.create(team=team, route_name=name, actor=actor, before=before, after=after,
-                                      at=now or timezone.now())
+    return RouteChange.objects.create(
+        team=team,
+        route_name=name,
+        actor=actor,
+        before=before,
+        after=after,
+        at=now or timezone.now(),
+    )
 
 
 def route_fields(entry: dict, where: str = "route") -> dict:
@@ -226,7 +261,16 @@ def _positive_int(entry, key, where, default):
 
 def _route_fields(entry, index=None, where=None):
     where = where or f"route #{index + 1}"
-    allowed = {"name", "strategy", "targets", "weights", "require", "capabilities", "deadline_s", "retries"}
+    allowed = {
+        "name",
+        "strategy",
+        "targets",
+        "weights",
+        "require",
+        "capabilities",
+        "deadline_s",
+        "retries",
+    }
     _check_keys(entry, allowed, where)
     name = _require(entry, "name", where)
     where = f"route {name!r}"
@@ -240,7 +284,9 @@ def _route_fields(entry, index=None, where=None):
     if strategy == "weighted" and (
         len(weights) != len(targets) or not all(isinstance(w, int) and w >= 0 for w in weights)
     ):
-        raise CatalogError(f"{where}: a weighted route needs one non-negative integer weight per target")
+        raise CatalogError(
+            f"{where}: a weighted route needs one non-negative integer weight per target"
+        )
     require = entry.get("require", {})
     if not isinstance(require, dict):
         raise CatalogError(f"{where}: require must map benchmark names to floors")
@@ -248,12 +294,16 @@ def _route_fields(entry, index=None, where=None):
         raise CatalogError(f"{where}: require must map benchmark names to numeric floors")
     capabilities = entry.get("capabilities", [])
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
-        raise CatalogError(f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}")
+        raise CatalogError(
+            f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}"
+        )
     deadline_s = _positive_int(entry, "deadline_s", where, 60)
     longest = settings.TOLLGATE_CALL_DEADLINE_S
     if not 1 <= deadline_s <= longest:
-        raise CatalogError(f"{where}: 'deadline_s' must be between 1 and {longest} seconds "
-                           f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)")
+        raise CatalogError(
+            f"{where}: 'deadline_s' must be between 1 and {longest} seconds "
+            f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)"
+        )
     retries = _positive_int(entry, "retries", where, 1)
     if retries > 5:
         raise CatalogError(f"{where}: 'retries' must be at most 5")

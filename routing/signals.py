@@ -12,5 +12,9 @@ def _on_catalog_write(**kwargs):
 
 def connect():
     for model in (Provider, CatalogModel, ModelPrice, Route):
-        post_save.connect(_on_catalog_write, sender=model, dispatch_uid=f"catalog-save-{model.__name__}")
-        post_delete.connect(_on_catalog_write, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}")
+        post_save.connect(
+            _on_catalog_write, sender=model, dispatch_uid=f"catalog-save-{model.__name__}"
+        )
+        post_delete.connect(
+            _on_catalog_write, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}"
+        )

@@ -34,7 +34,9 @@ def expected_cost(model: ModelInfo, bounds: TokenBounds) -> Decimal:
 
 def meets_floor(model: ModelInfo, require: dict) -> bool:
     # A model without a published score for a required benchmark does not qualify.
-    return all(model.benchmarks.get(name, float("-inf")) >= floor for name, floor in require.items())
+    return all(
+        model.benchmarks.get(name, float("-inf")) >= floor for name, floor in require.items()
+    )
 
 
 def order_targets(
@@ -52,7 +54,10 @@ def order_targets(
     for model in targets:
         if not all(model.can(c) for c in needed):
             continue
-        if model.context_window and bounds.prompt_estimate + (bounds.body.get("max_tokens") or 0) > model.context_window:
+        if (
+            model.context_window
+            and bounds.prompt_estimate + (bounds.body.get("max_tokens") or 0) > model.context_window
+        ):
             continue
         if route.strategy in ("cheapest", "fastest") and not meets_floor(model, route.require):
             continue
@@ -62,7 +67,9 @@ def order_targets(
         weights = dict(zip(route.targets, route.weights))
         weighted = [m for m in usable if weights.get(m.name, 0) > 0]
         if weighted:
-            first = (rng or random).choices(weighted, weights=[weights[m.name] for m in weighted])[0]
+            first = (rng or random).choices(weighted, weights=[weights[m.name] for m in weighted])[
+                0
+            ]
             return [first] + [m for m in usable if m is not first]
         return usable
     if route.strategy == "cheapest":

@@ -15,7 +15,6 @@ from routing.selectors import ModelInfo
 from routing.upstream import upstream_client
 from usage.metering import Status
 
-
 # The watchdog ends a stream this long after its deadline when the relay itself could
 # not (a client that stopped reading holds the relay at its yield), seconds.
 WATCHDOG_GRACE_S = 1.0
@@ -33,8 +32,16 @@ class StreamRelay:
     usage the upstream reports at its end, so leaving early cannot dodge it.
     """
 
-    def __init__(self, call: Call, model: ModelInfo, stream: openai.AsyncStream, chunks, first: dict,
-                 started: float, client_wants_usage: bool):
+    def __init__(
+        self,
+        call: Call,
+        model: ModelInfo,
+        stream: openai.AsyncStream,
+        chunks,
+        first: dict,
+        started: float,
+        client_wants_usage: bool,
+    ):
         self.call = call
         self.model = model
         self.stream = stream
@@ -55,7 +62,11 @@ class StreamRelay:
             if not chunk.get("choices"):
                 return None
             del chunk["usage"]
-        return b"data: " + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+        return (
+            b"data: "
+            + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
+            + b"\n\n"
+        )
 
     async def run(self):
         """The client's event stream; the call is recorded before the final event is sent."""
@@ -120,8 +131,11 @@ class StreamRelay:
         return chunk
 
     def _deadline_error(self) -> ProxyError:
-        return ProxyError(504, f"This call reached its deadline of {self.call.deadline_s:g} s and was ended.",
-                          code="deadline_exceeded")
+        return ProxyError(
+            504,
+            f"This call reached its deadline of {self.call.deadline_s:g} s and was ended.",
+            code="deadline_exceeded",
+        )
 
     def _deadline_passed(self) -> None:
         if not self.ended:
@@ -160,14 +174,26 @@ class StreamRelay:
             await asyncio.shield(self.stream.close())
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
-        counted, estimated = counted_tokens(self.model, self.call, self.usage,
-                                            completion_estimate=tokens.text_tokens("".join(self.produced)))
-        self.call.meter.attempt(self.call.outcome(
-            self.model, status=self.status, started=self.started, http_status=200,
-            error_type="" if self.status == Status.OK else self.status,
-            error_message=self.error.message if self.error else "",
-            streamed=True, ttft_ms=self.ttft_ms, tokens=counted, estimated=estimated,
-        ))
+        counted, estimated = counted_tokens(
+            self.model,
+            self.call,
+            self.usage,
+            completion_estimate=tokens.text_tokens("".join(self.produced)),
+        )
+        self.call.meter.attempt(
+            self.call.outcome(
+                self.model,
+                status=self.status,
+                started=self.started,
+                http_status=200,
+                error_type="" if self.status == Status.OK else self.status,
+                error_message=self.error.message if self.error else "",
+                streamed=True,
+                ttft_ms=self.ttft_ms,
+                tokens=counted,
+                estimated=estimated,
+            )
+        )
         await self.call.record()
 
 
@@ -209,17 +235,29 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
         stream = None
         try:
             client = upstream_client(model.provider)
-            sent = {**upstream_body(body, model, CHAT), "stream": True,
-                    "stream_options": {**client_options, "include_usage": True}}
+            sent = {
+                **upstream_body(body, model, CHAT),
+                "stream": True,
+                "stream_options": {**client_options, "include_usage": True},
+            }
             async with asyncio.timeout_at(call.deadline_at):
                 # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
-                stream = await client.post(_PATHS[CHAT], body=sent, cast_to=object, stream=True,
-                                           stream_cls=openai.AsyncStream[object], options={"timeout": timeout})
+                stream = await client.post(
+                    _PATHS[CHAT],
+                    body=sent,
+                    cast_to=object,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[object],
+                    options={"timeout": timeout},
+                )
                 chunks = aiter(stream)
                 first = await asyncio.wait_for(anext(chunks, None), timeout)
             if first is None:
-                raise UpstreamStreamError(ProxyError(502, "The upstream stream ended before any data.",
-                                                     code="upstream_error"))
+                raise UpstreamStreamError(
+                    ProxyError(
+                        502, "The upstream stream ended before any data.", code="upstream_error"
+                    )
+                )
         except Exception as exc:
             if stream is not None:
                 try:

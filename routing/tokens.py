@@ -65,7 +65,11 @@ def text_tokens(text: str) -> int:
 def _bytes(value: object) -> int:
     if isinstance(value, str):
         return len(value.encode("utf-8", "surrogatepass"))
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    return len(
+        json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass"
+        )
+    )
 
 
 # --- Chat ------------------------------------------------------------------
@@ -88,18 +92,27 @@ def _part_ceiling(part: object) -> int:
         if kind == "text" and isinstance(part.get("text"), str):
             return _bytes(part["text"])
         inline = part.get(kind) if isinstance(kind, str) else None
-        if kind == "input_audio" and isinstance(inline, dict) and isinstance(inline.get("data"), str):
+        if (
+            kind == "input_audio"
+            and isinstance(inline, dict)
+            and isinstance(inline.get("data"), str)
+        ):
             return _bytes(part)
-        if kind == "file" and isinstance(inline, dict) and isinstance(inline.get("file_data"), str) \
-                and not inline.get("file_id"):
+        if (
+            kind == "file"
+            and isinstance(inline, dict)
+            and isinstance(inline.get("file_data"), str)
+            and not inline.get("file_id")
+        ):
             return _bytes(part)
     # A file by id, media by URL, anything unknown: its size is not in the request, so it
     # may fill the whole context window (TokenBounds.ceiling clamps to it).
     return UNSIZED_PART_TOKENS
 
 
-def _content_tokens(content: object, part_tokens: Callable[[object], int],
-                    text_count: Callable[[str], int]) -> int:
+def _content_tokens(
+    content: object, part_tokens: Callable[[object], int], text_count: Callable[[str], int]
+) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
@@ -116,7 +129,9 @@ _INPUT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response
 def chat_prompt_estimate(body: Body) -> int:
     total = REPLY_PRIMING
     for message in body["messages"]:
-        total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"), _part_estimate, text_tokens)
+        total += MESSAGE_OVERHEAD + _content_tokens(
+            message.get("content"), _part_estimate, text_tokens
+        )
         for call in message.get("tool_calls") or []:
             total += text_tokens(str(call))
     for name in _INPUT_FIELDS:
@@ -162,7 +177,13 @@ def _inline_image_size(url: object) -> tuple[int, int] | None:
         data = base64.b64decode(url.split(",", 1)[1], validate=False)
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             width, height = image.size
-    except (binascii.Error, ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
+    except (
+        binascii.Error,
+        ValueError,
+        OSError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+    ):
         return None
     return (width, height) if width > 0 and height > 0 else None
 
@@ -175,8 +196,11 @@ def choices(body: Body) -> int:
 
 def _asked_output(body: Body) -> int | None:
     # Upstreams differ in which of the two they honour: the larger one bounds them all.
-    asked = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
-             if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    asked = [
+        v
+        for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0
+    ]
     return max(asked) if asked else None
 
 
@@ -262,19 +286,28 @@ class TokenBounds:
         return _clamped(min(self.prompt_ceiling, window), self.output_ceiling(model))
 
     def expected(self, model: ModelInfo | None) -> Tokens:
-        output = output_cap(self.body, model.max_output_tokens if model else None) if self.chat else 0
+        output = (
+            output_cap(self.body, model.max_output_tokens if model else None) if self.chat else 0
+        )
         return _clamped(self.prompt_estimate, output * choices(self.body) if self.chat else 0)
 
 
 def _clamped(prompt: int, completion: int) -> Tokens:
-    return Tokens(prompt=min(prompt, MAX_TOKENS_PER_CALL), completion=min(completion, MAX_TOKENS_PER_CALL))
+    return Tokens(
+        prompt=min(prompt, MAX_TOKENS_PER_CALL), completion=min(completion, MAX_TOKENS_PER_CALL)
+    )
 
 
 # --- What an upstream reported ------------------------------------------------------
 
 
-def reported_tokens(usage: object, *, max_prompt: int | None = None, max_completion: int | None = None,
-                    chat: bool = True) -> Tokens | None:
+def reported_tokens(
+    usage: object,
+    *,
+    max_prompt: int | None = None,
+    max_completion: int | None = None,
+    chat: bool = True,
+) -> Tokens | None:
     """Tokens from an upstream's OpenAI `usage` object, or None when it sent none or
     nonsense: negative, fractional, string or absurd counts, cached above prompt, a
     chat answer without completion tokens, a prompt longer than the model's context
@@ -286,8 +319,12 @@ def reported_tokens(usage: object, *, max_prompt: int | None = None, max_complet
     completion = usage.get("completion_tokens") if chat else 0
     cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
     reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens") if chat else 0
-    if not (is_token_count(prompt) and is_token_count(completion) and is_token_count(cached)
-            and is_token_count(reasoning)):
+    if not (
+        is_token_count(prompt)
+        and is_token_count(completion)
+        and is_token_count(cached)
+        and is_token_count(reasoning)
+    ):
         return None
     if cached > prompt or reasoning > completion:
         return None

@@ -45,4 +45,6 @@ def _make_client(provider: ProviderInfo) -> openai.AsyncOpenAI:
             code="provider_not_configured",
         )
     # Retries are the proxy's own decision (fallbacks), never the SDK's.
-    return openai.AsyncOpenAI(base_url=provider.base_url, api_key=api_key or "none", max_retries=0, timeout=timeout)
+    return openai.AsyncOpenAI(
+        base_url=provider.base_url, api_key=api_key or "none", max_retries=0, timeout=timeout
+    )

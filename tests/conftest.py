@@ -81,7 +81,9 @@ class LivePortal:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config("portal.asgi:application", log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def start(self):
         self.thread.start()
@@ -114,14 +116,26 @@ def second_portal(django_db_setup, live_portal):
     from django.db import connection
 
     db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    database_url = (
+        f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "portal.asgi:application",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -146,7 +160,9 @@ def celery_worker(django_db_setup):
 
     from portal.celery import app
 
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING") as worker:
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"
+    ) as worker:
         yield worker
 
 
@@ -154,10 +170,19 @@ def celery_worker(django_db_setup):
 def catalog(upstream):
     """The default catalog, its providers pointed at the fake upstream."""
     catalog_load(path=ROOT / "catalog" / "default.toml")
-    catalog_load_data(data={"provider": [
-        {"name": name, "base_url": upstream.url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_s": 5}
-        for name in ("openai", "anthropic", "google", "global")
-    ]})
+    catalog_load_data(
+        data={
+            "provider": [
+                {
+                    "name": name,
+                    "base_url": upstream.url,
+                    "api_key_env": "FAKE_UPSTREAM_KEY",
+                    "timeout_s": 5,
+                }
+                for name in ("openai", "anthropic", "google", "global")
+            ]
+        }
+    )
     # On-commit hooks do not run inside a test's transaction: drop this process's snapshot.
     catalog_changed()
 
@@ -172,12 +197,16 @@ def team(db):
 
 @pytest.fixture
 def owner(team):
-    return MembershipFactory(team=team, role=Membership.Role.OWNER, user=UserFactory(username="owner@acme.test")).user
+    return MembershipFactory(
+        team=team, role=Membership.Role.OWNER, user=UserFactory(username="owner@acme.test")
+    ).user
 
 
 @pytest.fixture
 def member(team):
-    return MembershipFactory(team=team, role=Membership.Role.MEMBER, user=UserFactory(username="member@acme.test")).user
+    return MembershipFactory(
+        team=team, role=Membership.Role.MEMBER, user=UserFactory(username="member@acme.test")
+    ).user
 
 
 @pytest.fixture
@@ -187,8 +216,9 @@ def other_team(db):
 
 @pytest.fixture
 def outsider(other_team):
-    return MembershipFactory(team=other_team, role=Membership.Role.OWNER,
-                             user=UserFactory(username="owner@globex.test")).user
+    return MembershipFactory(
+        team=other_team, role=Membership.Role.OWNER, user=UserFactory(username="owner@globex.test")
+    ).user
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ class MembershipFactory(factory.django.DjangoModelFactory):
 # --- Calls through the meter, as the proxy makes them --------------------------------
 
 
-
 def unit_price():
     from decimal import Decimal
 
@@ -56,18 +55,35 @@ def open_call(team, key, request_id, when, *, reserve="0", deadline_s=600):
     """Open a call through the meter, reserving `reserve` USD on its budgets."""
     from usage.metering import CallFacts, meter_open
 
-    facts = CallFacts(request_id=request_id, team_id=team.id, key_id=key.id if key else None, endpoint="chat",
-                      requested_model="gpt-4o", created_at=when)
-    return meter_open(facts=facts, worst_case=[(unit_price(), tokens_costing(reserve))], deadline_s=deadline_s,
-                      now=when)
+    facts = CallFacts(
+        request_id=request_id,
+        team_id=team.id,
+        key_id=key.id if key else None,
+        endpoint="chat",
+        requested_model="gpt-4o",
+        created_at=when,
+    )
+    return meter_open(
+        facts=facts,
+        worst_case=[(unit_price(), tokens_costing(reserve))],
+        deadline_s=deadline_s,
+        now=when,
+    )
 
 
 def finish_call(meter, cost="0", *, status="ok", now=None):
     """Report one attempt costing `cost` USD and close the call."""
     from usage.metering import Outcome
 
-    meter.attempt(Outcome(status=status, model="gpt-4o", provider="openai", price=unit_price(),
-                          tokens=tokens_costing(cost)))
+    meter.attempt(
+        Outcome(
+            status=status,
+            model="gpt-4o",
+            provider="openai",
+            price=unit_price(),
+            tokens=tokens_costing(cost),
+        )
+    )
     return meter.close(now=now)
 
 

@@ -119,15 +119,25 @@ def _billing_honestly(body: dict, behaviour: Answer) -> Answer:
     referenced = text.count('"file_id"') + text.count('"video_url"')
     prompt = read // 4 + referenced * REFERENCED_PART_TOKENS
     allowed = max(body.get("max_completion_tokens") or 0, body.get("max_tokens") or 0) or 16
-    return replace(behaviour, usage={"prompt_tokens": prompt, "completion_tokens": allowed,
-                                     "total_tokens": prompt + allowed})
+    return replace(
+        behaviour,
+        usage={
+            "prompt_tokens": prompt,
+            "completion_tokens": allowed,
+            "total_tokens": prompt + allowed,
+        },
+    )
 
 
 def _usage_for(usage, n: int):
     if n == 1 or not isinstance(usage, dict) or not isinstance(usage.get("completion_tokens"), int):
         return usage
     completion = usage["completion_tokens"] * n
-    return {**usage, "completion_tokens": completion, "total_tokens": usage.get("prompt_tokens", 0) + completion}
+    return {
+        **usage,
+        "completion_tokens": completion,
+        "total_tokens": usage.get("prompt_tokens", 0) + completion,
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -142,7 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         up = self.upstream
         with up.lock:
-            up.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            up.received.append(
+                Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            )
         behaviour = up.next_behaviour(body.get("model", ""))
         time.sleep(getattr(behaviour, "delay", 0) or 0)
         if isinstance(behaviour, Reset):
@@ -150,17 +162,35 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if isinstance(behaviour, Fail):
-            payload = {"error": {"message": behaviour.message, "type": "server_error", "param": None, "code": None}}
+            payload = {
+                "error": {
+                    "message": behaviour.message,
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
             self._json(behaviour.status, payload, behaviour.headers)
             return
         if self.path.endswith("/embeddings"):
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             usage = behaviour.usage or {}
-            self._json(200, {
-                "object": "list", "model": body["model"],
-                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
-                **({"usage": {**usage, "total_tokens": usage.get("prompt_tokens", 0)}} if behaviour.usage else {}),
-            })
+            self._json(
+                200,
+                {
+                    "object": "list",
+                    "model": body["model"],
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                        for i in range(len(inputs))
+                    ],
+                    **(
+                        {"usage": {**usage, "total_tokens": usage.get("prompt_tokens", 0)}}
+                        if behaviour.usage
+                        else {}
+                    ),
+                },
+            )
             return
         if body.get("stream"):
             self._stream(body, behaviour)
@@ -168,10 +198,20 @@ class _Handler(BaseHTTPRequestHandler):
         n = _choices(body, behaviour)
         behaviour = _billing_honestly(body, behaviour)
         payload = {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1764000000, "model": body["model"],
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1764000000,
+            "model": body["model"],
             "system_fingerprint": "fp_fake",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": behaviour.content},
-                         "finish_reason": "stop", "logprobs": None} for i in range(n)],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": behaviour.content},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+                for i in range(n)
+            ],
             **behaviour.extra,
         }
         if behaviour.usage is not None:
@@ -200,8 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1764000000,
-                "model": body["model"], "system_fingerprint": "fp_fake"}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1764000000,
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+        }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         words = behaviour.content.split(" ")
         n = _choices(body, behaviour)
@@ -210,10 +255,20 @@ class _Handler(BaseHTTPRequestHandler):
         for i, word in enumerate(words):
             delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
             for index in range(n):
-                events.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}],
-                               **({"usage": None} if include_usage else {})})
-        events.append({**base, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)],
-                       **({"usage": None} if include_usage else {})})
+                events.append(
+                    {
+                        **base,
+                        "choices": [{"index": index, "delta": delta, "finish_reason": None}],
+                        **({"usage": None} if include_usage else {}),
+                    }
+                )
+        events.append(
+            {
+                **base,
+                "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)],
+                **({"usage": None} if include_usage else {}),
+            }
+        )
         if include_usage and behaviour.usage is not None:
             events.append({**base, "choices": [], "usage": _usage_for(behaviour.usage, n)})
         try:

@@ -53,7 +53,11 @@ def staff(team, owner):
     """Owner, admin and billing get alerts; a plain member does not."""
     owner.email = "owner@acme.test"
     owner.save()
-    for role, email in (("admin", "admin@acme.test"), ("billing", "billing@acme.test"), ("member", "dev@acme.test")):
+    for role, email in (
+        ("admin", "admin@acme.test"),
+        ("billing", "billing@acme.test"),
+        ("member", "dev@acme.test"),
+    ):
         MembershipFactory(team=team, role=role, user=UserFactory(username=email))
     return team
 
@@ -81,16 +85,22 @@ def test_each_threshold_fires_once_per_month_and_again_next_month(staff, inferen
         check_all(november)
         check_all(november)
 
-    assert sorted(AlertEvent.objects.filter(month="2026-11-01").values_list("threshold", flat=True)) == [50, 80, 100]
+    assert sorted(
+        AlertEvent.objects.filter(month="2026-11-01").values_list("threshold", flat=True)
+    ) == [50, 80, 100]
 
     december = datetime(2026, 12, 1, 0, 0, 0, tzinfo=UTC)
     spend(staff, key, "6", december, "req_dec")
     check_all(december)
-    assert sorted(AlertEvent.objects.filter(month="2026-12-01").values_list("threshold", flat=True)) == [50]
+    assert sorted(
+        AlertEvent.objects.filter(month="2026-12-01").values_list("threshold", flat=True)
+    ) == [50]
     assert AlertEvent.objects.count() == 4
 
 
-def test_alert_emails_reach_owner_admin_and_billing_with_the_facts(staff, inference_key, mailoutbox):
+def test_alert_emails_reach_owner_admin_and_billing_with_the_facts(
+    staff, inference_key, mailoutbox
+):
     key, _ = inference_key
     budget = budget_set(team=staff, amount_usd=Decimal("10"), thresholds=[80])
     spend(staff, key, "8.5", datetime.now(UTC), "req_1")
@@ -100,7 +110,11 @@ def test_alert_emails_reach_owner_admin_and_billing_with_the_facts(staff, infere
     for delivery in event.deliveries.all():
         alerts.alert_deliver(delivery_id=delivery.id)
 
-    assert sorted(m.to[0] for m in mailoutbox) == ["admin@acme.test", "billing@acme.test", "owner@acme.test"]
+    assert sorted(m.to[0] for m in mailoutbox) == [
+        "admin@acme.test",
+        "billing@acme.test",
+        "owner@acme.test",
+    ]
     message = mailoutbox[0]
     assert message.subject == "[Tollgate] Acme has used 80% of its $10 budget"
     assert "has spent $8.50 this month: 85% of its monthly budget of $10" in message.body
@@ -125,7 +139,10 @@ def test_webhook_gets_slack_compatible_json(staff, inference_key, hook):
     alerts.alert_deliver(delivery_id=delivery.id)
 
     assert len(hook.received) == 1
-    assert "Acme has spent $1.00 this month: 50% of its monthly budget of $2" in hook.received[0]["text"]
+    assert (
+        "Acme has spent $1.00 this month: 50% of its monthly budget of $2"
+        in hook.received[0]["text"]
+    )
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("sent", 1)
 
@@ -140,7 +157,11 @@ def test_failed_webhook_is_recorded_and_raised_for_retry(staff, inference_key):
     finally:
         broken.close()
     delivery.refresh_from_db()
-    assert (delivery.status, delivery.attempts, delivery.last_error) == ("failed", 1, "webhook answered HTTP 500")
+    assert (delivery.status, delivery.attempts, delivery.last_error) == (
+        "failed",
+        1,
+        "webhook answered HTTP 500",
+    )
 
 
 def test_the_alert_task_retries_with_backoff():
@@ -171,12 +192,16 @@ def test_no_forecast_when_on_track(staff, inference_key):
     assert alerts.budget_forecast(budget=budget, now=datetime(2026, 11, 15, tzinfo=UTC)) is None
 
 
-def test_deliveries_stuck_in_pending_are_sent_by_the_periodic_check(staff, inference_key, mailoutbox, monkeypatch):
+def test_deliveries_stuck_in_pending_are_sent_by_the_periodic_check(
+    staff, inference_key, mailoutbox, monkeypatch
+):
     from datetime import timedelta
 
     from portal.celery import app
 
-    monkeypatch.setitem(app.conf, "task_always_eager", True)  # run the resent task here, not on a worker
+    monkeypatch.setitem(
+        app.conf, "task_always_eager", True
+    )  # run the resent task here, not on a worker
     key, _ = inference_key
     budget_set(team=staff, amount_usd=Decimal("10"), thresholds=[50], hard=False)
     spend(staff, key, "6", datetime.now(UTC), "req_1")

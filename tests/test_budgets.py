@@ -34,11 +34,15 @@ def hammer(async_sdk, secret, n, **kwargs):
         return results
 
     results = asyncio.run(run())
-    return [r for r in results if not isinstance(r, Exception)], [r for r in results if isinstance(r, Exception)]
+    return [r for r in results if not isinstance(r, Exception)], [
+        r for r in results if isinstance(r, Exception)
+    ]
 
 
 @live
-def test_fifty_parallel_calls_never_spend_past_a_hard_budget(catalog, inference_key, async_sdk, team):
+def test_fifty_parallel_calls_never_spend_past_a_hard_budget(
+    catalog, inference_key, async_sdk, team
+):
     # Each call really costs 12 × 0.18 + 34 × 0.25 = 10.66 µ$; it reserves 2 × 16 × 0.18 + 40 × 0.25 = 15.76 µ$.
     budget = budget_set(team=team, amount_usd=Decimal("0.00006"))  # 5 calls' real cost fit
     _, secret = inference_key
@@ -55,16 +59,21 @@ def test_fifty_parallel_calls_never_spend_past_a_hard_budget(catalog, inference_
     counter = BudgetCounter.objects.get(budget=budget)
     assert counter.reserved_usd == 0 and counter.spent_usd == spent
     assert not MeteredCall.objects.in_flight().exists()
-    assert UsageRecord.objects.filter(team=team, status="refused", http_status=429).count() == len(errors)
+    assert UsageRecord.objects.filter(team=team, status="refused", http_status=429).count() == len(
+        errors
+    )
 
 
 @live
 def test_done_when_a_one_dollar_budget_is_never_overcharged_and_alerts_fire_once_each(
-        catalog, inference_key, async_sdk, team, owner, member, upstream, celery_worker, mailoutbox):
+    catalog, inference_key, async_sdk, team, owner, member, upstream, celery_worker, mailoutbox
+):
     # Each call reserves its ceiling, 60 × 2.50 + 24,985 × 10.00 per 1M = exactly $0.25, and the
     # upstream reports that ceiling, so exactly four calls fit and spend the whole dollar.
     assert TokenBounds.of_chat({"messages": MESSAGES}).prompt_ceiling == 60
-    upstream.script("gpt-4o", *[Answer(usage={"prompt_tokens": 60, "completion_tokens": 24985})] * 50)
+    upstream.script(
+        "gpt-4o", *[Answer(usage={"prompt_tokens": 60, "completion_tokens": 24985})] * 50
+    )
     owner.email = "owner@acme.test"
     owner.save()
     budget = budget_set(team=team, amount_usd=Decimal("1"))
@@ -73,7 +82,9 @@ def test_done_when_a_one_dollar_budget_is_never_overcharged_and_alerts_fire_once
     served, errors = hammer(async_sdk, secret, 50, model="gpt-4o", max_tokens=24985)
 
     assert len(served) == 4 and len(errors) == 46
-    assert UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))["total"] == Decimal("1")
+    assert UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))[
+        "total"
+    ] == Decimal("1")
     _wait_for(lambda: len(mailoutbox) == 3)
     events = sorted(budget.alerts.values_list("threshold", flat=True))
     assert events == [50, 80, 100]
@@ -148,7 +159,11 @@ def test_setbudget_and_issuekey_budget_commands(team, capsys):
     call_command("issuekey", "acme", "--name", "batch", "--budget", "5")
 
     team_budget = Budget.objects.get(team=team, api_key__isnull=True)
-    assert (team_budget.amount_usd, team_budget.hard, team_budget.thresholds) == (Decimal("25.5"), False, [50, 90])
+    assert (team_budget.amount_usd, team_budget.hard, team_budget.thresholds) == (
+        Decimal("25.5"),
+        False,
+        [50, 90],
+    )
     key_budget = Budget.objects.get(api_key__name="batch")
     assert (key_budget.amount_usd, key_budget.hard) == (Decimal("5"), True)
     secret = capsys.readouterr().out.strip().splitlines()[-1]
@@ -162,17 +177,31 @@ def test_budget_api_for_owner_member_and_outsider(team, owner, member, outsider)
         client.force_login(user)
         return client
 
-    put = client_for(owner).put("/api/teams/acme/budget/", {"amount_usd": "12.5", "hard": True}, format="json")
+    put = client_for(owner).put(
+        "/api/teams/acme/budget/", {"amount_usd": "12.5", "hard": True}, format="json"
+    )
     assert put.status_code == 200 and put.data["thresholds"] == [50, 80, 100]
     got = client_for(member).get("/api/teams/acme/budget/")
     assert got.status_code == 200 and Decimal(got.data["amount_usd"]) == Decimal("12.5")
-    assert client_for(member).put("/api/teams/acme/budget/", {"amount_usd": "1"}, format="json").status_code == 403
+    assert (
+        client_for(member)
+        .put("/api/teams/acme/budget/", {"amount_usd": "1"}, format="json")
+        .status_code
+        == 403
+    )
     assert client_for(outsider).get("/api/teams/acme/budget/").status_code == 404
-    assert client_for(owner).put("/api/teams/acme/budget/", {"amount_usd": "-1"}, format="json").status_code == 400
+    assert (
+        client_for(owner)
+        .put("/api/teams/acme/budget/", {"amount_usd": "-1"}, format="json")
+        .status_code
+        == 400
+    )
 
 
 @pytest.mark.django_db
-def test_a_broken_broker_does_not_fail_a_recorded_call(team, inference_key, monkeypatch, django_capture_on_commit_callbacks):
+def test_a_broken_broker_does_not_fail_a_recorded_call(
+    team, inference_key, monkeypatch, django_capture_on_commit_callbacks
+):
     from datetime import UTC, datetime
 
     from tests.factories import finish_call, open_call

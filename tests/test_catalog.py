@@ -18,7 +18,12 @@ pytestmark = pytest.mark.django_db
 
 
 def counts():
-    return Provider.objects.count(), CatalogModel.objects.count(), ModelPrice.objects.count(), Route.objects.count()
+    return (
+        Provider.objects.count(),
+        CatalogModel.objects.count(),
+        ModelPrice.objects.count(),
+        Route.objects.count(),
+    )
 
 
 def test_default_catalog_holds_the_published_facts():
@@ -28,8 +33,15 @@ def test_default_catalog_holds_the_published_facts():
     flash = CatalogModel.objects.get(name="deepseek-v4-flash")
     price = flash.prices.get()
     assert (price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok) == (
-        Decimal("0.18"), Decimal("0.25"), Decimal("0.07"))
-    assert (flash.context_window, flash.output_tokens_per_s, flash.benchmarks["humaneval"]) == (128000, 60, 92.0)
+        Decimal("0.18"),
+        Decimal("0.25"),
+        Decimal("0.07"),
+    )
+    assert (flash.context_window, flash.output_tokens_per_s, flash.benchmarks["humaneval"]) == (
+        128000,
+        60,
+        92.0,
+    )
     assert "vision" not in flash.capabilities
     assert "vision" in CatalogModel.objects.get(name="gpt-4o").capabilities
     # Only an output price is published for these: input stays unpriced, not zero.
@@ -55,9 +67,22 @@ def test_changed_price_starts_a_new_price_and_keeps_the_old_one():
     earlier = timezone.now() - timedelta(days=3)
     catalog_load(path=DEFAULT, now=earlier)
     data = {
-        "provider": [{"name": "global", "base_url": "https://global-apis.com/v1", "api_key_env": "GLOBAL_API_KEY"}],
-        "model": [{"id": "deepseek-v4-flash", "provider": "global", "input_per_mtok": "0.20",
-                   "output_per_mtok": "0.25", "cached_input_per_mtok": "0.07"}],
+        "provider": [
+            {
+                "name": "global",
+                "base_url": "https://global-apis.com/v1",
+                "api_key_env": "GLOBAL_API_KEY",
+            }
+        ],
+        "model": [
+            {
+                "id": "deepseek-v4-flash",
+                "provider": "global",
+                "input_per_mtok": "0.20",
+                "output_per_mtok": "0.25",
+                "cached_input_per_mtok": "0.07",
+            }
+        ],
     }
 
     catalog_load_data(data=data)
@@ -68,19 +93,35 @@ def test_changed_price_starts_a_new_price_and_keeps_the_old_one():
     assert catalog_snapshot().models["deepseek-v4-flash"].prices.input == Decimal("0.20")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"model": [{"id": "m", "provider": "global", "input_per_mtok": 0.18}]}, "decimal strings"),
-    ({"model": [{"id": "m", "provider": "global", "input_per_mtok": "abc"}]}, "not a decimal"),
-    ({"model": [{"id": "m", "provider": "global", "input_per_mtok": "-1"}]}, "non-negative"),
-    ({"model": [{"id": "m", "provider": "global", "input_per_mtok": "0.0000001"}]}, "6 decimal places"),
-    ({"model": [{"id": "m", "provider": "nowhere"}]}, "unknown provider"),
-    ({"model": [{"id": "m", "provider": "global", "capabilities": ["telepathy"]}]}, "capabilities"),
-    ({"route": [{"name": "r", "targets": ["ghost"]}]}, "unknown targets"),
-    ({"route": [{"name": "r", "strategy": "random", "targets": ["gpt-4o"]}]}, "strategy"),
-    ({"route": [{"name": "r", "strategy": "weighted", "targets": ["gpt-4o"], "weights": [1, 2]}]}, "weight"),
-    ({"provider": [{"name": "p"}]}, "base_url"),
-    ({"modle": []}, "unknown top-level"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"model": [{"id": "m", "provider": "global", "input_per_mtok": 0.18}]}, "decimal strings"),
+        ({"model": [{"id": "m", "provider": "global", "input_per_mtok": "abc"}]}, "not a decimal"),
+        ({"model": [{"id": "m", "provider": "global", "input_per_mtok": "-1"}]}, "non-negative"),
+        (
+            {"model": [{"id": "m", "provider": "global", "input_per_mtok": "0.0000001"}]},
+            "6 decimal places",
+        ),
+        ({"model": [{"id": "m", "provider": "nowhere"}]}, "unknown provider"),
+        (
+            {"model": [{"id": "m", "provider": "global", "capabilities": ["telepathy"]}]},
+            "capabilities",
+        ),
+        ({"route": [{"name": "r", "targets": ["ghost"]}]}, "unknown targets"),
+        ({"route": [{"name": "r", "strategy": "random", "targets": ["gpt-4o"]}]}, "strategy"),
+        (
+            {
+                "route": [
+                    {"name": "r", "strategy": "weighted", "targets": ["gpt-4o"], "weights": [1, 2]}
+                ]
+            },
+            "weight",
+        ),
+        ({"provider": [{"name": "p"}]}, "base_url"),
+        ({"modle": []}, "unknown top-level"),
+    ],
+)
 def test_invalid_catalog_is_refused_with_a_clear_message_and_nothing_changes(bad, message):
     catalog_load(path=DEFAULT)
     before = counts()

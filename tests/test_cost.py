@@ -45,33 +45,59 @@ def test_catalog_without_cached_price_bills_cached_tokens_at_input_price():
     assert price.cached_input == Decimal("2.5")
 
 
-@pytest.mark.parametrize("bad", [
-    {"prompt": -1}, {"prompt": 1.5}, {"prompt": "12"}, {"prompt": True}, {"prompt": MAX_TOKENS_PER_CALL + 1},
-    {"prompt": 1, "cached": 2}, {"completion": 1, "reasoning": 2},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"prompt": -1},
+        {"prompt": 1.5},
+        {"prompt": "12"},
+        {"prompt": True},
+        {"prompt": MAX_TOKENS_PER_CALL + 1},
+        {"prompt": 1, "cached": 2},
+        {"completion": 1, "reasoning": 2},
+    ],
+)
 def test_token_counts_are_validated(bad):
     with pytest.raises(ValueError):
         Tokens(**bad)
 
 
-prices_6dp = st.one_of(st.none(), st.decimals(min_value=0, max_value=Decimal("1000"), places=6,
-                                              allow_nan=False, allow_infinity=False))
+prices_6dp = st.one_of(
+    st.none(),
+    st.decimals(
+        min_value=0, max_value=Decimal("1000"), places=6, allow_nan=False, allow_infinity=False
+    ),
+)
 counts = st.integers(min_value=0, max_value=MAX_TOKENS_PER_CALL)
 
 
 @settings(max_examples=300, deadline=None)
-@given(input=prices_6dp, cached_input=prices_6dp, output=prices_6dp, prompt=counts, completion=counts,
-       cached_share=st.fractions(min_value=0, max_value=1))
-def test_cost_matches_a_fraction_reference(input, cached_input, output, prompt, completion, cached_share):
+@given(
+    input=prices_6dp,
+    cached_input=prices_6dp,
+    output=prices_6dp,
+    prompt=counts,
+    completion=counts,
+    cached_share=st.fractions(min_value=0, max_value=1),
+)
+def test_cost_matches_a_fraction_reference(
+    input, cached_input, output, prompt, completion, cached_share
+):
     cached = int(prompt * cached_share)
     price = Price.listed(input=input, cached_input=cached_input, output=output)
     used = Tokens(prompt=prompt, cached=cached, completion=completion)
-    needed = [(prompt - cached, price.input), (cached, price.cached_input), (completion, price.output)]
+    needed = [
+        (prompt - cached, price.input),
+        (cached, price.cached_input),
+        (completion, price.output),
+    ]
     if any(count and unit is None for count, unit in needed):
         with pytest.raises(Unpriced):
             cost(price, used)
         return
-    reference = sum((Fraction(count) * Fraction(unit) for count, unit in needed if count), Fraction(0))
+    reference = sum(
+        (Fraction(count) * Fraction(unit) for count, unit in needed if count), Fraction(0)
+    )
     reference /= 1_000_000
     charged = cost(price, used)
     assert Fraction(charged) == reference
@@ -87,9 +113,15 @@ def test_token_estimate_method():
     assert tokens.text_tokens("abcd") == 1
     assert tokens.text_tokens("abcde") == 2
     assert tokens.text_tokens("你好") == 2
-    assert tokens.chat_prompt_estimate({"messages": [{"role": "user", "content": "abcd"}]}) == 3 + 4 + 1
+    assert (
+        tokens.chat_prompt_estimate({"messages": [{"role": "user", "content": "abcd"}]})
+        == 3 + 4 + 1
+    )
     image = [{"type": "text", "text": "abcd"}, {"type": "image_url", "image_url": {"url": "x"}}]
-    assert tokens.chat_prompt_estimate({"messages": [{"role": "user", "content": image}]}) == 3 + 4 + 1 + 85
+    assert (
+        tokens.chat_prompt_estimate({"messages": [{"role": "user", "content": image}]})
+        == 3 + 4 + 1 + 85
+    )
     assert tokens.embedding_input_estimate([[1, 2, 3], "abcd"]) == 4
     assert tokens.embedding_input_estimate([1, 2, 3]) == 3
 
@@ -111,11 +143,14 @@ def test_text_counts_its_bytes_so_no_tokenizer_can_exceed_it():
     assert ceiling(user("你好")).prompt >= 6
 
 
-@pytest.mark.parametrize("part", [
-    {"type": "input_audio", "input_audio": {"data": "A" * 40_000, "format": "wav"}},
-    {"type": "file", "file": {"file_data": "data:application/pdf;base64," + "B" * 40_000}},
-    {"type": "some_future_part", "payload": "C" * 40_000},
-])
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "input_audio", "input_audio": {"data": "A" * 40_000, "format": "wav"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64," + "B" * 40_000}},
+        {"type": "some_future_part", "payload": "C" * 40_000},
+    ],
+)
 def test_audio_files_and_unknown_parts_count_their_byte_length(part):
     assert ceiling(user([part])).prompt > 40_000
 
@@ -161,39 +196,57 @@ def test_output_is_multiplied_by_n_and_capped_at_the_models_limit(catalog):
     assert huge.completion == min(model.max_output_tokens or 10**9, MAX_TOKENS_PER_CALL)
 
 
-@pytest.mark.parametrize("usage", [
-    {"prompt_tokens": -5, "completion_tokens": 10},
-    {"prompt_tokens": "12", "completion_tokens": 10},
-    {"prompt_tokens": 12.5, "completion_tokens": 10},
-    {"prompt_tokens": 12, "completion_tokens": -1},
-    {"prompt_tokens": 10**12, "completion_tokens": 1},
-    {"prompt_tokens": 12, "prompt_tokens_details": {"cached_tokens": 13}},
-    {"prompt_tokens": 12, "prompt_tokens_details": "lots"},
-    {"completion_tokens": 3},
-    {"prompt_tokens": 17, "total_tokens": 27},
+@pytest.mark.parametrize(
     "usage",
-    None,
-])
+    [
+        {"prompt_tokens": -5, "completion_tokens": 10},
+        {"prompt_tokens": "12", "completion_tokens": 10},
+        {"prompt_tokens": 12.5, "completion_tokens": 10},
+        {"prompt_tokens": 12, "completion_tokens": -1},
+        {"prompt_tokens": 10**12, "completion_tokens": 1},
+        {"prompt_tokens": 12, "prompt_tokens_details": {"cached_tokens": 13}},
+        {"prompt_tokens": 12, "prompt_tokens_details": "lots"},
+        {"completion_tokens": 3},
+        {"prompt_tokens": 17, "total_tokens": 27},
+        "usage",
+        None,
+    ],
+)
 def test_nonsense_usage_is_not_believed(usage):
     assert reported_tokens(usage) is None
 
 
 def test_sane_usage_is_read_with_its_details():
-    usage = {"prompt_tokens": 100, "completion_tokens": 50, "prompt_tokens_details": {"cached_tokens": 40},
-             "completion_tokens_details": {"reasoning_tokens": 20}}
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "prompt_tokens_details": {"cached_tokens": 40},
+        "completion_tokens_details": {"reasoning_tokens": 20},
+    }
     assert reported_tokens(usage) == Tokens(prompt=100, cached=40, completion=50, reasoning=20)
     # A chat answer must say what it produced; an embedding produces nothing.
     assert reported_tokens({"prompt_tokens": 100, "completion_tokens": None}) is None
-    assert reported_tokens({"prompt_tokens": 100, "completion_tokens": 9}, chat=False) == Tokens(prompt=100)
-    assert reported_tokens({"prompt_tokens": 200_000, "completion_tokens": 1}, max_prompt=128_000) is None
-    assert reported_tokens({"prompt_tokens": 10, "completion_tokens": 120_000}, max_completion=10) is None
+    assert reported_tokens({"prompt_tokens": 100, "completion_tokens": 9}, chat=False) == Tokens(
+        prompt=100
+    )
+    assert (
+        reported_tokens({"prompt_tokens": 200_000, "completion_tokens": 1}, max_prompt=128_000)
+        is None
+    )
+    assert (
+        reported_tokens({"prompt_tokens": 10, "completion_tokens": 120_000}, max_completion=10)
+        is None
+    )
 
 
 @pytest.mark.django_db
 def test_parts_whose_size_the_request_does_not_carry_may_fill_the_context_window(catalog):
     from routing.selectors import catalog_snapshot
 
-    flash, gpt4o = catalog_snapshot().models["deepseek-v4-flash"], catalog_snapshot().models["gpt-4o"]
+    flash, gpt4o = (
+        catalog_snapshot().models["deepseek-v4-flash"],
+        catalog_snapshot().models["gpt-4o"],
+    )
     assert (flash.context_window, gpt4o.context_window) == (128_000, None)
     by_id = user([{"type": "file", "file": {"file_id": "file-abc"}}])
     video = user([{"type": "video_url", "video_url": {"url": "https://x/v.mp4"}}])

@@ -38,16 +38,33 @@ def outcomes(request_id):
 
 
 @live
-@pytest.mark.parametrize("usage", [
-    {"prompt_tokens": -5, "completion_tokens": 10, "total_tokens": 5},
-    {"prompt_tokens": "12", "completion_tokens": "34"},
-    {"prompt_tokens": 12.5, "completion_tokens": 34.2},
-    {"prompt_tokens": 12, "completion_tokens": -200_000_000_000},
-    {"prompt_tokens": 10**15, "completion_tokens": 34},
-    {"prompt_tokens": 12, "completion_tokens": 34, "prompt_tokens_details": {"cached_tokens": 99}},
-    {"completion_tokens": 34},
-    None,
-], ids=["negative", "strings", "floats", "huge-negative", "absurd", "cached>prompt", "no-prompt", "missing"])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": 10, "total_tokens": 5},
+        {"prompt_tokens": "12", "completion_tokens": "34"},
+        {"prompt_tokens": 12.5, "completion_tokens": 34.2},
+        {"prompt_tokens": 12, "completion_tokens": -200_000_000_000},
+        {"prompt_tokens": 10**15, "completion_tokens": 34},
+        {
+            "prompt_tokens": 12,
+            "completion_tokens": 34,
+            "prompt_tokens_details": {"cached_tokens": 99},
+        },
+        {"completion_tokens": 34},
+        None,
+    ],
+    ids=[
+        "negative",
+        "strings",
+        "floats",
+        "huge-negative",
+        "absurd",
+        "cached>prompt",
+        "no-prompt",
+        "missing",
+    ],
+)
 def test_nonsense_usage_is_replaced_by_the_gateways_count(catalog, team, sdk, upstream, usage):
     _, secret = api_key_create(team=team, name="app")
     upstream.script("gpt-4o", Answer(content="one two three four", usage=usage))
@@ -59,7 +76,11 @@ def test_nonsense_usage_is_replaced_by_the_gateways_count(catalog, team, sdk, up
     prompt = tokens.chat_prompt_estimate({"messages": MESSAGES})
     completion = tokens.text_tokens("one two three four")
     assert (row.status, row.tokens_estimated, row.prompt_tokens, row.completion_tokens) == (
-        "ok", True, prompt, completion)
+        "ok",
+        True,
+        prompt,
+        completion,
+    )
     assert row.cost_usd == (prompt * GPT4O[0] + completion * GPT4O[1]) / 10**6
     assert Decimal(raw.headers["x-tollgate-cost"]) == row.cost_usd > 0
     assert not MeteredCall.objects.in_flight().exists()
@@ -68,13 +89,20 @@ def test_nonsense_usage_is_replaced_by_the_gateways_count(catalog, team, sdk, up
 @live
 def test_nonsense_usage_in_a_stream_is_replaced_too(catalog, team, sdk, upstream):
     _, secret = api_key_create(team=team, name="app")
-    upstream.script("gpt-4o", Answer(content="one two three", usage={"prompt_tokens": -1, "completion_tokens": 3}))
+    upstream.script(
+        "gpt-4o",
+        Answer(content="one two three", usage={"prompt_tokens": -1, "completion_tokens": 3}),
+    )
 
     stream = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
 
     [row] = UsageRecord.objects.filter(team=team)
-    assert (row.status, row.tokens_estimated, row.completion_tokens) == ("ok", True, tokens.text_tokens("one two three"))
+    assert (row.status, row.tokens_estimated, row.completion_tokens) == (
+        "ok",
+        True,
+        tokens.text_tokens("one two three"),
+    )
     assert row.cost_usd > 0
 
 
@@ -84,7 +112,9 @@ def test_n_is_billed_as_the_upstream_reports_it(catalog, team, sdk, upstream, ho
     _, secret = api_key_create(team=team, name="app")
     upstream.script("gpt-4o", Answer(honour_n=honour_n))
 
-    answer = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, n=3, max_tokens=40)
+    answer = sdk(secret).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, n=3, max_tokens=40
+    )
 
     assert len(answer.choices) == (3 if honour_n else 1)
     [row] = UsageRecord.objects.filter(team=team)
@@ -92,7 +122,9 @@ def test_n_is_billed_as_the_upstream_reports_it(catalog, team, sdk, upstream, ho
 
 
 @live
-def test_a_client_that_times_out_is_billed_for_what_the_upstream_produced(catalog, team, sdk, upstream):
+def test_a_client_that_times_out_is_billed_for_what_the_upstream_produced(
+    catalog, team, sdk, upstream
+):
     """The call finishes in the background; its row appears once the upstream answers and
     its reservation is released then, not fifteen minutes later."""
     key, secret = api_key_create(team=team, name="app")
@@ -117,7 +149,9 @@ def test_a_client_that_leaves_while_a_stream_opens_is_recorded(catalog, team, sd
     upstream.script("gpt-4o", Answer(delay=1.0, content="a b c"))
 
     with pytest.raises(openai.APITimeoutError):
-        sdk(secret, timeout=0.3).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        sdk(secret, timeout=0.3).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True
+        )
 
     wait_for(lambda: UsageRecord.objects.filter(team=team).exists())
     [row] = UsageRecord.objects.filter(team=team)
@@ -126,8 +160,9 @@ def test_a_client_that_leaves_while_a_stream_opens_is_recorded(catalog, team, sd
 
 
 @live
-def test_a_stream_left_whose_usage_never_comes_is_billed_for_what_was_produced(catalog, team, sdk, upstream,
-                                                                               settings):
+def test_a_stream_left_whose_usage_never_comes_is_billed_for_what_was_produced(
+    catalog, team, sdk, upstream, settings
+):
     """The drain waits at most TOLLGATE_DRAIN_S for the upstream's usage; then the call is
     billed on the prompt estimate and what was produced, flagged as estimated."""
     settings.TOLLGATE_DRAIN_S = 0
@@ -147,17 +182,29 @@ def test_a_stream_left_whose_usage_never_comes_is_billed_for_what_was_produced(c
 
 
 @live
-def test_clients_that_leave_mid_stream_are_all_recorded_with_the_upstreams_usage(catalog, team, async_sdk,
-                                                                                  upstream):
+def test_clients_that_leave_mid_stream_are_all_recorded_with_the_upstreams_usage(
+    catalog, team, async_sdk, upstream
+):
     """Many streams abandoned after two events, at once: each call is recorded once, billed on
     the usage the upstream sends at its end (the gateway drains it), nothing stays reserved."""
     _, secret = api_key_create(team=team, name="app")
     budget = budget_set(team=team, amount_usd=Decimal("10"))
-    upstream.script("gpt-4o", *[Answer(content="w " * 30, chunk_delay=0.01,
-                                       usage={"prompt_tokens": 40, "completion_tokens": 30})] * 12)
+    upstream.script(
+        "gpt-4o",
+        *[
+            Answer(
+                content="w " * 30,
+                chunk_delay=0.01,
+                usage={"prompt_tokens": 40, "completion_tokens": 30},
+            )
+        ]
+        * 12,
+    )
 
     async def leave_early(client):
-        stream = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True, n=3)
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, n=3
+        )
         seen = 0
         async for _ in stream:
             seen += 1
@@ -175,7 +222,8 @@ def test_clients_that_leave_mid_stream_are_all_recorded_with_the_upstreams_usage
     wait_for(lambda: UsageRecord.objects.filter(team=team).count() == 12)
     rows = list(UsageRecord.objects.filter(team=team))
     assert {(r.status, r.tokens_estimated, r.prompt_tokens, r.completion_tokens) for r in rows} == {
-        ("client_closed", False, 40, 90)}
+        ("client_closed", False, 40, 90)
+    }
     wait_for(lambda: not MeteredCall.objects.in_flight().exists())
     counter = BudgetCounter.objects.get(budget=budget)
     assert counter.reserved_usd == 0 and counter.spent_usd == sum(r.cost_usd for r in rows)
@@ -186,8 +234,11 @@ def test_leaving_before_the_usage_chunk_does_not_dodge_it(catalog, team, sdk, up
     """A client reads the whole answer and leaves before the usage event, which carries
     5,000 hidden reasoning tokens: it is billed on that usage, not on an estimate."""
     _, secret = api_key_create(team=team, name="app")
-    usage = {"prompt_tokens": 20, "completion_tokens": 5_000,
-             "completion_tokens_details": {"reasoning_tokens": 4_950}}
+    usage = {
+        "prompt_tokens": 20,
+        "completion_tokens": 5_000,
+        "completion_tokens_details": {"reasoning_tokens": 4_950},
+    }
     upstream.script("gpt-4o", Answer(content="short answer", usage=usage, usage_delay=0.5))
 
     stream = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
@@ -199,23 +250,41 @@ def test_leaving_before_the_usage_chunk_does_not_dodge_it(catalog, team, sdk, up
     wait_for(lambda: UsageRecord.objects.filter(team=team).exists())
     [row] = UsageRecord.objects.filter(team=team)
     assert (row.status, row.tokens_estimated, row.completion_tokens, row.reasoning_tokens) == (
-        "client_closed", False, 5_000, 4_950)
+        "client_closed",
+        False,
+        5_000,
+        4_950,
+    )
 
 
 @live
-@pytest.mark.parametrize("answer", [
-    {"choices": 5},
-    {"choices": [{"message": "hello"}]},
-    {"choices": [{"index": 0, "message": {"role": "assistant", "content": None, "refusal": "no"}}]},
-], ids=["choices-int", "message-str", "refusal"])
-def test_an_odd_answer_is_passed_on_and_billed_never_a_500(catalog, team, upstream, live_portal, answer):
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"choices": 5},
+        {"choices": [{"message": "hello"}]},
+        {
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": None, "refusal": "no"}}
+            ]
+        },
+    ],
+    ids=["choices-int", "message-str", "refusal"],
+)
+def test_an_odd_answer_is_passed_on_and_billed_never_a_500(
+    catalog, team, upstream, live_portal, answer
+):
     import httpx2
 
     _, secret = api_key_create(team=team, name="app")
     upstream.script("gpt-4o", Answer(extra=answer, usage=None))
 
-    response = httpx2.post(f"{live_portal.url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                           json={"model": "gpt-4o", "messages": MESSAGES}, timeout=10)
+    response = httpx2.post(
+        f"{live_portal.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "gpt-4o", "messages": MESSAGES},
+        timeout=10,
+    )
 
     assert response.status_code == 200 and response.json()["choices"] == answer["choices"]
     [row] = UsageRecord.objects.filter(team=team)
@@ -223,9 +292,13 @@ def test_an_odd_answer_is_passed_on_and_billed_never_a_500(catalog, team, upstre
 
 
 @live
-def test_an_embeddings_upstream_reporting_output_is_billed_for_input_only(catalog, team, sdk, upstream):
+def test_an_embeddings_upstream_reporting_output_is_billed_for_input_only(
+    catalog, team, sdk, upstream
+):
     _, secret = api_key_create(team=team, name="app")
-    upstream.script("text-embedding-3-small", Answer(usage={"prompt_tokens": 5, "completion_tokens": 7}))
+    upstream.script(
+        "text-embedding-3-small", Answer(usage={"prompt_tokens": 5, "completion_tokens": 7})
+    )
 
     sdk(secret).embeddings.create(model="text-embedding-3-small", input="hello")
 
@@ -240,9 +313,20 @@ def test_an_embeddings_upstream_reporting_output_is_billed_for_input_only(catalo
 def test_a_stream_past_its_deadline_is_ended_and_billed(catalog, team, sdk, upstream):
     from routing.services import route_save
 
-    route_save(team=None, name="patient", actor="test", fields={
-        "strategy": "fallback", "targets": ["gpt-4o"], "weights": [], "require": {}, "capabilities": [],
-        "deadline_s": 1, "retries": 0})
+    route_save(
+        team=None,
+        name="patient",
+        actor="test",
+        fields={
+            "strategy": "fallback",
+            "targets": ["gpt-4o"],
+            "weights": [],
+            "require": {},
+            "capabilities": [],
+            "deadline_s": 1,
+            "retries": 0,
+        },
+    )
     from routing.selectors import catalog_changed
 
     catalog_changed()
@@ -264,7 +348,9 @@ def test_a_stream_past_its_deadline_is_ended_and_billed(catalog, team, sdk, upst
 
 
 @live
-def test_a_client_that_stops_reading_cannot_hold_a_call_past_its_deadline(catalog, team, upstream, live_portal):
+def test_a_client_that_stops_reading_cannot_hold_a_call_past_its_deadline(
+    catalog, team, upstream, live_portal
+):
     """The relay waits at its yield while the client does not read; the watchdog ends the
     call at its deadline anyway, billed within what the request allowed."""
     import httpx2
@@ -272,17 +358,32 @@ def test_a_client_that_stops_reading_cannot_hold_a_call_past_its_deadline(catalo
     from routing.selectors import catalog_changed
     from routing.services import route_save
 
-    route_save(team=None, name="patient", actor="test", fields={
-        "strategy": "fallback", "targets": ["gpt-4o"], "weights": [], "require": {}, "capabilities": [],
-        "deadline_s": 1, "retries": 0})
+    route_save(
+        team=None,
+        name="patient",
+        actor="test",
+        fields={
+            "strategy": "fallback",
+            "targets": ["gpt-4o"],
+            "weights": [],
+            "require": {},
+            "capabilities": [],
+            "deadline_s": 1,
+            "retries": 0,
+        },
+    )
     catalog_changed()
     _, secret = api_key_create(team=team, name="app")
     # Big events, so unread ones fill the sockets' buffers and the relay blocks sending.
     upstream.script("gpt-4o", Answer(content=" ".join(["x" * 200_000] * 40), usage=None))
 
-    with httpx2.stream("POST", f"{live_portal.url}/v1/chat/completions", timeout=30,
-                       headers={"Authorization": f"Bearer {secret}"},
-                       json={"model": "patient", "messages": MESSAGES, "stream": True, "max_tokens": 500}) as response:
+    with httpx2.stream(
+        "POST",
+        f"{live_portal.url}/v1/chat/completions",
+        timeout=30,
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "patient", "messages": MESSAGES, "stream": True, "max_tokens": 500},
+    ) as response:
         unread = response.iter_raw(1024)
         next(unread)  # the stream started; now stop reading (holding the iterator open)
         wait_for(lambda: UsageRecord.objects.filter(team=team).exists(), timeout=10)
@@ -295,7 +396,9 @@ def test_a_client_that_stops_reading_cannot_hold_a_call_past_its_deadline(catalo
 
 
 @live
-def test_a_budget_set_or_lowered_while_a_call_is_in_flight_still_reconciles(catalog, team, sdk, upstream):
+def test_a_budget_set_or_lowered_while_a_call_is_in_flight_still_reconciles(
+    catalog, team, sdk, upstream
+):
     import threading
 
     from django.db import connection
@@ -308,8 +411,11 @@ def test_a_budget_set_or_lowered_while_a_call_is_in_flight_still_reconciles(cata
     calls = []
 
     def call():
-        calls.append(sdk(secret, timeout=10).chat.completions.create(model="gpt-4o", messages=MESSAGES,
-                                                                     max_tokens=50))
+        calls.append(
+            sdk(secret, timeout=10).chat.completions.create(
+                model="gpt-4o", messages=MESSAGES, max_tokens=50
+            )
+        )
         connection.close()
 
     first = threading.Thread(target=call)
@@ -343,25 +449,71 @@ def test_a_route_may_not_outlive_the_global_deadline(catalog, settings):
 # --- Requests shaped to look cheap, against a hard budget -------------------------------------------
 
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGR" + "A" * 6_000, "format": "wav"}}
-FILE = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + "J" * 6_000}}
-TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "L" * 4_000,
-                                           "parameters": {"type": "object", "properties": {}}}}]
-FUNCTIONS = [{"name": "legacy", "description": "F" * 4_000, "parameters": {"type": "object", "properties": {}}}]
+FILE = {
+    "type": "file",
+    "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + "J" * 6_000},
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "L" * 4_000,
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+]
+FUNCTIONS = [
+    {
+        "name": "legacy",
+        "description": "F" * 4_000,
+        "parameters": {"type": "object", "properties": {}},
+    }
+]
 SHAPES = [
     {"n": 4, "max_tokens": 300},
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": "listen"}, AUDIO]}], "max_tokens": 300},
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": "read"}, FILE]}], "max_tokens": 300},
+    {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "listen"}, AUDIO]}],
+        "max_tokens": 300,
+    },
+    {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "read"}, FILE]}],
+        "max_tokens": 300,
+    },
     {"tools": TOOLS, "max_tokens": 300},
     {"functions": FUNCTIONS, "max_tokens": 300},
-    {"messages": [{"role": "user", "content": {"type": "text", "text": "O" * 5_000}}], "max_tokens": 300},
+    {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "O" * 5_000}}],
+        "max_tokens": 300,
+    },
     {"stream": True, "n": 2, "max_tokens": 300},
-    {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}],
-     "max_tokens": 300},
-    {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "https://v/x.mp4"}}]}],
-     "max_tokens": 300},
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}
+        ],
+        "max_tokens": 300,
+    },
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "video_url", "video_url": {"url": "https://v/x.mp4"}}],
+            }
+        ],
+        "max_tokens": 300,
+    },
     {"max_completion_tokens": 1, "max_tokens": 3000},
-    {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://i/x.png", "detail": "low"}}]}], "max_tokens": 300},
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": "https://i/x.png", "detail": "low"}}
+                ],
+            }
+        ],
+        "max_tokens": 300,
+    },
 ]
 
 
@@ -394,7 +546,11 @@ def test_no_request_shape_overspends_a_hard_budget(catalog, team, async_sdk, ups
     results = asyncio.run(run())
 
     refused = [r for r in results if isinstance(r, Exception)]
-    odd = [r for r in refused if not (isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota")]
+    odd = [
+        r
+        for r in refused
+        if not (isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota")
+    ]
     assert not odd, [repr(r)[:300] for r in odd]
     assert 0 < len(refused) < 100
     spent = UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))["total"]
@@ -407,9 +563,14 @@ def test_no_request_shape_overspends_a_hard_budget(catalog, team, async_sdk, ups
 
 
 @live
-def test_an_upstream_claiming_more_output_than_allowed_is_not_believed(catalog, team, sdk, upstream):
+def test_an_upstream_claiming_more_output_than_allowed_is_not_believed(
+    catalog, team, sdk, upstream
+):
     _, secret = api_key_create(team=team, name="app")
-    upstream.script("gpt-4o", Answer(content="one two", usage={"prompt_tokens": 12, "completion_tokens": 120_000}))
+    upstream.script(
+        "gpt-4o",
+        Answer(content="one two", usage={"prompt_tokens": 12, "completion_tokens": 120_000}),
+    )
 
     sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)
 
@@ -419,7 +580,8 @@ def test_an_upstream_claiming_more_output_than_allowed_is_not_believed(catalog, 
 
 @live
 def test_an_upstream_that_bills_past_the_reservation_is_billed_and_then_the_team_is_refused(
-        catalog, team, sdk, upstream):
+    catalog, team, sdk, upstream
+):
     """The one way past a reservation: a prompt billed beyond its ceiling (a provider's own
     framing, or a liar within the context window). The excess is billed, recorded as
     overrun, and the team is refused from then on."""
@@ -454,7 +616,9 @@ def test_a_budget_refusal_is_not_retried_by_the_sdk(catalog, team, sdk):
 
 
 @live
-def test_a_sigkilled_worker_has_its_calls_settled_within_a_minute(catalog, team, upstream, settings):
+def test_a_sigkilled_worker_has_its_calls_settled_within_a_minute(
+    catalog, team, upstream, settings
+):
     """A real uvicorn process is killed with SIGKILL mid-stream: its lease stops being
     renewed, and a sweep once the lease has lapsed (30 s) records the call and releases
     its reservation."""
@@ -480,10 +644,26 @@ def test_a_sigkilled_worker_has_its_calls_settled_within_a_minute(catalog, team,
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "TOLLGATE_WEB_SWEEPS": "0",
-           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"}
-    worker = subprocess.Popen([sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT, env=env)
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.REDIS_URL,
+        "TOLLGATE_WEB_SWEEPS": "0",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "portal.asgi:application",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         deadline = time.monotonic() + 30
@@ -492,10 +672,17 @@ def test_a_sigkilled_worker_has_its_calls_settled_within_a_minute(catalog, team,
                 httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
                 break
             except httpx2.TransportError:
-                assert time.monotonic() < deadline and worker.poll() is None, "the worker did not start"
+                assert time.monotonic() < deadline and worker.poll() is None, (
+                    "the worker did not start"
+                )
                 time.sleep(0.1)
-        with httpx2.stream("POST", url, headers={"Authorization": f"Bearer {secret}"}, timeout=30,
-                           json={"model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
+        with httpx2.stream(
+            "POST",
+            url,
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=30,
+            json={"model": "gpt-4o", "messages": MESSAGES, "stream": True},
+        ) as response:
             lines = response.iter_lines()
             next(lines)  # the stream has started: the call is in flight
             worker.send_signal(signal.SIGKILL)
@@ -528,13 +715,25 @@ def test_a_route_named_like_a_model_is_refused(catalog, team, owner):
 
     client = APIClient()
     client.force_login(owner)
-    response = client.post("/api/teams/acme/routes/", {"name": "qwen3-32b", "targets": ["gpt-4o"]}, format="json")
+    response = client.post(
+        "/api/teams/acme/routes/", {"name": "qwen3-32b", "targets": ["gpt-4o"]}, format="json"
+    )
     assert response.status_code == 400 and "model" in str(response.data)
     with pytest.raises(CatalogError, match="a model has that id"):
         catalog_load_data(data={"route": [{"name": "gpt-4o-mini", "targets": ["gpt-4o"]}]})
     with pytest.raises(CatalogError, match="a route has that name"):
-        catalog_load_data(data={"model": [{"id": "bulk_classify", "provider": "global", "input_per_mtok": "1",
-                                           "output_per_mtok": "1"}]})
+        catalog_load_data(
+            data={
+                "model": [
+                    {
+                        "id": "bulk_classify",
+                        "provider": "global",
+                        "input_per_mtok": "1",
+                        "output_per_mtok": "1",
+                    }
+                ]
+            }
+        )
 
 
 @live
@@ -548,7 +747,9 @@ def test_a_key_limited_to_a_model_is_never_routed_elsewhere(catalog, team, sdk):
     catalog_changed()
     _, secret = api_key_create(team=team, name="cheap-only", allowed_models=["qwen3-32b"])
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="qwen3-32b", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="qwen3-32b", messages=MESSAGES
+    )
 
     assert raw.headers["x-tollgate-model"] == "qwen3-32b"
     assert list(UsageRecord.objects.values_list("model", "route")) == [("qwen3-32b", "")]

@@ -34,7 +34,12 @@ def test_a_dead_workers_call_is_swept_once_its_lease_lapses(team, inference_key,
     assert inflight_sweep(now=now + lease) == 0
 
     [row] = UsageRecord.objects.filter(team=team)
-    assert (row.request_id, row.attempt, row.status, row.cost_usd) == ("req_dead", SWEPT_ATTEMPT, "interrupted", 0)
+    assert (row.request_id, row.attempt, row.status, row.cost_usd) == (
+        "req_dead",
+        SWEPT_ATTEMPT,
+        "interrupted",
+        0,
+    )
     assert row.created_at == now and row.tokens_estimated
     call = MeteredCall.objects.get()
     assert call.swept and call.closed_at == now + lease
@@ -83,11 +88,16 @@ def test_a_real_row_after_a_sweep_is_billed_beside_it_once(team, inference_key):
 
     rows = UsageRecord.objects.filter(request_id="req_slow").order_by("attempt")
     assert [(r.attempt, r.status, r.cost_usd) for r in rows] == [
-        (0, "ok", Decimal("0.3")), (SWEPT_ATTEMPT, "interrupted", 0)]
+        (0, "ok", Decimal("0.3")),
+        (SWEPT_ATTEMPT, "interrupted", 0),
+    ]
     counter = BudgetCounter.objects.get(budget=budget)
     # The sweep released the reservation; the late cost was covered by none: an overrun.
     assert (counter.spent_usd, counter.reserved_usd, counter.overrun_usd) == (
-        Decimal("0.3"), 0, Decimal("0.3"))
+        Decimal("0.3"),
+        0,
+        Decimal("0.3"),
+    )
     assert reconcile_month(month=now.date().replace(day=1), now=now + timedelta(minutes=5)).ok
 
 
@@ -161,4 +171,6 @@ def test_leases_are_renewed_in_place(settings):
     now = timezone.now()
     lease_renew(worker="w1", now=now)
     lease_renew(worker="w1", now=now + timedelta(seconds=10))
-    assert WorkerLease.objects.get(worker="w1").expires_at == now + timedelta(seconds=10 + settings.TOLLGATE_LEASE_S)
+    assert WorkerLease.objects.get(worker="w1").expires_at == now + timedelta(
+        seconds=10 + settings.TOLLGATE_LEASE_S
+    )

@@ -77,7 +77,8 @@ def instants(month: date):
         st.just(start),
         st.just(end - timedelta(microseconds=1)),
         st.integers(0, int((end - start).total_seconds()) - 1).map(
-            lambda seconds: start + timedelta(seconds=seconds)),
+            lambda seconds: start + timedelta(seconds=seconds)
+        ),
     )
 
 
@@ -104,8 +105,9 @@ class Row:
     def cost(self) -> Decimal:
         # As usage/reconcile.py::_expected_cost checks it; a missing price counts as 0.
         inp, cached_inp, out = (p if p is not None else Decimal(0) for p in self.prices)
-        return ((self.prompt - self.cached) * inp + self.cached * cached_inp
-                + self.completion * out) / MILLION
+        return (
+            (self.prompt - self.cached) * inp + self.cached * cached_inp + self.completion * out
+        ) / MILLION
 
     @property
     def recorded_at(self) -> datetime:
@@ -136,9 +138,17 @@ def rows(draw, where, late: bool):
             # tokens times its prices (the only shape reconcile accepts).
             unit = tuple(None if p is None else -p for p in unit)
     return Row(
-        team=team, keyed=draw(st.booleans()), status=status, model=model, prices=unit,
-        prompt=prompt, cached=cached, completion=completion, estimated=draw(st.booleans()),
-        month=month, created_at=draw(instants(MONTHS[month])),
+        team=team,
+        keyed=draw(st.booleans()),
+        status=status,
+        model=model,
+        prices=unit,
+        prompt=prompt,
+        cached=cached,
+        completion=completion,
+        estimated=draw(st.booleans()),
+        month=month,
+        created_at=draw(instants(MONTHS[month])),
         late_by=draw(st.integers(0, len(MONTHS) - 1 - month)) if late else None,
     )
 
@@ -154,20 +164,32 @@ class Adjustment:
 @st.composite
 def scenarios(draw):
     teams = draw(st.integers(1, 3))
-    markups = draw(st.lists(st.sampled_from(["0", "5", "7.5", "12.345", "100"]),
-                            min_size=teams, max_size=teams))
+    markups = draw(
+        st.lists(
+            st.sampled_from(["0", "5", "7.5", "12.345", "100"]), min_size=teams, max_size=teams
+        )
+    )
     anywhere = st.tuples(st.integers(0, teams - 1), st.integers(0, len(MONTHS) - 1))
     on_time = draw(st.lists(rows(anywhere, late=False), min_size=1, max_size=16))
-    adjustments = draw(st.lists(st.builds(
-        Adjustment, team=st.integers(0, teams - 1), month=st.integers(0, len(MONTHS) - 1),
-        cents=st.integers(-50_000, 50_000),
-        reason=st.sampled_from(["Credit: outage", "Support plan", "Credit: outage"])), max_size=4))
+    adjustments = draw(
+        st.lists(
+            st.builds(
+                Adjustment,
+                team=st.integers(0, teams - 1),
+                month=st.integers(0, len(MONTHS) - 1),
+                cents=st.integers(-50_000, 50_000),
+                reason=st.sampled_from(["Credit: outage", "Support plan", "Credit: outage"]),
+            ),
+            max_size=4,
+        )
+    )
     # Late rows only for months that got an invoice when they closed (an on-time row or an
     # adjustment): a month closed with nothing to bill leaves no mark, so rows recorded for it
     # later are not picked up (a known gap: test_late_usage_of_a_month_closed_with_nothing_to_
     # bill_goes_on_the_next_invoice in test_invoices.py, marked xfail).
-    invoiced = sorted({(r.team, r.month) for r in on_time}
-                      | {(a.team, a.month) for a in adjustments})
+    invoiced = sorted(
+        {(r.team, r.month) for r in on_time} | {(a.team, a.month) for a in adjustments}
+    )
     late = draw(st.lists(rows(st.sampled_from(invoiced), late=True), max_size=8))
     return [Decimal(m) for m in markups], on_time + late, adjustments
 
@@ -180,20 +202,31 @@ def rolled_back():
 
 
 def insert(rows_, teams, keys, serial):
-    UsageRecord.objects.bulk_create([
-        UsageRecord(
-            request_id=f"req_prop{next(serial)}", team=teams[r.team],
-            api_key=keys[r.team] if r.keyed else None, endpoint="chat",
-            requested_model=r.model or "no-such-model", model=r.model,
-            provider="p" if r.model else "",
-            status=r.status, prompt_tokens=r.prompt, cached_tokens=r.cached,
-            completion_tokens=r.completion, tokens_estimated=r.estimated,
-            input_per_mtok=r.prices[0], cached_input_per_mtok=r.prices[1],
-            output_per_mtok=r.prices[2], cost_usd=r.cost, created_at=r.created_at,
-            recorded_at=r.recorded_at,
-        )
-        for r in rows_
-    ])
+    UsageRecord.objects.bulk_create(
+        [
+            UsageRecord(
+                request_id=f"req_prop{next(serial)}",
+                team=teams[r.team],
+                api_key=keys[r.team] if r.keyed else None,
+                endpoint="chat",
+                requested_model=r.model or "no-such-model",
+                model=r.model,
+                provider="p" if r.model else "",
+                status=r.status,
+                prompt_tokens=r.prompt,
+                cached_tokens=r.cached,
+                completion_tokens=r.completion,
+                tokens_estimated=r.estimated,
+                input_per_mtok=r.prices[0],
+                cached_input_per_mtok=r.prices[1],
+                output_per_mtok=r.prices[2],
+                cost_usd=r.cost,
+                created_at=r.created_at,
+                recorded_at=r.recorded_at,
+            )
+            for r in rows_
+        ]
+    )
 
 
 def line_group(line: InvoiceLine) -> tuple:
@@ -201,8 +234,14 @@ def line_group(line: InvoiceLine) -> tuple:
 
 
 def describe(line: InvoiceLine) -> tuple:
-    return (line.kind, line.description, line.usage_month, line.requests, line.exact_usd,
-            line.amount_usd)
+    return (
+        line.kind,
+        line.description,
+        line.usage_month,
+        line.requests,
+        line.exact_usd,
+        line.amount_usd,
+    )
 
 
 def close_month_by_month(teams, keys, ledger, adjustments):
@@ -215,8 +254,13 @@ def close_month_by_month(teams, keys, ledger, adjustments):
         waiting = [r for r in waiting if r.recorded_at >= now]
         for a in adjustments:
             if a.month == step:
-                adjustment_add(team=teams[a.team], month=month, amount_usd=Decimal(a.cents) / 100,
-                               reason=a.reason, created_by="finance@example.test")
+                adjustment_add(
+                    team=teams[a.team],
+                    month=month,
+                    amount_usd=Decimal(a.cents) / 100,
+                    reason=a.reason,
+                    created_by="finance@example.test",
+                )
         previews = {}
         for team in teams:
             draft = invoice_preview(team=team, month=month, now=now)
@@ -258,13 +302,23 @@ def assert_invoices_bill_the_ledger(t: int, team, invoices, ledger) -> None:
     for invoice in (i for i in invoices if i.team_id == team.id):
         for line in invoice.lines.filter(kind__in=BILLED_KINDS):
             sums = billed[line.usage_month, line_group(line)]
-            for i, value in enumerate((line.exact_usd, line.requests, line.prompt_tokens,
-                                       line.cached_tokens, line.completion_tokens)):
+            for i, value in enumerate(
+                (
+                    line.exact_usd,
+                    line.requests,
+                    line.prompt_tokens,
+                    line.cached_tokens,
+                    line.completion_tokens,
+                )
+            ):
                 sums[i] += value
         recorded = defaultdict(lambda: [Decimal(0), 0, 0, 0, 0])
         for r in ledger:
-            if (r.team == t and MONTHS[r.month] <= invoice.month
-                    and r.recorded_at <= invoice.usage_through):
+            if (
+                r.team == t
+                and MONTHS[r.month] <= invoice.month
+                and r.recorded_at <= invoice.usage_through
+            ):
                 sums = recorded[MONTHS[r.month], r.group]
                 for i, value in enumerate((r.cost, 1, r.prompt, r.cached, r.completion)):
                     sums[i] += value
@@ -278,9 +332,12 @@ def assert_invoices_bill_the_ledger(t: int, team, invoices, ledger) -> None:
     assert {key: sums[0] for key, sums in billed.items()} == dict(owed)
 
 
-@settings(max_examples=40, deadline=None,
-          # rolled_back() resets the database for each example.
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    # rolled_back() resets the database for each example.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(scenario=scenarios())
 def test_invoices_bill_the_ledger_exactly_whatever_it_holds(scenario):
     markups, ledger, adjustments = scenario
@@ -320,4 +377,5 @@ def test_invoices_bill_the_ledger_exactly_whatever_it_holds(scenario):
             again = invoices_close_month(month=month, now=final)
             assert again.ok and not any(t.new for t in again.teams)
         assert list(Invoice.objects.order_by("id").values_list("number", "total_usd")) == [
-            (i.number, i.total_usd) for i in sorted(invoices, key=lambda i: i.id)]
+            (i.number, i.total_usd) for i in sorted(invoices, key=lambda i: i.id)
+        ]

@@ -38,7 +38,10 @@ pytestmark = pytest.mark.django_db
 OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
 AFTER_OCT = datetime(2026, 11, 2, tzinfo=UTC)  # October is over, and past any rollup lag
 AFTER_NOV = datetime(2026, 12, 2, tzinfo=UTC)
-PRICES = {"gpt-4o": (Decimal("2.5"), Decimal("10")), "deepseek-v4-flash": (Decimal("0.18"), Decimal("0.25"))}
+PRICES = {
+    "gpt-4o": (Decimal("2.5"), Decimal("10")),
+    "deepseek-v4-flash": (Decimal("0.18"), Decimal("0.25")),
+}
 
 
 def call(team, key, when, model="gpt-4o", prompt=1000, completion=500, recorded=None, n=[0]):
@@ -46,11 +49,22 @@ def call(team, key, when, model="gpt-4o", prompt=1000, completion=500, recorded=
     n[0] += 1
     input_price, output_price = PRICES[model]
     return UsageRecord.objects.create(
-        request_id=f"req_inv{n[0]}", team=team, api_key=key, endpoint="chat", requested_model=model, model=model,
-        provider="p", status="ok", prompt_tokens=prompt, completion_tokens=completion,
-        input_per_mtok=input_price, cached_input_per_mtok=input_price, output_per_mtok=output_price,
+        request_id=f"req_inv{n[0]}",
+        team=team,
+        api_key=key,
+        endpoint="chat",
+        requested_model=model,
+        model=model,
+        provider="p",
+        status="ok",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        input_per_mtok=input_price,
+        cached_input_per_mtok=input_price,
+        output_per_mtok=output_price,
         cost_usd=(prompt * input_price + completion * output_price) / 1_000_000,
-        created_at=when, recorded_at=recorded or when,
+        created_at=when,
+        recorded_at=recorded or when,
     )
 
 
@@ -68,7 +82,11 @@ def test_month_boundaries_put_each_call_in_its_own_month(team, key):
 
     assert [line.prompt_tokens for line in october.lines.filter(kind="usage")] == [1]
     assert [line.prompt_tokens for line in november.lines.filter(kind="usage")] == [2]
-    assert october.lines.filter(kind="late_usage").count() == november.lines.filter(kind="late_usage").count() == 0
+    assert (
+        october.lines.filter(kind="late_usage").count()
+        == november.lines.filter(kind="late_usage").count()
+        == 0
+    )
 
 
 def test_a_million_tiny_calls_add_up_and_markup_is_its_own_line(team, key):
@@ -76,7 +94,8 @@ def test_a_million_tiny_calls_add_up_and_markup_is_its_own_line(team, key):
     team.save()
     # One million calls of one token at USD 0.1 per 1M: USD 0.0000001 each.
     with connection.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO usage_usagerecord (request_id, attempt, team_id, api_key_id, endpoint, requested_model, route,
                 model, provider, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, tokens_estimated,
                 input_per_mtok, cached_input_per_mtok, output_per_mtok, cost_usd, streamed, status, error_type,
@@ -84,12 +103,23 @@ def test_a_million_tiny_calls_add_up_and_markup_is_its_own_line(team, key):
             SELECT 'req_tiny' || g, 0, %s, %s, 'chat', 'tiny', '', 'tiny', 'p', 1, 0, 0, 0, false,
                 0.1, 0.1, 0.1, 0.0000001, false, 'ok', '', '', '', %s, %s
             FROM generate_series(1, 1000000) g
-        """, [team.id, key.id, datetime(2026, 10, 15, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC)])
+        """,
+            [
+                team.id,
+                key.id,
+                datetime(2026, 10, 15, tzinfo=UTC),
+                datetime(2026, 10, 15, tzinfo=UTC),
+            ],
+        )
 
     invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
 
     usage, markup = invoice.lines.all()
-    assert (usage.requests, usage.exact_usd, usage.amount_usd) == (1_000_000, Decimal("0.1"), Decimal("0.10"))
+    assert (usage.requests, usage.exact_usd, usage.amount_usd) == (
+        1_000_000,
+        Decimal("0.1"),
+        Decimal("0.10"),
+    )
     assert (markup.kind, markup.amount_usd) == ("markup", Decimal("0.01"))
     assert (invoice.subtotal_usd, invoice.total_usd) == (Decimal("0.10"), Decimal("0.11"))
     assert reconcile_month(month=OCT, now=AFTER_OCT).ok
@@ -98,14 +128,29 @@ def test_a_million_tiny_calls_add_up_and_markup_is_its_own_line(team, key):
 def test_each_line_is_rounded_once_and_the_total_sums_the_rounded_lines(team, key):
     team.markup_percent = Decimal("7.5")
     team.save()
-    call(team, key, datetime(2026, 10, 3, tzinfo=UTC), prompt=1002, completion=0)  # 1002 × 2.50 per 1M = 0.002505
-    call(team, key, datetime(2026, 10, 4, tzinfo=UTC), model="deepseek-v4-flash", prompt=25_000, completion=0)  # 0.0045
+    call(
+        team, key, datetime(2026, 10, 3, tzinfo=UTC), prompt=1002, completion=0
+    )  # 1002 × 2.50 per 1M = 0.002505
+    call(
+        team,
+        key,
+        datetime(2026, 10, 4, tzinfo=UTC),
+        model="deepseek-v4-flash",
+        prompt=25_000,
+        completion=0,
+    )  # 0.0045
 
     invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
 
     lines = {line.model or line.kind: line for line in invoice.lines.all()}
-    assert (lines["deepseek-v4-flash"].exact_usd, lines["deepseek-v4-flash"].amount_usd) == (Decimal("0.0045"), Decimal("0.00"))
-    assert (lines["gpt-4o"].exact_usd, lines["gpt-4o"].amount_usd) == (Decimal("0.002505"), Decimal("0.00"))
+    assert (lines["deepseek-v4-flash"].exact_usd, lines["deepseek-v4-flash"].amount_usd) == (
+        Decimal("0.0045"),
+        Decimal("0.00"),
+    )
+    assert (lines["gpt-4o"].exact_usd, lines["gpt-4o"].amount_usd) == (
+        Decimal("0.002505"),
+        Decimal("0.00"),
+    )
     # Markup on the exact usage (0.007005 × 7.5 % = 0.000525375), rounded on its own line.
     assert lines["markup"].amount_usd == Decimal("0.00")
     assert invoice.total_usd == sum(line.amount_usd for line in invoice.lines.all())
@@ -114,13 +159,18 @@ def test_each_line_is_rounded_once_and_the_total_sums_the_rounded_lines(team, ke
 
 def test_closemonth_twice_changes_nothing(team, key, other_team):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
-    call(other_team, api_key_create(team=other_team, name="x")[0], datetime(2026, 10, 6, tzinfo=UTC))
+    call(
+        other_team, api_key_create(team=other_team, name="x")[0], datetime(2026, 10, 6, tzinfo=UTC)
+    )
 
     first = invoices_close_month(month=OCT, now=AFTER_OCT)
     second = invoices_close_month(month=OCT, now=AFTER_OCT + timedelta(hours=1))
 
-    assert [i.number for i in first.invoices] == [i.number for i in second.invoices] == [
-        "TG-2026-000001", "TG-2026-000002"]
+    assert (
+        [i.number for i in first.invoices]
+        == [i.number for i in second.invoices]
+        == ["TG-2026-000001", "TG-2026-000002"]
+    )
     assert [t.new for t in first.teams] == [True, True]
     assert [t.new for t in second.teams] == [False, False]
     assert first.ok and second.ok
@@ -138,7 +188,10 @@ def test_a_crash_half_way_leaves_nothing_and_the_rerun_has_no_gap(team, key, mon
     monkeypatch.setattr(invoices, "_finalize", crash)
     with pytest.raises(RuntimeError):
         invoice_close(team=team, month=OCT, now=AFTER_OCT)
-    assert not Invoice.objects.exists() and not InvoiceSequence.objects.filter(last_number__gt=0).exists()
+    assert (
+        not Invoice.objects.exists()
+        and not InvoiceSequence.objects.filter(last_number__gt=0).exists()
+    )
 
     monkeypatch.setattr(invoices, "_finalize", real_finalize)
     assert invoice_close(team=team, month=OCT, now=AFTER_OCT).number == "TG-2026-000001"
@@ -148,8 +201,13 @@ def test_late_usage_goes_on_the_next_invoice_once(team, key):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
     october = invoice_close(team=team, month=OCT, now=AFTER_OCT)
     # A call made on Oct 31 but recorded after October was invoiced (a slow worker, a sweeper).
-    late = call(team, key, datetime(2026, 10, 31, 23, 0, tzinfo=UTC), prompt=4000,
-                recorded=AFTER_OCT + timedelta(hours=1))
+    late = call(
+        team,
+        key,
+        datetime(2026, 10, 31, 23, 0, tzinfo=UTC),
+        prompt=4000,
+        recorded=AFTER_OCT + timedelta(hours=1),
+    )
     call(team, key, datetime(2026, 11, 10, tzinfo=UTC))
 
     november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
@@ -158,16 +216,31 @@ def test_late_usage_goes_on_the_next_invoice_once(team, key):
     assert october.lines.filter(kind="usage").get().requests == 1  # finalized: untouched
     [late_line] = november.lines.filter(kind="late_usage")
     assert late_line.description == "Late usage for 2026-10: gpt-4o"
-    assert (late_line.usage_month, late_line.requests, late_line.exact_usd) == (OCT, 1, late.cost_usd)
-    assert invoice_close(team=team, month=NOV, now=AFTER_NOV).lines.filter(kind="late_usage").count() == 1
-    assert reconcile_month(month=OCT, now=AFTER_NOV).ok and reconcile_month(month=NOV, now=AFTER_NOV).ok
+    assert (late_line.usage_month, late_line.requests, late_line.exact_usd) == (
+        OCT,
+        1,
+        late.cost_usd,
+    )
+    assert (
+        invoice_close(team=team, month=NOV, now=AFTER_NOV).lines.filter(kind="late_usage").count()
+        == 1
+    )
+    assert (
+        reconcile_month(month=OCT, now=AFTER_NOV).ok
+        and reconcile_month(month=NOV, now=AFTER_NOV).ok
+    )
 
 
 def test_a_voided_invoice_is_kept_and_its_correction_gets_a_new_number(team, key):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
     original = invoice_close(team=team, month=OCT, now=AFTER_OCT)
-    adjustment_add(team=team, month=OCT, amount_usd=Decimal("-1.25"), reason="Credit: outage on Oct 5",
-                   created_by="finance@acme.test")
+    adjustment_add(
+        team=team,
+        month=OCT,
+        amount_usd=Decimal("-1.25"),
+        reason="Credit: outage on Oct 5",
+        created_by="finance@acme.test",
+    )
 
     invoice_void(invoice=original, reason="Missing outage credit")
     corrected = invoice_close(team=team, month=OCT, now=AFTER_OCT)
@@ -190,8 +263,14 @@ def test_a_finalized_invoice_refuses_to_change(team, key):
         lambda: InvoiceLine.objects.filter(id=line.id).update(amount_usd=Decimal("0")),
         lambda: InvoiceLine.objects.filter(id=line.id).delete(),
         lambda: Invoice.objects.filter(id=invoice.id).delete(),
-        lambda: InvoiceLine.objects.create(invoice=invoice, position=99, kind="adjustment", description="sneaky",
-                                           exact_usd=Decimal("5"), amount_usd=Decimal("5")),
+        lambda: InvoiceLine.objects.create(
+            invoice=invoice,
+            position=99,
+            kind="adjustment",
+            description="sneaky",
+            exact_usd=Decimal("5"),
+            amount_usd=Decimal("5"),
+        ),
         lambda: Invoice.objects.filter(id=invoice.id).update(status="draft"),
     ):
         with pytest.raises(DatabaseError), transaction.atomic():
@@ -218,18 +297,36 @@ def test_csv_json_and_pdf_agree_with_the_ledger(team, key, tmp_path):
     import pypdfium2
 
     for day in range(1, 20):
-        call(team, key, datetime(2026, 10, day, tzinfo=UTC), model="gpt-4o" if day % 3 else "deepseek-v4-flash",
-             prompt=1000 + day, completion=300 + day)
+        call(
+            team,
+            key,
+            datetime(2026, 10, day, tzinfo=UTC),
+            model="gpt-4o" if day % 3 else "deepseek-v4-flash",
+            prompt=1000 + day,
+            completion=300 + day,
+        )
     invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
     ledger = {m: sum(r.cost_usd for r in UsageRecord.objects.filter(model=m)) for m in PRICES}
 
     rows = list(csv.DictReader(io.StringIO(invoice_csv(invoice))))
     data = invoice_json(invoice)
 
-    assert [r["model"] for r in rows] == [line["model"] for line in data["lines"]] == ["deepseek-v4-flash", "gpt-4o"]
+    assert (
+        [r["model"] for r in rows]
+        == [line["model"] for line in data["lines"]]
+        == ["deepseek-v4-flash", "gpt-4o"]
+    )
     for row, line in zip(rows, data["lines"]):
-        assert Decimal(row["amount_usd"]) == Decimal(line["amount_usd"]) == invoices.to_cents(ledger[row["model"]])
-    assert Decimal(data["total_usd"]) == sum(Decimal(r["amount_usd"]) for r in rows) == invoice.total_usd
+        assert (
+            Decimal(row["amount_usd"])
+            == Decimal(line["amount_usd"])
+            == invoices.to_cents(ledger[row["model"]])
+        )
+    assert (
+        Decimal(data["total_usd"])
+        == sum(Decimal(r["amount_usd"]) for r in rows)
+        == invoice.total_usd
+    )
 
     pdf_path = tmp_path / "invoice.pdf"
     pdf_path.write_bytes(invoice_pdf(invoice))
@@ -260,8 +357,12 @@ def test_reconcile_fails_when_a_ledger_row_is_tampered_with(team, key):
 def test_invoice_downloads_are_for_owner_and_billing_only(team, key, owner, member, outsider):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
     invoice_close(team=team, month=OCT, now=AFTER_OCT)
-    billing = MembershipFactory(team=team, role=Membership.Role.BILLING, user=UserFactory(username="ap@acme.test")).user
-    admin = MembershipFactory(team=team, role=Membership.Role.ADMIN, user=UserFactory(username="ad@acme.test")).user
+    billing = MembershipFactory(
+        team=team, role=Membership.Role.BILLING, user=UserFactory(username="ap@acme.test")
+    ).user
+    admin = MembershipFactory(
+        team=team, role=Membership.Role.ADMIN, user=UserFactory(username="ad@acme.test")
+    ).user
 
     def get(user, url):
         client = APIClient()
@@ -270,9 +371,15 @@ def test_invoice_downloads_are_for_owner_and_billing_only(team, key, owner, memb
 
     assert get(owner, "/api/teams/acme/invoices/").data[0]["number"] == "TG-2026-000001"
     pdf = get(billing, "/api/teams/acme/invoices/2026-10/?format=pdf")
-    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf" and pdf.content[:4] == b"%PDF"
+    assert (
+        pdf.status_code == 200
+        and pdf["Content-Type"] == "application/pdf"
+        and pdf.content[:4] == b"%PDF"
+    )
     assert 'filename="TG-2026-000001.pdf"' in pdf["Content-Disposition"]
-    assert get(billing, "/api/teams/acme/invoices/2026-10/?format=csv").content.startswith(b"invoice,month")
+    assert get(billing, "/api/teams/acme/invoices/2026-10/?format=csv").content.startswith(
+        b"invoice,month"
+    )
     assert get(owner, "/api/teams/acme/invoices/2026-10/").data["number"] == "TG-2026-000001"
     assert get(member, "/api/teams/acme/invoices/2026-10/").status_code == 403
     assert get(admin, "/api/teams/acme/invoices/").status_code == 403
@@ -280,13 +387,17 @@ def test_invoice_downloads_are_for_owner_and_billing_only(team, key, owner, memb
     assert get(owner, "/api/teams/acme/invoices/2026-09/").status_code == 404
 
 
-def test_done_when_a_month_of_mixed_traffic_closes_reconciles_and_exports_agree(team, key, tmp_path, capsys):
+def test_done_when_a_month_of_mixed_traffic_closes_reconciles_and_exports_agree(
+    team, key, tmp_path, capsys
+):
     other = TeamFactory(slug="globex", name="Globex", markup_percent=Decimal("5"))
     other_key = api_key_create(team=other, name="y")[0]
     for day in range(1, 31):
         when = datetime(2026, 11, day, day % 24, tzinfo=UTC)
         call(team, key, when, model="gpt-4o", prompt=500 * day, completion=100 * day)
-        call(other, other_key, when, model="deepseek-v4-flash", prompt=20_000 + day, completion=7_000)
+        call(
+            other, other_key, when, model="deepseek-v4-flash", prompt=20_000 + day, completion=7_000
+        )
         if day % 4 == 0:
             call(team, key, when, model="deepseek-v4-flash", prompt=123_457, completion=98_765)
 
@@ -301,9 +412,20 @@ def test_done_when_a_month_of_mixed_traffic_closes_reconciles_and_exports_agree(
     assert len(first) == 2
     assert "agree" in capsys.readouterr().out
 
-    for slug, invoice in (("acme", Invoice.objects.get(team=team)), ("globex", Invoice.objects.get(team=other))):
+    for slug, invoice in (
+        ("acme", Invoice.objects.get(team=team)),
+        ("globex", Invoice.objects.get(team=other)),
+    ):
         for kind in ("csv", "json", "pdf"):
-            call_command("exportinvoice", slug, "2026-11", "--format", kind, "--output", str(tmp_path / f"{slug}.{kind}"))
+            call_command(
+                "exportinvoice",
+                slug,
+                "2026-11",
+                "--format",
+                kind,
+                "--output",
+                str(tmp_path / f"{slug}.{kind}"),
+            )
         ledger = sum(r.cost_usd for r in UsageRecord.objects.filter(team=invoice.team))
         by_model = {}
         for r in UsageRecord.objects.filter(team=invoice.team):
@@ -318,7 +440,9 @@ def test_done_when_a_month_of_mixed_traffic_closes_reconciles_and_exports_agree(
         assert invoice.total_usd == usage_cents + markup
         import pypdfium2
 
-        text = pypdfium2.PdfDocument(str(tmp_path / f"{slug}.pdf"))[0].get_textpage().get_text_range()
+        text = (
+            pypdfium2.PdfDocument(str(tmp_path / f"{slug}.pdf"))[0].get_textpage().get_text_range()
+        )
         assert f"{invoice.total_usd:,.2f}" in text
 
 
@@ -331,7 +455,10 @@ def test_voidinvoice_then_closemonth_issues_the_correction(team, key, capsys):
         call_command("voidinvoice", "TG-2026-000001", "--reason", "again")
     corrected = invoice_close(team=team, month=OCT, now=AFTER_OCT)
 
-    assert corrected.number == "TG-2026-000002" and corrected.replaces.void_reason == "wrong customer address"
+    assert (
+        corrected.number == "TG-2026-000002"
+        and corrected.replaces.void_reason == "wrong customer address"
+    )
 
 
 def test_reports_read_rollups_plus_the_ledger_tail_and_equal_the_ledger(team, key):
@@ -341,29 +468,54 @@ def test_reports_read_rollups_plus_the_ledger_tail_and_equal_the_ledger(team, ke
     for day in (3, 4, 4, 9):
         call(team, key, datetime(2026, 10, day, 12, tzinfo=UTC))
     rollup_advance(now=datetime(2026, 10, 20, tzinfo=UTC))
-    late = call(team, key, datetime(2026, 10, 4, 13, tzinfo=UTC), model="deepseek-v4-flash",
-                recorded=datetime(2026, 10, 25, tzinfo=UTC))  # after the rollup mark: read from the ledger
+    late = call(
+        team,
+        key,
+        datetime(2026, 10, 4, 13, tzinfo=UTC),
+        model="deepseek-v4-flash",
+        recorded=datetime(2026, 10, 25, tzinfo=UTC),
+    )  # after the rollup mark: read from the ledger
 
     start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
-    by_day = {str(g["day"]): g for g in usage_summary(team_id=team.id, group_by="day", start=start, end=end)}
-    by_model = {g["model"]: g for g in usage_summary(team_id=team.id, group_by="model", start=start, end=end)}
+    by_day = {
+        str(g["day"]): g
+        for g in usage_summary(team_id=team.id, group_by="day", start=start, end=end)
+    }
+    by_model = {
+        g["model"]: g
+        for g in usage_summary(team_id=team.id, group_by="model", start=start, end=end)
+    }
 
-    assert {d: g["requests"] for d, g in by_day.items()} == {"2026-10-03": 1, "2026-10-04": 3, "2026-10-09": 1}
+    assert {d: g["requests"] for d, g in by_day.items()} == {
+        "2026-10-03": 1,
+        "2026-10-04": 3,
+        "2026-10-09": 1,
+    }
     assert by_model["deepseek-v4-flash"]["cost_usd"] == late.cost_usd
     ledger_total = sum(r.cost_usd for r in UsageRecord.objects.filter(team=team))
     assert sum(g["cost_usd"] for g in by_model.values()) == ledger_total
     # A range that is not day-aligned is read from the ledger alone, to the second.
-    partial = usage_summary(team_id=team.id, group_by="model", start=datetime(2026, 10, 4, 12, 30, tzinfo=UTC), end=end)
-    assert sum(g["requests"] for g in partial) == 2  # Oct 4 13:00 (the late one) and Oct 9; 12:00 calls are before
+    partial = usage_summary(
+        team_id=team.id, group_by="model", start=datetime(2026, 10, 4, 12, 30, tzinfo=UTC), end=end
+    )
+    assert (
+        sum(g["requests"] for g in partial) == 2
+    )  # Oct 4 13:00 (the late one) and Oct 9; 12:00 calls are before
 
 
 def refused(team, when, recorded=None, n=[0]):
     """A call to a model that does not exist: refused before routing, at $0, no model, no prices."""
     n[0] += 1
     return UsageRecord.objects.create(
-        request_id=f"req_refused{n[0]}", team=team, endpoint="chat", requested_model="gpt-4o-mnii",
-        status="refused", http_status=404, error_type="invalid_request_error",
-        created_at=when, recorded_at=recorded or when,
+        request_id=f"req_refused{n[0]}",
+        team=team,
+        endpoint="chat",
+        requested_model="gpt-4o-mnii",
+        status="refused",
+        http_status=404,
+        error_type="invalid_request_error",
+        created_at=when,
+        recorded_at=recorded or when,
     )
 
 
@@ -377,8 +529,11 @@ def test_a_month_with_one_refused_call_closes(team, key):
     refused_line = lines["Refused calls"]
     assert (refused_line.requests, refused_line.amount_usd) == (1, Decimal("0.00"))
     assert refused_line.input_per_mtok is None and refused_line.model == ""
-    assert invoice.total_usd == lines["gpt-4o"].amount_usd == invoices.to_cents(
-        UsageRecord.objects.get(status="ok").cost_usd)
+    assert (
+        invoice.total_usd
+        == lines["gpt-4o"].amount_usd
+        == invoices.to_cents(UsageRecord.objects.get(status="ok").cost_usd)
+    )
     assert reconcile_month(month=OCT, now=AFTER_OCT).ok
 
 
@@ -388,9 +543,16 @@ def test_the_markup_line_is_rounded_from_the_exact_amount_it_stores(team):
     # One token at USD 49,999.999999 per 1M: 0.049999999999; its 10 % markup, 0.0049999999999, has
     # 13 decimals. The line stores 12 (0.005000000000), so its cents must come from that: 0.01.
     UsageRecord.objects.create(
-        request_id="req_markup_precision", team=team, endpoint="chat", requested_model="m",
-        model="m", status="ok", prompt_tokens=1, input_per_mtok=Decimal("49999.999999"),
-        cost_usd=Decimal("0.049999999999"), created_at=datetime(2026, 10, 5, tzinfo=UTC),
+        request_id="req_markup_precision",
+        team=team,
+        endpoint="chat",
+        requested_model="m",
+        model="m",
+        status="ok",
+        prompt_tokens=1,
+        input_per_mtok=Decimal("49999.999999"),
+        cost_usd=Decimal("0.049999999999"),
+        created_at=datetime(2026, 10, 5, tzinfo=UTC),
         recorded_at=datetime(2026, 10, 5, tzinfo=UTC),
     )
 
@@ -404,8 +566,13 @@ def test_the_markup_line_is_rounded_from_the_exact_amount_it_stores(team):
 def test_two_adjustments_with_the_same_reason_land_on_two_lines(team, key):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
     for amount in ("-1.00", "-2.50"):
-        adjustment_add(team=team, month=OCT, amount_usd=Decimal(amount), reason="Credit: outage",
-                       created_by="finance@acme.test")
+        adjustment_add(
+            team=team,
+            month=OCT,
+            amount_usd=Decimal(amount),
+            reason="Credit: outage",
+            created_by="finance@acme.test",
+        )
 
     invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
 
@@ -417,8 +584,13 @@ def test_two_adjustments_with_the_same_reason_land_on_two_lines(team, key):
 
 def test_the_correction_of_a_voided_invoice_keeps_its_adjustments(team, key):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
-    adjustment = adjustment_add(team=team, month=OCT, amount_usd=Decimal("-1.25"),
-                                reason="Credit: outage", created_by="finance@acme.test")
+    adjustment = adjustment_add(
+        team=team,
+        month=OCT,
+        amount_usd=Decimal("-1.25"),
+        reason="Credit: outage",
+        created_by="finance@acme.test",
+    )
     original = invoice_close(team=team, month=OCT, now=AFTER_OCT)
 
     invoice_void(invoice=original, reason="Wrong address")
@@ -455,7 +627,9 @@ def test_closemonth_closes_a_month_with_a_refused_call_and_one_with_only_that(
     assert "[2/2] globex" in out and globex.number in out
     assert "2 teams, 2 invoices finalized" in out and "0 failed" in out
     assert [(line.description, line.requests, line.amount_usd) for line in acme.lines.all()] == [
-        ("Refused calls", 1, Decimal("0.00")), ("gpt-4o", 1, invoices.to_cents(served.cost_usd))]
+        ("Refused calls", 1, Decimal("0.00")),
+        ("gpt-4o", 1, invoices.to_cents(served.cost_usd)),
+    ]
     assert acme.total_usd == invoices.to_cents(served.cost_usd)
     assert [(li.requests, li.amount_usd) for li in globex.lines.all()] == [(1, Decimal("0.00"))]
     assert globex.total_usd == Decimal("0.00")
@@ -466,8 +640,13 @@ def overflowing_adjustments(team, month):
     """Two charges that each fit an adjustment but together overflow an invoice's total
     (under USD 10^12): the team's invoice cannot be saved, a real database error."""
     for _ in range(2):
-        adjustment_add(team=team, month=month, amount_usd=Decimal("600000000000.00"),
-                       reason="Annual commitment (mistyped)", created_by="finance@acme.test")
+        adjustment_add(
+            team=team,
+            month=month,
+            amount_usd=Decimal("600000000000.00"),
+            reason="Annual commitment (mistyped)",
+            created_by="finance@acme.test",
+        )
 
 
 def test_closemonth_goes_on_past_a_failing_team_names_it_exits_non_zero_and_a_rerun_closes_it(
@@ -490,11 +669,19 @@ def test_closemonth_goes_on_past_a_failing_team_names_it_exits_non_zero_and_a_re
     assert "failed: bravo: DataError: numeric field overflow" in out and "[4/4] delta" in out
     year = timezone.now().year
     closed = dict(Invoice.objects.values_list("team__slug", "number"))
-    assert closed == {"acme": f"TG-{year}-000001", "charlie": f"TG-{year}-000002",
-                      "delta": f"TG-{year}-000003"}
+    assert closed == {
+        "acme": f"TG-{year}-000001",
+        "charlie": f"TG-{year}-000002",
+        "delta": f"TG-{year}-000003",
+    }
 
-    adjustment_add(team=broken, month=month.date(), amount_usd=Decimal("-600000000000.00"),
-                   reason="Reverse the mistyped commitment", created_by="finance@acme.test")
+    adjustment_add(
+        team=broken,
+        month=month.date(),
+        amount_usd=Decimal("-600000000000.00"),
+        reason="Reverse the mistyped commitment",
+        created_by="finance@acme.test",
+    )
     call_command("closemonth", f"{month:%Y-%m}")
 
     out = capsys.readouterr().out
@@ -519,8 +706,11 @@ def test_the_beat_task_closes_the_other_teams_and_logs_the_failing_one(
 
     assert done["invoices"] == [Invoice.objects.get(team=other_team).number]
     assert list(done["failed"]) == ["acme"] and "numeric field overflow" in done["failed"]["acme"]
-    assert any(r.levelname == "ERROR" and "acme" in r.getMessage() and "overflow" in r.getMessage()
-               for r in caplog.records if r.name == "usage.tasks")
+    assert any(
+        r.levelname == "ERROR" and "acme" in r.getMessage() and "overflow" in r.getMessage()
+        for r in caplog.records
+        if r.name == "usage.tasks"
+    )
 
 
 def test_refused_calls_preview_and_download_for_the_owner_not_for_others(
@@ -542,8 +732,9 @@ def test_refused_calls_preview_and_download_for_the_owner_not_for_others(
     for month_label in (label, now_label):
         draft = get(owner, f"/api/teams/acme/invoices/{month_label}/?preview=1")
         assert draft.status_code == 200 and draft.json()["status"] == "draft"
-        lines = [(li["description"], li["requests"], li["amount_usd"])
-                 for li in draft.json()["lines"]]
+        lines = [
+            (li["description"], li["requests"], li["amount_usd"]) for li in draft.json()["lines"]
+        ]
         assert lines == [("Refused calls", 1, "0.00")]
         pdf = get(owner, f"/api/teams/acme/invoices/{month_label}/?preview=1&format=pdf")
         assert pdf.status_code == 200 and pdf.content[:4] == b"%PDF"
@@ -561,8 +752,12 @@ def test_refused_calls_preview_and_download_for_the_owner_not_for_others(
 
 def test_late_usage_of_a_month_closed_with_nothing_to_bill_goes_on_the_next_invoice(team, key):
     assert invoice_close(team=team, month=OCT, now=AFTER_OCT) is None
-    late = call(team, key, datetime(2026, 10, 31, 23, 59, tzinfo=UTC),
-                recorded=AFTER_OCT + timedelta(hours=1))
+    late = call(
+        team,
+        key,
+        datetime(2026, 10, 31, 23, 59, tzinfo=UTC),
+        recorded=AFTER_OCT + timedelta(hours=1),
+    )
     call(team, key, datetime(2026, 11, 10, tzinfo=UTC))
 
     november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
@@ -586,11 +781,18 @@ def test_reports_of_a_month_of_refused_calls_cost_decimal_zero(team, owner):
 def test_an_adjustment_added_after_its_month_closed_goes_on_the_next_invoice(team, key):
     call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
     invoice_close(team=team, month=OCT, now=AFTER_OCT)
-    credit = adjustment_add(team=team, month=OCT, amount_usd=Decimal("-0.40"), reason="Credit: October outage",
-                            created_by="finance@acme.test")
+    credit = adjustment_add(
+        team=team,
+        month=OCT,
+        amount_usd=Decimal("-0.40"),
+        reason="Credit: October outage",
+        created_by="finance@acme.test",
+    )
     call(team, key, datetime(2026, 11, 5, tzinfo=UTC))
 
     november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
 
     credit.refresh_from_db()
-    assert credit.invoice_line.invoice == november and credit.invoice_line.amount_usd == Decimal("-0.40")
+    assert credit.invoice_line.invoice == november and credit.invoice_line.amount_usd == Decimal(
+        "-0.40"
+    )

@@ -15,12 +15,14 @@ pytestmark = pytest.mark.django_db
 def test_key_has_a_readable_prefix_and_only_its_keyed_hash_is_stored(team, settings):
     key, secret = api_key_create(team=team, name="app")
 
-    assert secret.startswith(key.prefix + "_") and key.prefix.startswith("tgk_") and len(secret) > 50
+    assert (
+        secret.startswith(key.prefix + "_") and key.prefix.startswith("tgk_") and len(secret) > 50
+    )
     assert key.secret_hash == key_hash(secret) != secret
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM accounts_apikey")
         stored = " ".join(str(v) for row in cursor.fetchall() for v in row)
-    assert secret not in stored and secret[len(key.prefix) + 1:] not in stored
+    assert secret not in stored and secret[len(key.prefix) + 1 :] not in stored
 
 
 def test_hash_is_keyed_by_the_secret_key(team, settings):
@@ -32,7 +34,9 @@ def test_hash_is_keyed_by_the_secret_key(team, settings):
 
 def test_management_keys_have_their_own_prefix(team):
     key, secret = api_key_create(team=team, name="ops", kind=ApiKey.Kind.MANAGEMENT)
-    assert key.prefix.startswith("tgm_") and api_key_authenticate(secret=secret).kind == "management"
+    assert (
+        key.prefix.startswith("tgm_") and api_key_authenticate(secret=secret).kind == "management"
+    )
 
 
 def test_no_secret_reaches_the_logs_of_a_proxied_call(caplog, team):
@@ -48,12 +52,18 @@ def test_no_secret_reaches_the_logs_of_a_proxied_call(caplog, team):
 
 
 def test_issuekey_prints_the_secret_alone_on_the_last_line(team, capsys):
-    call_command("issuekey", "acme", "--name", "worker", "--models", "gpt-4o,bulk_classify", "--rpm", "60")
+    call_command(
+        "issuekey", "acme", "--name", "worker", "--models", "gpt-4o,bulk_classify", "--rpm", "60"
+    )
 
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     principal = api_key_authenticate(secret=last_line)
     key = ApiKey.objects.get(id=principal.key_id)
-    assert (key.name, key.allowed_models, key.rpm_limit) == ("worker", ["bulk_classify", "gpt-4o"], 60)
+    assert (key.name, key.allowed_models, key.rpm_limit) == (
+        "worker",
+        ["bulk_classify", "gpt-4o"],
+        60,
+    )
 
 
 def test_revokekey_by_prefix(team):
@@ -69,7 +79,16 @@ def test_revokekey_by_prefix(team):
 def test_createteam_creates_the_owner(db):
     from accounts.models import Membership, Team
 
-    call_command("createteam", "initech", "--name", "Initech", "--owner", "boss@initech.test", "--markup", "7.5")
+    call_command(
+        "createteam",
+        "initech",
+        "--name",
+        "Initech",
+        "--owner",
+        "boss@initech.test",
+        "--markup",
+        "7.5",
+    )
 
     team = Team.objects.get(slug="initech")
     assert str(team.markup_percent) == "7.500"

@@ -26,11 +26,22 @@ def as_key(secret):
     return client
 
 
-def record(team, key, *, when, model="gpt-4o", cost="0.001", status="ok", prompt=10, completion=5, rid=None):
+def record(
+    team, key, *, when, model="gpt-4o", cost="0.001", status="ok", prompt=10, completion=5, rid=None
+):
     return UsageRecord.objects.create(
-        request_id=rid or f"req_{UsageRecord.objects.count()}", team=team, api_key=key, endpoint="chat",
-        requested_model=model, model=model, provider="openai", status=status, prompt_tokens=prompt,
-        completion_tokens=completion, cost_usd=Decimal(cost), created_at=when,
+        request_id=rid or f"req_{UsageRecord.objects.count()}",
+        team=team,
+        api_key=key,
+        endpoint="chat",
+        requested_model=model,
+        model=model,
+        provider="openai",
+        status=status,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=Decimal(cost),
+        created_at=when,
     )
 
 
@@ -44,7 +55,9 @@ def day(d, hour=12):
 def test_owner_creates_a_key_and_sees_its_secret_once(owner, team):
     client = as_user(owner)
 
-    created = client.post("/api/teams/acme/keys/", {"name": "svc", "allowed_models": ["gpt-4o"]}, format="json")
+    created = client.post(
+        "/api/teams/acme/keys/", {"name": "svc", "allowed_models": ["gpt-4o"]}, format="json"
+    )
     listed = client.get("/api/teams/acme/keys/")
 
     assert created.status_code == 201
@@ -57,13 +70,20 @@ def test_owner_creates_a_key_and_sees_its_secret_once(owner, team):
 
 def test_member_cannot_manage_keys(member):
     assert as_user(member).get("/api/teams/acme/keys/").status_code == 403
-    assert as_user(member).post("/api/teams/acme/keys/", {"name": "x"}, format="json").status_code == 403
+    assert (
+        as_user(member).post("/api/teams/acme/keys/", {"name": "x"}, format="json").status_code
+        == 403
+    )
 
 
 def test_outsider_sees_no_trace_of_the_team(outsider, team, inference_key):
     client = as_user(outsider)
     key, _ = inference_key
-    for url in ("/api/teams/acme/keys/", "/api/teams/acme/usage/", "/api/teams/acme/usage/summary/"):
+    for url in (
+        "/api/teams/acme/keys/",
+        "/api/teams/acme/usage/",
+        "/api/teams/acme/usage/summary/",
+    ):
         assert client.get(url).status_code == 404
     assert client.post(f"/api/teams/acme/keys/{key.prefix}/revoke/").status_code == 404
     assert [t["slug"] for t in client.get("/api/teams/").data] == ["globex"]
@@ -97,7 +117,9 @@ def test_management_key_manages_its_own_team_only(management_key, other_team):
 
 def test_management_key_cannot_mint_management_keys(management_key):
     _, secret = management_key
-    response = as_key(secret).post("/api/teams/acme/keys/", {"name": "x", "kind": "management"}, format="json")
+    response = as_key(secret).post(
+        "/api/teams/acme/keys/", {"name": "x", "kind": "management"}, format="json"
+    )
     assert response.status_code == 403
 
 
@@ -109,7 +131,9 @@ def test_inference_key_cannot_call_the_management_api(inference_key):
 
 
 def test_invalid_key_payload_is_400(owner):
-    response = as_user(owner).post("/api/teams/acme/keys/", {"name": "", "rpm_limit": 0}, format="json")
+    response = as_user(owner).post(
+        "/api/teams/acme/keys/", {"name": "", "rpm_limit": 0}, format="json"
+    )
     assert response.status_code == 400 and {"name", "rpm_limit"} <= set(response.data)
 
 
@@ -124,7 +148,16 @@ def traffic(team, other_team, inference_key):
     record(team, key, when=day(1), model="gpt-4o", cost="0.003")
     record(team, key, when=day(1, 23), model="deepseek-v4-flash", cost="0.0001")
     record(team, other_key, when=day(2), model="deepseek-v4-flash", cost="0.0002")
-    record(team, other_key, when=day(3), model="gpt-4o", cost="0", status="upstream_error", prompt=0, completion=0)
+    record(
+        team,
+        other_key,
+        when=day(3),
+        model="gpt-4o",
+        cost="0",
+        status="upstream_error",
+        prompt=0,
+        completion=0,
+    )
     record(other_team, foreign_key, when=day(2), model="gpt-4o", cost="9")
     return key, other_key
 
@@ -134,7 +167,12 @@ def test_ledger_lists_only_the_callers_team_newest_first(member, traffic):
 
     assert response.status_code == 200
     assert response.data["count"] == 4
-    assert [r["created_at"][:10] for r in response.data["results"]] == ["2026-11-03", "2026-11-02", "2026-11-01", "2026-11-01"]
+    assert [r["created_at"][:10] for r in response.data["results"]] == [
+        "2026-11-03",
+        "2026-11-02",
+        "2026-11-01",
+        "2026-11-01",
+    ]
     assert response.data["results"][0]["cost_usd"] == "0.000000000000"
 
 
@@ -159,7 +197,9 @@ def test_summary_by_model_day_and_key(member, traffic):
     key, other_key = traffic
     client = as_user(member)
 
-    by_model = {g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=model").data}
+    by_model = {
+        g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=model").data
+    }
     by_day = {g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=day").data}
     by_key = {g["group"]: g for g in client.get("/api/teams/acme/usage/summary/?group_by=key").data}
 
@@ -167,7 +207,10 @@ def test_summary_by_model_day_and_key(member, traffic):
     assert by_model["gpt-4o"]["requests"] == 2
     assert Decimal(by_model["deepseek-v4-flash"]["cost_usd"]) == Decimal("0.0003")
     assert {d: Decimal(g["cost_usd"]) for d, g in by_day.items()} == {
-        "2026-11-01": Decimal("0.0031"), "2026-11-02": Decimal("0.0002"), "2026-11-03": Decimal("0")}
+        "2026-11-01": Decimal("0.0031"),
+        "2026-11-02": Decimal("0.0002"),
+        "2026-11-03": Decimal("0"),
+    }
     assert by_key[key.prefix]["requests"] == 2 and by_key[other_key.prefix]["prompt_tokens"] == 10
     assert client.get("/api/teams/acme/usage/summary/?group_by=week").status_code == 400
 

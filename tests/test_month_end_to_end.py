@@ -24,13 +24,26 @@ MESSAGES = [{"role": "user", "content": "Summarise the parcel report."}]
 
 
 def _route(name, targets, **fields):
-    route_save(team=None, name=name, actor="test", fields={
-        "strategy": "fallback", "targets": targets, "weights": [], "require": {}, "capabilities": [],
-        "deadline_s": fields.get("deadline_s", 60), "retries": 0})
+    route_save(
+        team=None,
+        name=name,
+        actor="test",
+        fields={
+            "strategy": "fallback",
+            "targets": targets,
+            "weights": [],
+            "require": {},
+            "capabilities": [],
+            "deadline_s": fields.get("deadline_s", 60),
+            "retries": 0,
+        },
+    )
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_month_of_mixed_traffic_closes_into_an_invoice_that_matches_the_ledger(catalog, team, sdk, upstream):
+def test_a_month_of_mixed_traffic_closes_into_an_invoice_that_matches_the_ledger(
+    catalog, team, sdk, upstream
+):
     team.markup_percent = Decimal("7.5")
     team.save()
     _route("resilient", ["glm-5", "deepseek-v4-flash"])
@@ -42,8 +55,11 @@ def test_a_month_of_mixed_traffic_closes_into_an_invoice_that_matches_the_ledger
 
     # Served, streamed, and an embedding.
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="qwen3-32b", messages=MESSAGES, stream=True) if c.choices)
+    "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model="qwen3-32b", messages=MESSAGES, stream=True)
+        if c.choices
+    )
     client.embeddings.create(model="text-embedding-3-small", input="parcel")
     # Refused: a typo'd model name.
     with pytest.raises(openai.NotFoundError):

@@ -21,10 +21,14 @@ def rows(team):
     return list(UsageRecord.objects.filter(team=team).order_by("id"))
 
 
-def test_chat_completion_is_relayed_and_recorded_with_exact_cost(catalog, inference_key, sdk, team, upstream):
+def test_chat_completion_is_relayed_and_recorded_with_exact_cost(
+    catalog, inference_key, sdk, team, upstream
+):
     key, secret = inference_key
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash", messages=MESSAGES
+    )
     completion = raw.parse()
 
     assert completion.choices[0].message.content == "Hello from the fake upstream"
@@ -34,7 +38,12 @@ def test_chat_completion_is_relayed_and_recorded_with_exact_cost(catalog, infere
     assert raw.headers["x-tollgate-model"] == "deepseek-v4-flash"
     [row] = rows(team)
     assert row.request_id == raw.headers["x-request-id"]
-    assert (row.status, row.model, row.provider, row.api_key_id) == ("ok", "deepseek-v4-flash", "global", key.id)
+    assert (row.status, row.model, row.provider, row.api_key_id) == (
+        "ok",
+        "deepseek-v4-flash",
+        "global",
+        key.id,
+    )
     assert (row.prompt_tokens, row.completion_tokens, row.tokens_estimated) == (12, 34, False)
     assert (row.input_per_mtok, row.output_per_mtok) == (Decimal("0.18"), Decimal("0.25"))
     assert row.cost_usd == FLASH_COST
@@ -43,13 +52,23 @@ def test_chat_completion_is_relayed_and_recorded_with_exact_cost(catalog, infere
     assert not MeteredCall.objects.in_flight().exists()
 
 
-def test_request_fields_pass_through_to_the_upstream_unchanged(catalog, inference_key, sdk, team, upstream):
+def test_request_fields_pass_through_to_the_upstream_unchanged(
+    catalog, inference_key, sdk, team, upstream
+):
     _, secret = inference_key
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 
     sdk(secret).chat.completions.create(
-        model="deepseek-v4-flash", messages=MESSAGES, tools=tools, temperature=0.2, n=2, stop=["\n"], seed=7,
-        response_format={"type": "json_object"}, user="end-user-42", max_tokens=50,
+        model="deepseek-v4-flash",
+        messages=MESSAGES,
+        tools=tools,
+        temperature=0.2,
+        n=2,
+        stop=["\n"],
+        seed=7,
+        response_format={"type": "json_object"},
+        user="end-user-42",
+        max_tokens=50,
         extra_body={"top_k": 5},
     )
 
@@ -63,7 +82,9 @@ def test_request_fields_pass_through_to_the_upstream_unchanged(catalog, inferenc
     assert rows(team)[0].end_user == "end-user-42"
 
 
-def test_upstream_id_is_sent_upstream_and_catalog_id_returned(catalog, inference_key, sdk, upstream):
+def test_upstream_id_is_sent_upstream_and_catalog_id_returned(
+    catalog, inference_key, sdk, upstream
+):
     _, secret = inference_key
 
     completion = sdk(secret).chat.completions.create(model="claude-3.5-sonnet", messages=MESSAGES)
@@ -72,16 +93,22 @@ def test_upstream_id_is_sent_upstream_and_catalog_id_returned(catalog, inference
     assert completion.model == "claude-3.5-sonnet"
 
 
-def test_cached_and_reasoning_tokens_are_priced_by_the_formula(catalog, inference_key, sdk, team, upstream):
+def test_cached_and_reasoning_tokens_are_priced_by_the_formula(
+    catalog, inference_key, sdk, team, upstream
+):
     _, secret = inference_key
     usage = {
-        "prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
+        "prompt_tokens": 1000,
+        "completion_tokens": 500,
+        "total_tokens": 1500,
         "prompt_tokens_details": {"cached_tokens": 400},
         "completion_tokens_details": {"reasoning_tokens": 200},
     }
     upstream.script("deepseek-v4-flash", Answer(usage=usage))
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash", messages=MESSAGES
+    )
 
     # (1000 - 400) × 0.18 + 400 × 0.07 + 500 × 0.25 = 108 + 28 + 125 = 261 per 1M
     expected = Decimal("0.000261")
@@ -91,9 +118,15 @@ def test_cached_and_reasoning_tokens_are_priced_by_the_formula(catalog, inferenc
     assert row.cached_input_per_mtok == Decimal("0.07")
 
 
-def test_model_without_cached_price_bills_cached_tokens_at_input_price(catalog, inference_key, sdk, team, upstream):
+def test_model_without_cached_price_bills_cached_tokens_at_input_price(
+    catalog, inference_key, sdk, team, upstream
+):
     _, secret = inference_key
-    usage = {"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 60}}
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 60},
+    }
     upstream.script("gpt-4o", Answer(usage=usage))
 
     sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES)
@@ -104,11 +137,15 @@ def test_model_without_cached_price_bills_cached_tokens_at_input_price(catalog, 
     assert row.cost_usd == Decimal("0.00035")
 
 
-def test_upstream_without_usage_is_estimated_and_flagged(catalog, inference_key, sdk, team, upstream):
+def test_upstream_without_usage_is_estimated_and_flagged(
+    catalog, inference_key, sdk, team, upstream
+):
     _, secret = inference_key
     upstream.script("deepseek-v4-flash", Answer(content="four words right here", usage=None))
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash", messages=MESSAGES
+    )
 
     [row] = rows(team)
     assert row.tokens_estimated is True
@@ -135,11 +172,17 @@ def test_async_client_chat_and_embeddings(catalog, inference_key, async_sdk, tea
     assert [d.embedding for d in embedding.data] == [[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]]
     chat_row, embed_row = rows(team)
     assert chat_row.cost_usd == Decimal("0.00037")  # 12 × 2.50 + 34 × 10.00 per 1M
-    assert (embed_row.endpoint, embed_row.prompt_tokens, embed_row.completion_tokens) == ("embeddings", 12, 0)
+    assert (embed_row.endpoint, embed_row.prompt_tokens, embed_row.completion_tokens) == (
+        "embeddings",
+        12,
+        0,
+    )
     assert embed_row.cost_usd == Decimal("0.00000024")  # 12 × 0.02 per 1M
 
 
-def test_embeddings_default_to_floats_for_raw_clients(catalog, inference_key, live_portal, upstream):
+def test_embeddings_default_to_floats_for_raw_clients(
+    catalog, inference_key, live_portal, upstream
+):
     import httpx2 as httpx
 
     _, secret = inference_key
@@ -182,7 +225,10 @@ def test_stream_forwards_usage_chunk_when_the_client_asks(catalog, inference_key
     _, secret = inference_key
 
     stream = sdk(secret).chat.completions.create(
-        model="deepseek-v4-flash", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        model="deepseek-v4-flash",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
 
@@ -210,7 +256,11 @@ def test_stream_without_upstream_usage_is_estimated(catalog, inference_key, sdk,
     _, secret = inference_key
     upstream.script("deepseek-v4-flash", Answer(content="one two three", usage=None))
 
-    list(sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, stream=True))
+    list(
+        sdk(secret).chat.completions.create(
+            model="deepseek-v4-flash", messages=MESSAGES, stream=True
+        )
+    )
 
     [row] = rows(team)
     assert row.tokens_estimated is True
@@ -224,7 +274,9 @@ def test_stream_is_relayed_as_it_arrives(catalog, inference_key, sdk, upstream):
     upstream.script("deepseek-v4-flash", Answer(content="a b c d", chunk_delay=0.3))
 
     start = time.monotonic()
-    stream = sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, stream=True)
+    stream = sdk(secret).chat.completions.create(
+        model="deepseek-v4-flash", messages=MESSAGES, stream=True
+    )
     first = next(iter(stream))
     first_at = time.monotonic() - start
     list(stream)
@@ -236,7 +288,8 @@ def test_stream_is_relayed_as_it_arrives(catalog, inference_key, sdk, upstream):
 
 
 def test_client_disconnect_past_the_drain_time_cancels_upstream_and_records_what_was_delivered(
-        catalog, inference_key, sdk, team, upstream, settings):
+    catalog, inference_key, sdk, team, upstream, settings
+):
     import time
 
     settings.TOLLGATE_DRAIN_S = 0  # no waiting for the upstream's usage once the client left
@@ -244,7 +297,9 @@ def test_client_disconnect_past_the_drain_time_cancels_upstream_and_records_what
     words = " ".join(f"w{i}" for i in range(40))
     upstream.script("deepseek-v4-flash", Answer(content=words, chunk_delay=0.1))
 
-    stream = sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, stream=True)
+    stream = sdk(secret).chat.completions.create(
+        model="deepseek-v4-flash", messages=MESSAGES, stream=True
+    )
     received = []
     for chunk in stream:
         received.append(chunk.choices[0].delta.content)
@@ -260,7 +315,11 @@ def test_client_disconnect_past_the_drain_time_cancels_upstream_and_records_what
     assert row.tokens_estimated is True
     # Billed: what was relayed before the disconnect, at least what the client read.
     assert text_tokens("".join(received)) <= row.completion_tokens < text_tokens(words)
-    assert row.cost_usd == (row.prompt_tokens * Decimal("0.18") + row.completion_tokens * Decimal("0.25")) / 1_000_000
+    assert (
+        row.cost_usd
+        == (row.prompt_tokens * Decimal("0.18") + row.completion_tokens * Decimal("0.25"))
+        / 1_000_000
+    )
     while not upstream.closed_streams and time.monotonic() < deadline:
         time.sleep(0.05)
     assert upstream.closed_streams == ["deepseek-v4-flash"]
@@ -268,7 +327,8 @@ def test_client_disconnect_past_the_drain_time_cancels_upstream_and_records_what
 
 
 def test_stream_cut_by_upstream_ends_with_an_error_event_and_bills_what_was_delivered(
-        catalog, inference_key, sdk, team, upstream):
+    catalog, inference_key, sdk, team, upstream
+):
     import openai
 
     _, secret = inference_key
@@ -285,7 +345,11 @@ def test_stream_cut_by_upstream_ends_with_an_error_event_and_bills_what_was_deli
     # No usage arrived: the prompt estimate and the delivered "a b c", at gpt-4o's prices, estimated.
     prompt = tokens.chat_prompt_estimate({"messages": MESSAGES})
     assert (row.status, row.tokens_estimated, row.prompt_tokens, row.completion_tokens) == (
-        "upstream_error", True, prompt, tokens.text_tokens("a b c"))
+        "upstream_error",
+        True,
+        prompt,
+        tokens.text_tokens("a b c"),
+    )
     assert row.cost_usd == (prompt * Decimal("2.5") + 2 * Decimal("10")) / 10**6
 
 
@@ -293,12 +357,20 @@ def test_models_lists_what_the_key_may_use(catalog, team, sdk):
     from accounts.services import api_key_create
 
     _, everything = api_key_create(team=team, name="all")
-    _, limited = api_key_create(team=team, name="some", allowed_models=["gpt-4o", "deepseek-v4-flash", "qwen3-32b"])
+    _, limited = api_key_create(
+        team=team, name="some", allowed_models=["gpt-4o", "deepseek-v4-flash", "qwen3-32b"]
+    )
 
     all_ids = {m.id for m in sdk(everything).models.list()}
     some_ids = {m.id for m in sdk(limited).models.list()}
 
-    assert {"gpt-4o", "deepseek-v4-flash", "text-embedding-3-small", "bulk_classify", "code_review"} <= all_ids
+    assert {
+        "gpt-4o",
+        "deepseek-v4-flash",
+        "text-embedding-3-small",
+        "bulk_classify",
+        "code_review",
+    } <= all_ids
     # bulk_classify and cheap_chat have only allowed targets; code_review does not.
     assert some_ids == {"gpt-4o", "deepseek-v4-flash", "qwen3-32b", "bulk_classify", "cheap_chat"}
     assert sdk(limited).models.retrieve("gpt-4o").owned_by == "openai"
@@ -307,9 +379,15 @@ def test_models_lists_what_the_key_may_use(catalog, team, sdk):
 def test_route_name_is_served_by_its_first_target(catalog, inference_key, sdk, team):
     _, secret = inference_key
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="bulk_classify", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="bulk_classify", messages=MESSAGES
+    )
 
     assert raw.headers["x-tollgate-model"] == "deepseek-v4-flash"
     assert raw.headers["x-tollgate-route"] == "bulk_classify"
     [row] = rows(team)
-    assert (row.requested_model, row.route, row.model) == ("bulk_classify", "bulk_classify", "deepseek-v4-flash")
+    assert (row.requested_model, row.route, row.model) == (
+        "bulk_classify",
+        "bulk_classify",
+        "deepseek-v4-flash",
+    )

@@ -52,14 +52,19 @@ def test_missing_key_is_401(catalog, live_portal):
 
 @pytest.mark.parametrize("secret", ["not-a-key", "tgk_AAAAAAAA_wrongwrongwrong", "Basic abc"])
 def test_unknown_or_malformed_key_is_401(catalog, live_portal, inference_key, secret):
-    response = post(live_portal, "models", secret=secret) if secret != "Basic abc" else httpx2.get(
-        f"{live_portal.url}/v1/models", headers={"Authorization": "Basic abc"})
+    response = (
+        post(live_portal, "models", secret=secret)
+        if secret != "Basic abc"
+        else httpx2.get(f"{live_portal.url}/v1/models", headers={"Authorization": "Basic abc"})
+    )
     assert_openai_error(response, 401)
 
 
 def test_right_prefix_with_wrong_secret_is_401(catalog, live_portal, inference_key):
     key, secret = inference_key
-    response = httpx2.get(f"{live_portal.url}/v1/models", headers={"Authorization": f"Bearer {key.prefix}_forged"})
+    response = httpx2.get(
+        f"{live_portal.url}/v1/models", headers={"Authorization": f"Bearer {key.prefix}_forged"}
+    )
     assert_openai_error(response, 401)
 
 
@@ -76,7 +81,9 @@ def test_revoked_key_is_rejected_at_once_even_when_cached(catalog, sdk, inferenc
 
 
 def test_expired_key_is_401(catalog, sdk, team):
-    _, secret = api_key_create(team=team, name="old", expires_at=timezone.now() + timedelta(seconds=1))
+    _, secret = api_key_create(
+        team=team, name="old", expires_at=timezone.now() + timedelta(seconds=1)
+    )
     from accounts.models import ApiKey
 
     ApiKey.objects.filter(name="old").update(expires_at=timezone.now() - timedelta(seconds=1))
@@ -124,10 +131,14 @@ def test_unknown_model_is_404(catalog, sdk, inference_key, team):
 
 def test_unknown_endpoint_is_404_in_openai_shape(catalog, live_portal, inference_key):
     _, secret = inference_key
-    assert_openai_error(post(live_portal, "completions", secret=secret, json={}), 404, code="unknown_url")
+    assert_openai_error(
+        post(live_portal, "completions", secret=secret, json={}), 404, code="unknown_url"
+    )
 
 
-def test_unpriced_model_is_refused_never_billed_as_zero(catalog, sdk, inference_key, team, upstream):
+def test_unpriced_model_is_refused_never_billed_as_zero(
+    catalog, sdk, inference_key, team, upstream
+):
     _, secret = inference_key
 
     with pytest.raises(openai.BadRequestError) as caught:
@@ -152,8 +163,13 @@ def test_chat_call_to_an_embeddings_model_is_400(catalog, sdk, inference_key):
 
 def test_malformed_json_is_400(catalog, live_portal, inference_key):
     _, secret = inference_key
-    response = post(live_portal, "chat/completions", secret, content=b'{"model": "gpt-4o", "messages": [',
-                    headers={"Content-Type": "application/json"})
+    response = post(
+        live_portal,
+        "chat/completions",
+        secret,
+        content=b'{"model": "gpt-4o", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
     assert_openai_error(response, 400, code="invalid_json")
 
 
@@ -193,7 +209,9 @@ def test_bad_embeddings_input_is_400(catalog, live_portal, inference_key, value)
 def test_body_over_the_limit_is_413(catalog, live_portal, inference_key):
     _, secret = inference_key
     big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 5000}]}
-    assert_openai_error(post(live_portal, "chat/completions", secret, json=big), 413, code="request_too_large")
+    assert_openai_error(
+        post(live_portal, "chat/completions", secret, json=big), 413, code="request_too_large"
+    )
 
 
 @override_settings(TOLLGATE_MAX_BODY_BYTES=2000)
@@ -213,7 +231,9 @@ def test_chunked_body_over_the_limit_is_413(catalog, live_portal, inference_key)
 # --- Upstream failures -------------------------------------------------------------------
 
 
-def test_upstream_500_is_502_passing_on_its_error_and_recorded_at_zero_cost(catalog, sdk, inference_key, team, upstream):
+def test_upstream_500_is_502_passing_on_its_error_and_recorded_at_zero_cost(
+    catalog, sdk, inference_key, team, upstream
+):
     _, secret = inference_key
     upstream.script("gpt-4o", Fail(500, "the model is overloaded"))
 
@@ -223,7 +243,12 @@ def test_upstream_500_is_502_passing_on_its_error_and_recorded_at_zero_cost(cata
     assert caught.value.status_code == 502
     assert caught.value.body["message"] == "the model is overloaded"
     [row] = rows(team)
-    assert (row.status, row.http_status, row.cost_usd, row.prompt_tokens) == ("upstream_error", 502, 0, 0)
+    assert (row.status, row.http_status, row.cost_usd, row.prompt_tokens) == (
+        "upstream_error",
+        502,
+        0,
+        0,
+    )
     assert "overloaded" in row.error_message
     assert not MeteredCall.objects.in_flight().exists()
 
@@ -267,29 +292,51 @@ def test_connection_reset_is_502(catalog, sdk, inference_key, team, upstream):
     assert rows(team)[0].status == "upstream_error"
 
 
-def test_route_falls_back_to_next_target_when_first_fails(catalog, sdk, inference_key, team, upstream):
+def test_route_falls_back_to_next_target_when_first_fails(
+    catalog, sdk, inference_key, team, upstream
+):
     _, secret = inference_key
     upstream.script("deepseek-v4-flash", Fail(503, "down"))
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="bulk_classify", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="bulk_classify", messages=MESSAGES
+    )
 
     assert raw.headers["x-tollgate-model"] == "qwen3-32b"
     failed, served = rows(team)
     assert failed.request_id == served.request_id == raw.headers["x-request-id"]
-    assert (failed.attempt, failed.model, failed.status, failed.cost_usd) == (0, "deepseek-v4-flash", "upstream_error", 0)
+    assert (failed.attempt, failed.model, failed.status, failed.cost_usd) == (
+        0,
+        "deepseek-v4-flash",
+        "upstream_error",
+        0,
+    )
     assert (served.attempt, served.model, served.status) == (1, "qwen3-32b", "ok")
-    assert served.cost_usd == Decimal(raw.headers["x-tollgate-cost"]) == (12 * Decimal("0.18") + 34 * Decimal("0.28")) / 10**6
+    assert (
+        served.cost_usd
+        == Decimal(raw.headers["x-tollgate-cost"])
+        == (12 * Decimal("0.18") + 34 * Decimal("0.28")) / 10**6
+    )
 
 
-def test_stream_that_fails_before_its_first_chunk_falls_back(catalog, sdk, inference_key, team, upstream):
+def test_stream_that_fails_before_its_first_chunk_falls_back(
+    catalog, sdk, inference_key, team, upstream
+):
     _, secret = inference_key
     upstream.script("deepseek-v4-flash", Answer(cut_after=0))
 
-    chunks = list(sdk(secret).chat.completions.create(model="bulk_classify", messages=MESSAGES, stream=True))
+    chunks = list(
+        sdk(secret).chat.completions.create(model="bulk_classify", messages=MESSAGES, stream=True)
+    )
 
     assert chunks[0].model == "qwen3-32b"
     failed, served = rows(team)
-    assert (failed.status, failed.cost_usd, served.status, served.model) == ("upstream_error", 0, "ok", "qwen3-32b")
+    assert (failed.status, failed.cost_usd, served.status, served.model) == (
+        "upstream_error",
+        0,
+        "ok",
+        "qwen3-32b",
+    )
 
 
 def test_provider_without_its_secret_is_503(catalog, sdk, inference_key, monkeypatch, team):

@@ -23,13 +23,17 @@ def away_from_the_window_edge():
 @live
 def test_rpm_is_shared_by_two_server_processes(catalog, team, live_portal, second_portal):
     _, secret = api_key_create(team=team, name="limited", rpm_limit=3)
-    clients = [openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
-               for url in (live_portal.url, second_portal)]
+    clients = [
+        openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+        for url in (live_portal.url, second_portal)
+    ]
 
     for i in range(3):
         clients[i % 2].chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
     with pytest.raises(openai.RateLimitError) as caught:
-        clients[1].chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES)
+        clients[1].chat.completions.with_raw_response.create(
+            model="deepseek-v4-flash", messages=MESSAGES
+        )
 
     error = caught.value
     assert error.code == "rate_limit_exceeded" and error.body["type"] == "requests"
@@ -44,8 +48,9 @@ def test_rpm_is_shared_by_two_server_processes(catalog, team, live_portal, secon
 def test_successful_responses_carry_the_ratelimit_headers(catalog, team, sdk):
     _, secret = api_key_create(team=team, name="limited", rpm_limit=10, tpm_limit=1000)
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES,
-                                                                 max_tokens=50)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash", messages=MESSAGES, max_tokens=50
+    )
 
     assert raw.headers["x-ratelimit-limit-requests"] == "10"
     assert raw.headers["x-ratelimit-remaining-requests"] == "9"
@@ -75,7 +80,9 @@ def test_tpm_refuses_a_call_shaped_to_look_small(catalog, team, sdk):
     """n = 50 multiplies the output a call may produce; the TPM limit counts it."""
     _, secret = api_key_create(team=team, name="limited", tpm_limit=1000)
     with pytest.raises(openai.RateLimitError) as caught:
-        sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=100, n=50)
+        sdk(secret).chat.completions.create(
+            model="deepseek-v4-flash", messages=MESSAGES, max_tokens=100, n=50
+        )
     assert caught.value.body["type"] == "tokens"
 
 
@@ -93,7 +100,9 @@ def test_the_openai_sdk_waits_for_retry_after_and_succeeds(catalog, team, sdk, m
     client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
 
     start = time.monotonic()
-    raw = client.chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MESSAGES)
+    raw = client.chat.completions.with_raw_response.create(
+        model="deepseek-v4-flash", messages=MESSAGES
+    )
 
     assert raw.parse().choices[0].message.content
     assert raw.retries_taken >= 1  # it was refused with 429 and Retry-After first
@@ -102,9 +111,14 @@ def test_the_openai_sdk_waits_for_retry_after_and_succeeds(catalog, team, sdk, m
 
 @override_settings(REDIS_URL="")
 def test_local_memory_counts_without_redis():
-    results = [ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=120.0).allowed for _ in range(3)]
+    results = [
+        ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=120.0).allowed
+        for _ in range(3)
+    ]
     assert results == [True, True, False]
-    assert ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=180.0).allowed  # next window
+    assert ratelimit_check(
+        key_id=999_999, rpm=2, tpm=None, tokens=1, now=180.0
+    ).allowed  # next window
 
 
 def test_keys_without_limits_skip_counting():
@@ -116,7 +130,9 @@ def test_keys_without_limits_skip_counting():
 def test_a_redis_outage_lets_calls_through_and_keys_still_work(catalog, team, sdk, settings):
     _, secret = api_key_create(team=team, name="limited", rpm_limit=5)
     # Nothing listens on port 9; changing CACHES makes Django rebuild its cache connections.
-    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:9/0"}}
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:9/0"}
+    }
     settings.REDIS_URL = "redis://127.0.0.1:9/0"
 
     completion = sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)

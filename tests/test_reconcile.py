@@ -29,7 +29,14 @@ def month(team, inference_key):
     budget_set(team=team, amount_usd=Decimal("5"), now=DURING)
     budget_set(team=team, api_key=key, amount_usd=Decimal("3"), now=DURING)
     for i in range(5):
-        spend(team, key, "0.25", DURING + timedelta(hours=i), f"req_m{i}", now=DURING + timedelta(hours=i))
+        spend(
+            team,
+            key,
+            "0.25",
+            DURING + timedelta(hours=i),
+            f"req_m{i}",
+            now=DURING + timedelta(hours=i),
+        )
     open_call(team, key, "req_lost", DURING)
     MeteredCall.objects.filter(request_id="req_lost").update(worker="dead-host:1:gone")
     inflight_sweep(now=DURING + timedelta(minutes=5))
@@ -47,7 +54,9 @@ def test_an_untouched_month_reconciles(month):
 
 
 def test_a_counter_that_disagrees_with_the_ledger_fails(month):
-    BudgetCounter.objects.filter(budget__api_key__isnull=True).update(spent_usd=F("spent_usd") - Decimal("0.25"))
+    BudgetCounter.objects.filter(budget__api_key__isnull=True).update(
+        spent_usd=F("spent_usd") - Decimal("0.25")
+    )
     assert any("counter spent" in p for p in problems())
 
 
@@ -59,7 +68,11 @@ def test_a_finished_call_without_its_rows_fails(month):
 
 def test_a_sweep_row_that_bills_fails(month):
     UsageRecord.objects.filter(attempt=SWEPT_ATTEMPT).update(
-        prompt_tokens=1000, input_per_mtok=Decimal(1), cached_input_per_mtok=Decimal(1), cost_usd=Decimal("0.001"))
+        prompt_tokens=1000,
+        input_per_mtok=Decimal(1),
+        cached_input_per_mtok=Decimal(1),
+        cost_usd=Decimal("0.001"),
+    )
     assert any("a sweep never bills" in p for p in problems())
 
 
@@ -70,7 +83,9 @@ def test_spend_past_a_hard_budget_beyond_the_recorded_overrun_fails(team, month)
     meter = open_call(team, month, "req_over", DURING, reserve="0.5")
     finish_call(meter, "4.0", now=later)
     counter = BudgetCounter.objects.get(budget__api_key__isnull=True)
-    assert counter.spent_usd > counter.limit_usd and problems(now=later + timedelta(minutes=5)) == []
+    assert (
+        counter.spent_usd > counter.limit_usd and problems(now=later + timedelta(minutes=5)) == []
+    )
     # ...until the overrun is hidden.
     BudgetCounter.objects.filter(id=counter.id).update(overrun_usd=0)
     assert any("over the hard limit" in p for p in problems(now=later + timedelta(minutes=5)))

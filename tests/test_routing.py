@@ -38,11 +38,18 @@ def order(route_name, body=None, latencies=None, stream=False, rng=None):
     body = body or {"messages": MESSAGES}
     from routing.tokens import TokenBounds
 
-    return [m.name for m in order_targets(
-        route=route, targets=[catalog.models[t] for t in route.targets],
-        bounds=TokenBounds.of_chat(body), needs=request_needs(body),
-        latencies=latencies or {}, stream=stream, rng=rng,
-    )]
+    return [
+        m.name
+        for m in order_targets(
+            route=route,
+            targets=[catalog.models[t] for t in route.targets],
+            bounds=TokenBounds.of_chat(body),
+            needs=request_needs(body),
+            latencies=latencies or {},
+            stream=stream,
+            rng=rng,
+        )
+    ]
 
 
 # --- Strategies, decided without any network ------------------------------------------
@@ -55,7 +62,9 @@ class TestStrategies:
         assert order("r") == ["gpt-4o", "glm-5", "qwen3-32b"]
 
     def test_weighted_spreads_by_weight_then_falls_back_to_the_rest(self, catalog):
-        set_route("r", strategy="weighted", targets=["deepseek-v4-flash", "qwen3-32b"], weights=[3, 1])
+        set_route(
+            "r", strategy="weighted", targets=["deepseek-v4-flash", "qwen3-32b"], weights=[3, 1]
+        )
         rng = random.Random(7)
         firsts = [order("r", rng=rng) for _ in range(2000)]
         share = sum(1 for f in firsts if f[0] == "deepseek-v4-flash") / len(firsts)
@@ -63,8 +72,12 @@ class TestStrategies:
         assert all(sorted(f) == ["deepseek-v4-flash", "qwen3-32b"] for f in firsts)
 
     def test_weight_zero_is_only_a_fallback(self, catalog):
-        set_route("r", strategy="weighted", targets=["deepseek-v4-flash", "qwen3-32b"], weights=[0, 1])
-        assert {tuple(order("r", rng=random.Random(i))) for i in range(50)} == {("qwen3-32b", "deepseek-v4-flash")}
+        set_route(
+            "r", strategy="weighted", targets=["deepseek-v4-flash", "qwen3-32b"], weights=[0, 1]
+        )
+        assert {tuple(order("r", rng=random.Random(i))) for i in range(50)} == {
+            ("qwen3-32b", "deepseek-v4-flash")
+        }
 
     def test_cheapest_orders_by_this_requests_expected_cost(self, catalog):
         set_route("r", strategy="cheapest", targets=["gpt-4o", "kimi-k2.5", "glm-5"])
@@ -75,22 +88,37 @@ class TestStrategies:
         assert order("r", long_answer) == ["glm-5", "kimi-k2.5", "gpt-4o"]
 
     def test_cheapest_respects_the_quality_floor(self, catalog):
-        set_route("r", strategy="cheapest", targets=["gpt-4o", "deepseek-v4-flash", "qwen3-32b", "claude-3.5-sonnet"],
-                  require={"humaneval": 92.5})
+        set_route(
+            "r",
+            strategy="cheapest",
+            targets=["gpt-4o", "deepseek-v4-flash", "qwen3-32b", "claude-3.5-sonnet"],
+            require={"humaneval": 92.5},
+        )
         # qwen3-32b has no HumanEval score; deepseek's 92.0 is under the floor.
         assert order("r") == ["gpt-4o", "claude-3.5-sonnet"]
 
     def test_fastest_uses_observed_latency_and_ttft_for_streams(self, catalog):
         set_route("r", strategy="fastest", targets=["gpt-4o", "glm-5", "qwen3-32b"])
-        latencies = {"gpt-4o": {"latency_ms": 900, "ttft_ms": 100}, "glm-5": {"latency_ms": 400, "ttft_ms": 300}}
+        latencies = {
+            "gpt-4o": {"latency_ms": 900, "ttft_ms": 100},
+            "glm-5": {"latency_ms": 400, "ttft_ms": 300},
+        }
         assert order("r", latencies=latencies) == ["glm-5", "gpt-4o", "qwen3-32b"]
         assert order("r", latencies=latencies, stream=True) == ["gpt-4o", "glm-5", "qwen3-32b"]
 
     def test_targets_without_vision_are_skipped_for_images(self, catalog):
         set_route("r", targets=["deepseek-v4-flash", "gpt-4o"])
-        image = {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}
+        image = {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    ],
+                }
+            ]
+        }
         assert order("r", image) == ["gpt-4o"]
 
     def test_targets_with_too_small_a_context_are_skipped(self, catalog):
@@ -111,44 +139,90 @@ live = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def split_providers(catalog, upstream):
     """qwen3-32b moved to its own provider, so `global` can fail while it serves."""
-    catalog_load_data(data={
-        "provider": [{"name": "backup", "base_url": upstream.url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_s": 5}],
-        "model": [{"id": "qwen3-32b", "provider": "backup", "input_per_mtok": "0.18", "output_per_mtok": "0.28"}],
-    })
+    catalog_load_data(
+        data={
+            "provider": [
+                {
+                    "name": "backup",
+                    "base_url": upstream.url,
+                    "api_key_env": "FAKE_UPSTREAM_KEY",
+                    "timeout_s": 5,
+                }
+            ],
+            "model": [
+                {
+                    "id": "qwen3-32b",
+                    "provider": "backup",
+                    "input_per_mtok": "0.18",
+                    "output_per_mtok": "0.28",
+                }
+            ],
+        }
+    )
 
 
 @live
-def test_done_when_bulk_classify_survives_its_first_provider_going_down(split_providers, inference_key, sdk, team):
-    Provider.objects.filter(name="global").update(base_url="http://127.0.0.1:9/v1")  # nothing listens there
+def test_done_when_bulk_classify_survives_its_first_provider_going_down(
+    split_providers, inference_key, sdk, team
+):
+    Provider.objects.filter(name="global").update(
+        base_url="http://127.0.0.1:9/v1"
+    )  # nothing listens there
     _, secret = inference_key
 
-    raw = sdk(secret).chat.completions.with_raw_response.create(model="bulk_classify", messages=MESSAGES)
+    raw = sdk(secret).chat.completions.with_raw_response.create(
+        model="bulk_classify", messages=MESSAGES
+    )
 
     assert raw.parse().choices[0].message.content == "Hello from the fake upstream"
-    assert raw.headers["x-tollgate-model"] == "qwen3-32b" and raw.headers["x-tollgate-route"] == "bulk_classify"
+    assert (
+        raw.headers["x-tollgate-model"] == "qwen3-32b"
+        and raw.headers["x-tollgate-route"] == "bulk_classify"
+    )
     failed, served = rows(team)
     assert failed.request_id == served.request_id == raw.headers["x-request-id"]
-    assert (failed.model, failed.status, failed.cost_usd, failed.route) == ("deepseek-v4-flash", "upstream_error", 0, "bulk_classify")
+    assert (failed.model, failed.status, failed.cost_usd, failed.route) == (
+        "deepseek-v4-flash",
+        "upstream_error",
+        0,
+        "bulk_classify",
+    )
     assert (served.model, served.status, served.route) == ("qwen3-32b", "ok", "bulk_classify")
-    assert served.cost_usd == Decimal(raw.headers["x-tollgate-cost"]) == (12 * Decimal("0.18") + 34 * Decimal("0.28")) / 10**6
+    assert (
+        served.cost_usd
+        == Decimal(raw.headers["x-tollgate-cost"])
+        == (12 * Decimal("0.18") + 34 * Decimal("0.28")) / 10**6
+    )
 
 
 @live
-@pytest.mark.parametrize("failure, status", [
-    (Fail(500), "upstream_error"), (Fail(429), "upstream_error"), (Reset(), "upstream_error"),
-])
-def test_each_retryable_failure_falls_back(catalog, inference_key, sdk, team, upstream, failure, status):
+@pytest.mark.parametrize(
+    "failure, status",
+    [
+        (Fail(500), "upstream_error"),
+        (Fail(429), "upstream_error"),
+        (Reset(), "upstream_error"),
+    ],
+)
+def test_each_retryable_failure_falls_back(
+    catalog, inference_key, sdk, team, upstream, failure, status
+):
     _, secret = inference_key
     upstream.script("deepseek-v4-flash", failure)
 
     completion = sdk(secret).chat.completions.create(model="bulk_classify", messages=MESSAGES)
 
     assert completion.model == "qwen3-32b"
-    assert [(r.model, r.status) for r in rows(team)] == [("deepseek-v4-flash", status), ("qwen3-32b", "ok")]
+    assert [(r.model, r.status) for r in rows(team)] == [
+        ("deepseek-v4-flash", status),
+        ("qwen3-32b", "ok"),
+    ]
 
 
 @live
-def test_timeout_falls_back_within_the_providers_timeout(catalog, inference_key, sdk, team, upstream):
+def test_timeout_falls_back_within_the_providers_timeout(
+    catalog, inference_key, sdk, team, upstream
+):
     Provider.objects.filter(name="global").update(timeout_s=1)
     set_route("slow_then_fast", targets=["deepseek-v4-flash", "gpt-4o"])
     upstream.script("deepseek-v4-flash", Answer(delay=3))
@@ -158,11 +232,16 @@ def test_timeout_falls_back_within_the_providers_timeout(catalog, inference_key,
     completion = sdk(secret).chat.completions.create(model="slow_then_fast", messages=MESSAGES)
 
     assert completion.model == "gpt-4o" and time.monotonic() - start < 2.5
-    assert [(r.model, r.status) for r in rows(team)] == [("deepseek-v4-flash", "timeout"), ("gpt-4o", "ok")]
+    assert [(r.model, r.status) for r in rows(team)] == [
+        ("deepseek-v4-flash", "timeout"),
+        ("gpt-4o", "ok"),
+    ]
 
 
 @live
-def test_retry_pass_after_backoff_serves_when_every_target_failed_once(catalog, inference_key, sdk, team, upstream):
+def test_retry_pass_after_backoff_serves_when_every_target_failed_once(
+    catalog, inference_key, sdk, team, upstream
+):
     set_route("flaky", targets=["deepseek-v4-flash", "qwen3-32b"], retries=1)
     upstream.script("deepseek-v4-flash", Fail(503))
     upstream.script("qwen3-32b", Fail(502))
@@ -173,12 +252,17 @@ def test_retry_pass_after_backoff_serves_when_every_target_failed_once(catalog, 
     assert completion.model == "deepseek-v4-flash"
     attempts = rows(team)
     assert [(r.attempt, r.model, r.status) for r in attempts] == [
-        (0, "deepseek-v4-flash", "upstream_error"), (1, "qwen3-32b", "upstream_error"), (2, "deepseek-v4-flash", "ok")]
+        (0, "deepseek-v4-flash", "upstream_error"),
+        (1, "qwen3-32b", "upstream_error"),
+        (2, "deepseek-v4-flash", "ok"),
+    ]
     assert [r.cost_usd for r in attempts][:2] == [0, 0] and attempts[2].cost_usd > 0
 
 
 @live
-def test_retry_after_is_honoured_before_calling_that_target_again(catalog, inference_key, sdk, team, upstream):
+def test_retry_after_is_honoured_before_calling_that_target_again(
+    catalog, inference_key, sdk, team, upstream
+):
     set_route("solo", targets=["deepseek-v4-flash"], retries=1, deadline_s=10)
     upstream.script("deepseek-v4-flash", Fail(429, headers={"Retry-After": "1"}))
     _, secret = inference_key
@@ -221,8 +305,12 @@ def test_upstream_400_on_a_route_is_not_retried(catalog, inference_key, sdk, tea
 
 
 @live
-@override_settings(TOLLGATE_COOLDOWN_FAILURES=2, TOLLGATE_COOLDOWN_WINDOW_S=60, TOLLGATE_COOLDOWN_S=3)
-def test_cooldown_skips_a_failing_target_then_restores_it(catalog, inference_key, sdk, team, upstream):
+@override_settings(
+    TOLLGATE_COOLDOWN_FAILURES=2, TOLLGATE_COOLDOWN_WINDOW_S=60, TOLLGATE_COOLDOWN_S=3
+)
+def test_cooldown_skips_a_failing_target_then_restores_it(
+    catalog, inference_key, sdk, team, upstream
+):
     set_route("cool", targets=["deepseek-v4-flash", "qwen3-32b"], retries=0)
     upstream.script("deepseek-v4-flash", Fail(500), Fail(500))
     _, secret = inference_key
@@ -257,8 +345,13 @@ def test_team_route_overrides_the_global_one_for_that_team_only(catalog, team, o
     _, ours = api_key_create(team=team, name="ours")
     _, theirs = api_key_create(team=other_team, name="theirs")
 
-    assert sdk(ours).chat.completions.create(model="bulk_classify", messages=MESSAGES).model == "glm-5"
-    assert sdk(theirs).chat.completions.create(model="bulk_classify", messages=MESSAGES).model == "deepseek-v4-flash"
+    assert (
+        sdk(ours).chat.completions.create(model="bulk_classify", messages=MESSAGES).model == "glm-5"
+    )
+    assert (
+        sdk(theirs).chat.completions.create(model="bulk_classify", messages=MESSAGES).model
+        == "deepseek-v4-flash"
+    )
 
 
 @live
@@ -266,7 +359,10 @@ def test_key_may_use_a_route_it_names_even_if_its_targets_are_not_listed(catalog
     _, named = api_key_create(team=team, name="named", allowed_models=["bulk_classify"])
     _, partial = api_key_create(team=team, name="partial", allowed_models=["deepseek-v4-flash"])
 
-    assert sdk(named).chat.completions.create(model="bulk_classify", messages=MESSAGES).model == "deepseek-v4-flash"
+    assert (
+        sdk(named).chat.completions.create(model="bulk_classify", messages=MESSAGES).model
+        == "deepseek-v4-flash"
+    )
     with pytest.raises(openai.PermissionDeniedError):
         sdk(named).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
     with pytest.raises(openai.PermissionDeniedError):
@@ -286,7 +382,9 @@ def test_streamed_route_records_the_route(catalog, inference_key, sdk, team):
 
 
 @live
-def test_fastest_route_prefers_the_model_observed_fastest(catalog, inference_key, sdk, team, upstream):
+def test_fastest_route_prefers_the_model_observed_fastest(
+    catalog, inference_key, sdk, team, upstream
+):
     import routing.calls
 
     set_route("quick", strategy="fastest", targets=["gpt-4o", "deepseek-v4-flash"])
@@ -297,7 +395,10 @@ def test_fastest_route_prefers_the_model_observed_fastest(catalog, inference_key
     client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
     routing.calls._latencies = (0.0, {})  # read the ledger again now
 
-    assert client.chat.completions.create(model="quick", messages=MESSAGES).model == "deepseek-v4-flash"
+    assert (
+        client.chat.completions.create(model="quick", messages=MESSAGES).model
+        == "deepseek-v4-flash"
+    )
 
 
 @pytest.mark.django_db

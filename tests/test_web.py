@@ -17,9 +17,19 @@ def spend(team, inference_key):
     key, _ = inference_key
     now = timezone.now()
     for i, (model, cost) in enumerate([("gpt-4o", "0.00037"), ("deepseek-v4-flash", "0.00001066")]):
-        UsageRecord.objects.create(request_id=f"req_web{i}", team=team, api_key=key, endpoint="chat",
-                                   requested_model=model, model=model, status="ok", prompt_tokens=12,
-                                   completion_tokens=34, cost_usd=Decimal(cost), created_at=now - timedelta(seconds=i))
+        UsageRecord.objects.create(
+            request_id=f"req_web{i}",
+            team=team,
+            api_key=key,
+            endpoint="chat",
+            requested_model=model,
+            model=model,
+            status="ok",
+            prompt_tokens=12,
+            completion_tokens=34,
+            cost_usd=Decimal(cost),
+            created_at=now - timedelta(seconds=i),
+        )
 
 
 def test_sign_in_page_and_redirect_for_anonymous(client):
@@ -29,7 +39,12 @@ def test_sign_in_page_and_redirect_for_anonymous(client):
 
 
 def test_owner_signs_in_and_sees_the_month_spend(client, owner, spend):
-    assert client.post("/login/", {"username": "owner@acme.test", "password": "correct horse battery"}).status_code == 302
+    assert (
+        client.post(
+            "/login/", {"username": "owner@acme.test", "password": "correct horse battery"}
+        ).status_code
+        == 302
+    )
 
     page = client.get("/", follow=True)
 
@@ -77,7 +92,9 @@ def test_key_without_a_name_gets_a_readable_error(client, owner):
     assert b"Give the key a name" in page.content
 
 
-def test_invoices_page_lists_invoices_and_says_when_a_month_had_no_usage(client, owner, team, inference_key):
+def test_invoices_page_lists_invoices_and_says_when_a_month_had_no_usage(
+    client, owner, team, inference_key
+):
     from datetime import timedelta
 
     from usage.invoices import invoice_close
@@ -85,11 +102,23 @@ def test_invoices_page_lists_invoices_and_says_when_a_month_had_no_usage(client,
 
     key, _ = inference_key
     last_month = month_start(month_start(timezone.now()) - timedelta(days=1))
-    UsageRecord.objects.create(request_id="req_lm", team=team, api_key=key, endpoint="chat", requested_model="m",
-                               model="m", status="ok", prompt_tokens=1, input_per_mtok=Decimal("1"),
-                               cost_usd=Decimal("0.000001"), created_at=last_month + timedelta(days=2),
-                               recorded_at=last_month + timedelta(days=2))
-    invoice = invoice_close(team=team, month=last_month.date(), now=timezone.now() + timedelta(minutes=2))
+    UsageRecord.objects.create(
+        request_id="req_lm",
+        team=team,
+        api_key=key,
+        endpoint="chat",
+        requested_model="m",
+        model="m",
+        status="ok",
+        prompt_tokens=1,
+        input_per_mtok=Decimal("1"),
+        cost_usd=Decimal("0.000001"),
+        created_at=last_month + timedelta(days=2),
+        recorded_at=last_month + timedelta(days=2),
+    )
+    invoice = invoice_close(
+        team=team, month=last_month.date(), now=timezone.now() + timedelta(minutes=2)
+    )
     client.force_login(owner)
 
     page = client.get("/t/acme/invoices/").content.decode()

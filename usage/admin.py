@@ -23,7 +23,15 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(MeteredCall)
 class MeteredCallAdmin(admin.ModelAdmin):
-    list_display = ["request_id", "team", "requested_model", "started_at", "worker", "closed_at", "swept"]
+    list_display = [
+        "request_id",
+        "team",
+        "requested_model",
+        "started_at",
+        "worker",
+        "closed_at",
+        "swept",
+    ]
 
     def has_change_permission(self, request, obj=None):
         return False

@@ -27,19 +27,32 @@ class DeliveryFailed(Exception):
     pass
 
 
-def _fire(*, budget: Budget, month, kind: str, threshold: int, spent: Decimal, projected=None) -> AlertEvent | None:
+def _fire(
+    *, budget: Budget, month, kind: str, threshold: int, spent: Decimal, projected=None
+) -> AlertEvent | None:
     """Create the alert and its deliveries, or nothing if it already fired."""
     try:
         with transaction.atomic():
-            event = AlertEvent.objects.create(budget=budget, month=month, kind=kind, threshold=threshold,
-                                              spent_usd=spent, projected_usd=projected)
+            event = AlertEvent.objects.create(
+                budget=budget,
+                month=month,
+                kind=kind,
+                threshold=threshold,
+                spent_usd=spent,
+                projected_usd=projected,
+            )
             deliveries = [
                 AlertDelivery(event=event, channel=AlertDelivery.Channel.EMAIL, target=email)
                 for email in alert_recipients(budget.team)
             ]
             if budget.team.alert_webhook_url:
-                deliveries.append(AlertDelivery(event=event, channel=AlertDelivery.Channel.WEBHOOK,
-                                                target=budget.team.alert_webhook_url))
+                deliveries.append(
+                    AlertDelivery(
+                        event=event,
+                        channel=AlertDelivery.Channel.WEBHOOK,
+                        target=budget.team.alert_webhook_url,
+                    )
+                )
             AlertDelivery.objects.bulk_create(deliveries)
     except IntegrityError:
         return None  # another worker fired it first
@@ -51,21 +64,34 @@ def _fire(*, budget: Budget, month, kind: str, threshold: int, spent: Decimal, p
 
 
 def alert_recipients(team) -> list[str]:
-    emails = Membership.objects.filter(team=team, role__in=ALERT_ROLES).values_list("user__email", flat=True)
+    emails = Membership.objects.filter(team=team, role__in=ALERT_ROLES).values_list(
+        "user__email", flat=True
+    )
     return sorted({e for e in emails if e})
 
 
 def budget_alerts_check(*, counter_id: int) -> list[AlertEvent]:
     """Fire every threshold this counter's spend has reached and that has not fired this month."""
-    counter = BudgetCounter.objects.select_related("budget__team", "budget__api_key").filter(id=counter_id).first()
+    counter = (
+        BudgetCounter.objects.select_related("budget__team", "budget__api_key")
+        .filter(id=counter_id)
+        .first()
+    )
     if counter is None:
         return []
     budget = counter.budget
     fired = []
     for threshold in budget.thresholds:
-        if counter.spent_usd >= budget.amount_usd * threshold / 100 and (budget.amount_usd or counter.spent_usd):
-            event = _fire(budget=budget, month=counter.month, kind=AlertEvent.Kind.THRESHOLD,
-                          threshold=threshold, spent=counter.spent_usd)
+        if counter.spent_usd >= budget.amount_usd * threshold / 100 and (
+            budget.amount_usd or counter.spent_usd
+        ):
+            event = _fire(
+                budget=budget,
+                month=counter.month,
+                kind=AlertEvent.Kind.THRESHOLD,
+                threshold=threshold,
+                spent=counter.spent_usd,
+            )
             if event:
                 fired.append(event)
     return fired
@@ -79,12 +105,15 @@ def budget_alerts_check_all(*, now: datetime | None = None) -> int:
     (their task was never enqueued, e.g. during a broker outage)."""
     now = now or timezone.now()
     month = month_start(now).date()
-    fired = sum(len(budget_alerts_check(counter_id=c)) for c in
-                BudgetCounter.objects.filter(month=month).values_list("id", flat=True))
+    fired = sum(
+        len(budget_alerts_check(counter_id=c))
+        for c in BudgetCounter.objects.filter(month=month).values_list("id", flat=True)
+    )
     from usage.tasks import alert_deliver
 
-    stuck = AlertDelivery.objects.filter(status=AlertDelivery.Status.PENDING, attempts=0,
-                                         event__created_at__lt=now - STUCK_AFTER)
+    stuck = AlertDelivery.objects.filter(
+        status=AlertDelivery.Status.PENDING, attempts=0, event__created_at__lt=now - STUCK_AFTER
+    )
     for delivery_id in stuck.values_list("id", flat=True):
         alert_deliver.delay(delivery_id)
     return fired
@@ -101,13 +130,23 @@ def budget_forecast(*, budget: Budget, now: datetime) -> AlertEvent | None:
     projected = (counter.spent_usd / elapsed_days * days_in_month).quantize(Decimal("0.000001"))
     if projected <= budget.amount_usd or counter.spent_usd >= budget.amount_usd:
         return None
-    return _fire(budget=budget, month=start.date(), kind=AlertEvent.Kind.FORECAST, threshold=0,
-                 spent=counter.spent_usd, projected=projected)
+    return _fire(
+        budget=budget,
+        month=start.date(),
+        kind=AlertEvent.Kind.FORECAST,
+        threshold=0,
+        spent=counter.spent_usd,
+        projected=projected,
+    )
 
 
 def budget_forecast_all(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
-    return sum(1 for b in Budget.objects.select_related("team", "api_key") if budget_forecast(budget=b, now=now))
+    return sum(
+        1
+        for b in Budget.objects.select_related("team", "api_key")
+        if budget_forecast(budget=b, now=now)
+    )
 
 
 def alert_context(event: AlertEvent) -> dict:
@@ -116,7 +155,9 @@ def alert_context(event: AlertEvent) -> dict:
     return {
         "event": event,
         "team": budget.team,
-        "scope": f"key {budget.api_key.prefix} ({budget.api_key.name})" if budget.api_key_id else "the team",
+        "scope": f"key {budget.api_key.prefix} ({budget.api_key.name})"
+        if budget.api_key_id
+        else "the team",
         "amount": budget.amount_usd.normalize(),
         "spent": event.spent_usd.quantize(Decimal("0.01")),
         "percent": percent.quantize(Decimal("1")),
@@ -128,7 +169,9 @@ def alert_context(event: AlertEvent) -> dict:
 
 def alert_deliver(*, delivery_id: int) -> AlertDelivery:
     """Send one delivery; raises DeliveryFailed (after recording why) so the task retries."""
-    delivery = AlertDelivery.objects.select_related("event__budget__team", "event__budget__api_key").get(id=delivery_id)
+    delivery = AlertDelivery.objects.select_related(
+        "event__budget__team", "event__budget__api_key"
+    ).get(id=delivery_id)
     if delivery.status == AlertDelivery.Status.SENT:
         return delivery
     context = alert_context(delivery.event)
@@ -136,9 +179,15 @@ def alert_deliver(*, delivery_id: int) -> AlertDelivery:
     try:
         if delivery.channel == AlertDelivery.Channel.EMAIL:
             subject = render_to_string("usage/email/budget_alert_subject.txt", context).strip()
-            message = EmailMultiAlternatives(subject, render_to_string("usage/email/budget_alert_body.txt", context),
-                                             settings.DEFAULT_FROM_EMAIL, [delivery.target])
-            message.attach_alternative(render_to_string("usage/email/budget_alert_body.html", context), "text/html")
+            message = EmailMultiAlternatives(
+                subject,
+                render_to_string("usage/email/budget_alert_body.txt", context),
+                settings.DEFAULT_FROM_EMAIL,
+                [delivery.target],
+            )
+            message.attach_alternative(
+                render_to_string("usage/email/budget_alert_body.html", context), "text/html"
+            )
             message.send()
         else:
             text = render_to_string("usage/email/budget_alert_body.txt", context).strip()
@@ -150,6 +199,10 @@ def alert_deliver(*, delivery_id: int) -> AlertDelivery:
         delivery.last_error = str(exc)[:500]
         delivery.save(update_fields=["status", "attempts", "last_error"])
         raise DeliveryFailed(delivery.last_error) from exc
-    delivery.status, delivery.last_error, delivery.sent_at = AlertDelivery.Status.SENT, "", timezone.now()
+    delivery.status, delivery.last_error, delivery.sent_at = (
+        AlertDelivery.Status.SENT,
+        "",
+        timezone.now(),
+    )
     delivery.save(update_fields=["status", "attempts", "last_error", "sent_at"])
     return delivery

@@ -27,11 +27,32 @@ class UsageRecordSerializer(serializers.ModelSerializer):
     class Meta:
         model = UsageRecord
         fields = [
-            "request_id", "attempt", "created_at", "key", "endpoint", "requested_model", "route", "model",
-            "provider", "status", "http_status", "error_type", "error_message", "prompt_tokens",
-            "cached_tokens", "completion_tokens", "reasoning_tokens", "tokens_estimated",
-            "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "cost_usd", "streamed",
-            "latency_ms", "ttft_ms", "end_user",
+            "request_id",
+            "attempt",
+            "created_at",
+            "key",
+            "endpoint",
+            "requested_model",
+            "route",
+            "model",
+            "provider",
+            "status",
+            "http_status",
+            "error_type",
+            "error_message",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+            "tokens_estimated",
+            "input_per_mtok",
+            "cached_input_per_mtok",
+            "output_per_mtok",
+            "cost_usd",
+            "streamed",
+            "latency_ms",
+            "ttft_ms",
+            "end_user",
         ]
 
 
@@ -60,7 +81,9 @@ def _moment(value: str | None, name: str) -> datetime | None:
 
 
 RANGE_PARAMETERS = [
-    OpenApiParameter("start", OpenApiTypes.STR, description="ISO date or datetime, inclusive (UTC)"),
+    OpenApiParameter(
+        "start", OpenApiTypes.STR, description="ISO date or datetime, inclusive (UTC)"
+    ),
     OpenApiParameter("end", OpenApiTypes.STR, description="ISO date or datetime, exclusive (UTC)"),
 ]
 
@@ -68,12 +91,14 @@ RANGE_PARAMETERS = [
 class UsageListApi(ListAPIView):
     serializer_class = UsageRecordSerializer
 
-    @extend_schema(parameters=[
-        *RANGE_PARAMETERS,
-        OpenApiParameter("key", OpenApiTypes.STR, description="key prefix"),
-        OpenApiParameter("model", OpenApiTypes.STR, description="serving model"),
-        OpenApiParameter("status", OpenApiTypes.STR, enum=UsageRecord.Status.values),
-    ])
+    @extend_schema(
+        parameters=[
+            *RANGE_PARAMETERS,
+            OpenApiParameter("key", OpenApiTypes.STR, description="key prefix"),
+            OpenApiParameter("model", OpenApiTypes.STR, description="serving model"),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=UsageRecord.Status.values),
+        ]
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -82,7 +107,9 @@ class UsageListApi(ListAPIView):
         params = self.request.query_params
         status = params.get("status")
         if status and status not in UsageRecord.Status.values:
-            raise ValidationError({"status": f"must be one of {', '.join(UsageRecord.Status.values)}"})
+            raise ValidationError(
+                {"status": f"must be one of {', '.join(UsageRecord.Status.values)}"}
+            )
         return usage_rows(
             team_id=team.id,
             start=_moment(params.get("start"), "start"),
@@ -95,7 +122,10 @@ class UsageListApi(ListAPIView):
 
 class UsageSummaryApi(APIView):
     @extend_schema(
-        parameters=[*RANGE_PARAMETERS, OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(GROUPINGS))],
+        parameters=[
+            *RANGE_PARAMETERS,
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(GROUPINGS)),
+        ],
         responses=UsageSummarySerializer(many=True),
     )
     def get(self, request, slug):
@@ -116,8 +146,9 @@ class UsageSummaryApi(APIView):
 class BudgetSerializer(serializers.Serializer):
     amount_usd = serializers.DecimalField(max_digits=16, decimal_places=6, min_value=0)
     hard = serializers.BooleanField(default=True)
-    thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000),
-                                       default=[50, 80, 100])
+    thresholds = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=1000), default=[50, 80, 100]
+    )
     key = serializers.CharField(read_only=True, allow_null=True)
     month_spent_usd = serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
     month_reserved_usd = serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
@@ -126,17 +157,20 @@ class BudgetSerializer(serializers.Serializer):
 def _budget_data(budget) -> dict:
 
     counter = budget.counters.filter(month=month_start(timezone.now()).date()).first()
-    return {"amount_usd": budget.amount_usd, "hard": budget.hard, "thresholds": budget.thresholds,
-            "key": budget.api_key.prefix if budget.api_key_id else None,
-            "month_spent_usd": counter.spent_usd if counter else 0,
-            "month_reserved_usd": counter.reserved_usd if counter else 0}
+    return {
+        "amount_usd": budget.amount_usd,
+        "hard": budget.hard,
+        "thresholds": budget.thresholds,
+        "key": budget.api_key.prefix if budget.api_key_id else None,
+        "month_spent_usd": counter.spent_usd if counter else 0,
+        "month_reserved_usd": counter.reserved_usd if counter else 0,
+    }
 
 
 class BudgetApi(APIView):
     """The team's monthly budget, or a key's (`?key=PREFIX`)."""
 
     def _target(self, request, slug, roles):
-
 
         team = require_team(request, slug, roles)
         prefix = request.query_params.get("key")
@@ -147,9 +181,10 @@ class BudgetApi(APIView):
                 raise NotFound("No such key in this team.")
         return team, key
 
-    @extend_schema(parameters=[OpenApiParameter("key", OpenApiTypes.STR)], responses=BudgetSerializer)
+    @extend_schema(
+        parameters=[OpenApiParameter("key", OpenApiTypes.STR)], responses=BudgetSerializer
+    )
     def get(self, request, slug):
-
 
         team, key = self._target(request, slug, USAGE_READERS)
         budget = Budget.objects.filter(team=team, api_key=key).first()
@@ -157,8 +192,11 @@ class BudgetApi(APIView):
             raise NotFound("No budget is set.")
         return Response(BudgetSerializer(_budget_data(budget)).data)
 
-    @extend_schema(parameters=[OpenApiParameter("key", OpenApiTypes.STR)], request=BudgetSerializer,
-                   responses=BudgetSerializer)
+    @extend_schema(
+        parameters=[OpenApiParameter("key", OpenApiTypes.STR)],
+        request=BudgetSerializer,
+        responses=BudgetSerializer,
+    )
     def put(self, request, slug):
 
         team, key = self._target(request, slug, KEY_MANAGERS)
@@ -193,8 +231,11 @@ class AlertListApi(APIView):
     def get(self, request, slug):
 
         team = require_team(request, slug)
-        events = (AlertEvent.objects.filter(budget__team=team)
-                  .select_related("budget__api_key").prefetch_related("deliveries")[:100])
+        events = (
+            AlertEvent.objects.filter(budget__team=team)
+            .select_related("budget__api_key")
+            .prefetch_related("deliveries")[:100]
+        )
         return Response(AlertEventSerializer(events, many=True).data)
 
 
@@ -211,18 +252,23 @@ class InvoiceListApi(APIView):
     def get(self, request, slug):
 
         team = require_team(request, slug, BILLING_READERS)
-        return Response(InvoiceSummarySerializer(Invoice.objects.filter(team=team)[:120], many=True).data)
+        return Response(
+            InvoiceSummarySerializer(Invoice.objects.filter(team=team)[:120], many=True).data
+        )
 
 
 class InvoiceDetailApi(APIView):
     """One month's invoice: JSON by default, or `?format=csv|pdf` to download.
     `?preview=1` builds a draft for a month not yet closed."""
 
-    @extend_schema(parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv", "pdf"]),
-                               OpenApiParameter("preview", OpenApiTypes.BOOL)],
-                   responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv", "pdf"]),
+            OpenApiParameter("preview", OpenApiTypes.BOOL),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request, slug, month):
-
 
         team = require_team(request, slug, BILLING_READERS)
         try:

@@ -44,8 +44,15 @@ class OverBudget(Exception):
         )
 
 
-def budget_set(*, team: Team, amount_usd: Decimal, hard: bool = True, thresholds: list[int] | None = None,
-               api_key: ApiKey | None = None, now: datetime | None = None) -> Budget:
+def budget_set(
+    *,
+    team: Team,
+    amount_usd: Decimal,
+    hard: bool = True,
+    thresholds: list[int] | None = None,
+    api_key: ApiKey | None = None,
+    now: datetime | None = None,
+) -> Budget:
     """Create or change a budget. It applies at once, to the whole current month:
     its counter for this month starts from what the ledger already holds."""
     if amount_usd < 0:
@@ -56,26 +63,38 @@ def budget_set(*, team: Team, amount_usd: Decimal, hard: bool = True, thresholds
     now = now or timezone.now()
     with transaction.atomic():
         budget, _ = Budget.objects.update_or_create(
-            team=team, api_key=api_key,
+            team=team,
+            api_key=api_key,
             defaults={"amount_usd": amount_usd, "hard": hard, "thresholds": thresholds},
         )
         # Counters copy the terms; refresh them so a new limit applies at once.
         # Spend already past a lowered limit, and calls in flight admitted under
         # the old one, are carried, not an overspend.
         BudgetCounter.objects.filter(budget=budget).update(
-            limit_usd=amount_usd, hard=hard, thresholds=thresholds,
-            carried_usd=Greatest(F("carried_usd"),
-                                 F("spent_usd") + F("reserved_usd") - F("overrun_usd") - amount_usd),
+            limit_usd=amount_usd,
+            hard=hard,
+            thresholds=thresholds,
+            carried_usd=Greatest(
+                F("carried_usd"), F("spent_usd") + F("reserved_usd") - F("overrun_usd") - amount_usd
+            ),
         )
         start = month_start(now)
         spent = UsageRecord.objects.filter(
-            team=team, created_at__gte=start, created_at__lt=next_month_start(now),
+            team=team,
+            created_at__gte=start,
+            created_at__lt=next_month_start(now),
             **({"api_key": api_key} if api_key is not None else {}),
         ).aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
         BudgetCounter.objects.get_or_create(
-            budget=budget, month=start.date(),
-            defaults={"limit_usd": amount_usd, "hard": hard, "thresholds": thresholds, "spent_usd": spent,
-                      "carried_usd": max(Decimal(0), spent - amount_usd)},
+            budget=budget,
+            month=start.date(),
+            defaults={
+                "limit_usd": amount_usd,
+                "hard": hard,
+                "thresholds": thresholds,
+                "spent_usd": spent,
+                "carried_usd": max(Decimal(0), spent - amount_usd),
+            },
         )
     return budget  # type: ignore[no-any-return]  # Django's ORM is untyped here
 
@@ -114,7 +133,11 @@ ReserveRow = tuple[int, bool, int | None]
 def _reserve(call: MeteredCall, amount: Decimal, now: datetime) -> list[ReserveRow]:
     # One statement, atomic on its own: the conditional upsert re-checks each
     # locked counter row, so parallel calls cannot both take the last dollar.
-    fields = [f for f in MeteredCall._meta.concrete_fields if not f.primary_key and f.name != "counter_ids"]
+    fields = [
+        f
+        for f in MeteredCall._meta.concrete_fields
+        if not f.primary_key and f.name != "counter_ids"
+    ]
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
@@ -150,7 +173,9 @@ def _reserve(call: MeteredCall, amount: Decimal, now: datetime) -> list[ReserveR
 
 def budget_release(*, counter_ids: Iterable[int], amount: Decimal) -> None:
     if counter_ids and amount:
-        BudgetCounter.objects.filter(id__in=list(counter_ids)).update(reserved_usd=F("reserved_usd") - amount)
+        BudgetCounter.objects.filter(id__in=list(counter_ids)).update(
+            reserved_usd=F("reserved_usd") - amount
+        )
 
 
 # A settled counter: (id, spent, limit, thresholds as a list or its JSON text).

@@ -13,9 +13,21 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from usage.models import Invoice
 
 CSV_COLUMNS = [
-    "invoice", "month", "position", "kind", "description", "usage_month", "model", "requests",
-    "prompt_tokens", "cached_tokens", "completion_tokens", "input_per_mtok", "cached_input_per_mtok",
-    "output_per_mtok", "amount_usd",
+    "invoice",
+    "month",
+    "position",
+    "kind",
+    "description",
+    "usage_month",
+    "model",
+    "requests",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+    "amount_usd",
 ]
 
 
@@ -67,40 +79,91 @@ def invoice_csv(invoice: Invoice) -> str:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for line in invoice.lines.all():
-        writer.writerow([
-            invoice.number or "draft", f"{invoice.month:%Y-%m}", line.position, line.kind, line.description,
-            f"{line.usage_month:%Y-%m}" if line.usage_month else "", line.model, line.requests,
-            line.prompt_tokens, line.cached_tokens, line.completion_tokens, _plain(line.input_per_mtok),
-            _plain(line.cached_input_per_mtok), _plain(line.output_per_mtok), str(line.amount_usd),
-        ])
+        writer.writerow(
+            [
+                invoice.number or "draft",
+                f"{invoice.month:%Y-%m}",
+                line.position,
+                line.kind,
+                line.description,
+                f"{line.usage_month:%Y-%m}" if line.usage_month else "",
+                line.model,
+                line.requests,
+                line.prompt_tokens,
+                line.cached_tokens,
+                line.completion_tokens,
+                _plain(line.input_per_mtok),
+                _plain(line.cached_input_per_mtok),
+                _plain(line.output_per_mtok),
+                str(line.amount_usd),
+            ]
+        )
     return out.getvalue()
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:
     styles = getSampleStyleSheet()
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=18 * mm,
-                            bottomMargin=18 * mm, title=f"Invoice {invoice.number or 'draft'}")
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=18 * mm,
+        bottomMargin=18 * mm,
+        title=f"Invoice {invoice.number or 'draft'}",
+    )
     seller, customer = invoice.seller, invoice.customer
     title = f"Invoice {invoice.number}" if invoice.number else "Draft invoice (not final)"
     if invoice.status == Invoice.Status.VOID:
         title += " — VOID"
     story = [
         Paragraph(title, styles["Title"]),
-        Table([
-            [Paragraph("<br/>".join(["<b>From</b>", *[part for part in (
-                seller.get("name"), seller.get("address"), seller.get("email"),
-                f"Tax ID {seller['tax_id']}" if seller.get("tax_id") else "") if part]]), styles["Normal"]),
-             Paragraph(f"<b>Bill to</b><br/>{customer.get('name', '')}<br/>Account {customer.get('account', '')}",
-                       styles["Normal"]),
-             Paragraph(f"<b>Period</b><br/>{invoice.month:%B %Y} (UTC)<br/><b>Issued</b><br/>"
-                       f"{invoice.finalized_at:%Y-%m-%d}" if invoice.finalized_at else
-                       f"<b>Period</b><br/>{invoice.month:%B %Y} (UTC)", styles["Normal"])],
-        ], colWidths=[60 * mm, 60 * mm, 54 * mm], style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
+        Table(
+            [
+                [
+                    Paragraph(
+                        "<br/>".join(
+                            [
+                                "<b>From</b>",
+                                *[
+                                    part
+                                    for part in (
+                                        seller.get("name"),
+                                        seller.get("address"),
+                                        seller.get("email"),
+                                        f"Tax ID {seller['tax_id']}"
+                                        if seller.get("tax_id")
+                                        else "",
+                                    )
+                                    if part
+                                ],
+                            ]
+                        ),
+                        styles["Normal"],
+                    ),
+                    Paragraph(
+                        f"<b>Bill to</b><br/>{customer.get('name', '')}<br/>Account {customer.get('account', '')}",
+                        styles["Normal"],
+                    ),
+                    Paragraph(
+                        f"<b>Period</b><br/>{invoice.month:%B %Y} (UTC)<br/><b>Issued</b><br/>"
+                        f"{invoice.finalized_at:%Y-%m-%d}"
+                        if invoice.finalized_at
+                        else f"<b>Period</b><br/>{invoice.month:%B %Y} (UTC)",
+                        styles["Normal"],
+                    ),
+                ],
+            ],
+            colWidths=[60 * mm, 60 * mm, 54 * mm],
+            style=[("VALIGN", (0, 0), (-1, -1), "TOP")],
+        ),
         Spacer(1, 8 * mm),
     ]
     cell = styles["BodyText"].clone("cell", fontSize=8.5, leading=10)
-    rows = [["Description", "Requests", "Input tok", "Output tok", "USD / 1M in · out", "Amount (USD)"]]
+    rows = [
+        ["Description", "Requests", "Input tok", "Output tok", "USD / 1M in · out", "Amount (USD)"]
+    ]
     lines = list(invoice.lines.all())
     usage = [line for line in lines if line.kind in ("usage", "late_usage")]
     for line in usage + [None] + [line for line in lines if line not in usage]:
@@ -110,29 +173,43 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         unit = ""
         if line.input_per_mtok is not None or line.output_per_mtok is not None:
             unit = f"{_plain(line.input_per_mtok) or '–'} · {_plain(line.output_per_mtok) or '–'}"
-        rows.append([
-            Paragraph(line.description, cell),
-            f"{line.requests:,}" if line.kind in ("usage", "late_usage") else "",
-            f"{line.prompt_tokens:,}" if line.kind in ("usage", "late_usage") else "",
-            f"{line.completion_tokens:,}" if line.kind in ("usage", "late_usage") else "",
-            unit,
-            f"{line.amount_usd:,.2f}",
-        ])
+        rows.append(
+            [
+                Paragraph(line.description, cell),
+                f"{line.requests:,}" if line.kind in ("usage", "late_usage") else "",
+                f"{line.prompt_tokens:,}" if line.kind in ("usage", "late_usage") else "",
+                f"{line.completion_tokens:,}" if line.kind in ("usage", "late_usage") else "",
+                unit,
+                f"{line.amount_usd:,.2f}",
+            ]
+        )
     rows.append([f"Total ({invoice.currency})", "", "", "", "", f"{invoice.total_usd:,.2f}"])
     subtotal_row = len(usage) + 1
-    table = Table(rows, colWidths=[62 * mm, 20 * mm, 22 * mm, 22 * mm, 26 * mm, 22 * mm], repeatRows=1)
-    table.setStyle(TableStyle([
-        ("FONT", (0, 0), (-1, 0), "Helvetica-Bold"),
-        ("FONTSIZE", (0, 0), (-1, -1), 8.5),
-        ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
-        ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ("LINEABOVE", (0, subtotal_row), (-1, subtotal_row), 0.4, colors.grey),
-        ("FONT", (0, -1), (-1, -1), "Helvetica-Bold"),
-        ("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black),
-    ]))
-    story += [table, Spacer(1, 6 * mm), Paragraph(
-        "Amounts are summed exactly from the usage ledger and rounded half-up to cents once per line; "
-        "the total is the sum of the rounded lines.", styles["Italic"])]
+    table = Table(
+        rows, colWidths=[62 * mm, 20 * mm, 22 * mm, 22 * mm, 26 * mm, 22 * mm], repeatRows=1
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("FONT", (0, 0), (-1, 0), "Helvetica-Bold"),
+                ("FONTSIZE", (0, 0), (-1, -1), 8.5),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+                ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LINEABOVE", (0, subtotal_row), (-1, subtotal_row), 0.4, colors.grey),
+                ("FONT", (0, -1), (-1, -1), "Helvetica-Bold"),
+                ("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black),
+            ]
+        )
+    )
+    story += [
+        table,
+        Spacer(1, 6 * mm),
+        Paragraph(
+            "Amounts are summed exactly from the usage ledger and rounded half-up to cents once per line; "
+            "the total is the sum of the rounded lines.",
+            styles["Italic"],
+        ),
+    ]
     doc.build(story)
     return buffer.getvalue()

@@ -81,9 +81,13 @@ def usage_groups(*, team: Team, month: date) -> dict[tuple, dict]:
     rows = (
         DailyUsage.objects.filter(team=team, day__gte=first, day__lt=after)
         .values("model", *PRICE_KEYS)
-        .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"),
-                  cached_tokens=Sum("cached_tokens"), completion_tokens=Sum("completion_tokens"),
-                  exact=Sum("cost_usd"))
+        .annotate(
+            requests=Sum("requests"),
+            prompt_tokens=Sum("prompt_tokens"),
+            cached_tokens=Sum("cached_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            exact=Sum("cost_usd"),
+        )
         .order_by("model")
     )
     return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
@@ -92,13 +96,19 @@ def usage_groups(*, team: Team, month: date) -> dict[tuple, dict]:
 def billed_groups(*, team: Team, month: date, exclude: Invoice | None = None) -> dict[tuple, dict]:
     """What live invoices have billed for the month's usage, per model and unit prices."""
     lines = InvoiceLine.objects.filter(
-        invoice__team=team, invoice__status=Invoice.Status.FINALIZED, usage_month=month, kind__in=BILLED_KINDS
+        invoice__team=team,
+        invoice__status=Invoice.Status.FINALIZED,
+        usage_month=month,
+        kind__in=BILLED_KINDS,
     )
     if exclude is not None:
         lines = lines.exclude(invoice=exclude)
     rows = lines.values("model", *PRICE_KEYS).annotate(
-        requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), cached_tokens=Sum("cached_tokens"),
-        completion_tokens=Sum("completion_tokens"), exact=Sum("exact_usd"),
+        requests=Sum("requests"),
+        prompt_tokens=Sum("prompt_tokens"),
+        cached_tokens=Sum("cached_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        exact=Sum("exact_usd"),
     )
     return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
 
@@ -138,7 +148,9 @@ def _closed_earlier_months(team: Team, month: date) -> list[date]:
     # Months with a finalized invoice, and months closed with nothing to bill.
     invoiced = Invoice.objects.filter(team=team, status=Invoice.Status.FINALIZED, month__lt=month)
     closed = ClosedMonth.objects.filter(team=team, month__lt=month)
-    return sorted(set(invoiced.values_list("month", flat=True)) | set(closed.values_list("month", flat=True)))
+    return sorted(
+        set(invoiced.values_list("month", flat=True)) | set(closed.values_list("month", flat=True))
+    )
 
 
 def seller_block() -> dict:
@@ -153,11 +165,21 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     """(Re)compute a draft invoice's lines from the rollups; None when there is nothing to bill."""
     lines = []
     for group in _unbilled(team=team, month=month, exclude=invoice):
-        lines.append(_usage_line(group, InvoiceLine.Kind.USAGE, month, f"{group['model'] or 'Refused calls'}"))
+        lines.append(
+            _usage_line(
+                group, InvoiceLine.Kind.USAGE, month, f"{group['model'] or 'Refused calls'}"
+            )
+        )
     for earlier in _closed_earlier_months(team, month):
         for group in _unbilled(team=team, month=earlier, exclude=invoice):
-            lines.append(_usage_line(group, InvoiceLine.Kind.LATE_USAGE, earlier,
-                                     f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'}"))
+            lines.append(
+                _usage_line(
+                    group,
+                    InvoiceLine.Kind.LATE_USAGE,
+                    earlier,
+                    f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'}",
+                )
+            )
     usage_exact = sum((line.exact_usd for line in lines), Decimal(0))
     # Adjustments not on a live invoice: new ones, and those of a voided invoice (its correction
     # carries them again; the void invoice keeps its lines as issued).
@@ -165,20 +187,33 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     pending = Q(invoice_line__isnull=True) | Q(invoice_line__invoice__status=Invoice.Status.VOID)
     late = Q(month__lt=month, invoice_line__isnull=True)
     adjustments = list(
-        InvoiceAdjustment.objects.filter((pending & Q(month=month)) | late, team=team).order_by("id"))
+        InvoiceAdjustment.objects.filter((pending & Q(month=month)) | late, team=team).order_by(
+            "id"
+        )
+    )
     if not lines and not adjustments:
         if invoice is not None and invoice.status == Invoice.Status.DRAFT:
             invoice.delete()
         return None
     if team.markup_percent:
         markup = (usage_exact * team.markup_percent / 100).quantize(EXACT, rounding=ROUND_HALF_UP)
-        lines.append(InvoiceLine(kind=InvoiceLine.Kind.MARKUP, description=f"Markup {team.markup_percent.normalize():f}%",
-                                 exact_usd=markup, amount_usd=to_cents(markup)))
+        lines.append(
+            InvoiceLine(
+                kind=InvoiceLine.Kind.MARKUP,
+                description=f"Markup {team.markup_percent.normalize():f}%",
+                exact_usd=markup,
+                amount_usd=to_cents(markup),
+            )
+        )
     adjusted = []
     for adjustment in adjustments:
         amount = adjustment.amount_usd
-        line = InvoiceLine(kind=InvoiceLine.Kind.ADJUSTMENT, description=adjustment.reason,
-                           exact_usd=amount, amount_usd=to_cents(amount))
+        line = InvoiceLine(
+            kind=InvoiceLine.Kind.ADJUSTMENT,
+            description=adjustment.reason,
+            exact_usd=amount,
+            amount_usd=to_cents(amount),
+        )
         lines.append(line)
         adjusted.append((adjustment, line))
 
@@ -187,7 +222,9 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     invoice.seller, invoice.customer = seller_block(), customer_block(team)
     invoice.markup_percent = team.markup_percent
     invoice.usage_through = rollup_through()
-    invoice.subtotal_usd = sum((line.amount_usd for line in lines if line.kind in BILLED_KINDS), Decimal(0))
+    invoice.subtotal_usd = sum(
+        (line.amount_usd for line in lines if line.kind in BILLED_KINDS), Decimal(0)
+    )
     invoice.total_usd = sum((line.amount_usd for line in lines), Decimal(0))
     invoice.save()
     invoice.lines.all().delete()
@@ -201,18 +238,28 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
 
 def _usage_line(group: dict, kind: str, usage_month: date, description: str) -> InvoiceLine:
     return InvoiceLine(
-        kind=kind, description=description, usage_month=usage_month, model=group["model"],
-        requests=group["requests"], prompt_tokens=group["prompt_tokens"], cached_tokens=group["cached_tokens"],
-        completion_tokens=group["completion_tokens"], input_per_mtok=group["input_per_mtok"],
-        cached_input_per_mtok=group["cached_input_per_mtok"], output_per_mtok=group["output_per_mtok"],
-        exact_usd=group["exact"], amount_usd=to_cents(group["exact"]),
+        kind=kind,
+        description=description,
+        usage_month=usage_month,
+        model=group["model"],
+        requests=group["requests"],
+        prompt_tokens=group["prompt_tokens"],
+        cached_tokens=group["cached_tokens"],
+        completion_tokens=group["completion_tokens"],
+        input_per_mtok=group["input_per_mtok"],
+        cached_input_per_mtok=group["cached_input_per_mtok"],
+        output_per_mtok=group["output_per_mtok"],
+        exact_usd=group["exact"],
+        amount_usd=to_cents(group["exact"]),
     )
 
 
 def _live_invoice(team: Team, month: date) -> Invoice | None:
     """The month's non-void invoice, with the team locked so one process builds it at a time."""
     Team.objects.select_for_update().get(id=team.id)
-    return Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+    return (
+        Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID).first()
+    )
 
 
 def invoice_preview(*, team: Team, month: date, now: datetime | None = None) -> Invoice | None:
@@ -247,8 +294,11 @@ def _close(team: Team, month: date, now: datetime) -> tuple[Invoice | None, bool
         live = _live_invoice(team, month)
         if live is not None and live.status == Invoice.Status.FINALIZED:
             return live, False
-        voided = (Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID)
-                  .order_by("-id").first())
+        voided = (
+            Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID)
+            .order_by("-id")
+            .first()
+        )
         invoice = invoice_build(team=team, month=month, invoice=live)
         ClosedMonth.objects.get_or_create(team=team, month=month, defaults={"closed_at": now})
         if invoice is None:
@@ -324,9 +374,14 @@ def invoices_close_month(
         teams = [team]
     else:
         _, after = month_bounds(month)
-        ids = set(DailyUsage.objects.filter(day__lt=after).values_list("team_id", flat=True).distinct())
-        ids |= set(InvoiceAdjustment.objects.filter(month__lte=month, invoice_line__isnull=True)
-                   .values_list("team_id", flat=True))
+        ids = set(
+            DailyUsage.objects.filter(day__lt=after).values_list("team_id", flat=True).distinct()
+        )
+        ids |= set(
+            InvoiceAdjustment.objects.filter(
+                month__lte=month, invoice_line__isnull=True
+            ).values_list("team_id", flat=True)
+        )
         teams = list(Team.objects.filter(id__in=ids).order_by("id"))
     result = MonthClose(month=month)
     for position, each in enumerate(teams, start=1):
@@ -353,13 +408,24 @@ def invoice_void(*, invoice: Invoice, reason: str, now: datetime | None = None) 
         raise InvoiceError("Only a finalized invoice can be voided.")
     if not reason.strip():
         raise InvoiceError("Say why the invoice is voided.")
-    invoice.status, invoice.voided_at, invoice.void_reason = Invoice.Status.VOID, now or timezone.now(), reason
+    invoice.status, invoice.voided_at, invoice.void_reason = (
+        Invoice.Status.VOID,
+        now or timezone.now(),
+        reason,
+    )
     invoice.save(update_fields=["status", "voided_at", "void_reason"])
     return invoice
 
 
-def adjustment_add(*, team: Team, month: date, amount_usd: Decimal, reason: str, created_by: str) -> InvoiceAdjustment:
+def adjustment_add(
+    *, team: Team, month: date, amount_usd: Decimal, reason: str, created_by: str
+) -> InvoiceAdjustment:
     if not reason.strip():
         raise InvoiceError("An adjustment needs a reason.")
-    return InvoiceAdjustment.objects.create(team=team, month=month, amount_usd=to_cents(amount_usd),
-                                            reason=reason.strip()[:300], created_by=created_by)
+    return InvoiceAdjustment.objects.create(
+        team=team,
+        month=month,
+        amount_usd=to_cents(amount_usd),
+        reason=reason.strip()[:300],
+        created_by=created_by,
+    )

@@ -44,8 +44,16 @@ from usage.months import month_start
 from usage.pricing import Price, Tokens, cost
 
 __all__ = [
-    "Meter", "Outcome", "OverBudget", "Status", "Endpoint", "inflight_sweep", "meter_open",
-    "meter_refuse", "SWEPT_ATTEMPT", "journal_prune",
+    "Meter",
+    "Outcome",
+    "OverBudget",
+    "Status",
+    "Endpoint",
+    "inflight_sweep",
+    "meter_open",
+    "meter_refuse",
+    "SWEPT_ATTEMPT",
+    "journal_prune",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,35 +135,59 @@ class Meter:
             raise RuntimeError(f"{self.facts.request_id} is already recorded")
         self.closed = True
         now = now or timezone.now()
-        records = [_record(self.facts, outcome, charge, attempt, now)
-                   for attempt, (outcome, charge) in enumerate(self.outcomes)]
+        records = [
+            _record(self.facts, outcome, charge, attempt, now)
+            for attempt, (outcome, charge) in enumerate(self.outcomes)
+        ]
         settled = _close_statement(self.facts, records, self.reservation, self.total, now)
         for counter_id in crossed_counters(settled, self.total):
             transaction.on_commit(lambda c=counter_id: _enqueue_alert_check(c))
         return records
 
 
-def _record(facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int,
-            now: datetime) -> UsageRecord:
+def _record(
+    facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int, now: datetime
+) -> UsageRecord:
     price = outcome.price or Price(None, None, None)
     return UsageRecord(
-        request_id=facts.request_id, attempt=attempt, team_id=facts.team_id, api_key_id=facts.key_id,
-        endpoint=facts.endpoint, requested_model=facts.requested_model, route=facts.route,
-        end_user=facts.end_user, created_at=facts.created_at, recorded_at=now,
-        model=outcome.model, provider=outcome.provider,
-        input_per_mtok=price.input, cached_input_per_mtok=price.cached_input,
-        output_per_mtok=price.output, cost_usd=charge,
-        prompt_tokens=outcome.tokens.prompt, cached_tokens=outcome.tokens.cached,
-        completion_tokens=outcome.tokens.completion, reasoning_tokens=outcome.tokens.reasoning,
-        tokens_estimated=outcome.estimated, streamed=outcome.streamed, status=outcome.status,
-        http_status=outcome.http_status, error_type=outcome.error_type[:64],
-        error_message=outcome.error_message[:500], latency_ms=outcome.latency_ms,
+        request_id=facts.request_id,
+        attempt=attempt,
+        team_id=facts.team_id,
+        api_key_id=facts.key_id,
+        endpoint=facts.endpoint,
+        requested_model=facts.requested_model,
+        route=facts.route,
+        end_user=facts.end_user,
+        created_at=facts.created_at,
+        recorded_at=now,
+        model=outcome.model,
+        provider=outcome.provider,
+        input_per_mtok=price.input,
+        cached_input_per_mtok=price.cached_input,
+        output_per_mtok=price.output,
+        cost_usd=charge,
+        prompt_tokens=outcome.tokens.prompt,
+        cached_tokens=outcome.tokens.cached,
+        completion_tokens=outcome.tokens.completion,
+        reasoning_tokens=outcome.tokens.reasoning,
+        tokens_estimated=outcome.estimated,
+        streamed=outcome.streamed,
+        status=outcome.status,
+        http_status=outcome.http_status,
+        error_type=outcome.error_type[:64],
+        error_message=outcome.error_message[:500],
+        latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms,
     )
 
 
-def _close_statement(facts: CallFacts, records: list[UsageRecord], reservation: Reservation,
-                     total: Decimal, now: datetime) -> list[SettledRow]:
+def _close_statement(
+    facts: CallFacts,
+    records: list[UsageRecord],
+    reservation: Reservation,
+    total: Decimal,
+    now: datetime,
+) -> list[SettledRow]:
     # One statement, so one round trip on the hot path, atomic on its own. The
     # spend goes on every budget of the call's team and key for the month it
     # started in — also one set while it was in flight — and the reservation
@@ -167,9 +199,11 @@ def _close_statement(facts: CallFacts, records: list[UsageRecord], reservation: 
     row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
     inserted = ""
     if records:
-        inserted = (f", inserted AS (INSERT INTO {quote(UsageRecord._meta.db_table)} "
-                    f"({', '.join(quote(f.column) for f in fields)}) "
-                    f"VALUES {', '.join([row_sql] * len(records))})")
+        inserted = (
+            f", inserted AS (INSERT INTO {quote(UsageRecord._meta.db_table)} "
+            f"({', '.join(quote(f.column) for f in fields)}) "
+            f"VALUES {', '.join([row_sql] * len(records))})"
+        )
     sql = f"""
         WITH closed AS (
             UPDATE {quote(MeteredCall._meta.db_table)} SET closed_at = %s
@@ -190,8 +224,17 @@ def _close_statement(facts: CallFacts, records: list[UsageRecord], reservation: 
         SELECT id, spent_usd, limit_usd, thresholds FROM settled
     """
     reserved_on = list(reservation.counter_ids)
-    params = [now, facts.request_id, reserved_on, total, total, reserved_on,
-              month_start(facts.created_at).date(), facts.team_id, facts.key_id]
+    params = [
+        now,
+        facts.request_id,
+        reserved_on,
+        total,
+        total,
+        reserved_on,
+        month_start(facts.created_at).date(),
+        facts.team_id,
+        facts.key_id,
+    ]
     params += [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -210,16 +253,23 @@ def _enqueue_alert_check(counter_id: int) -> None:
         logger.exception("could not enqueue the budget alert check for counter %s", counter_id)
 
 
-def meter_open(*, facts: CallFacts, worst_case: list[tuple[Price, Tokens]], deadline_s: float,
-               now: datetime) -> Meter:
+def meter_open(
+    *, facts: CallFacts, worst_case: list[tuple[Price, Tokens]], deadline_s: float, now: datetime
+) -> Meter:
     """Open a call: reserve the most it can cost on any of its candidate models (each
     (price, ceiling tokens) pair) on every budget that applies, and write its in-flight
     record. Raises OverBudget, having written nothing, if a hard budget lacks room."""
     reserve = max((cost(price, tokens) for price, tokens in worst_case), default=Decimal(0))
     call = MeteredCall(
-        request_id=facts.request_id, team_id=facts.team_id, api_key_id=facts.key_id,
-        endpoint=facts.endpoint, requested_model=facts.requested_model, route=facts.route,
-        end_user=facts.end_user, started_at=now, worker=heartbeat.worker(),
+        request_id=facts.request_id,
+        team_id=facts.team_id,
+        api_key_id=facts.key_id,
+        endpoint=facts.endpoint,
+        requested_model=facts.requested_model,
+        route=facts.route,
+        end_user=facts.end_user,
+        started_at=now,
+        worker=heartbeat.worker(),
         expires_at=now + timedelta(seconds=deadline_s) + INFLIGHT_MARGIN,
     )
     return Meter(facts, budget_reserve(call=call, amount=reserve, now=now))
@@ -245,7 +295,8 @@ def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
     live = WorkerLease.objects.filter(worker=OuterRef("worker"), expires_at__gt=now)
     with transaction.atomic():
         stale = list(
-            MeteredCall.objects.in_flight().select_for_update(skip_locked=True)
+            MeteredCall.objects.in_flight()
+            .select_for_update(skip_locked=True)
             .filter(Q(expires_at__lte=now) | (Q(started_at__lte=now - lease) & ~Exists(live)))
             .order_by("id")[:limit]
         )
@@ -253,17 +304,27 @@ def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             return 0
         for call in stale:
             budget_release(counter_ids=call.counter_ids, amount=call.reserved_usd)
-        UsageRecord.objects.bulk_create([
-            UsageRecord(
-                request_id=call.request_id, attempt=SWEPT_ATTEMPT, team_id=call.team_id,
-                api_key_id=call.api_key_id, endpoint=call.endpoint, requested_model=call.requested_model,
-                route=call.route, end_user=call.end_user, status=Status.INTERRUPTED, tokens_estimated=True,
-                error_type="interrupted",
-                error_message="The gateway worker serving this call stopped before it finished.",
-                created_at=call.started_at, recorded_at=now,
-            )
-            for call in stale
-        ])
+        UsageRecord.objects.bulk_create(
+            [
+                UsageRecord(
+                    request_id=call.request_id,
+                    attempt=SWEPT_ATTEMPT,
+                    team_id=call.team_id,
+                    api_key_id=call.api_key_id,
+                    endpoint=call.endpoint,
+                    requested_model=call.requested_model,
+                    route=call.route,
+                    end_user=call.end_user,
+                    status=Status.INTERRUPTED,
+                    tokens_estimated=True,
+                    error_type="interrupted",
+                    error_message="The gateway worker serving this call stopped before it finished.",
+                    created_at=call.started_at,
+                    recorded_at=now,
+                )
+                for call in stale
+            ]
+        )
         MeteredCall.objects.filter(id__in=[c.id for c in stale]).update(closed_at=now, swept=True)
     return len(stale)
 
@@ -272,7 +333,9 @@ def journal_prune(*, now: datetime | None = None, batch: int = 10_000) -> int:
     """Forget closed calls older than TOLLGATE_CALL_JOURNAL_DAYS, and long-dead leases."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.TOLLGATE_CALL_JOURNAL_DAYS)
-    ids = list(MeteredCall.objects.filter(closed_at__lt=cutoff).values_list("id", flat=True)[:batch])
+    ids = list(
+        MeteredCall.objects.filter(closed_at__lt=cutoff).values_list("id", flat=True)[:batch]
+    )
     MeteredCall.objects.filter(id__in=ids).delete()
     WorkerLease.objects.filter(expires_at__lt=now - timedelta(days=1)).delete()
     return len(ids)
@@ -294,10 +357,16 @@ class WorkerHeartbeat:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    self._worker = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+                    self._worker = (
+                        f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+                    )
                     self._pid = os.getpid()
-                    threading.Thread(target=self._run, args=(self._worker,), name="tollgate-heartbeat",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._run,
+                        args=(self._worker,),
+                        name="tollgate-heartbeat",
+                        daemon=True,
+                    ).start()
         return self._worker
 
     def _run(self, worker: str) -> None:

@@ -75,7 +75,9 @@ class UsageRecord(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["request_id", "attempt"], name="usage_unique_request_attempt")
+            models.UniqueConstraint(
+                fields=["request_id", "attempt"], name="usage_unique_request_attempt"
+            )
         ]
         indexes = [
             models.Index(fields=["team", "created_at"]),
@@ -107,7 +109,9 @@ class MeteredCall(models.Model):
 
     request_id = models.CharField(max_length=64, unique=True)
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
-    api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, on_delete=models.CASCADE, related_name="+"
+    )
     endpoint = models.CharField(max_length=16)
     requested_model = models.CharField(max_length=200)
     route = models.CharField(max_length=100, blank=True)
@@ -129,8 +133,11 @@ class MeteredCall(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["expires_at"], condition=models.Q(closed_at__isnull=True),
-                         name="meteredcall_in_flight"),
+            models.Index(
+                fields=["expires_at"],
+                condition=models.Q(closed_at__isnull=True),
+                name="meteredcall_in_flight",
+            ),
             models.Index(fields=["started_at"], name="meteredcall_started"),
         ]
 
@@ -157,7 +164,9 @@ class Budget(models.Model):
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="budgets")
     # Null: the whole team's budget.
-    api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     amount_usd = models.DecimalField(max_digits=16, decimal_places=6)
     # Hard: calls that would not fit are refused. Soft: alerts only.
     hard = models.BooleanField(default=True)
@@ -168,8 +177,11 @@ class Budget(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["team", "api_key"], name="budget_unique_team_key"),
-            models.UniqueConstraint(fields=["team"], condition=models.Q(api_key__isnull=True),
-                                    name="budget_unique_team_wide"),
+            models.UniqueConstraint(
+                fields=["team"],
+                condition=models.Q(api_key__isnull=True),
+                name="budget_unique_team_wide",
+            ),
         ]
 
     def __str__(self):
@@ -202,7 +214,9 @@ class BudgetCounter(models.Model):
     thresholds = models.JSONField(default=list)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["budget", "month"], name="budgetcounter_unique_month")]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "month"], name="budgetcounter_unique_month")
+        ]
 
 
 class AlertEvent(models.Model):
@@ -224,7 +238,9 @@ class AlertEvent(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["budget", "month", "kind", "threshold"], name="alertevent_once")
+            models.UniqueConstraint(
+                fields=["budget", "month", "kind", "threshold"], name="alertevent_once"
+            )
         ]
         ordering = ["-created_at"]
 
@@ -258,7 +274,9 @@ class DailyUsage(models.Model):
     """
 
     team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
-    api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     model = models.CharField(max_length=100, blank=True)
     input_per_mtok = models.DecimalField(**PRICE_FIELD)
     cached_input_per_mtok = models.DecimalField(**PRICE_FIELD)
@@ -274,8 +292,17 @@ class DailyUsage(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["team", "api_key", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "day"],
-                name="dailyusage_unique_group", nulls_distinct=False,
+                fields=[
+                    "team",
+                    "api_key",
+                    "model",
+                    "input_per_mtok",
+                    "cached_input_per_mtok",
+                    "output_per_mtok",
+                    "day",
+                ],
+                name="dailyusage_unique_group",
+                nulls_distinct=False,
             )
         ]
         indexes = [models.Index(fields=["team", "day"])]
@@ -330,7 +357,9 @@ class Invoice(models.Model):
     total_usd = models.DecimalField(**CENTS_FIELD, default=0)
     # The ledger as read for this invoice: rows recorded up to this moment.
     usage_through = models.DateTimeField(null=True, blank=True)
-    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    replaces = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     finalized_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
@@ -338,8 +367,11 @@ class Invoice(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["team", "month"], condition=~models.Q(status="void"),
-                                    name="invoice_one_live_per_month"),
+            models.UniqueConstraint(
+                fields=["team", "month"],
+                condition=~models.Q(status="void"),
+                name="invoice_one_live_per_month",
+            ),
         ]
         ordering = ["-month", "-id"]
 
@@ -374,7 +406,11 @@ class InvoiceLine(models.Model):
 
     class Meta:
         ordering = ["position"]
-        constraints = [models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["invoice", "position"], name="invoiceline_unique_position"
+            )
+        ]
 
 
 class InvoiceAdjustment(models.Model):
@@ -387,5 +423,6 @@ class InvoiceAdjustment(models.Model):
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now)
     # Set when it lands on a finalized invoice.
-    invoice_line = models.OneToOneField(InvoiceLine, null=True, blank=True, on_delete=models.PROTECT,
-                                        related_name="adjustment")
+    invoice_line = models.OneToOneField(
+        InvoiceLine, null=True, blank=True, on_delete=models.PROTECT, related_name="adjustment"
+    )

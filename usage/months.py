@@ -10,4 +10,8 @@ def month_start(moment: datetime) -> datetime:
 
 def next_month_start(moment: datetime) -> datetime:
     start = month_start(moment)
-    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )

@@ -43,12 +43,16 @@ class Price:
     output: Decimal | None
 
     @classmethod
-    def listed(cls, *, input: Decimal | None, cached_input: Decimal | None,
-               output: Decimal | None) -> "Price":
+    def listed(
+        cls, *, input: Decimal | None, cached_input: Decimal | None, output: Decimal | None
+    ) -> "Price":
         """The price charged for a catalog entry: cached tokens without a price of
         their own are billed at the input price, never cheaper than the list."""
-        return cls(input=input, cached_input=cached_input if cached_input is not None else input,
-                   output=output)
+        return cls(
+            input=input,
+            cached_input=cached_input if cached_input is not None else input,
+            output=output,
+        )
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,13 @@ class Tokens:
         for name in ("prompt", "cached", "completion", "reasoning"):
             value = getattr(self, name)
             if not is_token_count(value):
-                raise ValueError(f"{name} tokens must be an integer in 0..{MAX_TOKENS_PER_CALL}, "
-                                 f"not {value!r}")
+                raise ValueError(
+                    f"{name} tokens must be an integer in 0..{MAX_TOKENS_PER_CALL}, not {value!r}"
+                )
         if self.cached > self.prompt or self.reasoning > self.completion:
-            raise ValueError("cached tokens are part of prompt tokens, reasoning part of completion")
+            raise ValueError(
+                "cached tokens are part of prompt tokens, reasoning part of completion"
+            )
 
     @property
     def total(self) -> int:
@@ -75,7 +82,9 @@ class Tokens:
 
 
 def is_token_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_PER_CALL
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_PER_CALL
+    )
 
 
 def cost(price: Price, tokens: Tokens) -> Decimal:

@@ -20,7 +20,14 @@ from usage.models import DailyUsage, RollupMark, UsageRecord
 LAG = timedelta(seconds=60)
 MARK = "daily"
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-GROUP = ("team_id", "api_key_id", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+GROUP = (
+    "team_id",
+    "api_key_id",
+    "model",
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+)
 SUMS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "cost_usd")
 
 
@@ -33,7 +40,9 @@ def rollup_advance(*, now: datetime | None = None, lag: timedelta = LAG) -> int:
     """Fold newly recorded ledger rows into DailyUsage; returns how many rows were folded."""
     until = (now or timezone.now()) - lag
     with transaction.atomic():
-        mark, _ = RollupMark.objects.select_for_update().get_or_create(name=MARK, defaults={"through": EPOCH})
+        mark, _ = RollupMark.objects.select_for_update().get_or_create(
+            name=MARK, defaults={"through": EPOCH}
+        )
         if until <= mark.through:
             return 0
         groups = (
@@ -51,7 +60,9 @@ def rollup_advance(*, now: datetime | None = None, lag: timedelta = LAG) -> int:
             if row is None:
                 DailyUsage.objects.create(**key, **sums)
             else:
-                DailyUsage.objects.filter(id=row.id).update(**{name: F(name) + sums[name] for name in sums})
+                DailyUsage.objects.filter(id=row.id).update(
+                    **{name: F(name) + sums[name] for name in sums}
+                )
             folded += sums["requests"]
         mark.through = until
         mark.save(update_fields=["through"])

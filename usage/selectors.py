@@ -39,7 +39,9 @@ def _day_aligned(moment: datetime | None) -> bool:
     return moment is None or (moment.astimezone(UTC).time() == time.min)
 
 
-def usage_summary(*, team_id: int, group_by: str, start: datetime | None = None, end: datetime | None = None) -> list[dict]:
+def usage_summary(
+    *, team_id: int, group_by: str, start: datetime | None = None, end: datetime | None = None
+) -> list[dict]:
     """Requests, tokens and cost of a team in [start, end), grouped by day, model or key.
 
     Day-aligned ranges (the usual case: months, days) read the daily rollups
@@ -49,7 +51,11 @@ def usage_summary(*, team_id: int, group_by: str, start: datetime | None = None,
     """
     label = group_by
     if not (_day_aligned(start) and _day_aligned(end)):
-        return _grouped(usage_rows(team_id=team_id, start=start, end=end).order_by(), LEDGER_GROUPS[group_by], label)
+        return _grouped(
+            usage_rows(team_id=team_id, start=start, end=end).order_by(),
+            LEDGER_GROUPS[group_by],
+            label,
+        )
     from usage.models import DailyUsage
     from usage.rollups import rollup_through
 
@@ -59,9 +65,14 @@ def usage_summary(*, team_id: int, group_by: str, start: datetime | None = None,
         rolled = rolled.filter(day__gte=start.astimezone(UTC).date())
     if end is not None:
         rolled = rolled.filter(day__lt=end.astimezone(UTC).date())
-    tail = usage_rows(team_id=team_id, start=start, end=end).order_by().filter(recorded_at__gt=through)
+    tail = (
+        usage_rows(team_id=team_id, start=start, end=end).order_by().filter(recorded_at__gt=through)
+    )
     merged: dict = {}
-    for part in (_grouped(rolled, ROLLUP_GROUPS[group_by], label), _grouped(tail, LEDGER_GROUPS[group_by], label)):
+    for part in (
+        _grouped(rolled, ROLLUP_GROUPS[group_by], label),
+        _grouped(tail, LEDGER_GROUPS[group_by], label),
+    ):
         for group in part:
             into = merged.setdefault(group[label], {label: group[label], **ZEROS})
             for k in SUMMED:
@@ -72,21 +83,35 @@ def usage_summary(*, team_id: int, group_by: str, start: datetime | None = None,
 
 SUMMED = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd")
 # USD stays Decimal even for a group of $0 refused calls.
-ZEROS = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
-         "cost_usd": Decimal(0)}
-LEDGER_GROUPS = {"day": TruncDate("created_at", tzinfo=UTC), "model": F("model"), "key": F("api_key__prefix")}
+ZEROS = {
+    "requests": 0,
+    "prompt_tokens": 0,
+    "cached_tokens": 0,
+    "completion_tokens": 0,
+    "cost_usd": Decimal(0),
+}
+LEDGER_GROUPS = {
+    "day": TruncDate("created_at", tzinfo=UTC),
+    "model": F("model"),
+    "key": F("api_key__prefix"),
+}
 ROLLUP_GROUPS = {"day": F("day"), "model": F("model"), "key": F("api_key__prefix")}
 
 
 def _grouped(rows, expression, label) -> list[dict]:
     requests = Count("id") if rows.model is UsageRecord else Sum("requests")
-    grouped = rows.annotate(group=expression).values("group").annotate(
-        requests=requests,
-        prompt_tokens=Sum("prompt_tokens"),
-        cached_tokens=Sum("cached_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        cost_usd=Sum("cost_usd"),
-    ).order_by("group")
+    grouped = (
+        rows.annotate(group=expression)
+        .values("group")
+        .annotate(
+            requests=requests,
+            prompt_tokens=Sum("prompt_tokens"),
+            cached_tokens=Sum("cached_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            cost_usd=Sum("cost_usd"),
+        )
+        .order_by("group")
+    )
     return [{label: g.pop("group"), **g} for g in grouped]
 
 
@@ -119,12 +144,19 @@ def team_budget_status(*, team, now):
         return None
     counter = BudgetCounter.objects.filter(budget=budget, month=month_start(now).date()).first()
     spent = counter.spent_usd if counter else 0
-    return {"budget": budget, "spent": spent, "reserved": counter.reserved_usd if counter else 0,
-            "percent": (spent / budget.amount_usd * 100) if budget.amount_usd else None}
+    return {
+        "budget": budget,
+        "spent": spent,
+        "reserved": counter.reserved_usd if counter else 0,
+        "percent": (spent / budget.amount_usd * 100) if budget.amount_usd else None,
+    }
 
 
 def recent_alerts(*, team, limit=10):
     from usage.models import AlertEvent
 
-    return list(AlertEvent.objects.filter(budget__team=team).select_related("budget__api_key")
-                .prefetch_related("deliveries")[:limit])
+    return list(
+        AlertEvent.objects.filter(budget__team=team)
+        .select_related("budget__api_key")
+        .prefetch_related("deliveries")[:limit]
+    )

@@ -34,8 +34,13 @@ def budget_forecast_all():
     return alerts.budget_forecast_all()
 
 
-@shared_task(autoretry_for=(alerts.DeliveryFailed,), retry_backoff=30, retry_backoff_max=1800, retry_jitter=True,
-             max_retries=6)
+@shared_task(
+    autoretry_for=(alerts.DeliveryFailed,),
+    retry_backoff=30,
+    retry_backoff_max=1800,
+    retry_jitter=True,
+    max_retries=6,
+)
 def alert_deliver(delivery_id):
     return alerts.alert_deliver(delivery_id=delivery_id).status
 
@@ -68,7 +73,13 @@ def invoices_close_due():
     previous = month_start(this_month - timedelta(days=1)).date()
     result = invoices_close_month(month=previous, now=now)
     for failure in result.failures:
-        logger.error("invoices_close_due: %s for team %s failed: %s", f"{previous:%Y-%m}",
-                     failure.team.slug, failure.error)
-    return {"invoices": [invoice.number for invoice in result.invoices],
-            "failed": {failure.team.slug: failure.error for failure in result.failures}}
+        logger.error(
+            "invoices_close_due: %s for team %s failed: %s",
+            f"{previous:%Y-%m}",
+            failure.team.slug,
+            failure.error,
+        )
+    return {
+        "invoices": [invoice.number for invoice in result.invoices],
+        "failed": {failure.team.slug: failure.error for failure in result.failures},
+    }

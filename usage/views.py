@@ -34,17 +34,21 @@ def dashboard(request, slug):
         "tokens": sum(g["prompt_tokens"] + g["completion_tokens"] for g in by_model),
         "cost_usd": sum((g["cost_usd"] for g in by_model), start=Decimal(0)),
     }
-    return render(request, "usage/dashboard.html", {
-        "team": team,
-        "month": start,
-        "totals": totals,
-        "by_model": by_model,
-        "by_day": by_day,
-        "by_key": by_key,
-        "recent": usage_rows(team_id=team.id)[:25],
-        "budget": team_budget_status(team=team, now=now),
-        "alerts": recent_alerts(team=team),
-    })
+    return render(
+        request,
+        "usage/dashboard.html",
+        {
+            "team": team,
+            "month": start,
+            "totals": totals,
+            "by_model": by_model,
+            "by_day": by_day,
+            "by_key": by_key,
+            "recent": usage_rows(team_id=team.id)[:25],
+            "budget": team_budget_status(team=team, now=now),
+            "alerts": recent_alerts(team=team),
+        },
+    )
 
 
 @login_required
@@ -55,13 +59,23 @@ def invoices(request, slug):
     start = month_start(now)
     for _ in range(6):
         end = next_month_start(start)
-        live = Invoice.objects.filter(team=team, month=start.date()).exclude(status=Invoice.Status.VOID).first()
-        months.append({
-            "month": start,
-            "invoice": live,
-            "voided": list(Invoice.objects.filter(team=team, month=start.date(), status=Invoice.Status.VOID)),
-            "over": now >= end,
-            "had_usage": usage_rows(team_id=team.id, start=start, end=end).exists(),
-        })
+        live = (
+            Invoice.objects.filter(team=team, month=start.date())
+            .exclude(status=Invoice.Status.VOID)
+            .first()
+        )
+        months.append(
+            {
+                "month": start,
+                "invoice": live,
+                "voided": list(
+                    Invoice.objects.filter(
+                        team=team, month=start.date(), status=Invoice.Status.VOID
+                    )
+                ),
+                "over": now >= end,
+                "had_usage": usage_rows(team_id=team.id, start=start, end=end).exists(),
+            }
+        )
         start = month_start(start - timedelta(days=1))
     return render(request, "usage/invoices.html", {"team": team, "months": months})

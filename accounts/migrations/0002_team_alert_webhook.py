@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='team',
-            name='alert_webhook_url',
+            model_name="team",
+            name="alert_webhook_url",
             field=models.URLField(blank=True, max_length=500),
         ),
     ]

@@ -6,73 +6,147 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Provider',
+            name="Provider",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=64, unique=True)),
-                ('base_url', models.CharField(max_length=500)),
-                ('api_key_env', models.CharField(blank=True, max_length=100)),
-                ('timeout_s', models.PositiveIntegerField(default=60)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=64, unique=True)),
+                ("base_url", models.CharField(max_length=500)),
+                ("api_key_env", models.CharField(blank=True, max_length=100)),
+                ("timeout_s", models.PositiveIntegerField(default=60)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='CatalogModel',
+            name="CatalogModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('display_name', models.CharField(blank=True, max_length=200)),
-                ('upstream_id', models.CharField(max_length=200)),
-                ('origin', models.CharField(blank=True, max_length=8)),
-                ('context_window', models.PositiveIntegerField(blank=True, null=True)),
-                ('max_output_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('output_tokens_per_s', models.PositiveIntegerField(blank=True, null=True)),
-                ('capabilities', models.JSONField(default=list)),
-                ('benchmarks', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='models', to='routing.provider')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("display_name", models.CharField(blank=True, max_length=200)),
+                ("upstream_id", models.CharField(max_length=200)),
+                ("origin", models.CharField(blank=True, max_length=8)),
+                ("context_window", models.PositiveIntegerField(blank=True, null=True)),
+                ("max_output_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("output_tokens_per_s", models.PositiveIntegerField(blank=True, null=True)),
+                ("capabilities", models.JSONField(default=list)),
+                ("benchmarks", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="models",
+                        to="routing.provider",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ModelPrice',
+            name="ModelPrice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('cached_input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('output_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('effective_from', models.DateTimeField(default=django.utils.timezone.now)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='prices', to='routing.catalogmodel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "cached_input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "output_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                ("effective_from", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="prices",
+                        to="routing.catalogmodel",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model', '-effective_from'],
-                'constraints': [models.UniqueConstraint(fields=('model', 'effective_from'), name='modelprice_unique_model_from')],
+                "ordering": ["model", "-effective_from"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("model", "effective_from"), name="modelprice_unique_model_from"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Route',
+            name="Route",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('strategy', models.CharField(choices=[('fallback', 'Fallback'), ('weighted', 'Weighted'), ('cheapest', 'Cheapest'), ('fastest', 'Fastest')], default='fallback', max_length=16)),
-                ('targets', models.JSONField(default=list)),
-                ('weights', models.JSONField(blank=True, default=list)),
-                ('require', models.JSONField(blank=True, default=dict)),
-                ('capabilities', models.JSONField(blank=True, default=list)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='routes', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "strategy",
+                    models.CharField(
+                        choices=[
+                            ("fallback", "Fallback"),
+                            ("weighted", "Weighted"),
+                            ("cheapest", "Cheapest"),
+                            ("fastest", "Fastest"),
+                        ],
+                        default="fallback",
+                        max_length=16,
+                    ),
+                ),
+                ("targets", models.JSONField(default=list)),
+                ("weights", models.JSONField(blank=True, default=list)),
+                ("require", models.JSONField(blank=True, default=dict)),
+                ("capabilities", models.JSONField(blank=True, default=list)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="routes",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('team', 'name'), name='route_unique_team_name'), models.UniqueConstraint(condition=models.Q(('team__isnull', True)), fields=('name',), name='route_unique_global_name')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("team", "name"), name="route_unique_team_name"),
+                    models.UniqueConstraint(
+                        condition=models.Q(("team__isnull", True)),
+                        fields=("name",),
+                        name="route_unique_global_name",
+                    ),
+                ],
             },
         ),
     ]

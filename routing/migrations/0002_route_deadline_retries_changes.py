@@ -6,37 +6,59 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('routing', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("routing", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='route',
-            name='deadline_s',
+            model_name="route",
+            name="deadline_s",
             field=models.PositiveIntegerField(default=60),
         ),
         migrations.AddField(
-            model_name='route',
-            name='retries',
+            model_name="route",
+            name="retries",
             field=models.PositiveSmallIntegerField(default=1),
         ),
         migrations.CreateModel(
-            name='RouteChange',
+            name="RouteChange",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('route_name', models.CharField(max_length=100)),
-                ('actor', models.CharField(help_text='a user, a management key prefix, or a command', max_length=200)),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('before', models.JSONField(blank=True, null=True)),
-                ('after', models.JSONField(blank=True, null=True)),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("route_name", models.CharField(max_length=100)),
+                (
+                    "actor",
+                    models.CharField(
+                        help_text="a user, a management key prefix, or a command", max_length=200
+                    ),
+                ),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("before", models.JSONField(blank=True, null=True)),
+                ("after", models.JSONField(blank=True, null=True)),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['team', 'route_name', 'at'], name='routing_rou_team_id_2126f4_idx')],
+                "ordering": ["-at", "-id"],
+                "indexes": [
+                    models.Index(
+                        fields=["team", "route_name", "at"], name="routing_rou_team_id_2126f4_idx"
+                    )
+                ],
             },
         ),
     ]

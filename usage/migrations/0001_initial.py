@@ -6,63 +6,143 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='InFlightCall',
+            name="InFlightCall",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(max_length=64, unique=True)),
-                ('endpoint', models.CharField(max_length=16)),
-                ('requested_model', models.CharField(max_length=200)),
-                ('started_at', models.DateTimeField()),
-                ('expires_at', models.DateTimeField(db_index=True)),
-                ('api_key', models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.apikey')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("request_id", models.CharField(max_length=64, unique=True)),
+                ("endpoint", models.CharField(max_length=16)),
+                ("requested_model", models.CharField(max_length=200)),
+                ("started_at", models.DateTimeField()),
+                ("expires_at", models.DateTimeField(db_index=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(max_length=64)),
-                ('attempt', models.PositiveSmallIntegerField(default=0)),
-                ('endpoint', models.CharField(choices=[('chat', 'Chat'), ('embeddings', 'Embeddings')], max_length=16)),
-                ('requested_model', models.CharField(max_length=200)),
-                ('route', models.CharField(blank=True, max_length=100)),
-                ('model', models.CharField(blank=True, max_length=100)),
-                ('provider', models.CharField(blank=True, max_length=64)),
-                ('prompt_tokens', models.PositiveIntegerField(default=0)),
-                ('cached_tokens', models.PositiveIntegerField(default=0)),
-                ('completion_tokens', models.PositiveIntegerField(default=0)),
-                ('reasoning_tokens', models.PositiveIntegerField(default=0)),
-                ('tokens_estimated', models.BooleanField(default=False)),
-                ('input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('cached_input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('output_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('cost_usd', models.DecimalField(decimal_places=12, default=0, max_digits=24)),
-                ('streamed', models.BooleanField(default=False)),
-                ('latency_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('ttft_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('status', models.CharField(choices=[('ok', 'Ok'), ('upstream_error', 'Upstream Error'), ('timeout', 'Timeout'), ('client_closed', 'Client Closed'), ('refused', 'Refused'), ('interrupted', 'Interrupted')], max_length=16)),
-                ('http_status', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('error_type', models.CharField(blank=True, max_length=64)),
-                ('error_message', models.CharField(blank=True, max_length=500)),
-                ('end_user', models.CharField(blank=True, max_length=256)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('recorded_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.apikey')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("request_id", models.CharField(max_length=64)),
+                ("attempt", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "endpoint",
+                    models.CharField(
+                        choices=[("chat", "Chat"), ("embeddings", "Embeddings")], max_length=16
+                    ),
+                ),
+                ("requested_model", models.CharField(max_length=200)),
+                ("route", models.CharField(blank=True, max_length=100)),
+                ("model", models.CharField(blank=True, max_length=100)),
+                ("provider", models.CharField(blank=True, max_length=64)),
+                ("prompt_tokens", models.PositiveIntegerField(default=0)),
+                ("cached_tokens", models.PositiveIntegerField(default=0)),
+                ("completion_tokens", models.PositiveIntegerField(default=0)),
+                ("reasoning_tokens", models.PositiveIntegerField(default=0)),
+                ("tokens_estimated", models.BooleanField(default=False)),
+                (
+                    "input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "cached_input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "output_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                ("cost_usd", models.DecimalField(decimal_places=12, default=0, max_digits=24)),
+                ("streamed", models.BooleanField(default=False)),
+                ("latency_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("ttft_ms", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("ok", "Ok"),
+                            ("upstream_error", "Upstream Error"),
+                            ("timeout", "Timeout"),
+                            ("client_closed", "Client Closed"),
+                            ("refused", "Refused"),
+                            ("interrupted", "Interrupted"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("http_status", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("error_type", models.CharField(blank=True, max_length=64)),
+                ("error_message", models.CharField(blank=True, max_length=500)),
+                ("end_user", models.CharField(blank=True, max_length=256)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("recorded_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['team', 'created_at'], name='usage_usage_team_id_dd0481_idx'), models.Index(fields=['team', 'api_key', 'created_at'], name='usage_usage_team_id_979f56_idx'), models.Index(fields=['recorded_at'], name='usage_usage_recorde_6d69e5_idx')],
-                'constraints': [models.UniqueConstraint(fields=('request_id', 'attempt'), name='usage_unique_request_attempt')],
+                "indexes": [
+                    models.Index(
+                        fields=["team", "created_at"], name="usage_usage_team_id_dd0481_idx"
+                    ),
+                    models.Index(
+                        fields=["team", "api_key", "created_at"],
+                        name="usage_usage_team_id_979f56_idx",
+                    ),
+                    models.Index(fields=["recorded_at"], name="usage_usage_recorde_6d69e5_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("request_id", "attempt"), name="usage_unique_request_attempt"
+                    )
+                ],
             },
         ),
     ]

@@ -6,95 +6,179 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_team_alert_webhook'),
-        ('usage', '0001_initial'),
+        ("accounts", "0002_team_alert_webhook"),
+        ("usage", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertEvent',
+            name="AlertEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('month', models.DateField()),
-                ('kind', models.CharField(choices=[('threshold', 'Threshold'), ('forecast', 'Forecast')], max_length=16)),
-                ('threshold', models.PositiveSmallIntegerField(default=0)),
-                ('spent_usd', models.DecimalField(decimal_places=12, max_digits=24)),
-                ('projected_usd', models.DecimalField(blank=True, decimal_places=12, max_digits=24, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("month", models.DateField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("threshold", "Threshold"), ("forecast", "Forecast")],
+                        max_length=16,
+                    ),
+                ),
+                ("threshold", models.PositiveSmallIntegerField(default=0)),
+                ("spent_usd", models.DecimalField(decimal_places=12, max_digits=24)),
+                (
+                    "projected_usd",
+                    models.DecimalField(blank=True, decimal_places=12, max_digits=24, null=True),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddField(
-            model_name='inflightcall',
-            name='counter_ids',
+            model_name="inflightcall",
+            name="counter_ids",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='inflightcall',
-            name='reserved_usd',
+            model_name="inflightcall",
+            name="reserved_usd",
             field=models.DecimalField(decimal_places=12, default=0, max_digits=24),
         ),
         migrations.CreateModel(
-            name='AlertDelivery',
+            name="AlertDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('channel', models.CharField(choices=[('email', 'Email'), ('webhook', 'Webhook')], max_length=16)),
-                ('target', models.CharField(max_length=500)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('last_error', models.CharField(blank=True, max_length=500)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('event', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='usage.alertevent')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "channel",
+                    models.CharField(
+                        choices=[("email", "Email"), ("webhook", "Webhook")], max_length=16
+                    ),
+                ),
+                ("target", models.CharField(max_length=500)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("sent", "Sent"), ("failed", "Failed")],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("last_error", models.CharField(blank=True, max_length=500)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "event",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="usage.alertevent",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Budget',
+            name="Budget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('amount_usd', models.DecimalField(decimal_places=6, max_digits=16)),
-                ('hard', models.BooleanField(default=True)),
-                ('thresholds', models.JSONField(default=list)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.apikey')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='budgets', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("amount_usd", models.DecimalField(decimal_places=6, max_digits=16)),
+                ("hard", models.BooleanField(default=True)),
+                ("thresholds", models.JSONField(default=list)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="budgets",
+                        to="accounts.team",
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='alertevent',
-            name='budget',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='usage.budget'),
+            model_name="alertevent",
+            name="budget",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="alerts",
+                to="usage.budget",
+            ),
         ),
         migrations.CreateModel(
-            name='BudgetCounter',
+            name="BudgetCounter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('month', models.DateField(help_text='first day of the month, UTC')),
-                ('spent_usd', models.DecimalField(decimal_places=12, default=0, max_digits=24)),
-                ('reserved_usd', models.DecimalField(decimal_places=12, default=0, max_digits=24)),
-                ('limit_usd', models.DecimalField(decimal_places=6, max_digits=16)),
-                ('hard', models.BooleanField()),
-                ('thresholds', models.JSONField(default=list)),
-                ('budget', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='counters', to='usage.budget')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("month", models.DateField(help_text="first day of the month, UTC")),
+                ("spent_usd", models.DecimalField(decimal_places=12, default=0, max_digits=24)),
+                ("reserved_usd", models.DecimalField(decimal_places=12, default=0, max_digits=24)),
+                ("limit_usd", models.DecimalField(decimal_places=6, max_digits=16)),
+                ("hard", models.BooleanField()),
+                ("thresholds", models.JSONField(default=list)),
+                (
+                    "budget",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="counters",
+                        to="usage.budget",
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.UniqueConstraint(fields=('team', 'api_key'), name='budget_unique_team_key'),
+            model_name="budget",
+            constraint=models.UniqueConstraint(
+                fields=("team", "api_key"), name="budget_unique_team_key"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.UniqueConstraint(condition=models.Q(('api_key__isnull', True)), fields=('team',), name='budget_unique_team_wide'),
+            model_name="budget",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("api_key__isnull", True)),
+                fields=("team",),
+                name="budget_unique_team_wide",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='alertevent',
-            constraint=models.UniqueConstraint(fields=('budget', 'month', 'kind', 'threshold'), name='alertevent_once'),
+            model_name="alertevent",
+            constraint=models.UniqueConstraint(
+                fields=("budget", "month", "kind", "threshold"), name="alertevent_once"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budgetcounter',
-            constraint=models.UniqueConstraint(fields=('budget', 'month'), name='budgetcounter_unique_month'),
+            model_name="budgetcounter",
+            constraint=models.UniqueConstraint(
+                fields=("budget", "month"), name="budgetcounter_unique_month"
+            ),
         ),
     ]

@@ -6,120 +6,262 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_team_alert_webhook'),
-        ('usage', '0002_budgets_alerts'),
+        ("accounts", "0002_team_alert_webhook"),
+        ("usage", "0002_budgets_alerts"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='InvoiceSequence',
+            name="InvoiceSequence",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('year', models.PositiveSmallIntegerField(unique=True)),
-                ('last_number', models.PositiveIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("year", models.PositiveSmallIntegerField(unique=True)),
+                ("last_number", models.PositiveIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
-            name='RollupMark',
+            name="RollupMark",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=32, unique=True)),
-                ('through', models.DateTimeField()),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=32, unique=True)),
+                ("through", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='Invoice',
+            name="Invoice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('month', models.DateField(help_text='first day of the billed month, UTC')),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('finalized', 'Finalized'), ('void', 'Void')], default='draft', max_length=16)),
-                ('number', models.CharField(blank=True, max_length=32, null=True, unique=True)),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('seller', models.JSONField(default=dict)),
-                ('customer', models.JSONField(default=dict)),
-                ('markup_percent', models.DecimalField(decimal_places=3, default=0, max_digits=7)),
-                ('subtotal_usd', models.DecimalField(decimal_places=2, default=0, max_digits=14)),
-                ('total_usd', models.DecimalField(decimal_places=2, default=0, max_digits=14)),
-                ('usage_through', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finalized_at', models.DateTimeField(blank=True, null=True)),
-                ('voided_at', models.DateTimeField(blank=True, null=True)),
-                ('void_reason', models.CharField(blank=True, max_length=500)),
-                ('replaces', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='usage.invoice')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("month", models.DateField(help_text="first day of the billed month, UTC")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("draft", "Draft"), ("finalized", "Finalized"), ("void", "Void")],
+                        default="draft",
+                        max_length=16,
+                    ),
+                ),
+                ("number", models.CharField(blank=True, max_length=32, null=True, unique=True)),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                ("seller", models.JSONField(default=dict)),
+                ("customer", models.JSONField(default=dict)),
+                ("markup_percent", models.DecimalField(decimal_places=3, default=0, max_digits=7)),
+                ("subtotal_usd", models.DecimalField(decimal_places=2, default=0, max_digits=14)),
+                ("total_usd", models.DecimalField(decimal_places=2, default=0, max_digits=14)),
+                ("usage_through", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finalized_at", models.DateTimeField(blank=True, null=True)),
+                ("voided_at", models.DateTimeField(blank=True, null=True)),
+                ("void_reason", models.CharField(blank=True, max_length=500)),
+                (
+                    "replaces",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="usage.invoice",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="invoices",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-month', '-id'],
+                "ordering": ["-month", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='InvoiceLine',
+            name="InvoiceLine",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveSmallIntegerField()),
-                ('kind', models.CharField(choices=[('usage', 'Usage'), ('late_usage', 'Late Usage'), ('markup', 'Markup'), ('adjustment', 'Adjustment')], max_length=16)),
-                ('description', models.CharField(max_length=300)),
-                ('usage_month', models.DateField(blank=True, null=True)),
-                ('model', models.CharField(blank=True, max_length=100)),
-                ('requests', models.PositiveBigIntegerField(default=0)),
-                ('prompt_tokens', models.BigIntegerField(default=0)),
-                ('cached_tokens', models.BigIntegerField(default=0)),
-                ('completion_tokens', models.BigIntegerField(default=0)),
-                ('input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('cached_input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('output_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('exact_usd', models.DecimalField(decimal_places=12, max_digits=24)),
-                ('amount_usd', models.DecimalField(decimal_places=2, max_digits=14)),
-                ('invoice', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='lines', to='usage.invoice')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveSmallIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("usage", "Usage"),
+                            ("late_usage", "Late Usage"),
+                            ("markup", "Markup"),
+                            ("adjustment", "Adjustment"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("description", models.CharField(max_length=300)),
+                ("usage_month", models.DateField(blank=True, null=True)),
+                ("model", models.CharField(blank=True, max_length=100)),
+                ("requests", models.PositiveBigIntegerField(default=0)),
+                ("prompt_tokens", models.BigIntegerField(default=0)),
+                ("cached_tokens", models.BigIntegerField(default=0)),
+                ("completion_tokens", models.BigIntegerField(default=0)),
+                (
+                    "input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "cached_input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "output_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                ("exact_usd", models.DecimalField(decimal_places=12, max_digits=24)),
+                ("amount_usd", models.DecimalField(decimal_places=2, max_digits=14)),
+                (
+                    "invoice",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="lines",
+                        to="usage.invoice",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['position'],
+                "ordering": ["position"],
             },
         ),
         migrations.CreateModel(
-            name='InvoiceAdjustment',
+            name="InvoiceAdjustment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('month', models.DateField()),
-                ('amount_usd', models.DecimalField(decimal_places=2, max_digits=14)),
-                ('reason', models.CharField(max_length=300)),
-                ('created_by', models.CharField(max_length=200)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.team')),
-                ('invoice_line', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='adjustment', to='usage.invoiceline')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("month", models.DateField()),
+                ("amount_usd", models.DecimalField(decimal_places=2, max_digits=14)),
+                ("reason", models.CharField(max_length=300)),
+                ("created_by", models.CharField(max_length=200)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
+                (
+                    "invoice_line",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="adjustment",
+                        to="usage.invoiceline",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='DailyUsage',
+            name="DailyUsage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model', models.CharField(blank=True, max_length=100)),
-                ('input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('cached_input_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('output_per_mtok', models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True)),
-                ('day', models.DateField()),
-                ('requests', models.PositiveIntegerField(default=0)),
-                ('prompt_tokens', models.PositiveBigIntegerField(default=0)),
-                ('cached_tokens', models.PositiveBigIntegerField(default=0)),
-                ('completion_tokens', models.PositiveBigIntegerField(default=0)),
-                ('reasoning_tokens', models.PositiveBigIntegerField(default=0)),
-                ('cost_usd', models.DecimalField(decimal_places=12, default=0, max_digits=24)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.apikey')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("model", models.CharField(blank=True, max_length=100)),
+                (
+                    "input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "cached_input_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                (
+                    "output_per_mtok",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=14, null=True),
+                ),
+                ("day", models.DateField()),
+                ("requests", models.PositiveIntegerField(default=0)),
+                ("prompt_tokens", models.PositiveBigIntegerField(default=0)),
+                ("cached_tokens", models.PositiveBigIntegerField(default=0)),
+                ("completion_tokens", models.PositiveBigIntegerField(default=0)),
+                ("reasoning_tokens", models.PositiveBigIntegerField(default=0)),
+                ("cost_usd", models.DecimalField(decimal_places=12, default=0, max_digits=24)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['team', 'day'], name='usage_daily_team_id_52b577_idx')],
-                'constraints': [models.UniqueConstraint(fields=('team', 'api_key', 'model', 'input_per_mtok', 'cached_input_per_mtok', 'output_per_mtok', 'day'), name='dailyusage_unique_group', nulls_distinct=False)],
+                "indexes": [
+                    models.Index(fields=["team", "day"], name="usage_daily_team_id_52b577_idx")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=(
+                            "team",
+                            "api_key",
+                            "model",
+                            "input_per_mtok",
+                            "cached_input_per_mtok",
+                            "output_per_mtok",
+                            "day",
+                        ),
+                        name="dailyusage_unique_group",
+                        nulls_distinct=False,
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'void'), _negated=True), fields=('team', 'month'), name='invoice_one_live_per_month'),
+            model_name="invoice",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "void"), _negated=True),
+                fields=("team", "month"),
+                name="invoice_one_live_per_month",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoiceline',
-            constraint=models.UniqueConstraint(fields=('invoice', 'position'), name='invoiceline_unique_position'),
+            model_name="invoiceline",
+            constraint=models.UniqueConstraint(
+                fields=("invoice", "position"), name="invoiceline_unique_position"
+            ),
         ),
     ]

@@ -5,23 +5,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_team_alert_webhook'),
-        ('usage', '0005_metered_calls'),
+        ("accounts", "0002_team_alert_webhook"),
+        ("usage", "0005_metered_calls"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ClosedMonth',
+            name="ClosedMonth",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('month', models.DateField(help_text='first day of the month, UTC')),
-                ('closed_at', models.DateTimeField()),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("month", models.DateField(help_text="first day of the month, UTC")),
+                ("closed_at", models.DateTimeField()),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('team', 'month'), name='closedmonth_unique')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("team", "month"), name="closedmonth_unique")
+                ],
             },
         ),
     ]

@@ -18,7 +18,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, slug, name, owner, markup, **options):
         if slugify(slug) != slug:
-            raise CommandError(f"'{slug}' is not a valid slug (lowercase letters, digits and hyphens).")
+            raise CommandError(
+                f"'{slug}' is not a valid slug (lowercase letters, digits and hyphens)."
+            )
         if Team.objects.filter(slug=slug).exists():
             raise CommandError(f"A team '{slug}' already exists.")
         try:

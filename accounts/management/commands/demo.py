@@ -27,7 +27,9 @@ class Command(BaseCommand):
     def handle(self, *args, host, **options):
         if not settings.DEBUG:
             raise CommandError("The demo team is for local runs only (DEBUG is off).")
-        team = Team.objects.filter(slug=DEMO_SLUG).first() or team_create(slug=DEMO_SLUG, name="Demo team")
+        team = Team.objects.filter(slug=DEMO_SLUG).first() or team_create(
+            slug=DEMO_SLUG, name="Demo team"
+        )
         User = get_user_model()
         user, _ = User.objects.get_or_create(username=DEMO_EMAIL, defaults={"email": DEMO_EMAIL})
         password = secrets.token_urlsafe(9)

@@ -12,11 +12,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("slug")
         parser.add_argument("--name", required=True)
-        parser.add_argument("--models", default="", help="comma-separated model ids or routes; empty = all")
-        parser.add_argument("--budget", default=None, metavar="USD", help="monthly budget for this key")
+        parser.add_argument(
+            "--models", default="", help="comma-separated model ids or routes; empty = all"
+        )
+        parser.add_argument(
+            "--budget", default=None, metavar="USD", help="monthly budget for this key"
+        )
         parser.add_argument("--rpm", type=int, default=None)
         parser.add_argument("--tpm", type=int, default=None)
-        parser.add_argument("--management", action="store_true", help="issue a management key instead")
+        parser.add_argument(
+            "--management", action="store_true", help="issue a management key instead"
+        )
 
     def handle(self, *args, slug, name, models, budget, rpm, tpm, management, **options):
         team = Team.objects.filter(slug=slug).first()
@@ -45,6 +51,8 @@ class Command(BaseCommand):
             from usage.budgets import budget_set
 
             budget_set(team=team, api_key=key, amount_usd=amount)
-        self.stdout.write(f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}"
-                          + (f", hard monthly budget ${amount}." if amount is not None else "."))
+        self.stdout.write(
+            f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}"
+            + (f", hard monthly budget ${amount}." if amount is not None else ".")
+        )
         self.stdout.write(secret)

@@ -16,4 +16,6 @@ class Command(BaseCommand):
             raise CommandError(f"No key with prefix '{prefix}'.")
         already = key.revoked_at is not None
         api_key_revoke(key=key)
-        self.stdout.write(f"Key {key.prefix} ({key.name}) {'was already' if already else 'is now'} revoked.")
+        self.stdout.write(
+            f"Key {key.prefix} ({key.name}) {'was already' if already else 'is now'} revoked."
+        )

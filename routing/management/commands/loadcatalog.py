@@ -15,7 +15,11 @@ class Command(BaseCommand):
                 result = catalog_load(path=path)
             except CatalogError as exc:
                 raise CommandError(str(exc)) from None
-            changed = f"; new prices for {', '.join(result.new_prices)}" if result.new_prices else "; prices unchanged"
+            changed = (
+                f"; new prices for {', '.join(result.new_prices)}"
+                if result.new_prices
+                else "; prices unchanged"
+            )
             self.stdout.write(
                 f"{path}: {result.providers} providers, {result.models} models, {result.routes} routes{changed}"
             )

@@ -5,9 +5,11 @@ from usage.invoices import InvoiceError, TeamClose, invoices_close_month, month_
 
 
 class Command(BaseCommand):
-    help = ("Build and finalize a finished month's invoices (all teams, or one). Safe to run "
-            "again: goes on past a team that fails, names it, and exits non-zero; a rerun "
-            "retries it.")
+    help = (
+        "Build and finalize a finished month's invoices (all teams, or one). Safe to run "
+        "again: goes on past a team that fails, names it, and exits non-zero; a rerun "
+        "retries it."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("month", metavar="YYYY-MM")
@@ -57,8 +59,10 @@ class Command(BaseCommand):
             self.stdout.write(f"{prefix} nothing to bill")
         else:
             note = "" if outcome.new else "  (already final)"
-            self.stdout.write(f"{prefix} {invoice.number}  USD {invoice.total_usd:>12,.2f}"
-                              f"  {counted(len(invoice.lines.all()), 'line')}{note}")
+            self.stdout.write(
+                f"{prefix} {invoice.number}  USD {invoice.total_usd:>12,.2f}"
+                f"  {counted(len(invoice.lines.all()), 'line')}{note}"
+            )
         self.stdout.flush()
 
 

@@ -28,7 +28,9 @@ class Command(BaseCommand):
         except InvoiceError as exc:
             raise CommandError(str(exc)) from None
         if invoice is None:
-            raise CommandError(f"Team '{slug}' has no invoice for {month} (run closemonth; a month without usage has none).")
+            raise CommandError(
+                f"Team '{slug}' has no invoice for {month} (run closemonth; a month without usage has none)."
+            )
         if format == "csv":
             Path(output).write_text(invoice_csv(invoice), encoding="utf-8")
         elif format == "json":

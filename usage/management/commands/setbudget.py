@@ -13,11 +13,20 @@ class Command(BaseCommand):
         parser.add_argument("slug")
         parser.add_argument("usd")
         kind = parser.add_mutually_exclusive_group()
-        kind.add_argument("--hard", dest="hard", action="store_true", default=True,
-                          help="refuse calls that would exceed it (default)")
+        kind.add_argument(
+            "--hard",
+            dest="hard",
+            action="store_true",
+            default=True,
+            help="refuse calls that would exceed it (default)",
+        )
         kind.add_argument("--soft", dest="hard", action="store_false", help="alert only")
-        parser.add_argument("--thresholds", default="50,80,100", help="alert percentages, e.g. 50,80,100")
-        parser.add_argument("--key", default=None, metavar="PREFIX", help="a key's budget instead of the team's")
+        parser.add_argument(
+            "--thresholds", default="50,80,100", help="alert percentages, e.g. 50,80,100"
+        )
+        parser.add_argument(
+            "--key", default=None, metavar="PREFIX", help="a key's budget instead of the team's"
+        )
 
     def handle(self, *args, slug, usd, hard, thresholds, key, **options):
         team = Team.objects.filter(slug=slug).first()
@@ -37,7 +46,11 @@ class Command(BaseCommand):
             if api_key is None:
                 raise CommandError(f"No key '{key}' in team '{slug}'.")
         try:
-            budget = budget_set(team=team, amount_usd=amount, hard=hard, thresholds=percents, api_key=api_key)
+            budget = budget_set(
+                team=team, amount_usd=amount, hard=hard, thresholds=percents, api_key=api_key
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"Budget for {budget}: alerts at {', '.join(f'{t}%' for t in budget.thresholds)}.")
+        self.stdout.write(
+            f"Budget for {budget}: alerts at {', '.join(f'{t}%' for t in budget.thresholds)}."
+        )

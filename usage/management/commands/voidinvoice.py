@@ -19,5 +19,7 @@ class Command(BaseCommand):
             invoice_void(invoice=invoice, reason=reason)
         except InvoiceError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"{number} is void. Run `closemonth {invoice.month:%Y-%m} --team {invoice.team.slug}` "
-                          f"to issue the corrected invoice.")
+        self.stdout.write(
+            f"{number} is void. Run `closemonth {invoice.month:%Y-%m} --team {invoice.team.slug}` "
+            f"to issue the corrected invoice."
+        )
