@@ -13,7 +13,7 @@ CATALOGS := catalog/default.toml $(if $(filter 1,$(OFFLINE)),catalog/offline.tom
 # REDIS_URL leave unset, runs the command after --, then stops them.
 SERVICES := $(BIN)/python devservices.py
 
-.PHONY: run serve test install bench clean
+.PHONY: run serve test lint install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,14 @@ serve: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py demo
 	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
-test: $(STAMP)
+test: lint
 	$(SERVICES) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Style, imports and line length (ruff), strict types for the money modules (mypy).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The benchmark makes its own database (BENCH_DATABASE_URL) next to DATABASE_URL's.
 bench: $(STAMP)
