@@ -40,9 +40,9 @@ from usage.metering import (
     Status,
     meter_open,
     meter_refuse,
+    observed_latencies,
 )
 from usage.pricing import Tokens, unpriced_direction
-from usage.selectors import model_latencies
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class RecentLatencies:
         if time.monotonic() - self._fetched_at >= self.REFRESH_S:
             # No lock, for the same reason as the catalog snapshot: never wait on a
             # lock while holding a pooled connection another lock holder may need.
-            self._values = model_latencies(since=timezone.now() - self.WINDOW)
+            self._values = observed_latencies(since=timezone.now() - self.WINDOW)
             self._fetched_at = time.monotonic()
         return self._values
 

@@ -28,7 +28,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Avg, Exists, OuterRef, Q
 from django.utils import timezone
 
 from usage.budgets import (
@@ -280,6 +280,18 @@ def meter_refuse(*, facts: CallFacts, outcome: Outcome, now: datetime | None = N
     meter = Meter(facts, Reservation(amount=Decimal(0), counter_ids=()))
     meter.attempt(outcome)
     meter.close(now=now)
+
+
+def observed_latencies(*, since: datetime) -> dict[str, dict[str, float | None]]:
+    """Mean latency and time to first token (ms) of successful calls per serving model
+    since `since`, across all teams: what `fastest` routes read back from the meter."""
+    rows = (
+        UsageRecord.objects.filter(recorded_at__gte=since, status=Status.OK)
+        .exclude(model="")
+        .values("model")
+        .annotate(latency_ms=Avg("latency_ms"), ttft_ms=Avg("ttft_ms"))
+    )
+    return {r["model"]: {"latency_ms": r["latency_ms"], "ttft_ms": r["ttft_ms"]} for r in rows}
 
 
 # --- Sweeping the calls of dead workers ---------------------------------------------

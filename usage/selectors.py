@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, time
 from decimal import Decimal
 
-from django.db.models import Avg, Count, F, QuerySet, Sum
+from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from usage.models import UsageRecord
@@ -113,17 +113,6 @@ def _grouped(rows, expression, label) -> list[dict]:
         .order_by("group")
     )
     return [{label: g.pop("group"), **g} for g in grouped]
-
-
-def model_latencies(*, since: datetime) -> dict[str, dict]:
-    """Mean latency and time to first token (ms) of successful calls per serving model since `since`."""
-    rows = (
-        UsageRecord.objects.filter(recorded_at__gte=since, status=UsageRecord.Status.OK)
-        .exclude(model="")
-        .values("model")
-        .annotate(latency_ms=Avg("latency_ms"), ttft_ms=Avg("ttft_ms"))
-    )
-    return {r["model"]: {"latency_ms": r["latency_ms"], "ttft_ms": r["ttft_ms"]} for r in rows}
 
 
 def invoice_for_month(*, team, month):
