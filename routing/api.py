@@ -144,6 +144,15 @@ def _compare_principal(team) -> KeyPrincipal:
     )
 
 
+def _answer_text(payload: dict) -> str | None:
+    # Whatever shape the upstream gave its answer: billed already, never a 500 here.
+    choices = payload.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else message
+    return content if isinstance(content, str) else None
+
+
 async def _compare_one(principal, body, model_name) -> dict:
     request_id = new_request_id()
     result = {
@@ -169,11 +178,10 @@ async def _compare_one(principal, body, model_name) -> dict:
     except ProxyError as exc:
         result["error"] = exc.message
         return result
-    choices = payload.get("choices") or [{}]
     served, _ = call.meter.outcomes[-1]
     result.update(
         ok=True,
-        answer=(choices[0].get("message") or {}).get("content"),
+        answer=_answer_text(payload),
         prompt_tokens=served.tokens.prompt,
         completion_tokens=served.tokens.completion,
         latency_ms=served.latency_ms,

@@ -8,6 +8,7 @@ each one to the meter as a typed Outcome; the meter alone writes money.
 """
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -53,6 +54,15 @@ _CAPABILITY = {CHAT: "chat", EMBEDDINGS: "embeddings"}
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
+
+
+def json_bytes(value: object) -> bytes:
+    """JSON as UTF-8, compact. An upstream's text may hold a lone surrogate, valid JSON
+    but not encodable as UTF-8: then non-ASCII is escaped instead of failing the call."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def format_usd(amount: Decimal) -> str:
@@ -121,8 +131,41 @@ class Call:
     async def record(self) -> None:
         # Shielded: a client disconnect must not cancel the ledger write. Not
         # thread-sensitive: a cancelled stream may be finalized after its
-        # request's context is gone, and must still be recorded.
-        await asyncio.shield(sync_to_async(_record, thread_sensitive=False)(self))
+        # request's context is gone, and must still be recorded. A write that
+        # still fails (the database gone for good) leaves the call open for the
+        # sweeper and is logged with what it would have written; the client,
+        # whose work was done, still gets its answer.
+        try:
+            await asyncio.shield(sync_to_async(_record, thread_sensitive=False)(self))
+        except Exception:
+            outcomes = [(o.status, o.model, str(o.tokens), str(c)) for o, c in self.meter.outcomes]
+            logger.exception("could not record %s: %s", self.request_id, outcomes)
+
+    async def unless_client_gone(self) -> None:
+        """Before the upstream is called: a client already gone gets no upstream call; the
+        call is recorded as never sent, and the caller stops."""
+        if self.client_gone:
+            await sync_to_async(call_abandon_unsent, thread_sensitive=False)(self)
+            raise asyncio.CancelledError
+
+
+def call_abandon_unsent(call: Call) -> None:
+    """The client left before its call was sent upstream: record it, at no cost, at once."""
+    model = call.candidates[0]
+    call.meter.attempt(
+        Outcome(
+            status=Status.CLIENT_CLOSED,
+            model=model.name,
+            provider=model.provider.name,
+            price=model.prices,
+            error_type="client_closed",
+            error_message="The client disconnected before the call was sent upstream.",
+        )
+    )
+    try:
+        call.meter.close()
+    finally:
+        connection.close()
 
 
 def _record(call: Call) -> None:
@@ -139,11 +182,17 @@ def counted_tokens(
 ) -> tuple[Tokens, bool]:
     """The tokens to bill: the upstream's `usage` when it is sane, else the gateway's own
     count (the prompt estimate plus what was produced), flagged as estimated. Neither may
-    pass what the request allowed: an upstream's overproduction is its own to bear."""
+    pass the request's ceiling: an upstream's overproduction is its own to bear."""
     chat = call.endpoint == CHAT
+    ceiling = call.bounds.ceiling(model)
     allowance = tokens.output_allowance(call.bounds.body, model) if chat else 0
     reported = tokens.reported_tokens(
-        usage, max_prompt=model.context_window, max_completion=allowance, chat=chat
+        usage,
+        max_prompt=ceiling.prompt,
+        max_completion=allowance,
+        min_prompt=call.bounds.prompt_estimate // UNDERCOUNT_FACTOR,
+        min_completion=completion_estimate // UNDERCOUNT_FACTOR,
+        chat=chat,
     )
     if reported is not None:
         return reported, False
@@ -154,13 +203,12 @@ def counted_tokens(
             call.request_id,
             usage,
         )
-    completion = min(
-        completion_estimate, allowance if allowance is not None else tokens.MAX_TOKENS_PER_CALL
-    )
-    return Tokens(
-        prompt=min(call.bounds.prompt_estimate, tokens.MAX_TOKENS_PER_CALL),
-        completion=min(completion, tokens.MAX_TOKENS_PER_CALL),
-    ), True
+    prompt = min(call.bounds.prompt_estimate, ceiling.prompt)
+    return Tokens(prompt=prompt, completion=min(completion_estimate, allowance)), True
+
+
+# Reported usage below an eighth of the gateway's own estimate is not believed.
+UNDERCOUNT_FACTOR = 8
 
 
 # --- Preparing a call -------------------------------------------------------
@@ -399,8 +447,12 @@ _PATHS = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
 
 
 def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
-    """The client's body for the upstream: every field passed through, the model renamed."""
+    """The client's body for the upstream: every field passed through, the model renamed.
+    A chat request that names no output limit gets the one its reservation assumed, so
+    that no honest upstream can produce more than was reserved."""
     sent = {**body, "model": model.upstream_id}
+    if endpoint == CHAT and tokens.output_unbounded(body):
+        sent["max_tokens"] = tokens.output_cap(body, model.max_output_tokens)
     if endpoint == EMBEDDINGS:
         # The SDK asks for base64 unless told otherwise; a raw client expects floats.
         sent.setdefault("encoding_format", "float")
@@ -426,6 +478,7 @@ def _produced_tokens(payload: dict) -> int:
 
 async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
     """Run a non-streaming call; return the client payload, the serving model and the call's cost."""
+    await call.unless_client_gone()
     plan = AttemptPlan(call)
     async for model, timeout in plan:
         started = time.monotonic()

@@ -5,7 +5,9 @@ the error shape (proxy_exception_handler); the views validate the body,
 then hand the call to routing.calls.
 """
 
+import asyncio
 import json
+import threading
 
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
@@ -23,10 +25,12 @@ from accounts.authentication import InferenceKeyAuthentication
 from routing.calls import (
     CHAT,
     EMBEDDINGS,
+    call_abandon_unsent,
     call_json,
     call_prepare,
     detached,
     format_usd,
+    json_bytes,
     new_request_id,
     route_allowed,
 )
@@ -105,6 +109,12 @@ def _check_common(body) -> dict:
         )
     if not isinstance(model, str) or not model:
         raise _bad("'model' must be a non-empty string.", param="model", code="invalid_type")
+    if len(model) > 200:
+        raise _bad(
+            "'model' is longer than any model or route name (200 characters).",
+            param="model",
+            code="invalid_value",
+        )
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("'user' must be a string.", param="user", code="invalid_type")
@@ -191,9 +201,7 @@ def _call_headers(response, call, model):
 
 
 def _json_response(call, payload, model, cost) -> HttpResponse:
-    response = HttpResponse(
-        json.dumps(payload, ensure_ascii=False).encode(), content_type="application/json"
-    )
+    response = HttpResponse(json_bytes(payload), content_type="application/json")
     response["x-tollgate-cost"] = format_usd(cost)
     return _call_headers(response, call, model)
 
@@ -201,27 +209,59 @@ def _json_response(call, payload, model, cost) -> HttpResponse:
 class ProxyCallView(ProxyView):
     """A metered call. Everything synchronous before the upstream call (key
     check, body validation, catalog, access, prices, in-flight record) runs
-    in adrf's one thread hop for `initial`; the handler then only awaits."""
+    in adrf's one thread hop for `initial`; the handler then only awaits.
+
+    A client can leave at any moment. Once the handler hands the call to
+    `detached`, that task owns it; before, the call may have been opened in
+    `initial`'s thread while the client was leaving, and whichever of the two
+    sides learns last (under `_handoff`) records it as never sent upstream.
+    """
 
     endpoint: str
     validate = None
+
+    def initialize_request(self, request, *args, **kwargs):
+        self._handoff = threading.Lock()
+        self._client_gone = self._handed_off = False
+        self.call = None
+        return super().initialize_request(request, *args, **kwargs)
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         if request.method == "POST":
             self.body = type(self).validate(request.data)
             try:
-                self.call = call_prepare(
+                call = call_prepare(
                     principal=request.user,
                     endpoint=self.endpoint,
                     body=self.body,
                     request_id=self.request_id,
                     now=timezone.now(),
                 )
+                with self._handoff:
+                    self.call, orphaned = call, self._client_gone
+                if orphaned:
+                    call_abandon_unsent(call)
             finally:
                 # Back to the pool before the upstream call: a long stream must
                 # not hold a database connection it does not use.
                 connection.close()
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        try:
+            return await super().async_dispatch(request, *args, **kwargs)
+        except asyncio.CancelledError:
+            with self._handoff:
+                self._client_gone = True
+                call = None if self._handed_off else self.call
+            if call is not None:
+                detached.spawn(sync_to_async(call_abandon_unsent, thread_sensitive=False)(call))
+            raise
+
+    def hand_off(self, coroutine, **kwargs):
+        """Give the call to a task that outlives the client (routing.calls.detached)."""
+        self._handed_off = True
+        return detached.run(self.call, coroutine, **kwargs)
 
 
 class ChatCompletionsView(ProxyCallView):
@@ -231,12 +271,12 @@ class ChatCompletionsView(ProxyCallView):
     async def post(self, request):
         body, call = self.body, self.call
         if body.get("stream"):
-            relay = await detached.run(call, call_stream(call, body), on_abandon=abandon_relay)
+            relay = await self.hand_off(call_stream(call, body), on_abandon=abandon_relay)
             response = StreamingHttpResponse(RelayBody(relay), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return _call_headers(response, call, relay.model)
-        return _json_response(call, *await detached.run(call, call_json(call, body)))
+        return _json_response(call, *await self.hand_off(call_json(call, body)))
 
 
 class EmbeddingsView(ProxyCallView):
@@ -244,9 +284,7 @@ class EmbeddingsView(ProxyCallView):
     validate = validate_embeddings_body
 
     async def post(self, request):
-        return _json_response(
-            self.call, *await detached.run(self.call, call_json(self.call, self.body))
-        )
+        return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
 
 
 def _model_entries(principal):

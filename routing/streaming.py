@@ -9,7 +9,7 @@ from django.conf import settings
 
 from routing import tokens
 from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
-from routing.calls import _PATHS, CHAT, Call, counted_tokens, detached, upstream_body
+from routing.calls import _PATHS, CHAT, Call, counted_tokens, detached, json_bytes, upstream_body
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo
 from routing.upstream import upstream_client
@@ -62,11 +62,7 @@ class StreamRelay:
             if not chunk.get("choices"):
                 return None
             del chunk["usage"]
-        return (
-            b"data: "
-            + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
-            + b"\n\n"
-        )
+        return b"data: " + json_bytes(chunk) + b"\n\n"
 
     async def run(self):
         """The client's event stream; the call is recorded before the final event is sent."""
@@ -166,14 +162,12 @@ class StreamRelay:
             return
         self.ended = True
         self.status, self.error = status, error
-        await self._record()
+        # Recorded in a task of its own: a client leaving now cancels this one, not the record.
+        await asyncio.shield(detached.spawn(self._record()))
 
     async def _record(self) -> None:
         self._watchdog.cancel()
-        try:
-            await asyncio.shield(self.stream.close())
-        except Exception:  # closing a broken upstream connection may fail; nothing to do
-            pass
+        # Priced and added to the meter before anything is awaited.
         counted, estimated = counted_tokens(
             self.model,
             self.call,
@@ -194,6 +188,10 @@ class StreamRelay:
                 estimated=estimated,
             )
         )
+        try:
+            await self.stream.close()
+        except Exception:  # closing a broken upstream connection may fail; nothing to do
+            pass
         await self.call.record()
 
 
@@ -227,6 +225,7 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
     A target may be replaced only before anything reached the client, so
     the first chunk is read here, before the response starts.
     """
+    await call.unless_client_gone()
     client_options = body.get("stream_options") or {}
     client_wants_usage = bool(client_options.get("include_usage"))
     plan = AttemptPlan(call)

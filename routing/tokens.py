@@ -52,6 +52,11 @@ IMAGE_UNKNOWN_SIZE_TOKENS = 16_384
 # with no known window is bounded at the largest window offered today.
 UNSIZED_PART_TOKENS = MAX_TOKENS_PER_CALL
 UNKNOWN_CONTEXT_WINDOW = 2_000_000
+# What a provider may add to a prompt of its own (a chat template; instructions for
+# tool use, which run to a few hundred tokens): reserved on top of what the request
+# carries, and believed in usage.
+PROVIDER_FRAMING_TOKENS = 64
+PROVIDER_TOOL_FRAMING_TOKENS = 512
 
 
 def text_tokens(text: str) -> int:
@@ -211,15 +216,16 @@ def output_cap(body: Body, model_cap: int | None) -> int:
     return min(cap, model_cap) if model_cap else cap
 
 
-def output_allowance(body: Body, model: "ModelInfo | None") -> int | None:
-    """The most output an honest upstream can produce for the request (all choices), or
-    None when nothing bounds it: what was asked, else the model's output cap, else its
-    context window."""
-    model_cap = model.max_output_tokens if model else None
-    per_choice = _asked_output(body) or model_cap or (model.context_window if model else None)
-    if per_choice is None:
-        return None
-    return min(per_choice, model_cap) * choices(body) if model_cap else per_choice * choices(body)
+def output_allowance(body: Body, model: "ModelInfo | None") -> int:
+    """The most output an honest upstream can produce for the request, all choices: the
+    per-choice cap the gateway reserves for and, when the request names none, sends
+    upstream itself (routing.calls.upstream_body)."""
+    return output_cap(body, model.max_output_tokens if model else None) * choices(body)
+
+
+def output_unbounded(body: Body) -> bool:
+    """The request names no output limit, so the gateway must send one."""
+    return _asked_output(body) is None
 
 
 def _prediction_bytes(body: Body) -> int:
@@ -283,7 +289,11 @@ class TokenBounds:
         """The most tokens this request can use on `model`: no prompt passes the model's
         context window (an upstream refuses it)."""
         window = (model.context_window if model else None) or UNKNOWN_CONTEXT_WINDOW
-        return _clamped(min(self.prompt_ceiling, window), self.output_ceiling(model))
+        framing = PROVIDER_FRAMING_TOKENS
+        if self.body.get("tools") or self.body.get("functions"):
+            framing += PROVIDER_TOOL_FRAMING_TOKENS
+        prompt = min(self.prompt_ceiling + framing, window)
+        return _clamped(prompt, self.output_ceiling(model))
 
     def expected(self, model: ModelInfo | None) -> Tokens:
         output = (
@@ -306,12 +316,15 @@ def reported_tokens(
     *,
     max_prompt: int | None = None,
     max_completion: int | None = None,
+    min_prompt: int = 0,
+    min_completion: int = 0,
     chat: bool = True,
 ) -> Tokens | None:
     """Tokens from an upstream's OpenAI `usage` object, or None when it sent none or
     nonsense: negative, fractional, string or absurd counts, cached above prompt, a
-    chat answer without completion tokens, a prompt longer than the model's context
-    window, more output than the request allowed. The caller then counts itself and
+    chat answer without completion tokens, more than the request could use (`max_*`),
+    or far less than it visibly did (`min_*`: an eighth of the gateway's own estimate,
+    which no tokenizer undercuts). The caller then counts itself and
     flags the row as estimated. Embeddings produce no output: their completion is 0."""
     if not isinstance(usage, dict):
         return None
@@ -329,6 +342,8 @@ def reported_tokens(
     if cached > prompt or reasoning > completion:
         return None
     if (max_prompt and prompt > max_prompt) or (max_completion and completion > max_completion):
+        return None
+    if prompt < min_prompt or completion < min_completion:
         return None
     return Tokens(prompt=prompt, cached=cached, completion=completion, reasoning=reasoning)
 

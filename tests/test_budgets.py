@@ -43,7 +43,8 @@ def hammer(async_sdk, secret, n, **kwargs):
 def test_fifty_parallel_calls_never_spend_past_a_hard_budget(
     catalog, inference_key, async_sdk, team
 ):
-    # Each call really costs 12 × 0.18 + 34 × 0.25 = 10.66 µ$; it reserves 2 × 16 × 0.18 + 40 × 0.25 = 15.76 µ$.
+    # Each call really costs 12 × 0.18 + 34 × 0.25 = 10.66 µ$; it reserves its ceiling,
+    # (60 bytes + 64 framing) × 0.18 + 40 × 0.25 = 32.32 µ$.
     budget = budget_set(team=team, amount_usd=Decimal("0.00006"))  # 5 calls' real cost fit
     _, secret = inference_key
 
@@ -68,18 +69,19 @@ def test_fifty_parallel_calls_never_spend_past_a_hard_budget(
 def test_done_when_a_one_dollar_budget_is_never_overcharged_and_alerts_fire_once_each(
     catalog, inference_key, async_sdk, team, owner, member, upstream, celery_worker, mailoutbox
 ):
-    # Each call reserves its ceiling, 60 × 2.50 + 24,985 × 10.00 per 1M = exactly $0.25, and the
-    # upstream reports that ceiling, so exactly four calls fit and spend the whole dollar.
+    # Each call reserves its ceiling, (60 + 64 framing) × 2.50 + 24,969 × 10.00 per 1M =
+    # exactly $0.25, and the upstream reports that ceiling, so exactly four calls fit and
+    # spend the whole dollar.
     assert TokenBounds.of_chat({"messages": MESSAGES}).prompt_ceiling == 60
     upstream.script(
-        "gpt-4o", *[Answer(usage={"prompt_tokens": 60, "completion_tokens": 24985})] * 50
+        "gpt-4o", *[Answer(usage={"prompt_tokens": 124, "completion_tokens": 24969})] * 50
     )
     owner.email = "owner@acme.test"
     owner.save()
     budget = budget_set(team=team, amount_usd=Decimal("1"))
     _, secret = inference_key
 
-    served, errors = hammer(async_sdk, secret, 50, model="gpt-4o", max_tokens=24985)
+    served, errors = hammer(async_sdk, secret, 50, model="gpt-4o", max_tokens=24969)
 
     assert len(served) == 4 and len(errors) == 46
     assert UsageRecord.objects.filter(team=team).aggregate(total=Sum("cost_usd"))[
@@ -106,7 +108,7 @@ def _wait_for(condition, timeout=20):
 def test_a_keys_budget_applies_with_its_teams(catalog, team, async_sdk):
     key, secret = api_key_create(team=team, name="capped")
     budget_set(team=team, amount_usd=Decimal("100"))
-    budget_set(team=team, api_key=key, amount_usd=Decimal("0.00003"))  # two calls' worth
+    budget_set(team=team, api_key=key, amount_usd=Decimal("0.00005"))  # two calls' worth
 
     served, errors = hammer(async_sdk, secret, 6, model="deepseek-v4-flash", max_tokens=40)
 

@@ -105,9 +105,10 @@ def test_cached_and_reasoning_tokens_are_priced_by_the_formula(
         "completion_tokens_details": {"reasoning_tokens": 200},
     }
     upstream.script("deepseek-v4-flash", Answer(usage=usage))
+    long_prompt = [{"role": "user", "content": "lorem ipsum " * 400}]  # room for 1,000 tokens
 
     raw = sdk(secret).chat.completions.with_raw_response.create(
-        model="deepseek-v4-flash", messages=MESSAGES
+        model="deepseek-v4-flash", messages=long_prompt
     )
 
     # (1000 - 400) × 0.18 + 400 × 0.07 + 500 × 0.25 = 108 + 28 + 125 = 261 per 1M

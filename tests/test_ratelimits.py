@@ -55,23 +55,24 @@ def test_successful_responses_carry_the_ratelimit_headers(catalog, team, sdk):
     assert raw.headers["x-ratelimit-limit-requests"] == "10"
     assert raw.headers["x-ratelimit-remaining-requests"] == "9"
     assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
-    # Counted at admission: the prompt's ceiling (24 for "hi") plus max_tokens 50.
-    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 24 - 50)
+    # Counted at admission: the prompt's ceiling (24 bytes for "hi", 64 of provider
+    # framing) plus max_tokens 50.
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - 24 - 64 - 50)
 
 
 @live
 def test_tpm_counts_the_ceiling_and_gives_back_what_was_not_used(catalog, team, sdk):
-    # Each call is admitted at 24 + 80 = 104 tokens; the fake upstream then reports 46 used.
-    _, secret = api_key_create(team=team, name="limited", tpm_limit=124)
+    # Each call is admitted at 24 + 64 + 80 = 168 tokens; the fake upstream then reports 46.
+    _, secret = api_key_create(team=team, name="limited", tpm_limit=188)
     client = sdk(secret)
     client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=80)
 
-    # 46 used + 104 asked > 124: refused, though 104 + 104 would have been refused sooner.
+    # 46 used + 168 asked > 188: refused, though it would have been sooner without the give-back.
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=80)
 
     assert caught.value.body["type"] == "tokens"
-    assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == str(124 - 46)
+    assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == str(188 - 46)
     client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES, max_tokens=30)
 
 

@@ -61,6 +61,7 @@ def budget_set(
     if any(not isinstance(t, int) or not 1 <= t <= 1000 for t in thresholds):
         raise ValueError("Thresholds are whole percentages between 1 and 1000.")
     now = now or timezone.now()
+    start = month_start(now)
     with transaction.atomic():
         budget, _ = Budget.objects.update_or_create(
             team=team,
@@ -78,25 +79,33 @@ def budget_set(
                 F("carried_usd"), F("spent_usd") + F("reserved_usd") - F("overrun_usd") - amount_usd
             ),
         )
-        start = month_start(now)
-        spent = UsageRecord.objects.filter(
-            team=team,
-            created_at__gte=start,
-            created_at__lt=next_month_start(now),
-            **({"api_key": api_key} if api_key is not None else {}),
-        ).aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
-        BudgetCounter.objects.get_or_create(
+        _, created = BudgetCounter.objects.get_or_create(
             budget=budget,
             month=start.date(),
-            defaults={
-                "limit_usd": amount_usd,
-                "hard": hard,
-                "thresholds": thresholds,
-                "spent_usd": spent,
-                "carried_usd": max(Decimal(0), spent - amount_usd),
-            },
+            defaults={"limit_usd": amount_usd, "hard": hard, "thresholds": thresholds},
         )
+    if created:
+        # A new counter starts from the month's spend so far. Read in a transaction of
+        # its own, after the counter is visible: a call closing meanwhile either lands
+        # in the sum, or waits on the counter row's lock and adds itself after. (Left: a
+        # ledger statement begun before the counter existed and committed after this sum,
+        # a window of milliseconds; reconcile reports it.)
+        _counter_resync(budget=budget, month=start, amount_usd=amount_usd)
     return budget  # type: ignore[no-any-return]  # Django's ORM is untyped here
+
+
+def _counter_resync(*, budget: Budget, month: datetime, amount_usd: Decimal) -> None:
+    rows = UsageRecord.objects.filter(
+        team_id=budget.team_id, created_at__gte=month, created_at__lt=next_month_start(month)
+    )
+    if budget.api_key_id is not None:
+        rows = rows.filter(api_key_id=budget.api_key_id)
+    with transaction.atomic():
+        counter = BudgetCounter.objects.select_for_update().get(budget=budget, month=month.date())
+        spent = rows.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
+        counter.spent_usd = spent
+        counter.carried_usd = max(counter.carried_usd, spent - amount_usd)
+        counter.save(update_fields=["spent_usd", "carried_usd"])
 
 
 @dataclass(frozen=True)

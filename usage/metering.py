@@ -22,12 +22,20 @@ import os
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import Avg, Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -139,10 +147,41 @@ class Meter:
             _record(self.facts, outcome, charge, attempt, now)
             for attempt, (outcome, charge) in enumerate(self.outcomes)
         ]
-        settled = _close_statement(self.facts, records, self.reservation, self.total, now)
+        settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
         for counter_id in crossed_counters(settled, self.total):
             transaction.on_commit(lambda c=counter_id: _enqueue_alert_check(c))
         return records
+
+
+# Tries of the ledger write, and the first pause between them (doubling), seconds.
+CLOSE_TRIES = 4
+CLOSE_BACKOFF_S = 0.05
+
+
+def _close_with_retries(
+    facts: CallFacts,
+    records: list[UsageRecord],
+    reservation: Reservation,
+    total: Decimal,
+    now: datetime,
+) -> list[SettledRow]:
+    # A pooled connection the database dropped (a restart, a failover) fails the first
+    # try; the statement is atomic, so it is tried again on a fresh connection. If a try
+    # committed but its answer was lost, the next one meets its rows by their key.
+    for attempt in range(CLOSE_TRIES):
+        try:
+            return _close_statement(facts, records, reservation, total, now)
+        except IntegrityError:
+            if attempt and UsageRecord.objects.filter(request_id=facts.request_id).exists():
+                return []
+            raise
+        except (OperationalError, InterfaceError):
+            if attempt == CLOSE_TRIES - 1:
+                raise
+            logger.warning("ledger write for %s failed; retrying", facts.request_id, exc_info=True)
+            connection.close()
+            time.sleep(CLOSE_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _record(
