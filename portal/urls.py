@@ -18,6 +18,11 @@ api = [
     ),
     path("teams/<slug:slug>/usage/", usage_api.UsageListApi.as_view(), name="api-usage"),
     path(
+        "teams/<slug:slug>/usage/export/",
+        usage_api.UsageExportApi.as_view(),
+        name="api-usage-export",
+    ),
+    path(
         "teams/<slug:slug>/usage/summary/",
         usage_api.UsageSummaryApi.as_view(),
         name="api-usage-summary",

@@ -27,9 +27,20 @@ def as_key(secret):
 
 
 def record(
-    team, key, *, when, model="gpt-4o", cost="0.001", status="ok", prompt=10, completion=5, rid=None
+    team,
+    key,
+    *,
+    when,
+    model="gpt-4o",
+    cost="0.001",
+    status="ok",
+    prompt=10,
+    completion=5,
+    rid=None,
+    **fields,
 ):
     return UsageRecord.objects.create(
+        **fields,
         request_id=rid or f"req_{UsageRecord.objects.count()}",
         team=team,
         api_key=key,
@@ -147,7 +158,15 @@ def traffic(team, other_team, inference_key):
     foreign_key, _ = api_key_create(team=other_team, name="theirs")
     record(team, key, when=day(1), model="gpt-4o", cost="0.003")
     record(team, key, when=day(1, 23), model="deepseek-v4-flash", cost="0.0001")
-    record(team, other_key, when=day(2), model="deepseek-v4-flash", cost="0.0002")
+    record(
+        team,
+        other_key,
+        when=day(2),
+        model="deepseek-v4-flash",
+        cost="0.0002",
+        route="bulk_classify",
+        end_user="alice",
+    )
     record(
         team,
         other_key,
@@ -166,7 +185,6 @@ def test_ledger_lists_only_the_callers_team_newest_first(member, traffic):
     response = as_user(member).get("/api/teams/acme/usage/")
 
     assert response.status_code == 200
-    assert response.data["count"] == 4
     assert [r["created_at"][:10] for r in response.data["results"]] == [
         "2026-11-03",
         "2026-11-02",
@@ -181,7 +199,7 @@ def test_ledger_filters(member, traffic):
     client = as_user(member)
 
     def count(query):
-        return client.get(f"/api/teams/acme/usage/?{query}").data["count"]
+        return len(client.get(f"/api/teams/acme/usage/?{query}").data["results"])
 
     assert count("start=2026-11-02") == 2
     assert count("start=2026-11-01&end=2026-11-02") == 2
@@ -189,8 +207,44 @@ def test_ledger_filters(member, traffic):
     assert count(f"key={other_key.prefix}") == 2
     assert count("model=gpt-4o") == 2
     assert count("status=upstream_error") == 1
-    assert client.get("/api/teams/acme/usage/?status=bogus").status_code == 400
-    assert client.get("/api/teams/acme/usage/?start=yesterday").status_code == 400
+    assert count("route=bulk_classify") == 1
+    assert count("end_user=alice") == 1
+    for bad in (
+        "status=bogus",
+        "start=yesterday",
+        "start=2026-02-30",
+        "end=2026-11-01T25:00",
+        "key=%00",
+    ):
+        response = client.get(f"/api/teams/acme/usage/?{bad}")
+        assert response.status_code == 400 and response["content-type"] == "application/json", bad
+
+
+def test_ledger_pages_by_keyset_through_every_row_once(member, traffic):
+    client = as_user(member)
+    seen, url = [], "/api/teams/acme/usage/?page_size=1"
+    while url:
+        page = client.get(url).data
+        seen += [r["request_id"] for r in page["results"]]
+        url = page["next"]
+    assert len(seen) == len(set(seen)) == 4
+
+
+def test_usage_csv_is_exactly_the_filtered_rows(member, outsider, traffic):
+    import csv
+    import io
+
+    key, other_key = traffic
+    response = as_user(member).get(f"/api/teams/acme/usage/export/?key={other_key.prefix}")
+
+    assert response.status_code == 200 and response["content-type"] == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    listed = as_user(member).get(f"/api/teams/acme/usage/?key={other_key.prefix}").data["results"]
+    assert [r["request_id"] for r in rows] == [r["request_id"] for r in listed]
+    assert {r["key"] for r in rows} == {other_key.prefix}
+    assert [r["cost_usd"] for r in rows] == [r["cost_usd"] for r in listed]
+    assert as_user(outsider).get("/api/teams/acme/usage/export/").status_code == 404
+    assert as_user(member).get("/api/teams/acme/usage/export/?start=2026-13-01").status_code == 400
 
 
 def test_summary_by_model_day_and_key(member, traffic):

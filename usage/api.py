@@ -1,13 +1,18 @@
-from datetime import UTC, datetime, time
+import csv
+import io
+from datetime import datetime
+from decimal import Decimal
 
-from django.http import HttpResponse
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -15,6 +20,7 @@ from accounts.permissions import BILLING_READERS, KEY_MANAGERS, USAGE_READERS, r
 from accounts.selectors import api_key_get
 from usage.budgets import budget_set
 from usage.exports import invoice_csv, invoice_json, invoice_pdf
+from usage.filters import MomentField, UsageFilter
 from usage.invoices import InvoiceError, invoice_preview, month_of
 from usage.models import AlertEvent, Budget, Invoice, UsageRecord
 from usage.months import month_start
@@ -66,18 +72,11 @@ class UsageSummarySerializer(serializers.Serializer):
 
 
 def _moment(value: str | None, name: str) -> datetime | None:
-    """An ISO date (midnight UTC) or datetime from a query parameter."""
-    if not value:
-        return None
-    moment = parse_datetime(value)
-    if moment is None:
-        day = parse_date(value)
-        if day is None:
-            raise ValidationError({name: f"'{value}' is not an ISO date or datetime."})
-        moment = datetime.combine(day, time.min)
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, UTC)
-    return moment
+    """An ISO date (midnight UTC) or datetime from a query parameter, as the filters read it."""
+    try:
+        return MomentField(required=False).clean(value)
+    except DjangoValidationError as exc:
+        raise ValidationError({name: exc.messages}) from None
 
 
 RANGE_PARAMETERS = [
@@ -88,36 +87,71 @@ RANGE_PARAMETERS = [
 ]
 
 
-class UsageListApi(ListAPIView):
-    serializer_class = UsageRecordSerializer
+class UsagePagination(CursorPagination):
+    """Keyset pagination, newest first: each page costs the same at any depth, and rows
+    arriving meanwhile never shift a page. No total count (it would read every row)."""
 
-    @extend_schema(
-        parameters=[
-            *RANGE_PARAMETERS,
-            OpenApiParameter("key", OpenApiTypes.STR, description="key prefix"),
-            OpenApiParameter("model", OpenApiTypes.STR, description="serving model"),
-            OpenApiParameter("status", OpenApiTypes.STR, enum=UsageRecord.Status.values),
-        ]
-    )
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class UsageListApi(ListAPIView):
+    """The team's ledger, one row per upstream attempt, filtered and paginated by keyset."""
+
+    serializer_class = UsageRecordSerializer
+    pagination_class = UsagePagination
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = UsageFilter
 
     def get_queryset(self):
         team = require_team(self.request, self.kwargs["slug"])
-        params = self.request.query_params
-        status = params.get("status")
-        if status and status not in UsageRecord.Status.values:
-            raise ValidationError(
-                {"status": f"must be one of {', '.join(UsageRecord.Status.values)}"}
-            )
-        return usage_rows(
-            team_id=team.id,
-            start=_moment(params.get("start"), "start"),
-            end=_moment(params.get("end"), "end"),
-            key_prefix=params.get("key"),
-            model=params.get("model"),
-            status=status,
+        return usage_rows(team_id=team.id)
+
+
+# The export's columns, named as the API names them, and where each comes from.
+EXPORT_FIELDS = list(UsageRecordSerializer.Meta.fields)
+EXPORT_SOURCES = {name: name for name in EXPORT_FIELDS} | {"key": "api_key__prefix"}
+
+
+class UsageExportApi(APIView):
+    """The filtered ledger as CSV, streamed: exactly the rows the same filters list."""
+
+    @extend_schema(parameters=[UsageFilter], responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request, slug):
+        team = require_team(request, slug)
+        filterset = UsageFilter(request.query_params, queryset=usage_rows(team_id=team.id))
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        rows = filterset.qs.values_list(*[EXPORT_SOURCES[name] for name in EXPORT_FIELDS])
+        response = StreamingHttpResponse(
+            _csv_lines(rows.iterator(chunk_size=2000)), content_type="text/csv"
         )
+        response["Content-Disposition"] = f'attachment; filename="{team.slug}-usage.csv"'
+        return response
+
+
+def _cell(value):
+    # Decimals as plain digits (never 0E-12), moments in ISO 8601, as the API writes them.
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _csv_lines(rows):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_FIELDS)
+    for row in rows:
+        writer.writerow([_cell(value) for value in row])
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 class UsageSummaryApi(APIView):

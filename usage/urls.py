@@ -6,4 +6,6 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("t/<slug:slug>/", views.dashboard, name="dashboard"),
     path("t/<slug:slug>/invoices/", views.invoices, name="invoices"),
+    path("t/<slug:slug>/usage/", views.usage_explorer, name="usage-explorer"),
+    path("t/<slug:slug>/usage/<str:request_id>/", views.usage_call, name="usage-call"),
 ]

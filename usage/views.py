@@ -1,12 +1,15 @@
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from accounts.permissions import BILLING_READERS, require_team_page
 from accounts.selectors import teams_for
+from usage.filters import UsageFilter
 from usage.models import Invoice
 from usage.months import month_start, next_month_start
 from usage.selectors import recent_alerts, team_budget_status, usage_rows, usage_summary
@@ -79,3 +82,73 @@ def invoices(request, slug):
         )
         start = month_start(start - timedelta(days=1))
     return render(request, "usage/invoices.html", {"team": team, "months": months})
+
+
+EXPLORER_PAGE = 50
+
+
+@login_required
+def usage_explorer(request, slug):
+    """The ledger, filtered as the API filters it, newest first, a page at a time by keyset:
+    `after=<created_at>,<id>` continues below the last row shown, at any depth."""
+    team = require_team_page(request, slug)
+    filterset = UsageFilter(request.GET, queryset=usage_rows(team_id=team.id))
+    rows, more, after, problem = [], False, "", None
+    if filterset.is_valid():
+        page = filterset.qs
+        position = _keyset_position(request.GET.get("after", ""))
+        if position is not None:
+            moment, row_id = position
+            page = page.filter(Q(created_at__lt=moment) | Q(created_at=moment, id__lt=row_id))
+        rows = list(page[: EXPLORER_PAGE + 1])
+        more = len(rows) > EXPLORER_PAGE
+        rows = rows[:EXPLORER_PAGE]
+        if more:
+            last = rows[-1]
+            after = f"{last.created_at.astimezone(UTC):{KEYSET_FORMAT}},{last.id}"
+    else:
+        problem = "; ".join(
+            f"{name}: {' '.join(errors)}" for name, errors in filterset.errors.items()
+        )
+    query = request.GET.copy()
+    query.pop("after", None)
+    return render(
+        request,
+        "usage/explorer.html",
+        {
+            "team": team,
+            "form": filterset.form,
+            "rows": rows,
+            "more": more,
+            "after": after,
+            "query": query.urlencode(),
+            "problem": problem,
+        },
+    )
+
+
+# The keyset cursor's time, in UTC and URL-safe (no "+").
+KEYSET_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+
+def _keyset_position(value: str) -> tuple[datetime, int] | None:
+    moment, _, row_id = value.rpartition(",")
+    try:
+        return datetime.strptime(moment, KEYSET_FORMAT).replace(tzinfo=UTC), int(row_id)
+    except ValueError:
+        return None
+
+
+@login_required
+def usage_call(request, slug, request_id):
+    """One call: every attempt of it, with tokens, prices charged, timings and errors."""
+    team = require_team_page(request, slug)
+    attempts = list(usage_rows(team_id=team.id).filter(request_id=request_id).order_by("attempt"))
+    if not attempts:
+        raise Http404("No such call.")
+    total = sum((a.cost_usd for a in attempts), Decimal(0))
+    return render(
+        request,
+        "usage/call.html",
+        {"team": team, "attempts": attempts, "total": total, "request_id": request_id},
+    )

@@ -1,0 +1,54 @@
+"""Filters of the usage ledger, shared by the API, the CSV export and the usage explorer page.
+
+Every filter is validated (django-filter forms): a bad date, status or id is a 400 in
+DRF's shape, never a 500. The team is not a filter: callers pass the team's rows in.
+"""
+
+from datetime import UTC, datetime, time
+
+import django_filters
+from django import forms
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from usage.models import UsageRecord
+
+
+class MomentField(forms.Field):
+    """An ISO date (midnight UTC) or datetime (naive means UTC)."""
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        try:
+            moment = parse_datetime(value)
+            if moment is None:
+                day = parse_date(value)
+                moment = datetime.combine(day, time.min) if day is not None else None
+        except ValueError:  # well-formed but impossible, e.g. 2026-02-30 or T25:00
+            moment = None
+        if moment is None:
+            raise forms.ValidationError(f"'{value}' is not an ISO date or datetime.")
+        return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
+
+
+class MomentFilter(django_filters.Filter):
+    field_class = MomentField
+
+
+class UsageFilter(django_filters.FilterSet):
+    start = MomentFilter(
+        field_name="created_at", lookup_expr="gte", label="from (ISO date or datetime, UTC)"
+    )
+    end = MomentFilter(field_name="created_at", lookup_expr="lt", label="until, exclusive")
+    key = django_filters.CharFilter(field_name="api_key__prefix", max_length=32, label="key prefix")
+    model = django_filters.CharFilter(max_length=100, label="serving model")
+    requested_model = django_filters.CharFilter(max_length=200)
+    route = django_filters.CharFilter(max_length=100)
+    status = django_filters.ChoiceFilter(choices=UsageRecord.Status.choices)
+    end_user = django_filters.CharFilter(max_length=256)
+    request_id = django_filters.CharFilter(max_length=64)
+
+    class Meta:
+        model = UsageRecord
+        fields = []
