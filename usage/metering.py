@@ -356,28 +356,32 @@ def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
         for call in stale:
             budget_release(counter_ids=call.counter_ids, amount=call.reserved_usd)
         UsageRecord.objects.bulk_create(
-            [
-                UsageRecord(
-                    request_id=call.request_id,
-                    attempt=SWEPT_ATTEMPT,
-                    team_id=call.team_id,
-                    api_key_id=call.api_key_id,
-                    endpoint=call.endpoint,
-                    requested_model=call.requested_model,
-                    route=call.route,
-                    end_user=call.end_user,
-                    status=Status.INTERRUPTED,
-                    tokens_estimated=True,
-                    error_type="interrupted",
-                    error_message="The gateway worker serving this call stopped before it finished.",
-                    created_at=call.started_at,
-                    recorded_at=now,
-                )
-                for call in stale
-            ]
+            [_record(_facts_of(call), SWEPT, Decimal(0), SWEPT_ATTEMPT, now) for call in stale]
         )
         MeteredCall.objects.filter(id__in=[c.id for c in stale]).update(closed_at=now, swept=True)
     return len(stale)
+
+
+# The sweeper's outcome for a call whose worker died: nothing known, nothing billed.
+SWEPT = Outcome(
+    status=Status.INTERRUPTED,
+    estimated=True,
+    error_type="interrupted",
+    error_message="The gateway worker serving this call stopped before it finished.",
+)
+
+
+def _facts_of(call: MeteredCall) -> CallFacts:
+    return CallFacts(
+        request_id=call.request_id,
+        team_id=call.team_id,
+        key_id=call.api_key_id,
+        endpoint=call.endpoint,
+        requested_model=call.requested_model,
+        created_at=call.started_at,
+        route=call.route,
+        end_user=call.end_user,
+    )
 
 
 def journal_prune(*, now: datetime | None = None, batch: int = 10_000) -> int:
