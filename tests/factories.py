@@ -90,3 +90,17 @@ def finish_call(meter, cost="0", *, status="ok", now=None):
 def spend(team, key, amount, when, request_id, *, now=None):
     """A call of `amount` USD at `when`, reserved and settled as the proxy does it."""
     return finish_call(open_call(team, key, request_id, when, reserve=amount), amount, now=now)
+
+
+def global_route(name, targets, *, deadline_s=60, retries=0):
+    """A global fallback route, visible to this process's catalog at once."""
+    from routing.selectors import catalog_changed
+    from routing.services import route_fields, route_save
+
+    fields = route_fields(
+        {"name": name, "targets": targets, "deadline_s": deadline_s, "retries": retries}
+    )
+    route = route_save(team=None, name=fields.pop("name"), fields=fields, actor="test")
+    # On-commit hooks do not run inside a test's transaction.
+    catalog_changed()
+    return route

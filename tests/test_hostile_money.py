@@ -11,6 +11,7 @@ from django.db.models import Sum
 
 from accounts.services import api_key_create
 from routing import tokens
+from tests.factories import global_route
 from tests.fake_upstream import HONEST, Answer
 from usage.budgets import budget_set
 from usage.metering import SWEPT_ATTEMPT
@@ -311,25 +312,7 @@ def test_an_embeddings_upstream_reporting_output_is_billed_for_input_only(
 
 @live
 def test_a_stream_past_its_deadline_is_ended_and_billed(catalog, team, sdk, upstream):
-    from routing.services import route_save
-
-    route_save(
-        team=None,
-        name="patient",
-        actor="test",
-        fields={
-            "strategy": "fallback",
-            "targets": ["gpt-4o"],
-            "weights": [],
-            "require": {},
-            "capabilities": [],
-            "deadline_s": 1,
-            "retries": 0,
-        },
-    )
-    from routing.selectors import catalog_changed
-
-    catalog_changed()
+    global_route("patient", ["gpt-4o"], deadline_s=1)
     _, secret = api_key_create(team=team, name="app")
     upstream.script("gpt-4o", Answer(content="w " * 50, chunk_delay=0.1))
 
@@ -355,24 +338,7 @@ def test_a_client_that_stops_reading_cannot_hold_a_call_past_its_deadline(
     call at its deadline anyway, billed within what the request allowed."""
     import httpx2
 
-    from routing.selectors import catalog_changed
-    from routing.services import route_save
-
-    route_save(
-        team=None,
-        name="patient",
-        actor="test",
-        fields={
-            "strategy": "fallback",
-            "targets": ["gpt-4o"],
-            "weights": [],
-            "require": {},
-            "capabilities": [],
-            "deadline_s": 1,
-            "retries": 0,
-        },
-    )
-    catalog_changed()
+    global_route("patient", ["gpt-4o"], deadline_s=1)
     _, secret = api_key_create(team=team, name="app")
     # Big events, so unread ones fill the sockets' buffers and the relay blocks sending.
     upstream.script("gpt-4o", Answer(content=" ".join(["x" * 200_000] * 40), usage=None))

@@ -11,8 +11,7 @@ import pytest
 from django.db.models import Sum
 
 from accounts.services import api_key_create
-from routing.selectors import catalog_changed
-from routing.services import route_save
+from tests.factories import global_route
 from tests.fake_upstream import Answer, Fail
 from usage.budgets import budget_set
 from usage.invoices import invoice_close, to_cents
@@ -23,32 +22,14 @@ from usage.reconcile import reconcile_month
 MESSAGES = [{"role": "user", "content": "Summarise the parcel report."}]
 
 
-def _route(name, targets, **fields):
-    route_save(
-        team=None,
-        name=name,
-        actor="test",
-        fields={
-            "strategy": "fallback",
-            "targets": targets,
-            "weights": [],
-            "require": {},
-            "capabilities": [],
-            "deadline_s": fields.get("deadline_s", 60),
-            "retries": 0,
-        },
-    )
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_month_of_mixed_traffic_closes_into_an_invoice_that_matches_the_ledger(
     catalog, team, sdk, upstream
 ):
     team.markup_percent = Decimal("7.5")
     team.save()
-    _route("resilient", ["glm-5", "deepseek-v4-flash"])
-    _route("hurried", ["kimi-k2.5"], deadline_s=1)
-    catalog_changed()
+    global_route("resilient", ["glm-5", "deepseek-v4-flash"])
+    global_route("hurried", ["kimi-k2.5"], deadline_s=1)
     _, secret = api_key_create(team=team, name="app")
     budget_set(team=team, amount_usd=Decimal("50"))
     client = sdk(secret)
