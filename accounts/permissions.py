@@ -7,9 +7,15 @@ from accounts.models import Membership
 from accounts.selectors import team_access
 
 Role = Membership.Role
+# Who may use what, by role; the pages, the API and the navigation all read these.
 KEY_MANAGERS = (Role.OWNER, Role.ADMIN)
 USAGE_READERS = (Role.OWNER, Role.ADMIN, Role.BILLING, Role.MEMBER)
 BILLING_READERS = (Role.OWNER, Role.BILLING)
+# Budgets are money: finance sets them as well as the people who run the apps.
+BUDGET_MANAGERS = (Role.OWNER, Role.ADMIN, Role.BILLING)
+# Routes decide where traffic goes; compare spends the team's money on test prompts.
+ROUTE_MANAGERS = (Role.OWNER, Role.ADMIN)
+PEOPLE_MANAGERS = (Role.OWNER, Role.ADMIN)
 
 
 def require_team(request, slug: str, roles=USAGE_READERS):
@@ -28,8 +34,12 @@ def require_team(request, slug: str, roles=USAGE_READERS):
 
 
 def require_team_page(request, slug: str, roles=USAGE_READERS):
-    """`require_team` for HTML pages: 404 whether the caller is outside the team or lacks the role."""
-    try:
-        return require_team(request, slug, roles)
-    except (NotFound, PermissionDenied):
-        raise Http404("No such team.") from None
+    """`require_team` for HTML pages: 404 whether the caller is outside the team or lacks the role.
+
+    The caller's role is kept on the request for the navigation (accounts.navigation).
+    """
+    access = team_access(actor=request.user, slug=slug)
+    if access is None or access[1] not in roles:
+        raise Http404("No such team.")
+    request.team_access = access
+    return access[0]

@@ -17,9 +17,14 @@ from usage.selectors import recent_alerts, team_budget_status, usage_rows, usage
 
 @login_required
 def home(request):
+    """The caller's team, or the one the team switcher asked for, or a list to pick from."""
     teams = list(teams_for(actor=request.user))
-    if len(teams) == 1:
-        return redirect("dashboard", slug=teams[0].slug)
+    wanted = request.GET.get("team")
+    chosen = (
+        [t for t in teams if t.slug == wanted] if wanted else teams[:1] if len(teams) == 1 else []
+    )
+    if chosen:
+        return redirect("dashboard", slug=chosen[0].slug)
     return render(request, "usage/teams.html", {"teams": teams})
 
 
