@@ -187,7 +187,8 @@ def catalog(upstream):
     catalog_changed()
 
 
-# --- The standing cast: an owner and a member of one team, an outsider in another.
+# --- The standing cast: an owner, admin, billing member and member of one team, an outsider
+# (owner of another team), and anonymous (the test client signed in as nobody).
 
 
 @pytest.fixture
@@ -199,6 +200,20 @@ def team(db):
 def owner(team):
     return MembershipFactory(
         team=team, role=Membership.Role.OWNER, user=UserFactory(username="owner@acme.test")
+    ).user
+
+
+@pytest.fixture
+def admin(team):
+    return MembershipFactory(
+        team=team, role=Membership.Role.ADMIN, user=UserFactory(username="admin@acme.test")
+    ).user
+
+
+@pytest.fixture
+def billing(team):
+    return MembershipFactory(
+        team=team, role=Membership.Role.BILLING, user=UserFactory(username="billing@acme.test")
     ).user
 
 
