@@ -50,8 +50,9 @@ def test_owner_signs_in_and_sees_the_month_spend(client, owner, spend):
 
     assert page.status_code == 200
     text = page.content.decode()
-    assert "$0.0004" in text  # 0.00037 + 0.00001066, month to date
-    assert "gpt-4o" in text and "deepseek-v4-flash" in text and "req_web0"[:8] in text
+    assert "$0.000381" in text  # 0.00037 + 0.00001066, month to date
+    assert "gpt-4o" in text and "deepseek-v4-flash" in text
+    assert "req_web0" in client.get("/t/acme/usage/").content.decode()
 
 
 def test_wrong_password_is_explained(client, owner):
@@ -138,4 +139,5 @@ def test_dashboard_shows_the_budget(client, owner, team):
 
     budget_set(team=team, amount_usd=Decimal("25"))
     client.force_login(owner)
-    assert "Hard monthly budget of $25.00" in client.get("/t/acme/").content.decode()
+    page = client.get("/t/acme/").content.decode()
+    assert "Budget, hard" in page and "of $25.00 spent" in page

@@ -40,21 +40,24 @@ def _day_aligned(moment: datetime | None) -> bool:
 
 
 def usage_summary(
-    *, team_id: int, group_by: str, start: datetime | None = None, end: datetime | None = None
+    *,
+    team_id: int,
+    group_by: str | tuple[str, ...],
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> list[dict]:
-    """Requests, tokens and cost of a team in [start, end), grouped by day, model or key.
+    """Requests, tokens and cost of a team in [start, end), grouped by day, model or key, or by
+    several of them (`group_by=("day", "model")`), one dict per group keyed by those names.
 
     Day-aligned ranges (the usual case: months, days) read the daily rollups
     plus the ledger rows recorded since the rollups' high-water mark, so a
     month with a million calls costs a few hundred rows to read; other
     ranges read the ledger. Refused calls count as requests with no tokens.
     """
-    label = group_by
+    labels = (group_by,) if isinstance(group_by, str) else tuple(group_by)
     if not (_day_aligned(start) and _day_aligned(end)):
         return _grouped(
-            usage_rows(team_id=team_id, start=start, end=end).order_by(),
-            LEDGER_GROUPS[group_by],
-            label,
+            usage_rows(team_id=team_id, start=start, end=end).order_by(), LEDGER_GROUPS, labels
         )
     from usage.models import DailyUsage
     from usage.rollups import rollup_through
@@ -69,16 +72,17 @@ def usage_summary(
         usage_rows(team_id=team_id, start=start, end=end).order_by().filter(recorded_at__gt=through)
     )
     merged: dict = {}
-    for part in (
-        _grouped(rolled, ROLLUP_GROUPS[group_by], label),
-        _grouped(tail, LEDGER_GROUPS[group_by], label),
-    ):
+    for part in (_grouped(rolled, ROLLUP_GROUPS, labels), _grouped(tail, LEDGER_GROUPS, labels)):
         for group in part:
-            into = merged.setdefault(group[label], {label: group[label], **ZEROS})
+            key = tuple(group[label] for label in labels)
+            into = merged.setdefault(key, {**{label: group[label] for label in labels}, **ZEROS})
             for k in SUMMED:
                 if group[k] is not None:
                     into[k] += group[k]
-    return [merged[key] for key in sorted(merged, key=lambda k: (k is None, str(k)))]
+    return [
+        merged[key]
+        for key in sorted(merged, key=lambda k: tuple((part is None, str(part)) for part in k))
+    ]
 
 
 SUMMED = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd")
@@ -98,11 +102,12 @@ LEDGER_GROUPS = {
 ROLLUP_GROUPS = {"day": F("day"), "model": F("model"), "key": F("api_key__prefix")}
 
 
-def _grouped(rows, expression, label) -> list[dict]:
+def _grouped(rows, expressions: dict, labels: tuple[str, ...]) -> list[dict]:
     requests = Count("id") if rows.model is UsageRecord else Sum("requests")
+    names = {label: f"group_{label}" for label in labels}
     grouped = (
-        rows.annotate(group=expression)
-        .values("group")
+        rows.annotate(**{names[label]: expressions[label] for label in labels})
+        .values(*names.values())
         .annotate(
             requests=requests,
             prompt_tokens=Sum("prompt_tokens"),
@@ -110,9 +115,62 @@ def _grouped(rows, expression, label) -> list[dict]:
             completion_tokens=Sum("completion_tokens"),
             cost_usd=Sum("cost_usd"),
         )
-        .order_by("group")
+        .order_by(*names.values())
     )
-    return [{label: g.pop("group"), **g} for g in grouped]
+    return [{label: g.pop(names[label]) for label in labels} | g for g in grouped]
+
+
+# Statuses of calls that reached no answer through the gateway's fault or the upstream's.
+FAILED = (
+    UsageRecord.Status.UPSTREAM_ERROR,
+    UsageRecord.Status.TIMEOUT,
+    UsageRecord.Status.INTERRUPTED,
+)
+
+
+def usage_health(*, team_id: int, start: datetime, end: datetime) -> dict:
+    """Calls, failures and timings of a team in [start, end), from the ledger.
+
+    A call is one request id (its fallback attempts are one call); it failed when its last
+    attempt did, and a call whose worker died (swept) failed unless its real rows came after.
+    Latency and time to first token are the answered calls' p50 and p95, in ms.
+    """
+    sql = """
+        WITH calls AS (
+            SELECT DISTINCT ON (request_id) status, latency_ms, ttft_ms
+            FROM usage_usagerecord
+            WHERE team_id = %s AND created_at >= %s AND created_at < %s
+            -- a sweep row stands for the call only when no real attempt arrived after it
+            ORDER BY request_id, attempt >= %s, attempt DESC
+        )
+        SELECT count(*),
+               count(*) FILTER (WHERE status = ANY(%s)),
+               count(*) FILTER (WHERE status = 'refused'),
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms)
+                   FILTER (WHERE status = 'ok'),
+               percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms)
+                   FILTER (WHERE status = 'ok'),
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY ttft_ms) FILTER (WHERE status = 'ok'),
+               percentile_disc(0.95) WITHIN GROUP (ORDER BY ttft_ms) FILTER (WHERE status = 'ok')
+        FROM calls
+    """
+    from django.db import connection
+
+    from usage.metering import SWEPT_ATTEMPT
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [team_id, start, end, SWEPT_ATTEMPT, list(FAILED)])
+        calls, failed, refused, p50, p95, ttft50, ttft95 = cursor.fetchone()
+    return {
+        "calls": calls,
+        "failed": failed,
+        "refused": refused,
+        "error_rate": (Decimal(failed) / calls * 100) if calls else None,
+        "latency_p50_ms": p50,
+        "latency_p95_ms": p95,
+        "ttft_p50_ms": ttft50,
+        "ttft_p95_ms": ttft95,
+    }
 
 
 def invoice_for_month(*, team, month):
@@ -148,4 +206,44 @@ def recent_alerts(*, team, limit=10):
         AlertEvent.objects.filter(budget__team=team)
         .select_related("budget__api_key")
         .prefetch_related("deliveries")[:limit]
+    )
+
+
+def budget_list(*, team, now) -> list[dict]:
+    """The team's budgets (the team's first, then its keys'), each with this month's figures."""
+    from usage.models import Budget, BudgetCounter
+    from usage.months import month_projection, month_start
+
+    month = month_start(now).date()
+    budgets = list(
+        Budget.objects.filter(team=team).select_related("api_key").order_by("api_key", "id")
+    )
+    counters = {
+        c.budget_id: c for c in BudgetCounter.objects.filter(budget__in=budgets, month=month)
+    }
+    listed = []
+    for budget in budgets:
+        counter = counters.get(budget.id)
+        spent = counter.spent_usd if counter else Decimal(0)
+        listed.append(
+            {
+                "budget": budget,
+                "spent": spent,
+                "reserved": counter.reserved_usd if counter else Decimal(0),
+                "percent": spent / budget.amount_usd * 100 if budget.amount_usd else None,
+                "forecast": month_projection(spent, now),
+            }
+        )
+    return listed
+
+
+def alert_history(*, team) -> QuerySet:
+    """The team's budget alerts, newest first, with their deliveries."""
+    from usage.models import AlertEvent
+
+    return (
+        AlertEvent.objects.filter(budget__team=team)
+        .select_related("budget__api_key")
+        .prefetch_related("deliveries")
+        .order_by("-created_at", "-id")
     )
