@@ -4,6 +4,7 @@ from django.urls import reverse
 
 from accounts.permissions import (
     BILLING_READERS,
+    BUDGET_MANAGERS,
     KEY_MANAGERS,
     USAGE_READERS,
 )
@@ -14,6 +15,7 @@ TEAM_PAGES = [
     ("dashboard", "Overview", USAGE_READERS),
     ("usage-explorer", "Calls", USAGE_READERS),
     ("keys", "Keys", KEY_MANAGERS),
+    ("budgets", "Budgets", BUDGET_MANAGERS),
     ("invoices", "Invoices", BILLING_READERS),
 ]
 

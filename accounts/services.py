@@ -171,3 +171,14 @@ def _touch_last_used(key_id: int, now: datetime) -> None:
         return
     _last_used_written[key_id] = now
     ApiKey.objects.filter(id=key_id).update(last_used_at=now)
+
+
+def team_settings_update(*, team: Team, **fields) -> Team:
+    """Change a team's name or alert webhook (the fields a team's admins may edit)."""
+    allowed = {"name", "alert_webhook_url"}
+    if unknown := set(fields) - allowed:
+        raise ValueError(f"not a team setting: {', '.join(sorted(unknown))}")
+    for name, value in fields.items():
+        setattr(team, name, value)
+    team.save(update_fields=list(fields) or None)
+    return team

@@ -5,7 +5,6 @@ so it fires once however many workers notice it. Each channel gets an
 AlertDelivery whose outcome (sent, failed, attempts, last error) is kept.
 """
 
-import calendar
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
@@ -18,7 +17,7 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from usage.models import AlertDelivery, AlertEvent, Budget, BudgetCounter
-from usage.months import month_start, next_month_start
+from usage.months import month_projection, month_start, next_month_start
 
 ALERT_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN, Membership.Role.BILLING)
 
@@ -125,9 +124,7 @@ def budget_forecast(*, budget: Budget, now: datetime) -> AlertEvent | None:
     counter = BudgetCounter.objects.filter(budget=budget, month=start.date()).first()
     if counter is None or not counter.spent_usd:
         return None
-    days_in_month = calendar.monthrange(start.year, start.month)[1]
-    elapsed_days = max(Decimal(1), Decimal((now - start).total_seconds()) / Decimal(86400))
-    projected = (counter.spent_usd / elapsed_days * days_in_month).quantize(Decimal("0.000001"))
+    projected = month_projection(counter.spent_usd, now)
     if projected <= budget.amount_usd or counter.spent_usd >= budget.amount_usd:
         return None
     return _fire(
@@ -206,3 +203,22 @@ def alert_deliver(*, delivery_id: int) -> AlertDelivery:
     )
     delivery.save(update_fields=["status", "attempts", "last_error", "sent_at"])
     return delivery
+
+
+def alert_webhook_test(*, team, now: datetime | None = None) -> int:
+    """POST a message marked as a test to the team's webhook at once; the HTTP status it
+    answered, or DeliveryFailed saying why not. Nothing is recorded: it is not an alert."""
+    if not team.alert_webhook_url:
+        raise DeliveryFailed("No webhook is set.")
+    now = now or timezone.now()
+    text = (
+        f"Test from Tollgate for team {team.name} ({team.slug}) at {now:%Y-%m-%d %H:%M} UTC. "
+        "Budget alerts will arrive here."
+    )
+    try:
+        response = httpx2.post(team.alert_webhook_url, json={"text": text}, timeout=5)
+    except httpx2.HTTPError as exc:
+        raise DeliveryFailed(f"the webhook could not be reached ({type(exc).__name__})") from None
+    if response.status_code >= 300:
+        raise DeliveryFailed(f"the webhook answered HTTP {response.status_code}")
+    return response.status_code

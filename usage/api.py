@@ -16,7 +16,12 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.permissions import BILLING_READERS, KEY_MANAGERS, USAGE_READERS, require_team
+from accounts.permissions import (
+    BILLING_READERS,
+    BUDGET_MANAGERS,
+    USAGE_READERS,
+    require_team,
+)
 from accounts.selectors import api_key_get
 from usage.budgets import budget_set
 from usage.exports import invoice_csv, invoice_json, invoice_pdf
@@ -233,7 +238,7 @@ class BudgetApi(APIView):
     )
     def put(self, request, slug):
 
-        team, key = self._target(request, slug, KEY_MANAGERS)
+        team, key = self._target(request, slug, BUDGET_MANAGERS)
         serializer = BudgetSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         budget = budget_set(team=team, api_key=key, **serializer.validated_data)

@@ -1,18 +1,42 @@
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import Http404
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 
-from accounts.permissions import BILLING_READERS, require_team_page
-from accounts.selectors import teams_for
+from accounts.permissions import BILLING_READERS, BUDGET_MANAGERS, require_team_page
+from accounts.selectors import api_key_list, teams_for
+from accounts.services import team_settings_update
+from usage.alerts import DeliveryFailed, alert_webhook_test
+from usage.budgets import budget_set
+from usage.charts import spend_chart_svg, stacked_series
 from usage.filters import UsageFilter
+from usage.forms import BudgetForm, WebhookForm
 from usage.models import Invoice
-from usage.months import month_start, next_month_start
-from usage.selectors import recent_alerts, team_budget_status, usage_rows, usage_summary
+from usage.months import (
+    PRESETS,
+    PeriodError,
+    month_projection,
+    month_start,
+    next_month_start,
+    period_from_query,
+)
+from usage.selectors import (
+    alert_history,
+    budget_list,
+    recent_alerts,
+    team_budget_status,
+    usage_health,
+    usage_rows,
+    usage_summary,
+)
+from usage.templatetags.money import usd
 
 
 @login_required
@@ -30,33 +54,126 @@ def home(request):
 
 @login_required
 def dashboard(request, slug):
+    """The overview: spend against budget this month, and for any range (kept in the URL)
+    spend per day stacked by model or key, the top models and keys, and call health."""
     team = require_team_page(request, slug)
     now = timezone.now()
-    start = month_start(now)
-    by_model = usage_summary(team_id=team.id, group_by="model", start=start)
-    thirty_days_ago = (now - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
-    by_day = usage_summary(team_id=team.id, group_by="day", start=thirty_days_ago)
-    by_key = usage_summary(team_id=team.id, group_by="key", start=start)
-    totals = {
-        "requests": sum(g["requests"] for g in by_model),
-        "tokens": sum(g["prompt_tokens"] + g["completion_tokens"] for g in by_model),
-        "cost_usd": sum((g["cost_usd"] for g in by_model), start=Decimal(0)),
-    }
+    try:
+        period = period_from_query(request.GET, now=now)
+        problem = None
+    except PeriodError as exc:
+        period, problem = period_from_query({}, now=now), str(exc)
+    split = "key" if request.GET.get("by") == "key" else "model"
+    key_names = {k.prefix: k.name for k in api_key_list(team=team)}
+
+    def label(value):
+        if split == "key":
+            return f"{value} ({key_names[value]})" if value in key_names else value or "(no key)"
+        return value or "(refused before routing)"
+
+    ranged = {"team_id": team.id, "start": period.start, "end": period.end}
+    by_model = _ranked(usage_summary(group_by="model", **ranged))
+    by_key = _ranked(usage_summary(group_by="key", **ranged))
+    for group in by_key:
+        group["name"] = key_names.get(group["key"], "")
+    days = period.days
+    series = stacked_series(
+        usage_summary(group_by=("day", split), **ranged), days=days, split=split, label=label
+    )
+    total_cost = sum((g["cost_usd"] for g in by_model), start=Decimal(0))
+    query = request.GET.copy()
     return render(
         request,
         "usage/dashboard.html",
         {
             "team": team,
-            "month": start,
-            "totals": totals,
+            "period": period,
+            "problem": problem,
+            "presets": [
+                {
+                    "label": text,
+                    "query": _with(query, range=name, start=None, end=None),
+                    "current": period.preset == name,
+                }
+                for name, text in PRESETS.items()
+            ],
+            "splits": [
+                {"label": f"By {name}", "query": _with(query, by=name), "current": split == name}
+                for name in ("model", "key")
+            ],
+            "split": split,
+            "totals": {
+                "requests": sum(g["requests"] for g in by_model),
+                "input_tokens": sum(g["prompt_tokens"] for g in by_model),
+                "output_tokens": sum(g["completion_tokens"] for g in by_model),
+                "cost_usd": total_cost,
+            },
+            "health": usage_health(**ranged),
             "by_model": by_model,
-            "by_day": by_day,
             "by_key": by_key,
-            "recent": usage_rows(team_id=team.id)[:25],
-            "budget": team_budget_status(team=team, now=now),
-            "alerts": recent_alerts(team=team),
+            "chart": mark_safe(
+                spend_chart_svg(days=days, series=series, title=f"Spend per day by {split} (USD)")
+            ),
+            "series": series,
+            "chart_rows": [
+                (day, [values[n] for values in series.values()]) for n, day in enumerate(days)
+            ],
+            "budget": _budget_outlook(team=team, now=now),
+            "alerts": recent_alerts(team=team, limit=5),
         },
     )
+
+
+def _ranked(groups: list[dict]) -> list[dict]:
+    """Groups costliest first, each with its share of the total cost in percent."""
+    total = sum((g["cost_usd"] for g in groups), start=Decimal(0))
+    for group in groups:
+        group["share"] = group["cost_usd"] / total * 100 if total else None
+    return sorted(groups, key=lambda g: (-g["cost_usd"], -g["requests"]))
+
+
+def _with(query, **changes) -> str:
+    """The page's query string with some parameters set (or removed, for None)."""
+    query = query.copy()
+    for name, value in changes.items():
+        query.pop(name, None)
+        if value is not None:
+            query[name] = value
+    return query.urlencode()
+
+
+def _budget_outlook(*, team, now) -> dict | None:
+    """This month's team budget: spend, the month-end forecast, and the banner it calls for."""
+    status = team_budget_status(team=team, now=now)
+    if status is None:
+        return None
+    budget, spent = status["budget"], Decimal(status["spent"])
+    forecast = month_projection(spent, now)
+    percent = status["percent"]
+    first_threshold = min(budget.thresholds, default=80)
+    if percent is not None and percent >= 100:
+        level, text = "error", f"The team has spent {percent:.0f}% of its monthly budget."
+    elif percent is not None and percent >= first_threshold:
+        level, text = "warning", f"The team has spent {percent:.0f}% of its monthly budget."
+    elif forecast > budget.amount_usd:
+        level, text = (
+            "warning",
+            (
+                f"At this month's rate the team will spend ${forecast:,.2f}, over its "
+                f"${budget.amount_usd:,.2f} budget."
+            ),
+        )
+    else:
+        level, text = None, ""
+    if level and budget.hard:
+        text += " Calls that would pass the budget are refused."
+    return {
+        **status,
+        "forecast": forecast,
+        "bar": min(percent, Decimal(100)) if percent is not None else 0,
+        "level": level,
+        "banner": text,
+    }
 
 
 @login_required
@@ -157,3 +274,76 @@ def usage_call(request, slug, request_id):
         "usage/call.html",
         {"team": team, "attempts": attempts, "total": total, "request_id": request_id},
     )
+
+
+ALERTS_PAGE = 25
+
+
+@login_required
+def budgets(request, slug):
+    """Team and key budgets, the alert webhook (with a test send), and the alerts sent."""
+    team = require_team_page(request, slug, BUDGET_MANAGERS)
+    keys = [k for k in api_key_list(team=team) if k.revoked_at is None]
+    team_form = BudgetForm(prefix="team")
+    key_form = BudgetForm(prefix="key", keys=keys)
+    webhook_form = WebhookForm(initial={"alert_webhook_url": team.alert_webhook_url})
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "team-budget":
+            team_form = BudgetForm(request.POST, prefix="team")
+            if team_form.is_valid():
+                budget_set(team=team, **team_form.cleaned_data)
+                messages.success(request, f"The team's budget is now {_terms(team_form)}.")
+                return redirect("budgets", slug=team.slug)
+        elif action == "key-budget":
+            key_form = BudgetForm(request.POST, prefix="key", keys=keys)
+            if key_form.is_valid():
+                fields = dict(key_form.cleaned_data)
+                key = next(k for k in keys if k.prefix == fields.pop("key"))
+                budget_set(team=team, api_key=key, **fields)
+                messages.success(request, f"Key {key.prefix}'s budget is now {_terms(key_form)}.")
+                return redirect("budgets", slug=team.slug)
+        elif action == "webhook":
+            webhook_form = WebhookForm(request.POST)
+            if webhook_form.is_valid():
+                team_settings_update(team=team, **webhook_form.cleaned_data)
+                url = webhook_form.cleaned_data["alert_webhook_url"]
+                messages.success(
+                    request,
+                    "Alerts now also go to the webhook." if url else "The webhook is removed.",
+                )
+                return redirect("budgets", slug=team.slug)
+        elif action == "webhook-test":
+            try:
+                status = alert_webhook_test(team=team)
+            except DeliveryFailed as exc:
+                messages.error(request, f"The test message was not delivered: {exc}.")
+            else:
+                messages.success(request, f"Test message sent; the webhook answered HTTP {status}.")
+            return redirect("budgets", slug=team.slug)
+        else:
+            return HttpResponseBadRequest("Unknown action.")
+    now = timezone.now()
+    listed = budget_list(team=team, now=now)
+    page = Paginator(alert_history(team=team), ALERTS_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "usage/budgets.html",
+        {
+            "team": team,
+            "team_budget": next((b for b in listed if b["budget"].api_key_id is None), None),
+            "key_budgets": [b for b in listed if b["budget"].api_key_id is not None],
+            "team_form": team_form,
+            "key_form": key_form,
+            "webhook_form": webhook_form,
+            "alerts": page,
+            "keys": keys,
+        },
+    )
+
+
+def _terms(form) -> str:
+    data = form.cleaned_data
+    kind = "hard" if data["hard"] else "soft"
+    alerts = ", ".join(f"{t}%" for t in data["thresholds"])
+    return f"{usd(data['amount_usd'])} a month ({kind}), with alerts at {alerts}"
