@@ -29,7 +29,13 @@ from usage.filters import MomentField, UsageFilter
 from usage.invoices import InvoiceError, invoice_preview, month_of
 from usage.models import AlertEvent, Budget, Invoice, UsageRecord
 from usage.months import month_start
-from usage.selectors import GROUPINGS, invoice_for_month, usage_rows, usage_summary
+from usage.selectors import (
+    GROUPINGS,
+    invoice_for_month,
+    invoice_numbered,
+    usage_rows,
+    usage_summary,
+)
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
@@ -298,12 +304,14 @@ class InvoiceListApi(APIView):
 
 class InvoiceDetailApi(APIView):
     """One month's invoice: JSON by default, or `?format=csv|pdf` to download.
-    `?preview=1` builds a draft for a month not yet closed."""
+    `?preview=1` builds a draft for a month not yet closed; `?number=` names one of the
+    month's invoices, a voided one included."""
 
     @extend_schema(
         parameters=[
             OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv", "pdf"]),
             OpenApiParameter("preview", OpenApiTypes.BOOL),
+            OpenApiParameter("number", OpenApiTypes.STR),
         ],
         responses={200: OpenApiTypes.OBJECT},
     )
@@ -314,7 +322,9 @@ class InvoiceDetailApi(APIView):
             month_date = month_of(month)
         except InvoiceError as exc:
             raise ValidationError({"month": str(exc)}) from None
-        if request.query_params.get("preview") in ("1", "true"):
+        if number := request.query_params.get("number"):
+            invoice = invoice_numbered(team=team, month=month_date, number=number)
+        elif request.query_params.get("preview") in ("1", "true"):
             invoice = invoice_preview(team=team, month=month_date)
         else:
             invoice = invoice_for_month(team=team, month=month_date)

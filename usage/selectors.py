@@ -1,6 +1,6 @@
 """Reads of the usage ledger; every one takes the team."""
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, F, QuerySet, Sum
@@ -179,6 +179,59 @@ def invoice_for_month(*, team, month):
 
     live = Invoice.objects.filter(team=team, month=month).exclude(status=Invoice.Status.VOID)
     return live.prefetch_related("lines").select_related("replaces").first()
+
+
+def invoice_numbered(*, team, month, number: str):
+    """One of the team's invoices for a month by its number, voided ones included."""
+    from usage.models import Invoice
+
+    invoice = Invoice.objects.filter(team=team, month=month, number=number[:32])
+    return invoice.prefetch_related("lines").select_related("replaces").first()
+
+
+def invoices_voided(*, team, month) -> list:
+    from usage.models import Invoice
+
+    return list(
+        Invoice.objects.filter(team=team, month=month, status=Invoice.Status.VOID).order_by("id")
+    )
+
+
+def invoice_months(*, team, now, months: int = 12) -> list[dict]:
+    """The team's invoicing by month, newest first: the last `months` months and any older
+    month with an invoice; each with its live invoice, voided ones, and whether it is over
+    and had usage."""
+    from usage.models import Invoice
+    from usage.months import month_start, next_month_start
+
+    invoices: dict = {}
+    for invoice in Invoice.objects.filter(team=team).select_related("replaces").order_by("id"):
+        invoices.setdefault(invoice.month, []).append(invoice)
+    starts, start = [], month_start(now)
+    for _ in range(months):
+        starts.append(start)
+        start = month_start(start - timedelta(days=1))
+    known = {s.date() for s in starts}
+    starts += [
+        datetime.combine(month, time.min, tzinfo=UTC) for month in invoices if month not in known
+    ]
+    listed = []
+    for start in sorted(starts, reverse=True):
+        month_invoices = invoices.get(start.date(), [])
+        end = next_month_start(start)
+        listed.append(
+            {
+                "month": start,
+                "invoice": next(
+                    (i for i in month_invoices if i.status != Invoice.Status.VOID), None
+                ),
+                "voided": [i for i in month_invoices if i.status == Invoice.Status.VOID],
+                "over": now >= end,
+                "had_usage": bool(month_invoices)
+                or usage_rows(team_id=team.id, start=start, end=end).exists(),
+            }
+        )
+    return listed
 
 
 def team_budget_status(*, team, now):

@@ -7,6 +7,7 @@ urlpatterns = [
     path("t/<slug:slug>/", views.dashboard, name="dashboard"),
     path("t/<slug:slug>/budgets/", views.budgets, name="budgets"),
     path("t/<slug:slug>/invoices/", views.invoices, name="invoices"),
+    path("t/<slug:slug>/invoices/<str:month>/", views.invoice_detail, name="invoice"),
     path("t/<slug:slug>/usage/", views.usage_explorer, name="usage-explorer"),
     path("t/<slug:slug>/usage/<str:request_id>/", views.usage_call, name="usage-call"),
 ]

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time
 from decimal import Decimal
 
 from django.contrib import messages
@@ -18,18 +18,22 @@ from usage.budgets import budget_set
 from usage.charts import spend_chart_svg, stacked_series
 from usage.filters import UsageFilter
 from usage.forms import BudgetForm, WebhookForm
+from usage.invoices import InvoiceError, invoice_preview, month_of
 from usage.models import Invoice
 from usage.months import (
     PRESETS,
     PeriodError,
     month_projection,
-    month_start,
     next_month_start,
     period_from_query,
 )
 from usage.selectors import (
     alert_history,
     budget_list,
+    invoice_for_month,
+    invoice_months,
+    invoice_numbered,
+    invoices_voided,
     recent_alerts,
     team_budget_status,
     usage_health,
@@ -178,32 +182,46 @@ def _budget_outlook(*, team, now) -> dict | None:
 
 @login_required
 def invoices(request, slug):
+    """The team's invoices by month: finalized ones with downloads, voided ones beside the
+    invoice that corrects them, the month in progress as a draft."""
     team = require_team_page(request, slug, BILLING_READERS)
+    return render(
+        request,
+        "usage/invoices.html",
+        {"team": team, "months": invoice_months(team=team, now=timezone.now())},
+    )
+
+
+@login_required
+def invoice_detail(request, slug, month):
+    """One month's invoice line by line; for a month not closed yet, its draft so far."""
+    team = require_team_page(request, slug, BILLING_READERS)
+    try:
+        month_date = month_of(month)
+    except InvoiceError:
+        raise Http404("No such month.") from None
     now = timezone.now()
-    months = []
-    start = month_start(now)
-    for _ in range(6):
-        end = next_month_start(start)
-        live = (
-            Invoice.objects.filter(team=team, month=start.date())
-            .exclude(status=Invoice.Status.VOID)
-            .first()
-        )
-        months.append(
-            {
-                "month": start,
-                "invoice": live,
-                "voided": list(
-                    Invoice.objects.filter(
-                        team=team, month=start.date(), status=Invoice.Status.VOID
-                    )
-                ),
-                "over": now >= end,
-                "had_usage": usage_rows(team_id=team.id, start=start, end=end).exists(),
-            }
-        )
-        start = month_start(start - timedelta(days=1))
-    return render(request, "usage/invoices.html", {"team": team, "months": months})
+    if number := request.GET.get("number"):
+        invoice = invoice_numbered(team=team, month=month_date, number=number)
+    else:
+        invoice = invoice_for_month(team=team, month=month_date)
+        if invoice is None or invoice.status == Invoice.Status.DRAFT:
+            invoice = invoice_preview(team=team, month=month_date, now=now)
+    if invoice is None:
+        raise Http404("No invoice for this month: it had no usage.")
+    return render(
+        request,
+        "usage/invoice.html",
+        {
+            "team": team,
+            "invoice": invoice,
+            "lines": list(invoice.lines.order_by("position")),
+            "month": month_date,
+            "voided": invoices_voided(team=team, month=month_date),
+            "in_progress": now
+            < next_month_start(datetime.combine(month_date, time.min, tzinfo=UTC)),
+        },
+    )
 
 
 EXPLORER_PAGE = 50
