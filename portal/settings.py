@@ -264,6 +264,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # django-axes logs every start and sign-in at INFO; lockouts are WARNING.
+        "axes": {"level": "WARNING"},
         # One line per upstream request is noise on the hot path.
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},

@@ -1,9 +1,13 @@
 import os
 import secrets
+import time
+from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Team
 from accounts.services import api_key_create, api_key_revoke, membership_add, team_create
@@ -41,9 +45,17 @@ class Command(BaseCommand):
         for old in ApiKey.objects.filter(team=team, name=DEMO_KEY_NAME, revoked_at__isnull=True):
             api_key_revoke(key=old)
         key, secret = api_key_create(team=team, name=DEMO_KEY_NAME)
+        # A second team, where the demo admin is a billing member, shows the team switcher
+        # and what a billing member sees.
+        labs = Team.objects.filter(slug="demo-labs").first() or team_create(
+            slug="demo-labs", name="Demo labs"
+        )
+        if not labs.memberships.filter(user=user).exists():
+            membership_add(team=labs, user=user, role=Membership.Role.BILLING)
+        seeded = self._seed_usage(team)
         self.stdout.write(
             f"""
-Tollgate demo is ready.
+Tollgate demo is ready.{seeded}
 
   Web UI:    {host}/   sign in as {DEMO_EMAIL} / {password}
   API base:  {host}/v1
@@ -53,4 +65,54 @@ Tollgate demo is ready.
   client = OpenAI(base_url="{host}/v1", api_key="{secret}")
   client.chat.completions.create(model="deepseek-v4-flash", messages=[{{"role": "user", "content": "Hi"}}])
 """
+        )
+
+    def _seed_usage(self, team) -> str:
+        """Ninety days of labelled demo traffic through the meter, a budget near its threshold,
+        its alerts, and last month's invoice closed; only what is missing is added."""
+        from routing.selectors import catalog_changed, catalog_snapshot
+        from usage.alerts import budget_alerts_check_all
+        from usage.budgets import budget_set
+        from usage.demo import DEMO_KEYS, demo_budget_amount, demo_key_name, demo_usage_seed
+        from usage.invoices import InvoiceError, invoice_close
+        from usage.months import month_start
+        from usage.rollups import LAG
+        from usage.selectors import team_budget_status, usage_summary
+
+        began = time.monotonic()
+        catalog_changed()
+        keys = {}
+        for app in DEMO_KEYS:
+            name = demo_key_name(app)
+            keys[app] = (
+                ApiKey.objects.filter(team=team, name=name, revoked_at__isnull=True).first()
+                or api_key_create(team=team, name=name, created_by=None)[0]
+            )
+        now = timezone.now()
+        written = demo_usage_seed(team=team, keys=keys, catalog=catalog_snapshot(), now=now)
+        if team_budget_status(team=team, now=now) is None:
+            spent = sum(
+                (
+                    g["cost_usd"]
+                    for g in usage_summary(
+                        team_id=team.id, group_by="model", start=month_start(now)
+                    )
+                ),
+                start=Decimal(0),
+            )
+            budget_set(team=team, amount_usd=demo_budget_amount(spent), thresholds=[50, 80, 100])
+        budget_alerts_check_all(now=now)
+        last_month = month_start(month_start(now) - timedelta(days=1)).date()
+        invoice = None
+        try:
+            # The rollups fold a row once it is LAG old; every demo row is written by now,
+            # so closing as of a LAG from now bills them all on last month's invoice.
+            as_of = timezone.now() + LAG + timedelta(seconds=1)
+            invoice = invoice_close(team=team, month=last_month, now=as_of)
+        except InvoiceError as exc:  # the month's grace period has not passed yet
+            self.stderr.write(f"Last month's demo invoice is not closed yet: {exc}")
+        took = time.monotonic() - began
+        return (
+            f"\n  Demo data: {written} new calls seeded in {took:.1f} s (90 days, keys named"
+            f" [demo] …){f', invoice {invoice.number} for {last_month:%B %Y}' if invoice else ''}."
         )
