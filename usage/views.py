@@ -302,7 +302,17 @@ def budgets(request, slug):
     """Team and key budgets, the alert webhook (with a test send), and the alerts sent."""
     team = require_team_page(request, slug, BUDGET_MANAGERS)
     keys = [k for k in api_key_list(team=team) if k.revoked_at is None]
-    team_form = BudgetForm(prefix="team")
+    current = team_budget_status(team=team, now=timezone.now())
+    team_form = BudgetForm(
+        prefix="team",
+        initial={
+            "amount_usd": current["budget"].amount_usd.normalize(),
+            "hard": "1" if current["budget"].hard else "0",
+            "thresholds": ", ".join(map(str, current["budget"].thresholds)),
+        }
+        if current
+        else None,
+    )
     key_form = BudgetForm(prefix="key", keys=keys)
     webhook_form = WebhookForm(initial={"alert_webhook_url": team.alert_webhook_url})
     if request.method == "POST":
