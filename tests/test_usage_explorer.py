@@ -93,6 +93,42 @@ def test_pages_go_by_keyset_through_every_row_once(client, member, ledger):
     assert "req_theirs" not in seen
 
 
+@pytest.mark.parametrize(
+    "sort, key",
+    [
+        ("newest", lambda r: (r.created_at, r.id)),
+        ("oldest", lambda r: (-r.created_at.timestamp(), -r.id)),
+        ("cost", lambda r: (r.cost_usd, r.id)),
+        ("latency", lambda r: (-1 if r.latency_ms is None else r.latency_ms, r.id)),
+    ],
+)
+def test_every_order_pages_by_keyset_through_every_row_once(client, member, ledger, sort, key):
+    # Ties on the sorted value (many equal costs, missing latencies) page by id.
+    for n, row_ in enumerate(UsageRecord.objects.filter(team__slug="acme").order_by("id")):
+        UsageRecord.objects.filter(id=row_.id).update(
+            cost_usd=Decimal(n % 7) / 1000, latency_ms=None if n % 5 == 0 else (n * 37) % 400
+        )
+    client = signed_in(client, member)
+    seen, url = [], f"/t/acme/usage/?sort={sort}"
+    for _ in range(10):
+        if url is None:
+            break
+        page = client.get(url)
+        seen += page.context["rows"]
+        more = page.context["more"]
+        url = f"/t/acme/usage/?sort={sort}&after={page.context['after']}" if more else None
+    assert len(seen) == 62 == len({r.id for r in seen})
+    assert [r.id for r in seen] == [r.id for r in sorted(seen, key=key, reverse=True)]
+
+
+def test_an_unreadable_cursor_starts_from_the_top(client, member, ledger):
+    client = signed_in(client, member)
+    for after in ["garbage", "1e999999,5", "NaN,1", ",", "20260101T000000.000000Z,x"]:
+        for sort in ["cost", "latency", "newest", "bogus"]:
+            page = client.get(f"/t/acme/usage/?sort={sort}&after={after}")
+            assert page.status_code == 200 and len(page.context["rows"]) == 50
+
+
 def test_filters_show_exactly_the_matching_rows_and_the_csv_link_keeps_them(client, member, ledger):
     key, batch = ledger
     page = signed_in(client, member).get(f"/t/acme/usage/?key={batch.prefix}&status=ok")

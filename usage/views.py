@@ -1,10 +1,14 @@
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from decimal import Decimal
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Q
+from django.db.models import BigIntegerField, F, Q, Value
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -227,25 +231,76 @@ def invoice_detail(request, slug, month):
 EXPLORER_PAGE = 50
 
 
+@dataclass(frozen=True)
+class Sort:
+    """One order of the explorer: a column, its direction, and how its keyset value is
+    written in the `after=` cursor and read back."""
+
+    label: str
+    column: str
+    descending: bool
+    write: Callable[[Any], str]
+    read: Callable[[str], Any]
+    # What a missing value (a call with no latency) sorts as.
+    missing: Any = None
+
+
+def _moment_text(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):{KEYSET_FORMAT}}"
+
+
+def _moment(text: str) -> datetime:
+    return datetime.strptime(text, KEYSET_FORMAT).replace(tzinfo=UTC)
+
+
+# The keyset cursor's time, in UTC and URL-safe (no "+").
+KEYSET_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+SORTS = {
+    "newest": Sort("Newest first", "created_at", True, _moment_text, _moment),
+    "oldest": Sort("Oldest first", "created_at", False, _moment_text, _moment),
+    "cost": Sort("Costliest first", "cost_usd", True, str, lambda text: _bounded(Decimal(text))),
+    "latency": Sort(
+        "Slowest first", "latency_ms", True, str, lambda text: int(_bounded(Decimal(text))), -1
+    ),
+}
+
+
 @login_required
 def usage_explorer(request, slug):
-    """The ledger, filtered as the API filters it, newest first, a page at a time by keyset:
-    `after=<created_at>,<id>` continues below the last row shown, at any depth."""
+    """The ledger, filtered as the API filters it and sorted, a page at a time by keyset:
+    `after=<sort value>,<id>` continues past the last row shown, at any depth, without
+    counting or skipping rows."""
     team = require_team_page(request, slug)
     filterset = UsageFilter(request.GET, queryset=usage_rows(team_id=team.id))
+    sort_name = request.GET.get("sort", "newest")
+    sort = SORTS.get(sort_name) or SORTS["newest"]
     rows, more, after, problem = [], False, "", None
     if filterset.is_valid():
-        page = filterset.qs
-        position = _keyset_position(request.GET.get("after", ""))
+        # A missing value sorts as `missing`, below every real one (the column is unsigned:
+        # the coalesced value must not be, or Django finds no row below zero).
+        value = (
+            F(sort.column)
+            if sort.missing is None
+            else Coalesce(sort.column, Value(sort.missing), output_field=BigIntegerField())
+        )
+        direction = "-" if sort.descending else ""
+        page = filterset.qs.annotate(sort_value=value).order_by(
+            f"{direction}sort_value", f"{direction}id"
+        )
+        position = _keyset_position(request.GET.get("after", ""), sort)
         if position is not None:
-            moment, row_id = position
-            page = page.filter(Q(created_at__lt=moment) | Q(created_at=moment, id__lt=row_id))
+            past, row_id = position
+            beyond = "lt" if sort.descending else "gt"
+            page = page.filter(
+                Q(**{f"sort_value__{beyond}": past})
+                | Q(sort_value=past, **{f"id__{beyond}": row_id})
+            )
         rows = list(page[: EXPLORER_PAGE + 1])
         more = len(rows) > EXPLORER_PAGE
         rows = rows[:EXPLORER_PAGE]
         if more:
             last = rows[-1]
-            after = f"{last.created_at.astimezone(UTC):{KEYSET_FORMAT}},{last.id}"
+            after = f"{sort.write(last.sort_value)},{last.id}"
     else:
         problem = "; ".join(
             f"{name}: {' '.join(errors)}" for name, errors in filterset.errors.items()
@@ -262,20 +317,25 @@ def usage_explorer(request, slug):
             "more": more,
             "after": after,
             "query": query.urlencode(),
+            "export_query": _with(query, sort=None),
+            "sorts": [(name, s.label, name == sort_name) for name, s in SORTS.items()],
             "problem": problem,
         },
     )
 
 
-# The keyset cursor's time, in UTC and URL-safe (no "+").
-KEYSET_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+def _bounded(amount: Decimal) -> Decimal:
+    # A cursor is user input: only a value the cost column can hold is a position in it.
+    if not amount.is_finite() or abs(amount) >= 10**10:
+        raise ValueError("not a cost")
+    return amount
 
 
-def _keyset_position(value: str) -> tuple[datetime, int] | None:
-    moment, _, row_id = value.rpartition(",")
+def _keyset_position(value: str, sort: Sort) -> tuple[Any, int] | None:
+    past, _, row_id = value.rpartition(",")
     try:
-        return datetime.strptime(moment, KEYSET_FORMAT).replace(tzinfo=UTC), int(row_id)
-    except ValueError:
+        return sort.read(past), int(row_id)
+    except (ValueError, ArithmeticError):
         return None
 
 
