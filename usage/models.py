@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 # USD. Twelve decimal places hold any per-call cost exactly (prices carry six,
@@ -83,6 +84,15 @@ class UsageRecord(models.Model):
             models.Index(fields=["team", "created_at"]),
             models.Index(fields=["team", "api_key", "created_at"]),
             models.Index(fields=["recorded_at"]),
+            # The explorer's other orders, paged by keyset at any depth: costliest first, and
+            # slowest first with a missing latency as -1 (usage.views.SORTS).
+            models.Index(fields=["team", "cost_usd", "id"], name="usage_team_cost_idx"),
+            models.Index(
+                "team",
+                Coalesce("latency_ms", models.Value(-1)),
+                "id",
+                name="usage_team_latency_idx",
+            ),
         ]
 
     def __str__(self):
