@@ -5,19 +5,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_team_alert_webhook'),
-        ('usage', '0006_closed_months'),
+        ("accounts", "0002_team_alert_webhook"),
+        ("usage", "0006_closed_months"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['team', 'cost_usd', 'id'], name='usage_team_cost_idx'),
+            model_name="usagerecord",
+            index=models.Index(fields=["team", "cost_usd", "id"], name="usage_team_cost_idx"),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(models.F('team'), django.db.models.functions.comparison.Coalesce('latency_ms', models.Value(-1)), models.F('id'), name='usage_team_latency_idx'),
+            model_name="usagerecord",
+            index=models.Index(
+                models.F("team"),
+                django.db.models.functions.comparison.Coalesce("latency_ms", models.Value(-1)),
+                models.F("id"),
+                name="usage_team_latency_idx",
+            ),
         ),
     ]
