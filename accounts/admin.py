@@ -16,7 +16,16 @@ class TeamAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "team", "kind", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "prefix",
+        "name",
+        "team",
+        "kind",
+        "role",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     list_filter = ["kind", "team"]
     # The hash is not a secret but has no use to a human; keys are issued by command, API or UI.
     exclude = ["secret_hash"]

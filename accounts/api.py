@@ -24,6 +24,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "prefix",
             "name",
             "kind",
+            "role",
             "allowed_models",
             "rpm_limit",
             "tpm_limit",
@@ -37,6 +38,11 @@ class ApiKeySerializer(serializers.ModelSerializer):
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=ApiKey.Kind.choices, default=ApiKey.Kind.INFERENCE)
+    role = serializers.ChoiceField(
+        choices=ApiKey.ManagementRole.choices,
+        required=False,
+        help_text="Management keys only: the team role the key acts with (default admin).",
+    )
     allowed_models = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, default=list
     )
@@ -48,6 +54,11 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         if value is not None and value <= timezone.now():
             raise serializers.ValidationError("The expiry must be in the future.")
         return value
+
+    def validate(self, attrs):
+        if attrs.get("role") and attrs["kind"] != ApiKey.Kind.MANAGEMENT:
+            raise serializers.ValidationError({"role": "Only management keys have a role."})
+        return attrs
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):
@@ -82,6 +93,7 @@ class ApiKeyListApi(APIView):
             team=team,
             name=data["name"],
             kind=data["kind"],
+            role=data.get("role", ""),
             allowed_models=data["allowed_models"],
             rpm_limit=data.get("rpm_limit"),
             tpm_limit=data.get("tpm_limit"),

@@ -59,9 +59,16 @@ class ApiKey(models.Model):
         INFERENCE = "inference"
         MANAGEMENT = "management"
 
+    class ManagementRole(models.TextChoices):
+        # A management key acts on its team with one of these team roles (Membership.Role).
+        ADMIN = "admin"
+        BILLING = "billing"
+
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.INFERENCE)
+    # Management keys only: the team role the key acts with; inference keys have none ("").
+    role = models.CharField(max_length=16, choices=ManagementRole.choices, blank=True, default="")
     prefix = models.CharField(max_length=32, unique=True)
     secret_hash = models.CharField(max_length=64)
     # Model ids and route names this key may call; empty means all.
@@ -79,6 +86,13 @@ class ApiKey(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["team", "created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind="management", role__in=["admin", "billing"])
+                | models.Q(kind="inference", role=""),
+                name="apikey_role_only_on_management_keys",
+            )
+        ]
 
     def __str__(self):
         return f"{self.prefix} ({self.name})"

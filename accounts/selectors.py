@@ -5,17 +5,16 @@ from django.db.models import QuerySet
 from accounts.models import ApiKey, Membership, Team
 from accounts.services import KeyPrincipal
 
-# What a management key may do on its team: the same as an admin.
-MANAGEMENT_KEY_ROLE = Membership.Role.ADMIN
-
 
 def team_access(*, actor, slug: str) -> tuple[Team, str] | None:
     """The team `slug` and the actor's role in it, or None if the actor is not in that team."""
     if isinstance(actor, KeyPrincipal):
-        if actor.team_slug != slug:
+        # A management key acts with its own role (admin or billing); any other
+        # principal (an inference key, say) holds no role on the management side.
+        if actor.team_slug != slug or actor.role not in ApiKey.ManagementRole.values:
             return None
         team = Team.objects.filter(id=actor.team_id).first()
-        return (team, MANAGEMENT_KEY_ROLE) if team else None
+        return (team, actor.role) if team else None
     membership = (
         Membership.objects.select_related("team").filter(user=actor, team__slug=slug).first()
     )

@@ -57,13 +57,24 @@ def api_key_create(
     team: Team,
     name: str,
     kind: str = ApiKey.Kind.INFERENCE,
+    role: str = "",
     allowed_models: list[str] | None = None,
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     expires_at: datetime | None = None,
     created_by=None,
 ) -> tuple[ApiKey, str]:
-    """Create a key and return it with its secret, which is never stored or shown again."""
+    """Create a key and return it with its secret, which is never stored or shown again.
+
+    A management key acts on its team with `role` (admin, the default, or billing);
+    an inference key has no role.
+    """
+    if kind == ApiKey.Kind.MANAGEMENT:
+        role = role or ApiKey.ManagementRole.ADMIN
+        if role not in ApiKey.ManagementRole.values:
+            raise ValueError(f"A management key's role is admin or billing, not '{role}'.")
+    elif role:
+        raise ValueError("Only management keys have a role.")
     prefix = KEY_PREFIXES[kind] + "".join(
         secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_RANDOM_LEN)
     )
@@ -72,6 +83,7 @@ def api_key_create(
         team=team,
         name=name,
         kind=kind,
+        role=role,
         prefix=prefix,
         secret_hash=key_hash(secret),
         allowed_models=sorted(set(allowed_models or [])),
@@ -100,6 +112,8 @@ class KeyPrincipal:
     kind: str
     team_id: int
     team_slug: str
+    # A management key's team role (admin or billing); "" for other kinds.
+    role: str = ""
     allowed_models: tuple[str, ...] = ()
     rpm_limit: int | None = None
     tpm_limit: int | None = None
@@ -115,7 +129,8 @@ class KeyPrincipal:
 
 
 def _principal_cache_key(prefix: str) -> str:
-    return f"apikey:{prefix}"
+    # v2: principals carry the key's role; entries cached before it existed are not read.
+    return f"apikey:v2:{prefix}"
 
 
 _last_used_written: dict[int, datetime] = {}
@@ -146,6 +161,7 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
             key_id=key.id,
             prefix=key.prefix,
             kind=key.kind,
+            role=key.role,
             team_id=key.team_id,
             team_slug=key.team.slug,
             allowed_models=tuple(key.allowed_models),

@@ -23,11 +23,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--management", action="store_true", help="issue a management key instead"
         )
+        parser.add_argument(
+            "--role",
+            choices=ApiKey.ManagementRole.values,
+            default=None,
+            help="with --management: the team role the key acts with (default admin)",
+        )
 
-    def handle(self, *args, slug, name, models, budget, rpm, tpm, management, **options):
+    def handle(self, *args, slug, name, models, budget, rpm, tpm, management, role, **options):
         team = Team.objects.filter(slug=slug).first()
         if team is None:
             raise CommandError(f"No team '{slug}'.")
+        if role and not management:
+            raise CommandError("--role applies to management keys only (add --management).")
         for label, value in (("--rpm", rpm), ("--tpm", tpm)):
             if value is not None and value < 1:
                 raise CommandError(f"{label} must be a positive integer.")
@@ -43,6 +51,7 @@ class Command(BaseCommand):
             team=team,
             name=name,
             kind=ApiKey.Kind.MANAGEMENT if management else ApiKey.Kind.INFERENCE,
+            role=role or "",
             allowed_models=[m.strip() for m in models.split(",") if m.strip()],
             rpm_limit=rpm,
             tpm_limit=tpm,
@@ -53,6 +62,7 @@ class Command(BaseCommand):
             budget_set(team=team, api_key=key, amount_usd=amount)
         self.stdout.write(
             f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}"
+            + (f" with the {key.role} role" if key.role else "")
             + (f", hard monthly budget ${amount}." if amount is not None else ".")
         )
         self.stdout.write(secret)
