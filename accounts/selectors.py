@@ -1,5 +1,9 @@
 """Reads for teams, members and keys. Every team read goes through the caller's access."""
 
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
 from django.db.models import QuerySet
 
 from accounts.models import ApiKey, Membership, Team
@@ -35,3 +39,51 @@ def api_key_list(*, team: Team) -> QuerySet[ApiKey]:
 
 def api_key_get(*, team: Team, prefix: str) -> ApiKey | None:
     return ApiKey.objects.filter(team=team, prefix=prefix).first()
+
+
+def key_scope_choices(*, team: Team) -> tuple[list[str], list[str]]:
+    """What a key of `team` may be limited to: the catalog's model ids and the routes the
+    team's calls see (global ones and its own, never another team's), each sorted."""
+    from routing.selectors import catalog_snapshot
+
+    catalog = catalog_snapshot()
+    return sorted(catalog.models), [r.name for r in catalog.routes_for(team_id=team.id)]
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key: ApiKey
+    status: str  # active, expired or revoked
+    spend_usd: Decimal  # this UTC month, from the usage ledger
+    budget_usd: Decimal | None  # the key's own monthly budget, if it has one
+    budget_hard: bool | None
+
+
+def api_key_rows(*, team: Team, now: datetime) -> list[KeyRow]:
+    """The team's keys, newest first, each with its spend this month (UTC) and its budget."""
+    from usage.months import month_start
+    from usage.selectors import usage_summary
+
+    spend = {
+        group["key"]: group["cost_usd"]
+        for group in usage_summary(team_id=team.id, group_by="key", start=month_start(now))
+    }
+    budgets = _key_budgets(team=team)
+    rows = []
+    for key in api_key_list(team=team):
+        status = "revoked" if key.revoked_at else "active" if key.is_active(now=now) else "expired"
+        amount, hard = budgets.get(key.id, (None, None))
+        rows.append(KeyRow(key, status, spend.get(key.prefix, Decimal(0)), amount, hard))
+    return rows
+
+
+def _key_budgets(*, team: Team) -> dict[int, tuple[Decimal, bool]]:
+    # usage.selectors has no read of per-key budgets yet; this one reads usage's Budget
+    # table directly and should move there (as e.g. key_budgets(team_id=...)) when it does.
+    from usage.models import Budget
+
+    rows = Budget.objects.filter(team=team, api_key__isnull=False)
+    return {
+        b["api_key_id"]: (b["amount_usd"], b["hard"])
+        for b in rows.values("api_key_id", "amount_usd", "hard")
+    }

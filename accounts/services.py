@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Team
+from usage.budgets import budget_set
 
 KEY_PREFIXES = {ApiKey.Kind.INFERENCE: "tgk_", ApiKey.Kind.MANAGEMENT: "tgm_"}
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
@@ -92,6 +93,37 @@ def api_key_create(
         expires_at=expires_at,
         created_by=created_by,
     )
+    return key, secret
+
+
+def api_key_issue(
+    *,
+    team: Team,
+    name: str,
+    allowed_models: list[str] | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    expires_at: datetime | None = None,
+    budget_usd: Decimal | None = None,
+    budget_hard: bool = True,
+    created_by=None,
+) -> tuple[ApiKey, str]:
+    """Create an inference key and, when `budget_usd` is given, its monthly budget (USD):
+    both or neither, so a failed budget never leaves a key without the limit it was given.
+    (budget_set's counter read then runs inside this transaction: harmless, as a key not yet
+    committed has no calls to count.)"""
+    with transaction.atomic():
+        key, secret = api_key_create(
+            team=team,
+            name=name,
+            allowed_models=allowed_models,
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            expires_at=expires_at,
+            created_by=created_by,
+        )
+        if budget_usd is not None:
+            budget_set(team=team, api_key=key, amount_usd=budget_usd, hard=budget_hard)
     return key, secret
 
 

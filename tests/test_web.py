@@ -6,7 +6,6 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from accounts.models import ApiKey
 from usage.models import UsageRecord
 
 pytestmark = pytest.mark.django_db
@@ -70,27 +69,6 @@ def test_member_sees_usage_but_not_keys(client, member, spend):
     client.force_login(member)
     assert client.get("/t/acme/").status_code == 200
     assert client.get("/t/acme/keys/").status_code == 404
-
-
-def test_owner_issues_and_revokes_a_key_in_the_ui(client, owner):
-    client.force_login(owner)
-
-    page = client.post("/t/acme/keys/", {"name": "support-bot", "models": "gpt-4o, bulk_classify"})
-
-    key = ApiKey.objects.get(name="support-bot")
-    assert key.allowed_models == ["bulk_classify", "gpt-4o"]
-    assert page.context["new_secret"].startswith(key.prefix)
-    client.post(f"/t/acme/keys/{key.prefix}/revoke/")
-    key.refresh_from_db()
-    assert key.revoked_at is not None
-    assert b"support-bot" in client.get("/t/acme/keys/").content
-    assert page.context["new_secret"].encode() not in client.get("/t/acme/keys/").content
-
-
-def test_key_without_a_name_gets_a_readable_error(client, owner):
-    client.force_login(owner)
-    page = client.post("/t/acme/keys/", {"name": ""}, follow=True)
-    assert b"Give the key a name" in page.content
 
 
 def test_invoices_page_lists_invoices_and_says_when_a_month_had_no_usage(
