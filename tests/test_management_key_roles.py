@@ -78,6 +78,25 @@ def test_issuekey_refuses_a_role_without_management_and_an_unknown_role(team):
     assert not ApiKey.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "option", [["--models", "gpt-4o"], ["--budget", "5"], ["--rpm", "10"], ["--tpm", "10"]]
+)
+def test_issuekey_refuses_inference_options_on_a_management_key(team, option):
+    with pytest.raises(CommandError, match="inference keys only"):
+        call_command("issuekey", "acme", "--name", "ops", "--management", *option)
+    assert not ApiKey.objects.exists()
+
+
+def test_issuekey_with_a_budget_issues_the_key_and_its_hard_budget(team, capsys):
+    from usage.models import Budget
+
+    secret = issue(capsys, "acme", "--name", "batch", "--budget", "5")
+
+    key = ApiKey.objects.get(id=api_key_authenticate(secret=secret).key_id)
+    budget = Budget.objects.get(api_key=key)
+    assert (budget.amount_usd, budget.hard) == (Decimal("5"), True)
+
+
 def test_the_database_refuses_a_role_on_an_inference_key_or_a_management_key_without_one(team):
     app, _ = api_key_create(team=team, name="app")
     ops, _ = api_key_create(team=team, name="ops", kind=ApiKey.Kind.MANAGEMENT)

@@ -3,7 +3,7 @@ from decimal import Decimal, InvalidOperation
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ApiKey, Team
-from accounts.services import api_key_create
+from accounts.services import api_key_create, api_key_issue
 
 
 class Command(BaseCommand):
@@ -47,19 +47,24 @@ class Command(BaseCommand):
                 raise CommandError(f"--budget must be an amount in USD, not '{budget}'.") from None
             if not amount.is_finite() or amount < 0:
                 raise CommandError("--budget must be zero or more.")
-        key, secret = api_key_create(
-            team=team,
-            name=name,
-            kind=ApiKey.Kind.MANAGEMENT if management else ApiKey.Kind.INFERENCE,
-            role=role or "",
-            allowed_models=[m.strip() for m in models.split(",") if m.strip()],
-            rpm_limit=rpm,
-            tpm_limit=tpm,
-        )
-        if amount is not None:
-            from usage.budgets import budget_set
-
-            budget_set(team=team, api_key=key, amount_usd=amount)
+        if management:
+            if models or amount is not None or rpm is not None or tpm is not None:
+                raise CommandError(
+                    "--models, --budget, --rpm and --tpm apply to inference keys only."
+                )
+            key, secret = api_key_create(
+                team=team, name=name, kind=ApiKey.Kind.MANAGEMENT, role=role or ""
+            )
+        else:
+            # The key and its budget are created together, or not at all.
+            key, secret = api_key_issue(
+                team=team,
+                name=name,
+                allowed_models=[m.strip() for m in models.split(",") if m.strip()],
+                rpm_limit=rpm,
+                tpm_limit=tpm,
+                budget_usd=amount,
+            )
         self.stdout.write(
             f"Issued {key.kind} key {key.prefix} ({key.name}) for team {team.slug}"
             + (f" with the {key.role} role" if key.role else "")
