@@ -1,7 +1,10 @@
+from axes.utils import reset as axes_reset
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse_lazy
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
@@ -106,3 +109,19 @@ def key_revoke(request, slug, prefix):
             )
         return redirect("keys", slug=team.slug)
     return render(request, "accounts/key_revoke.html", {"team": team, "key": key})
+
+
+# --- Password reset -------------------------------------------------------------------------
+
+
+class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
+    """Django's reset confirmation; a new password set through the emailed link also ends a
+    sign-in pause on the account, since whoever set it proved they hold its mailbox."""
+
+    template_name = "accounts/password_reset_confirm.html"
+    success_url = reverse_lazy("password-reset-complete")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        axes_reset(username=form.user.get_username())
+        return response

@@ -1,0 +1,247 @@
+"""Signing in: by email address, throttled per account and per address, password reset by
+email, and switching between one's teams."""
+
+import re
+
+import pytest
+from django.core import mail
+
+from tests.factories import MembershipFactory, TeamFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "correct horse battery"  # the factories' password
+
+
+def sign_in(client, username, password, address="127.0.0.1"):
+    return client.post("/login/", {"username": username, "password": password}, REMOTE_ADDR=address)
+
+
+def signed_in_as(client):
+    response = client.get("/api/teams/")
+    return None if response.status_code != 200 else client.session.get("_auth_user_id")
+
+
+# --- signing in ----------------------------------------------------------------------------
+
+
+def test_sign_in_by_email_address(client, owner):
+    response = sign_in(client, "owner@acme.test", PASSWORD)
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert signed_in_as(client) == str(owner.id)
+
+
+def test_the_sign_in_page_links_to_password_reset(client):
+    page = client.get("/login/").content.decode()
+    assert '<a href="/password-reset/">Forgot your password?</a>' in page
+
+
+def test_a_wrong_password_is_explained_with_the_limit_that_follows(client, owner):
+    page = sign_in(client, "owner@acme.test", "nope").content.decode()
+    assert "That email and password do not match." in page
+    assert "After 5 wrong passwords, signing in pauses for 15 minutes." in page
+
+
+# --- throttling (django-axes, configured in portal/settings.py) -----------------------------
+
+
+def test_five_wrong_passwords_lock_the_account_even_for_the_right_one(client, owner):
+    for _ in range(4):
+        assert "do not match" in sign_in(client, "owner@acme.test", "wrong").content.decode()
+    sign_in(client, "owner@acme.test", "wrong")  # the fifth: from now on, paused
+
+    locked = sign_in(client, "owner@acme.test", PASSWORD)
+
+    assert locked.status_code == 429
+    text = locked.content.decode()
+    assert "Sign-in paused" in text and "Wait 15 minutes" in text
+    assert '<a href="/password-reset/">' in text
+    assert signed_in_as(client) is None
+
+
+def test_the_locked_account_is_refused_from_another_address_too(client, owner):
+    for _ in range(5):
+        sign_in(client, "owner@acme.test", "wrong", address="10.0.0.1")
+
+    assert sign_in(client, "owner@acme.test", PASSWORD, address="10.0.0.2").status_code == 429
+    assert signed_in_as(client) is None
+
+
+def test_after_the_limit_another_account_from_the_same_address_is_refused(client, owner, admin):
+    for _ in range(5):
+        sign_in(client, "owner@acme.test", "wrong", address="10.0.0.1")
+
+    assert sign_in(client, "admin@acme.test", PASSWORD, address="10.0.0.1").status_code == 429
+    assert signed_in_as(client) is None
+    # The other account itself is not locked: from elsewhere it signs in.
+    assert sign_in(client, "admin@acme.test", PASSWORD, address="10.0.0.9").status_code == 302
+
+
+def test_a_success_resets_the_count(client, owner):
+    for _ in range(4):
+        sign_in(client, "owner@acme.test", "wrong")
+    assert sign_in(client, "owner@acme.test", PASSWORD).status_code == 302
+    client.post("/logout/")
+
+    for _ in range(4):
+        sign_in(client, "owner@acme.test", "wrong")
+
+    # Eight failures in all, but never five since the success: still allowed.
+    assert sign_in(client, "owner@acme.test", PASSWORD).status_code == 302
+    assert signed_in_as(client) == str(owner.id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="django-axes resets on success every failure from the signing-in address, the "
+    "victim's included (AXES_RESET_ON_SUCCESS with AXES_LOCKOUT_PARAMETERS=['username', "
+    "'ip_address']); see the report: the fix belongs in portal/settings.py",
+)
+def test_signing_in_to_ones_own_account_does_not_reset_anothers_count(client, owner, admin):
+    # An attacker who has an account guesses the owner's password four times at a go,
+    # signing in to their own account between rounds.
+    for _ in range(2):
+        for _ in range(4):
+            sign_in(client, "owner@acme.test", "guess", address="10.0.0.66")
+        assert sign_in(client, "admin@acme.test", PASSWORD, address="10.0.0.66").status_code == 302
+        client.post("/logout/")
+
+    # Eight wrong passwords for the owner: the owner's account must be paused.
+    assert sign_in(client, "owner@acme.test", PASSWORD, address="10.0.0.7").status_code == 429
+
+
+# --- password reset by email ---------------------------------------------------------------
+
+
+def reset_link(message) -> str:
+    return re.search(r"https?://[^/\s]+(/password-reset/[^\s\"]+/)", message.body).group(1)
+
+
+def test_password_reset_by_email_then_sign_in_by_email_with_the_new_password(
+    client, owner, settings
+):
+    settings.ALLOWED_HOSTS = ["tollgate.example", "testserver"]
+
+    asked = client.post(
+        "/password-reset/", {"email": "owner@acme.test"}, HTTP_HOST="tollgate.example"
+    )
+
+    assert asked.status_code == 302 and asked["Location"] == "/password-reset/sent/"
+    (message,) = mail.outbox
+    assert message.to == ["owner@acme.test"] and message.subject == "[Tollgate] Reset your password"
+    assert "http://tollgate.example/password-reset/" in message.body
+    html, kind = message.alternatives[0]
+    assert kind == "text/html" and reset_link(message) in html
+
+    form = client.get(reset_link(message), HTTP_HOST="tollgate.example", follow=True)
+    assert "Choose a new password" in form.content.decode()
+    done = client.post(
+        form.redirect_chain[-1][0],
+        {"new_password1": "a fresh long passphrase", "new_password2": "a fresh long passphrase"},
+        HTTP_HOST="tollgate.example",
+    )
+    assert done.status_code == 302 and done["Location"] == "/password-reset/done/"
+
+    assert sign_in(client, "owner@acme.test", PASSWORD).status_code == 200  # the old one
+    assert sign_in(client, "owner@acme.test", "a fresh long passphrase").status_code == 302
+    assert signed_in_as(client) == str(owner.id)
+
+
+def test_a_reset_link_works_once(client, owner):
+    client.post("/password-reset/", {"email": "owner@acme.test"})
+    link = reset_link(mail.outbox[0])
+    form = client.get(link, follow=True)
+    new = {"new_password1": "a fresh long passphrase", "new_password2": "a fresh long passphrase"}
+    client.post(form.redirect_chain[-1][0], new)
+
+    again = client.get(link, follow=True)
+
+    assert "This reset link does not work" in again.content.decode()
+
+
+def test_an_unknown_address_gets_the_same_answer_and_no_email(client, owner):
+    asked = client.post("/password-reset/", {"email": "nobody@acme.test"})
+    assert asked.status_code == 302 and asked["Location"] == "/password-reset/sent/"
+    assert mail.outbox == []
+
+
+def test_a_weak_new_password_is_refused_by_djangos_validators(client, owner):
+    client.post("/password-reset/", {"email": "owner@acme.test"})
+    form = client.get(reset_link(mail.outbox[0]), follow=True)
+
+    page = client.post(
+        form.redirect_chain[-1][0], {"new_password1": "12345678", "new_password2": "12345678"}
+    )
+
+    text = page.content.decode()
+    assert page.status_code == 200 and "This password is too common." in text
+    owner.refresh_from_db()
+    assert owner.check_password(PASSWORD)
+
+
+def test_a_new_password_ends_the_pause_on_the_account(client, owner):
+    for _ in range(5):
+        sign_in(client, "owner@acme.test", "wrong", address="10.0.0.1")
+    client.post("/password-reset/", {"email": "owner@acme.test"})
+    form = client.get(reset_link(mail.outbox[0]), follow=True)
+    new = {"new_password1": "a fresh long passphrase", "new_password2": "a fresh long passphrase"}
+    client.post(form.redirect_chain[-1][0], new)
+
+    assert (
+        sign_in(client, "owner@acme.test", "a fresh long passphrase", "10.0.0.1").status_code == 302
+    )
+
+
+# --- the team switcher ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_teams_user(team, other_team):
+    user = UserFactory(username="both@example.test")
+    MembershipFactory(team=team, user=user, role="member")
+    MembershipFactory(team=other_team, user=user, role="admin")
+    return user
+
+
+def test_a_user_in_two_teams_sees_the_switcher_and_switches(client, two_teams_user):
+    client.force_login(two_teams_user)
+
+    page = client.get("/t/acme/").content.decode()
+    switched = client.get("/", {"team": "globex"})
+
+    assert '<select id="team-switch" name="team">' in page
+    assert '<option value="acme" selected>Acme</option>' in page
+    assert '<option value="globex">Globex</option>' in page
+    assert switched.status_code == 302 and switched["Location"] == "/t/globex/"
+    assert client.get(switched["Location"]).status_code == 200
+
+
+def test_switching_to_a_team_one_is_not_in_neither_switches_nor_leaks(client, two_teams_user):
+    TeamFactory(slug="initech", name="Initech Secret Labs")
+    client.force_login(two_teams_user)
+
+    response = client.get("/", {"team": "initech"})
+
+    assert response.status_code == 200  # the list of one's own teams, not a redirect
+    text = response.content.decode()
+    assert "Initech" not in text and "initech" not in text.replace("?team=initech", "")
+    assert "Acme" in text and "Globex" in text
+    assert client.get("/t/initech/").status_code == 404
+
+
+def test_a_user_in_one_team_is_not_switched_elsewhere(client, member, other_team):
+    client.force_login(member)
+    response = client.get("/", {"team": "globex"})
+    assert response.status_code == 200 and "Globex" not in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "seconds, said",
+    [(900, "15 minutes"), (60, "1 minute"), (3600, "1 hour"), (7200, "2 hours"), (90, "2 minutes")],
+)
+def test_pauses_are_said_in_words_and_never_shorter_than_they_are(seconds, said):
+    from datetime import timedelta
+
+    from accounts.templatetags.tollgate_time import duration
+
+    assert duration(timedelta(seconds=seconds)) == said
