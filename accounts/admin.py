@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from accounts.models import ApiKey, Membership, Team
+from accounts.models import ApiKey, Invitation, Membership, Team
 
 
 class MembershipInline(admin.TabularInline):
@@ -30,6 +30,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
     # The hash is not a secret but has no use to a human; keys are issued by command, API or UI.
     exclude = ["secret_hash"]
     readonly_fields = ["prefix", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["email", "team", "role", "invited_by", "created_at", "expires_at"]
+    list_filter = ["role", "team"]
+    # Invitations are sent from the People page, which emails the only copy of the token.
+    exclude = ["token_hash"]
+    readonly_fields = ["accepted_at", "accepted_by"]
 
     def has_add_permission(self, request):
         return False

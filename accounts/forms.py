@@ -5,8 +5,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django import forms
+from django.contrib.auth import get_user_model, password_validation
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Membership
 
 # PostgreSQL's integer: the largest limit a key can store.
 LIMIT_MAX = 2_147_483_647
@@ -113,3 +114,73 @@ class ManagementKeyForm(forms.Form):
         widget=forms.RadioSelect,
         error_messages={"invalid_choice": "A management key's role is admin or billing."},
     )
+
+
+ROLE_LABELS = {
+    Membership.Role.OWNER: "Owner: everything, including owners and invoices",
+    Membership.Role.ADMIN: "Admin: keys, routes, budgets and people",
+    Membership.Role.BILLING: "Billing: usage, budgets and invoices",
+    Membership.Role.MEMBER: "Member: usage only",
+}
+
+
+def grantable_roles(actor_role: str) -> list[str]:
+    """The roles `actor_role` may give: an admin may not make an owner."""
+    return [
+        role
+        for role in Membership.Role.values
+        if actor_role == Membership.Role.OWNER or role != Membership.Role.OWNER
+    ]
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(
+        label="Email address",
+        max_length=254,
+        error_messages={"required": "Enter the email address to send the invitation to."},
+    )
+    role = forms.ChoiceField(
+        error_messages={"invalid_choice": "Pick one of the roles offered."},
+        widget=forms.RadioSelect,
+        initial=Membership.Role.MEMBER,
+    )
+
+    def __init__(self, *args, actor_role: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [(r, ROLE_LABELS[r]) for r in grantable_roles(actor_role)]
+
+
+class NewAccountForm(forms.Form):
+    """The password of an account made by accepting an invitation, checked by Django's
+    password validators against the new account's address."""
+
+    password1 = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    password2 = forms.CharField(
+        label="The same password again",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def __init__(self, *args, email: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.email = email
+        self.fields["password1"].help_text = " ".join(
+            password_validation.password_validators_help_texts()
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        first, second = cleaned.get("password1"), cleaned.get("password2")
+        if first and second and first != second:
+            self.add_error("password2", "The two passwords differ.")
+        elif first:
+            user = get_user_model()(username=self.email, email=self.email)
+            try:
+                password_validation.validate_password(first, user)
+            except forms.ValidationError as error:
+                self.add_error("password1", error)
+        return cleaned

@@ -6,6 +6,7 @@ from accounts.permissions import (
     BILLING_READERS,
     BUDGET_MANAGERS,
     KEY_MANAGERS,
+    PEOPLE_MANAGERS,
     USAGE_READERS,
 )
 from accounts.selectors import teams_for
@@ -17,6 +18,7 @@ TEAM_PAGES = [
     ("keys", "Keys", KEY_MANAGERS),
     ("budgets", "Budgets", BUDGET_MANAGERS),
     ("invoices", "Invoices", BILLING_READERS),
+    ("people", "People", PEOPLE_MANAGERS),
 ]
 
 

@@ -4,10 +4,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 
-from accounts.models import ApiKey, Membership, Team
-from accounts.services import KeyPrincipal
+from accounts.models import ApiKey, Invitation, Membership, Team
+from accounts.services import KeyPrincipal, invitation_token_hash
 
 
 def team_access(*, actor, slug: str) -> tuple[Team, str] | None:
@@ -87,3 +88,47 @@ def _key_budgets(*, team: Team) -> dict[int, tuple[Decimal, bool]]:
         b["api_key_id"]: (b["amount_usd"], b["hard"])
         for b in rows.values("api_key_id", "amount_usd", "hard")
     }
+
+
+# The order people are listed in: owners first.
+_ROLE_ORDER = [Membership.Role.OWNER, Membership.Role.ADMIN, Membership.Role.BILLING]
+
+
+def membership_list(*, team: Team) -> list[Membership]:
+    """The team's members, owners first, then admins, billing and members, by username."""
+    members = Membership.objects.filter(team=team).select_related("user")
+    rank = {role: i for i, role in enumerate(_ROLE_ORDER)}
+    return sorted(
+        members, key=lambda m: (rank.get(m.role, len(rank)), m.user.get_username().lower())
+    )
+
+
+def membership_get(*, team: Team, membership_id: int) -> Membership | None:
+    return Membership.objects.filter(team=team, id=membership_id).first()
+
+
+def invitation_list_open(*, team: Team) -> QuerySet[Invitation]:
+    """Invitations neither accepted nor revoked, newest first (expired ones included)."""
+    return (
+        Invitation.objects.filter(team=team, accepted_at__isnull=True, revoked_at__isnull=True)
+        .select_related("invited_by")
+        .order_by("-created_at")
+    )
+
+
+def invitation_for_token(*, token: str) -> Invitation | None:
+    return (
+        Invitation.objects.select_related("team")
+        .filter(token_hash=invitation_token_hash(token))
+        .first()
+    )
+
+
+def user_by_email(*, email: str):
+    """The account of an email address: usernames are addresses, some older ones differing
+    only in case; failing that, an account whose email field is the address."""
+    User = get_user_model()
+    return (
+        User.objects.filter(username__iexact=email).first()
+        or User.objects.filter(email__iexact=email).order_by("id").first()
+    )

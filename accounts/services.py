@@ -11,10 +11,12 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 
-from accounts.models import ApiKey, Membership, Team
+from accounts.models import ApiKey, Invitation, Membership, Team
 from usage.budgets import budget_set
 
 KEY_PREFIXES = {ApiKey.Kind.INFERENCE: "tgk_", ApiKey.Kind.MANAGEMENT: "tgm_"}
@@ -230,3 +232,239 @@ def team_settings_update(*, team: Team, **fields) -> Team:
         setattr(team, name, value)
     team.save(update_fields=list(fields) or None)
     return team
+
+
+# --- People: roles, removals and invitations -------------------------------------------
+#
+# Every change below runs with the team's row locked, so two changes made at once are
+# applied one after the other and the rules are checked against what is really there.
+# The rules: owners and admins manage people; only an owner makes, changes or removes an
+# owner or invites one; the team always keeps at least one owner, so nobody can lock it out.
+
+INVITATION_VALID_FOR = timedelta(days=7)
+PEOPLE_MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
+
+
+class PeopleError(Exception):
+    """A change to a team's people that its rules refuse; the message says why, for the UI."""
+
+
+class InvitationError(Exception):
+    """An invitation link that cannot be used; `reason` is unknown, accepted, revoked,
+    expired, wrong_account or existing_account."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def invitation_token_hash(token: str) -> str:
+    # The token is 256 random bits, so an unkeyed hash is enough to make the table useless
+    # for joining a team.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _people_change_begin(*, team: Team, actor) -> str:
+    """Lock the team's row and return the actor's role, refusing anyone not managing people."""
+    Team.objects.select_for_update().filter(id=team.id).first()
+    membership = Membership.objects.filter(team=team, user=actor).first()
+    if membership is None or membership.role not in PEOPLE_MANAGER_ROLES:
+        raise PeopleError("Only owners and admins manage the people of a team.")
+    return membership.role
+
+
+def _owner_count(team: Team) -> int:
+    return Membership.objects.filter(team=team, role=Membership.Role.OWNER).count()
+
+
+def _target(team: Team, membership_id: int) -> Membership:
+    membership = (
+        Membership.objects.select_related("user").filter(team=team, id=membership_id).first()
+    )
+    if membership is None:
+        raise PeopleError("That person is not a member of this team.")
+    return membership
+
+
+def membership_role_change(*, team: Team, actor, membership_id: int, role: str) -> Membership:
+    if role not in Membership.Role.values:
+        raise PeopleError(f"'{role}' is not a role.")
+    with transaction.atomic():
+        actor_role = _people_change_begin(team=team, actor=actor)
+        membership = _target(team, membership_id)
+        name = membership.user.get_username()
+        if actor_role != Membership.Role.OWNER and Membership.Role.OWNER in (role, membership.role):
+            raise PeopleError(
+                "Only an owner can make someone an owner."
+                if role == Membership.Role.OWNER
+                else f"Only an owner can change the role of {name}, an owner."
+            )
+        if (
+            membership.role == Membership.Role.OWNER
+            and role != Membership.Role.OWNER
+            and _owner_count(team) == 1
+        ):
+            raise PeopleError(f"{name} is the team's only owner: make someone else an owner first.")
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def membership_remove(*, team: Team, actor, membership_id: int) -> Membership:
+    with transaction.atomic():
+        actor_role = _people_change_begin(team=team, actor=actor)
+        membership = _target(team, membership_id)
+        name = membership.user.get_username()
+        if membership.role == Membership.Role.OWNER:
+            if actor_role != Membership.Role.OWNER:
+                raise PeopleError(f"Only an owner can remove {name}, an owner.")
+            if _owner_count(team) == 1:
+                raise PeopleError(
+                    f"{name} is the team's only owner and cannot be removed: "
+                    "make someone else an owner first."
+                )
+        membership.delete()
+    return membership
+
+
+def _user_by_email(email: str):
+    # Imported here: accounts.selectors imports this module.
+    from accounts.selectors import user_by_email
+
+    return user_by_email(email=email)
+
+
+def invitation_create(
+    *, team: Team, actor, email: str, role: str, now: datetime | None = None
+) -> tuple[Invitation, str]:
+    """Invite `email` to `team` with `role`; return the invitation and its token, which is
+    put in the emailed link and never stored. A pending invitation to the same address is
+    revoked: only the newest link works."""
+    now = now or timezone.now()
+    email = email.strip().lower()
+    if role not in Membership.Role.values:
+        raise PeopleError(f"'{role}' is not a role.")
+    with transaction.atomic():
+        actor_role = _people_change_begin(team=team, actor=actor)
+        if role == Membership.Role.OWNER and actor_role != Membership.Role.OWNER:
+            raise PeopleError("Only an owner can invite an owner.")
+        user = _user_by_email(email)
+        if user is not None and Membership.objects.filter(team=team, user=user).exists():
+            raise PeopleError(f"{email} is already a member of {team.name}; change their role.")
+        Invitation.objects.filter(
+            team=team, email=email, accepted_at__isnull=True, revoked_at__isnull=True
+        ).update(revoked_at=now)
+        token = secrets.token_urlsafe(32)
+        invitation = Invitation.objects.create(
+            team=team,
+            email=email,
+            role=role,
+            token_hash=invitation_token_hash(token),
+            invited_by=actor,
+            created_at=now,
+            expires_at=now + INVITATION_VALID_FOR,
+        )
+    return invitation, token
+
+
+def invitation_revoke(
+    *, team: Team, actor, invitation_id: int, now: datetime | None = None
+) -> Invitation:
+    with transaction.atomic():
+        _people_change_begin(team=team, actor=actor)
+        invitation = Invitation.objects.filter(team=team, id=invitation_id).first()
+        if invitation is None:
+            raise PeopleError("There is no such invitation in this team.")
+        if invitation.accepted_at is None and invitation.revoked_at is None:
+            invitation.revoked_at = now or timezone.now()
+            invitation.save(update_fields=["revoked_at"])
+    return invitation
+
+
+def invitation_send(*, invitation: Invitation, accept_url: str) -> None:
+    """Email the invitation's link (text and HTML). `accept_url` holds the token."""
+    context = {
+        "invitation": invitation,
+        "team": invitation.team,
+        "inviter": invitation.invited_by.get_username() if invitation.invited_by else "",
+        "accept_url": accept_url,
+    }
+    message = EmailMultiAlternatives(
+        render_to_string("accounts/email/invitation_subject.txt", context).strip(),
+        render_to_string("accounts/email/invitation_body.txt", context),
+        to=[invitation.email],
+    )
+    message.attach_alternative(
+        render_to_string("accounts/email/invitation_body.html", context), "text/html"
+    )
+    message.send()
+
+
+INVITATION_REFUSALS = {
+    "unknown": "This invitation link is not valid. Check that it was copied whole.",
+    "accepted": "This invitation has already been used. Sign in to open the team.",
+    "revoked": "This invitation was withdrawn. Ask the team's owner or admin for a new one.",
+    "expired": "This invitation has expired. Ask the team's owner or admin to send a new one.",
+}
+
+
+def _open_invitation(token: str, now: datetime) -> Invitation:
+    """The pending invitation for `token`, locked for update, or InvitationError saying why not."""
+    invitation = (
+        Invitation.objects.select_for_update()
+        .select_related("team")
+        .filter(token_hash=invitation_token_hash(token))
+        .first()
+    )
+    if invitation is None:
+        raise InvitationError("unknown", INVITATION_REFUSALS["unknown"])
+    state = invitation.state(now=now)
+    if state != "pending":
+        raise InvitationError(state, INVITATION_REFUSALS[state])
+    return invitation
+
+
+def _invitation_close(invitation: Invitation, user, now: datetime) -> Membership:
+    # Someone already in the team keeps the role they have: an invitation never demotes.
+    membership, _ = Membership.objects.get_or_create(
+        team=invitation.team, user=user, defaults={"role": invitation.role}
+    )
+    invitation.accepted_at = now
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    return membership
+
+
+def invitation_accept(*, token: str, user, now: datetime | None = None) -> Membership:
+    """A signed-in user joins the invitation's team. The invitation must be pending and sent
+    to the user's own address."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        invitation = _open_invitation(token, now)
+        addresses = {user.get_username().lower(), (user.email or "").lower()}
+        if invitation.email not in addresses:
+            raise InvitationError(
+                "wrong_account",
+                f"This invitation is for {invitation.email}, and you are signed in as "
+                f"{user.get_username()}. Sign out, then open the link again.",
+            )
+        return _invitation_close(invitation, user, now)
+
+
+def invitation_accept_new_user(
+    *, token: str, password: str, now: datetime | None = None
+) -> Membership:
+    """Create the account of the invitation's address, with `password` (already validated),
+    and join the team. Refused if the address already has an account: its owner signs in."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        invitation = _open_invitation(token, now)
+        if _user_by_email(invitation.email) is not None:
+            raise InvitationError(
+                "existing_account",
+                f"{invitation.email} already has an account: sign in to accept the invitation.",
+            )
+        user = get_user_model().objects.create_user(
+            username=invitation.email, email=invitation.email, password=password
+        )
+        return _invitation_close(invitation, user, now)

@@ -49,4 +49,17 @@ urlpatterns = [
     ),
     path("t/<slug:slug>/keys/", views.keys, name="keys"),
     path("t/<slug:slug>/keys/<str:prefix>/revoke/", views.key_revoke, name="key-revoke"),
+    path("t/<slug:slug>/people/", views.people, name="people"),
+    path("t/<slug:slug>/people/<int:membership_id>/role/", views.member_role, name="member-role"),
+    path(
+        "t/<slug:slug>/people/<int:membership_id>/remove/",
+        views.member_remove,
+        name="member-remove",
+    ),
+    path(
+        "t/<slug:slug>/people/invitations/<int:invitation_id>/revoke/",
+        views.invitation_withdraw,
+        name="invitation-revoke",
+    ),
+    path("invitations/<str:token>/", views.invitation_accept_page, name="invitation-accept"),
 ]
