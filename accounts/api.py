@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey
-from accounts.permissions import KEY_MANAGERS, require_team
+from accounts.permissions import KEY_MANAGERS, management_key_roles, require_team
 from accounts.selectors import api_key_get, api_key_list, teams_for
 from accounts.services import KeyPrincipal, api_key_create, api_key_revoke
 
@@ -86,9 +86,16 @@ class ApiKeyListApi(APIView):
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        if isinstance(request.user, KeyPrincipal) and data["kind"] == ApiKey.Kind.MANAGEMENT:
-            # A leaked management key must not be able to mint more of itself.
-            raise PermissionDenied("Management keys can only create inference keys.")
+        if data["kind"] == ApiKey.Kind.MANAGEMENT:
+            if isinstance(request.user, KeyPrincipal):
+                # A leaked management key must not be able to mint more of itself.
+                raise PermissionDenied("Management keys can only create inference keys.")
+            key_role = data.get("role") or ApiKey.ManagementRole.ADMIN
+            if key_role not in management_key_roles(request.team_access[1]):
+                raise PermissionDenied(
+                    f"Your role in this team ({request.team_access[1]}) cannot issue a "
+                    f"{key_role} key: only an owner issues billing keys."
+                )
         key, secret = api_key_create(
             team=team,
             name=data["name"],

@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth import get_user_model, password_validation
 
 from accounts.models import ApiKey, Membership
+from accounts.permissions import management_key_roles
 
 # PostgreSQL's integer: the largest limit a key can store.
 LIMIT_MAX = 2_147_483_647
@@ -106,14 +107,24 @@ class ManagementKeyForm(forms.Form):
         help_text="For people: e.g. nightly-export.",
     )
     role = forms.ChoiceField(
-        choices=[
-            (ApiKey.ManagementRole.ADMIN, "Admin: manage keys, routes and budgets"),
-            (ApiKey.ManagementRole.BILLING, "Billing: read usage and invoices only"),
-        ],
         initial=ApiKey.ManagementRole.ADMIN,
         widget=forms.RadioSelect,
-        error_messages={"invalid_choice": "A management key's role is admin or billing."},
+        error_messages={
+            "invalid_choice": "Pick one of the roles offered: a management key is admin or "
+            "billing, and only an owner issues billing keys."
+        },
     )
+
+    ROLE_LABELS = {
+        ApiKey.ManagementRole.ADMIN: "Admin: manage keys, routes and budgets",
+        ApiKey.ManagementRole.BILLING: "Billing: read usage and invoices only",
+    }
+
+    def __init__(self, *args, actor_role: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [
+            (role, self.ROLE_LABELS[role]) for role in management_key_roles(actor_role)
+        ]
 
 
 ROLE_LABELS = {

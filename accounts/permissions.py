@@ -16,6 +16,19 @@ BUDGET_MANAGERS = (Role.OWNER, Role.ADMIN, Role.BILLING)
 # Routes decide where traffic goes; compare spends the team's money on test prompts.
 ROUTE_MANAGERS = (Role.OWNER, Role.ADMIN)
 PEOPLE_MANAGERS = (Role.OWNER, Role.ADMIN)
+# Who may issue a management key of each role. Nobody mints a key that may do what they may
+# not: an admin cannot read invoices, so only an owner issues a billing key.
+MANAGEMENT_KEY_ISSUERS = {
+    Role.ADMIN: (Role.OWNER, Role.ADMIN),
+    Role.BILLING: (Role.OWNER,),
+}
+
+
+def management_key_roles(actor_role: str) -> list[str]:
+    """The management key roles `actor_role` may issue."""
+    return [
+        key_role for key_role, issuers in MANAGEMENT_KEY_ISSUERS.items() if actor_role in issuers
+    ]
 
 
 def require_team(request, slug: str, roles=USAGE_READERS):
@@ -30,6 +43,7 @@ def require_team(request, slug: str, roles=USAGE_READERS):
     team, role = access
     if role not in roles:
         raise PermissionDenied(f"Your role in this team ({role}) does not allow this.")
+    request.team_access = access
     return team
 
 

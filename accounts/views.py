@@ -66,11 +66,12 @@ def keys(request, slug):
     now = timezone.now()
     models, routes = key_scope_choices(team=team)
     inference_form = InferenceKeyForm(prefix="key", models=models, routes=routes, now=now)
-    management_form = ManagementKeyForm(prefix="mgmt")
+    actor_role = request.team_access[1]
+    management_form = ManagementKeyForm(prefix="mgmt", actor_role=actor_role)
     new_key = None
     if request.method == "POST":
         if request.POST.get("kind") == ApiKey.Kind.MANAGEMENT:
-            management_form = ManagementKeyForm(request.POST, prefix="mgmt")
+            management_form = ManagementKeyForm(request.POST, prefix="mgmt", actor_role=actor_role)
             if management_form.is_valid():
                 key, secret = api_key_create(
                     team=team,

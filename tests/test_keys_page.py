@@ -225,8 +225,23 @@ def test_a_billing_management_key_is_issued_from_the_page(owner_client):
 
 def test_a_management_key_with_an_unknown_role_is_refused(owner_client):
     page = owner_client.post(KEYS, {"kind": "management", "mgmt-name": "x", "mgmt-role": "owner"})
-    assert "A management key&#x27;s role is admin or billing." in page.content.decode()
+    assert "Pick one of the roles offered" in page.content.decode()
     assert not ApiKey.objects.exists()
+
+
+def test_an_admin_issues_admin_keys_but_not_billing_keys(client, admin):
+    # An admin may not read invoices, so may not mint a key that does.
+    client.force_login(admin)
+    offered = client.get(KEYS).content.decode()
+
+    refused = client.post(KEYS, {"kind": "management", "mgmt-name": "fin", "mgmt-role": "billing"})
+    issued = client.post(KEYS, {"kind": "management", "mgmt-name": "ops", "mgmt-role": "admin"})
+
+    assert 'name="mgmt-role" value="billing"' not in offered
+    assert 'name="mgmt-role" value="admin"' in offered
+    assert "only an owner issues billing keys" in refused.content.decode()
+    assert issued.status_code == 302
+    assert list(ApiKey.objects.values_list("name", "role")) == [("ops", "admin")]
 
 
 # --- the list ---------------------------------------------------------------------------

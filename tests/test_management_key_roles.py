@@ -184,6 +184,22 @@ def test_api_creates_a_billing_management_key_and_lists_its_role(owner):
     assert listed == {"fin": "billing", "app": ""}
 
 
+def test_api_lets_an_admin_issue_admin_keys_but_not_billing_keys(admin):
+    client = APIClient()
+    client.force_login(admin)
+
+    billing = client.post(
+        "/api/teams/acme/keys/", {"name": "fin", "kind": "management", "role": "billing"}, "json"
+    )
+    plain = client.post("/api/teams/acme/keys/", {"name": "ops", "kind": "management"}, "json")
+
+    assert (
+        billing.status_code == 403 and "only an owner issues billing keys" in billing.data["detail"]
+    )
+    assert plain.status_code == 201 and plain.data["role"] == "admin"
+    assert list(ApiKey.objects.values_list("name", flat=True)) == ["ops"]
+
+
 def test_api_refuses_a_role_on_an_inference_key_and_an_unknown_role(owner):
     client = APIClient()
     client.force_login(owner)
