@@ -63,31 +63,31 @@ class KeyRow:
 def api_key_rows(*, team: Team, now: datetime) -> list[KeyRow]:
     """The team's keys, newest first, each with its spend this month (UTC) and its budget."""
     from usage.months import month_start
-    from usage.selectors import usage_summary
+    from usage.selectors import budget_list, usage_summary
 
     spend = {
         group["key"]: group["cost_usd"]
         for group in usage_summary(team_id=team.id, group_by="key", start=month_start(now))
     }
-    budgets = _key_budgets(team=team)
+    budgets = {
+        row["budget"].api_key_id: row["budget"]
+        for row in budget_list(team=team, now=now)
+        if row["budget"].api_key_id is not None
+    }
     rows = []
     for key in api_key_list(team=team):
         status = "revoked" if key.revoked_at else "active" if key.is_active(now=now) else "expired"
-        amount, hard = budgets.get(key.id, (None, None))
-        rows.append(KeyRow(key, status, spend.get(key.prefix, Decimal(0)), amount, hard))
+        budget = budgets.get(key.id)
+        rows.append(
+            KeyRow(
+                key=key,
+                status=status,
+                spend_usd=spend.get(key.prefix, Decimal(0)),
+                budget_usd=budget.amount_usd if budget else None,
+                budget_hard=budget.hard if budget else None,
+            )
+        )
     return rows
-
-
-def _key_budgets(*, team: Team) -> dict[int, tuple[Decimal, bool]]:
-    # usage.selectors has no read of per-key budgets yet; this one reads usage's Budget
-    # table directly and should move there (as e.g. key_budgets(team_id=...)) when it does.
-    from usage.models import Budget
-
-    rows = Budget.objects.filter(team=team, api_key__isnull=False)
-    return {
-        b["api_key_id"]: (b["amount_usd"], b["hard"])
-        for b in rows.values("api_key_id", "amount_usd", "hard")
-    }
 
 
 # The order people are listed in: owners first.

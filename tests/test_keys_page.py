@@ -257,8 +257,8 @@ def test_the_list_shows_this_months_spend_last_use_limits_and_status(owner_clien
     now = timezone.now()
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     for rid, when, cost in (
-        ("req_this1", now, "0.0125"),
-        ("req_this2", month_start, "0.0100"),
+        ("req_this1", now, "1.25"),
+        ("req_this2", month_start, "0.10"),
         ("req_last", month_start - timedelta(seconds=1), "9"),  # last month: not counted
     ):
         UsageRecord.objects.create(
@@ -277,7 +277,7 @@ def test_the_list_shows_this_months_spend_last_use_limits_and_status(owner_clien
     page = owner_client.get(KEYS).content.decode()
 
     row = page[page.index(key.prefix) : page.index("</tr>", page.index(key.prefix))]
-    assert "$0.0225" in row and "5,000 TPM" in row and "gpt-4o" in row and "active" in row
+    assert "$1.35" in row and "5,000 TPM" in row and "gpt-4o" in row and "active" in row
     assert f"{now:%Y-%m-%d}" in row  # last used: the only date in the row
     old_row = page[page.index(old.prefix) : page.index("</tr>", page.index(old.prefix))]
     assert "revoked" in old_row and "Revoke" not in old_row
