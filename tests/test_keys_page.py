@@ -335,3 +335,10 @@ def test_revoking_twice_is_harmless_and_says_so(owner_client, team):
 
 def test_an_unknown_prefix_is_404(owner_client):
     assert owner_client.get("/t/acme/keys/tgk_nothere/revoke/").status_code == 404
+
+
+def test_the_revoke_confirmation_has_its_own_form_and_a_way_back(owner_client, team):
+    key, _ = api_key_create(team=team, name="bot")
+    page = owner_client.get(f"/t/acme/keys/{key.prefix}/revoke/").content.decode()
+    assert_accessible(page)
+    assert 'href="/t/acme/keys/">Keep it</a>' in page

@@ -483,3 +483,10 @@ def test_an_invitation_never_demotes_someone_already_in_the_team(client, team, o
     client.post(f"/invitations/{token}/")
 
     assert role_of(outsider) == "admin"
+
+
+def test_the_invitation_pages_have_labels_and_name_their_buttons(client, team, owner):
+    token = invitation_token(team, owner, "new@example.test", "billing")
+    page = client.get(f"/invitations/{token}/").content.decode()
+    assert_accessible(page)
+    assert "Create my account and join Acme</button>" in page

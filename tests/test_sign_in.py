@@ -246,3 +246,12 @@ def test_pauses_are_said_in_words_and_never_shorter_than_they_are(seconds, said)
     from accounts.templatetags.tollgate_time import duration
 
     assert duration(timedelta(seconds=seconds)) == said
+
+
+def test_the_sign_in_and_reset_pages_label_every_field(client, owner):
+    from tests.pages import assert_accessible
+
+    for url in ("/login/", "/password-reset/"):
+        assert_accessible(client.get(url).content.decode())
+    client.post("/password-reset/", {"email": "owner@acme.test"})
+    assert_accessible(client.get(reset_link(mail.outbox[0]), follow=True).content.decode())
