@@ -275,6 +275,10 @@ def invitation_withdraw(request, slug, invitation_id):
     return redirect("people", slug=team.slug)
 
 
+# The backend a new account made from an invitation is signed in with.
+PASSWORD_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
 @require_http_methods(["GET", "POST"])
 @never_cache
 def invitation_accept_page(request, token):
@@ -313,9 +317,6 @@ def invitation_accept_page(request, token):
         )
         return redirect("dashboard", slug=membership.team.slug)
     return _invitation_page(request, invitation, form, status=200)
-
-
-PASSWORD_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
 def _invitation_page(request, invitation, form, *, status):
