@@ -91,12 +91,6 @@ def test_a_success_resets_the_count(client, owner):
     assert signed_in_as(client) == str(owner.id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="django-axes resets on success every failure from the signing-in address, the "
-    "victim's included (AXES_RESET_ON_SUCCESS with AXES_LOCKOUT_PARAMETERS=['username', "
-    "'ip_address']); see the report: the fix belongs in portal/settings.py",
-)
 def test_signing_in_to_ones_own_account_does_not_reset_anothers_count(client, owner, admin):
     # An attacker who has an account guesses the owner's password four times, signs in to
     # their own account (which must not wipe the owner's count), then guesses again.
