@@ -1,13 +1,13 @@
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from accounts.permissions import KEY_MANAGERS, management_key_roles, require_team
-from accounts.selectors import api_key_get, api_key_list, teams_for
+from accounts.selectors import api_key_get, api_key_list, key_scope_unknown, teams_for
 from accounts.services import KeyPrincipal, api_key_create, api_key_revoke
 
 
@@ -96,6 +96,10 @@ class ApiKeyListApi(APIView):
                     f"Your role in this team ({request.team_access[1]}) cannot issue a "
                     f"{key_role} key: only an owner issues billing keys."
                 )
+        if unknown := key_scope_unknown(team=team, names=data["allowed_models"]):
+            raise ValidationError(
+                {"allowed_models": [f"Not a model or route in the catalog: {', '.join(unknown)}."]}
+            )
         key, secret = api_key_create(
             team=team,
             name=data["name"],

@@ -132,3 +132,10 @@ def user_by_email(*, email: str):
         User.objects.filter(username__iexact=email).first()
         or User.objects.filter(email__iexact=email).order_by("id").first()
     )
+
+
+def key_scope_unknown(*, team: Team, names: list[str]) -> list[str]:
+    """Those of `names` that are neither a model in the catalog nor a route of `team`."""
+    models, routes = key_scope_choices(team=team)
+    known = set(models) | set(routes)
+    return [name for name in names if name not in known]

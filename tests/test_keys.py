@@ -4,6 +4,7 @@ import logging
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
 from accounts.models import ApiKey
@@ -51,7 +52,7 @@ def test_no_secret_reaches_the_logs_of_a_proxied_call(caplog, team):
     assert secret not in caplog.text and secret[-20:] not in caplog.text
 
 
-def test_issuekey_prints_the_secret_alone_on_the_last_line(team, capsys):
+def test_issuekey_prints_the_secret_alone_on_the_last_line(team, catalog, capsys):
     call_command(
         "issuekey", "acme", "--name", "worker", "--models", "gpt-4o,bulk_classify", "--rpm", "60"
     )
@@ -93,3 +94,9 @@ def test_createteam_creates_the_owner(db):
     team = Team.objects.get(slug="initech")
     assert str(team.markup_percent) == "7.500"
     assert Membership.objects.get(team=team).role == "owner"
+
+
+def test_issuekey_refuses_a_model_the_catalog_does_not_have(team, catalog):
+    with pytest.raises(CommandError, match="not a model or route in the catalog: gtp-4o"):
+        call_command("issuekey", "acme", "--name", "typo", "--models", "gpt-4o,gtp-4o")
+    assert not ApiKey.objects.filter(name="typo").exists()

@@ -63,7 +63,22 @@ def day(d, hour=12):
 # --- keys ------------------------------------------------------------------------
 
 
-def test_owner_creates_a_key_and_sees_its_secret_once(owner, team):
+def test_a_key_for_a_model_the_catalog_does_not_have_is_refused(owner, team, other_team, catalog):
+    from routing.services import route_fields, route_save
+
+    fields = route_fields({"name": "globex_only", "targets": ["gpt-4o"]})
+    route_save(team=other_team, name=fields.pop("name"), fields=fields, actor="test")
+    client = as_user(owner)
+    for names in (["gtp-4o"], ["gpt-4o", "nonsense"], ["globex_only"]):
+        answer = client.post(
+            "/api/teams/acme/keys/", {"name": "svc", "allowed_models": names}, format="json"
+        )
+        assert answer.status_code == 400, names
+        assert "Not a model or route in the catalog" in str(answer.data["allowed_models"])
+    assert not ApiKey.objects.filter(team=team).exists()
+
+
+def test_owner_creates_a_key_and_sees_its_secret_once(owner, team, catalog):
     client = as_user(owner)
 
     created = client.post(

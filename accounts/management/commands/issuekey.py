@@ -3,6 +3,7 @@ from decimal import Decimal, InvalidOperation
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ApiKey, Team
+from accounts.selectors import key_scope_unknown
 from accounts.services import api_key_create, api_key_issue
 
 
@@ -56,11 +57,16 @@ class Command(BaseCommand):
                 team=team, name=name, kind=ApiKey.Kind.MANAGEMENT, role=role or ""
             )
         else:
+            allowed = [m.strip() for m in models.split(",") if m.strip()]
+            if unknown := key_scope_unknown(team=team, names=allowed):
+                raise CommandError(
+                    f"--models: not a model or route in the catalog: {', '.join(unknown)}"
+                )
             # The key and its budget are created together, or not at all.
             key, secret = api_key_issue(
                 team=team,
                 name=name,
-                allowed_models=[m.strip() for m in models.split(",") if m.strip()],
+                allowed_models=allowed,
                 rpm_limit=rpm,
                 tpm_limit=tpm,
                 budget_usd=amount,
