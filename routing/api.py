@@ -15,7 +15,13 @@ from accounts.services import KeyPrincipal
 from routing.calls import CHAT, call_json, call_prepare, format_usd, new_request_id
 from routing.errors import ProxyError
 from routing.models import Route, RouteChange
-from routing.selectors import catalog_snapshot
+from routing.selectors import (
+    catalog_snapshot,
+    global_routes,
+    route_changes,
+    team_route_get,
+    team_routes,
+)
 from routing.services import ROUTE_FIELDS, CatalogError, route_delete, route_fields, route_save
 
 
@@ -70,8 +76,8 @@ class RouteListApi(APIView):
     def get(self, request, slug):
         """The routes this team's calls see: its own, and the global ones it does not override."""
         team = require_team(request, slug)
-        routes = {r.name: r for r in Route.objects.filter(team__isnull=True)}
-        routes.update({r.name: r for r in Route.objects.filter(team=team)})
+        routes = {r.name: r for r in global_routes()}
+        routes.update({r.name: r for r in team_routes(team=team)})
         return Response([_route_data(routes[name]) for name in sorted(routes)])
 
     @extend_schema(request=RouteSerializer, responses={201: RouteSerializer})
@@ -81,7 +87,7 @@ class RouteListApi(APIView):
         serializer = RouteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         name = serializer.validated_data["name"]
-        if Route.objects.filter(team=team, name=name).exists():
+        if team_route_get(team=team, name=name) is not None:
             raise ValidationError(
                 {"name": "This team already has a route of that name; update it instead."}
             )
@@ -111,8 +117,7 @@ class RouteChangeListApi(APIView):
     @extend_schema(responses=RouteChangeSerializer(many=True))
     def get(self, request, slug):
         team = require_team(request, slug, KEY_MANAGERS)
-        changes = RouteChange.objects.filter(team=team)[:200]
-        return Response(RouteChangeSerializer(changes, many=True).data)
+        return Response(RouteChangeSerializer(route_changes(team=team), many=True).data)
 
 
 class CompareRequestSerializer(serializers.Serializer):

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.cache import cache
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from routing.models import CatalogModel, ModelPrice, Provider, Route
+from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
 from usage.pricing import Price
 
 CATALOG_VERSION_KEY = "catalog:version"
@@ -166,3 +167,24 @@ def catalog_changed() -> None:
     global _snapshot
     cache.set(CATALOG_VERSION_KEY, uuid.uuid4().hex, None)
     _snapshot = None
+
+
+# --- Routes as stored: what the management API and the routes page show --------
+
+
+def global_routes() -> QuerySet[Route]:
+    return Route.objects.filter(team__isnull=True).order_by("name")
+
+
+def team_routes(*, team) -> QuerySet[Route]:
+    """A team's own routes; each overrides a global route of the same name for that team."""
+    return Route.objects.filter(team=team).order_by("name")
+
+
+def team_route_get(*, team, name: str) -> Route | None:
+    return Route.objects.filter(team=team, name=name).first()
+
+
+def route_changes(*, team, limit: int = 200) -> list[RouteChange]:
+    """The audit trail of a team's routes, newest first."""
+    return list(RouteChange.objects.filter(team=team)[:limit])

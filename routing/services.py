@@ -18,7 +18,21 @@ PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 
 
 class CatalogError(ValueError):
-    """The catalog file is not valid; the message says where and why."""
+    """The catalog file, or a route sent to the API or the web UI, is not valid.
+
+    The message says where and why. A route's errors also name the route
+    `field` at fault and the `problem` without the where, so a form can show
+    the sentence beside that field.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.problem = problem or message
+
+
+def _route_error(where: str, field: str, problem: str) -> CatalogError:
+    return CatalogError(f"{where}: {problem}", field=field, problem=problem)
 
 
 @dataclass
@@ -201,13 +215,15 @@ def route_save(*, team, name: str, fields: dict, actor: str, now: datetime | Non
     if CatalogModel.objects.filter(name=name).exists():
         # A model's name always means the model (a key limited to it must never
         # be routed elsewhere), so no route may take it.
-        raise CatalogError(f"route {name!r}: a model has that id; give the route another name")
+        raise _route_error(
+            f"route {name!r}", "name", "a model has that id; give the route another name"
+        )
     known = set(
         CatalogModel.objects.filter(name__in=fields["targets"]).values_list("name", flat=True)
     )
     missing = [t for t in fields["targets"] if t not in known]
     if missing:
-        raise CatalogError(f"route {name!r}: unknown targets {', '.join(missing)}")
+        raise _route_error(f"route {name!r}", "targets", f"unknown targets {', '.join(missing)}")
     with transaction.atomic():
         route = Route.objects.select_for_update().filter(team=team, name=name).first()
         before = route_state(route)
@@ -255,7 +271,7 @@ def route_fields(entry: dict, where: str = "route") -> dict:
 def _positive_int(entry, key, where, default):
     value = entry.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CatalogError(f"{where}: '{key}' must be a non-negative integer")
+        raise _route_error(where, key, f"'{key}' must be a non-negative integer")
     return value
 
 
@@ -276,37 +292,43 @@ def _route_fields(entry, index=None, where=None):
     where = f"route {name!r}"
     strategy = entry.get("strategy", "fallback")
     if strategy not in STRATEGIES:
-        raise CatalogError(f"{where}: strategy must be one of {', '.join(sorted(STRATEGIES))}")
+        raise _route_error(
+            where, "strategy", f"strategy must be one of {', '.join(sorted(STRATEGIES))}"
+        )
     targets = entry.get("targets")
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise CatalogError(f"{where}: targets must be a non-empty list of model ids")
+        raise _route_error(where, "targets", "targets must be a non-empty list of model ids")
     weights = entry.get("weights", [])
     if strategy == "weighted" and (
         len(weights) != len(targets) or not all(isinstance(w, int) and w >= 0 for w in weights)
     ):
-        raise CatalogError(
-            f"{where}: a weighted route needs one non-negative integer weight per target"
+        raise _route_error(
+            where, "weights", "a weighted route needs one non-negative integer weight per target"
         )
     require = entry.get("require", {})
     if not isinstance(require, dict):
-        raise CatalogError(f"{where}: require must map benchmark names to floors")
+        raise _route_error(where, "require", "require must map benchmark names to floors")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in require.values()):
-        raise CatalogError(f"{where}: require must map benchmark names to numeric floors")
+        raise _route_error(where, "require", "require must map benchmark names to numeric floors")
     capabilities = entry.get("capabilities", [])
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
-        raise CatalogError(
-            f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}"
+        raise _route_error(
+            where,
+            "capabilities",
+            f"capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}",
         )
     deadline_s = _positive_int(entry, "deadline_s", where, 60)
     longest = settings.TOLLGATE_CALL_DEADLINE_S
     if not 1 <= deadline_s <= longest:
-        raise CatalogError(
-            f"{where}: 'deadline_s' must be between 1 and {longest} seconds "
-            f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)"
+        raise _route_error(
+            where,
+            "deadline_s",
+            f"'deadline_s' must be between 1 and {longest} seconds "
+            f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)",
         )
     retries = _positive_int(entry, "retries", where, 1)
     if retries > 5:
-        raise CatalogError(f"{where}: 'retries' must be at most 5")
+        raise _route_error(where, "retries", "'retries' must be at most 5")
     return {
         "name": name,
         "strategy": strategy,
