@@ -1,16 +1,22 @@
-"""Writes for the catalog: providers, models, prices and routes."""
+"""Writes for the catalog (providers, models, prices and routes), and compare runs."""
 
+import asyncio
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.services import KeyPrincipal
+from routing.calls import CHAT, call_json, call_prepare, new_request_id
+from routing.errors import ProxyError
 from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
+from routing.selectors import catalog_snapshot
 
 CAPABILITIES = set(CatalogModel.Capability.values)
 STRATEGIES = set(Route.Strategy.values)
@@ -339,3 +345,108 @@ def _route_fields(entry, index=None, where=None):
         "deadline_s": deadline_s,
         "retries": retries,
     }
+
+
+# --- Compare: one prompt on several models, through the proxy's own call path ---------
+
+
+class CompareError(ValueError):
+    """A comparison that cannot start (a model not in the catalog); nothing was called."""
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    model: str
+    ok: bool
+    answer: str | None
+    # A sentence for the person comparing when the call failed or was refused.
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int | None
+    # What the team was charged for this call (USD, list price); 0 when it failed.
+    cost_usd: Decimal
+    request_id: str
+
+
+def compare_run(
+    *,
+    team,
+    models: list[str],
+    messages: list[dict],
+    actor: str,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> list[CompareResult]:
+    """Send one chat request to each model at once, through the proxy's call path.
+
+    Each call is real: checked against the team's budgets and prices, billed
+    to the team (with no key, and `compare by <actor>` as its end user) and
+    written to the ledger like any other. A model that fails or is refused
+    gets its sentence in its result; the others are unaffected. Raises
+    CompareError, before calling anything, when a model is not in the catalog.
+    """
+    models = list(dict.fromkeys(models))
+    unknown = [m for m in models if m not in catalog_snapshot().models]
+    if unknown:
+        raise CompareError(f"Unknown models: {', '.join(unknown)}")
+    # Compare calls have no inference key, so the ledger's key is empty.
+    principal = KeyPrincipal(
+        key_id=None, prefix="", kind="compare", team_id=team.id, team_slug=team.slug
+    )
+    body: dict = {"messages": messages, "user": f"compare by {actor}"[:256]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+
+    async def run():
+        return await asyncio.gather(*[_compare_one(principal, body, m) for m in models])
+
+    return list(async_to_sync(run)())
+
+
+def _answer_text(payload: dict) -> str | None:
+    # Whatever shape the upstream gave its answer: billed already, never a 500 here.
+    choices = payload.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else message
+    return content if isinstance(content, str) else None
+
+
+async def _compare_one(principal: KeyPrincipal, body: dict, model_name: str) -> CompareResult:
+    request_id = new_request_id()
+    failed = dict(
+        model=model_name,
+        ok=False,
+        answer=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=None,
+        cost_usd=Decimal(0),
+        request_id=request_id,
+    )
+    try:
+        call = await sync_to_async(call_prepare)(
+            principal=principal,
+            endpoint=CHAT,
+            body={**body, "model": model_name},
+            request_id=request_id,
+            now=timezone.now(),
+        )
+        payload, _, cost = await call_json(call, {**body, "model": model_name})
+    except ProxyError as exc:
+        return CompareResult(**failed, error=exc.message)
+    served, _ = call.meter.outcomes[-1]
+    return CompareResult(
+        model=model_name,
+        ok=True,
+        answer=_answer_text(payload),
+        error=None,
+        prompt_tokens=served.tokens.prompt,
+        completion_tokens=served.tokens.completion,
+        latency_ms=served.latency_ms,
+        cost_usd=cost,
+        request_id=request_id,
+    )
