@@ -17,6 +17,7 @@ TEAM_PAGES = [
     ("keys", "Keys", KEY_MANAGERS),
     ("budgets", "Budgets", BUDGET_MANAGERS),
     ("invoices", "Invoices", BILLING_READERS),
+    ("models", "Models", USAGE_READERS),
 ]
 
 

@@ -1,0 +1,173 @@
+"""The team's routing pages: the model catalog, savings, routes and compare."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+from django.utils import timezone
+
+from accounts.permissions import ROUTE_MANAGERS, USAGE_READERS, require_team_page
+from routing.selectors import ModelInfo, catalog_snapshot
+from usage.selectors import usage_summary
+
+# How benchmark names are written, and their order before any others (alphabetical).
+BENCHMARK_LABELS = {"mmlu": "MMLU", "humaneval": "HumanEval", "ceval": "C-Eval"}
+PRICE_DIRECTIONS = ("input", "cached_input", "output")
+
+
+def benchmark_names(models) -> list[str]:
+    names = {name for m in models for name in m.benchmarks}
+    known = [name for name in BENCHMARK_LABELS if name in names]
+    return known + sorted(names - set(known))
+
+
+def _today(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _can_manage_routes(request) -> bool:
+    return request.team_access[1] in ROUTE_MANAGERS
+
+
+# --- Models ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    value: Callable[[ModelInfo], object]
+    # Scores and sizes read best largest first; names and prices smallest first.
+    descending_first: bool = False
+    numeric: bool = False
+    benchmark: bool = False
+
+
+def _price(direction: str) -> Callable[[ModelInfo], Decimal | None]:
+    return lambda m: getattr(m.prices, direction) if m.prices else None
+
+
+def _model_columns(benchmarks: list[str]) -> list[Column]:
+    columns = [
+        Column("model", "Model", lambda m: m.name),
+        Column("provider", "Provider", lambda m: m.provider.name),
+        Column("input", "Input", _price("input"), numeric=True),
+        Column("cached", "Cached input", _price("cached_input"), numeric=True),
+        Column("output", "Output", _price("output"), numeric=True),
+        Column(
+            "context",
+            "Context window",
+            lambda m: m.context_window,
+            descending_first=True,
+            numeric=True,
+        ),
+        Column("capabilities", "Capabilities", lambda m: ", ".join(sorted(m.capabilities))),
+    ]
+    taken = {c.key for c in columns}
+    columns += [
+        Column(
+            name,
+            BENCHMARK_LABELS.get(name, name),
+            lambda m, name=name: m.benchmarks.get(name),
+            descending_first=True,
+            numeric=True,
+            benchmark=True,
+        )
+        for name in benchmarks
+        if name not in taken
+    ]
+    return columns
+
+
+def _sorted_models(models, column: Column, descending: bool) -> list[ModelInfo]:
+    """Models by `column`, ties by id; a missing value (unpriced, no score) last either way."""
+    by_name = sorted(models, key=lambda m: m.name)
+    present = [m for m in by_name if column.value(m) is not None]
+    missing = [m for m in by_name if column.value(m) is None]
+    return sorted(present, key=column.value, reverse=descending) + missing  # type: ignore[arg-type]
+
+
+def most_used_model(*, team_id: int, models, now: datetime) -> str | None:
+    """The catalog model the team sent the most requests to in the last 30 days."""
+    groups = usage_summary(
+        team_id=team_id, group_by="model", start=_today(now) - timedelta(days=29)
+    )
+    used = [(g["requests"], g["model"]) for g in groups if g["model"] in models]
+    # Most requests first; ties by id.
+    return min(used, key=lambda u: (-u[0], u[1]))[1] if used else None
+
+
+def _multiple(price: Decimal | None, baseline: Decimal | None) -> Decimal | None:
+    if price is None or not baseline:
+        return None
+    return price / baseline
+
+
+@login_required
+def models(request, slug):
+    """The catalog: prices (and each as a multiple of a baseline model's), benchmarks,
+    context window and capabilities, sorted on the server by `?sort=<column>` (`-` first
+    for descending) so it works without JavaScript."""
+    team = require_team_page(request, slug, USAGE_READERS)
+    catalog = catalog_snapshot()
+    all_models = list(catalog.models.values())
+    columns = _model_columns(benchmark_names(all_models))
+    by_key = {c.key: c for c in columns}
+
+    wanted = request.GET.get("sort", "model")
+    descending = wanted.startswith("-")
+    column = by_key.get(wanted.removeprefix("-"))
+    if column is None:
+        column, descending = by_key["model"], False
+
+    baseline_name = request.GET.get("baseline", "")
+    if baseline_name not in catalog.models:
+        baseline_name = most_used_model(
+            team_id=team.id, models=catalog.models, now=timezone.now()
+        ) or min(catalog.models, default="")
+    baseline = catalog.models.get(baseline_name)
+
+    rows = []
+    for model in _sorted_models(all_models, column, descending):
+        prices = []
+        for direction in PRICE_DIRECTIONS:
+            price = getattr(model.prices, direction) if model.prices else None
+            base = getattr(baseline.prices, direction) if baseline and baseline.prices else None
+            prices.append({"price": price, "multiple": _multiple(price, base)})
+        rows.append(
+            {
+                "model": model,
+                "prices": prices,
+                "capabilities": sorted(model.capabilities),
+                "benchmarks": [c.value(model) for c in columns if c.benchmark],
+            }
+        )
+
+    headers = []
+    for c in columns:
+        current = c is column
+        # A click on the sorted column turns it round; on another, sorts it its natural way.
+        next_descending = not descending if current else c.descending_first
+        headers.append(
+            {
+                "column": c,
+                "sort": f"{'-' if next_descending else ''}{c.key}",
+                "aria_sort": ("descending" if descending else "ascending") if current else None,
+            }
+        )
+    return render(
+        request,
+        "routing/models.html",
+        {
+            "team": team,
+            "headers": headers,
+            "rows": rows,
+            "sort": f"{'-' if descending else ''}{column.key}",
+            "baseline": baseline,
+            "choices": sorted(all_models, key=lambda m: m.name),
+            "can_manage_routes": _can_manage_routes(request),
+        },
+    )
