@@ -18,6 +18,7 @@ TEAM_PAGES = [
     ("budgets", "Budgets", BUDGET_MANAGERS),
     ("invoices", "Invoices", BILLING_READERS),
     ("models", "Models", USAGE_READERS),
+    ("savings", "Savings", USAGE_READERS),
 ]
 
 

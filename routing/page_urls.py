@@ -6,4 +6,5 @@ from routing import views
 
 urlpatterns = [
     path("t/<slug:slug>/models/", views.models, name="models"),
+    path("t/<slug:slug>/savings/", views.savings, name="savings"),
 ]

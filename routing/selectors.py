@@ -24,6 +24,7 @@ from usage.pricing import Price
 CATALOG_VERSION_KEY = "catalog:version"
 CATALOG_CHECK_S = 1.0
 CATALOG_MAX_AGE_S = 30
+BENCHMARK_ORDER = ("mmlu", "humaneval", "ceval")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,13 @@ class Catalog:
     def route(self, *, team_id: int, name: str) -> RouteInfo | None:
         """The route a team means by `name`: its own if it has one, else the global one."""
         return self.team_routes.get((team_id, name)) or self.global_routes.get(name)
+
+    def benchmark_names(self) -> list[str]:
+        """Every benchmark some model has a score for: the well-known ones first, in
+        BENCHMARK_ORDER, then the rest alphabetically."""
+        names = {name for m in self.models.values() for name in m.benchmarks}
+        known = [name for name in BENCHMARK_ORDER if name in names]
+        return known + sorted(names - set(known))
 
     def routes_for(self, *, team_id: int) -> list[RouteInfo]:
         merged = dict(self.global_routes)

@@ -10,18 +10,12 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from accounts.permissions import ROUTE_MANAGERS, USAGE_READERS, require_team_page
+from routing.savings import PERIODS, savings_period, savings_report
 from routing.selectors import ModelInfo, catalog_snapshot
+from routing.templatetags.routing_format import benchmark_label
 from usage.selectors import usage_summary
 
-# How benchmark names are written, and their order before any others (alphabetical).
-BENCHMARK_LABELS = {"mmlu": "MMLU", "humaneval": "HumanEval", "ceval": "C-Eval"}
 PRICE_DIRECTIONS = ("input", "cached_input", "output")
-
-
-def benchmark_names(models) -> list[str]:
-    names = {name for m in models for name in m.benchmarks}
-    known = [name for name in BENCHMARK_LABELS if name in names]
-    return known + sorted(names - set(known))
 
 
 def _today(now: datetime) -> datetime:
@@ -70,7 +64,7 @@ def _model_columns(benchmarks: list[str]) -> list[Column]:
     columns += [
         Column(
             name,
-            BENCHMARK_LABELS.get(name, name),
+            benchmark_label(name),
             lambda m, name=name: m.benchmarks.get(name),
             descending_first=True,
             numeric=True,
@@ -114,7 +108,7 @@ def models(request, slug):
     team = require_team_page(request, slug, USAGE_READERS)
     catalog = catalog_snapshot()
     all_models = list(catalog.models.values())
-    columns = _model_columns(benchmark_names(all_models))
+    columns = _model_columns(catalog.benchmark_names())
     by_key = {c.key: c for c in columns}
 
     wanted = request.GET.get("sort", "model")
@@ -169,5 +163,26 @@ def models(request, slug):
             "baseline": baseline,
             "choices": sorted(all_models, key=lambda m: m.name),
             "can_manage_routes": _can_manage_routes(request),
+        },
+    )
+
+
+# --- Savings --------------------------------------------------------------------------
+
+
+@login_required
+def savings(request, slug):
+    """What the team's own tokens of a period would have cost on other models, at their
+    current prices (`?period=30d|last-month|90d`)."""
+    team = require_team_page(request, slug, USAGE_READERS)
+    period = savings_period(key=request.GET.get("period", ""), now=timezone.now())
+    return render(
+        request,
+        "routing/savings.html",
+        {
+            "team": team,
+            "period": period,
+            "periods": PERIODS,
+            "report": savings_report(team_id=team.id, period=period, catalog=catalog_snapshot()),
         },
     )

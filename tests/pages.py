@@ -1,5 +1,7 @@
 """Reading server-rendered pages in tests: tables as rows of cell text, the standing cast."""
 
+import html as html_module
+import re
 from html.parser import HTMLParser
 
 
@@ -49,3 +51,9 @@ def sign_in(client, request, who: str):
     if who != "anonymous":
         client.force_login(request.getfixturevalue(who))
     return client
+
+
+def text(page) -> str:
+    """A page's text as a reader sees it: tags dropped, whitespace folded."""
+    content = page.content.decode() if hasattr(page, "content") else page
+    return " ".join(html_module.unescape(re.sub(r"<[^>]+>", " ", content)).split())

@@ -4,7 +4,14 @@ from decimal import Decimal
 
 import pytest
 
-from routing.templatetags.routing_format import multiple, usd, usd_change, usd_exact
+from routing.templatetags.routing_format import (
+    multiple,
+    ratio_words,
+    signed,
+    usd,
+    usd_change,
+    usd_exact,
+)
 
 
 @pytest.mark.parametrize(
@@ -17,6 +24,7 @@ from routing.templatetags.routing_format import multiple, usd, usd_change, usd_e
         ("0.0099999", "$0.01"),  # rounds up to a cent: written as one
         ("0.00037", "$0.00037"),
         ("0.00001066", "$0.000011"),  # under a cent: two significant digits
+        ("0.0006", "$0.0006"),
         ("-3.4", "−$3.40"),
         (None, "—"),
     ],
@@ -55,3 +63,14 @@ def test_usd_exact_keeps_every_digit(amount, text):
 )
 def test_multiples_read_like_published_ones(ratio, text):
     assert multiple(None if ratio is None else Decimal(ratio)) == text
+
+
+def test_ratios_read_as_cheaper_or_dearer():
+    assert ratio_words(Decimal("0.04")) == "25× cheaper"
+    assert ratio_words(Decimal("13.2") / Decimal("9.5")) == "1.4× dearer"
+    assert [ratio_words(Decimal(r)) for r in ("1", "0")] == ["same", "free"]
+    assert ratio_words(None) == "—"
+
+
+def test_score_differences_carry_their_sign():
+    assert [signed(Decimal(d)) for d in ("-3.2", "0.30", "0")] == ["−3.2", "+0.3", "0"]
