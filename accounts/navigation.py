@@ -19,6 +19,7 @@ TEAM_PAGES = [
     ("invoices", "Invoices", BILLING_READERS),
     ("models", "Models", USAGE_READERS),
     ("savings", "Savings", USAGE_READERS),
+    ("routes", "Routes", USAGE_READERS),
 ]
 
 

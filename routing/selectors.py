@@ -184,6 +184,10 @@ def global_routes() -> QuerySet[Route]:
     return Route.objects.filter(team__isnull=True).order_by("name")
 
 
+def global_route_get(*, name: str) -> Route | None:
+    return Route.objects.filter(team__isnull=True, name=name).first()
+
+
 def team_routes(*, team) -> QuerySet[Route]:
     """A team's own routes; each overrides a global route of the same name for that team."""
     return Route.objects.filter(team=team).order_by("name")

@@ -5,14 +5,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.db import IntegrityError
+from django.http import Http404
+from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from accounts.permissions import ROUTE_MANAGERS, USAGE_READERS, require_team_page
+from routing.forms import RouteForm
+from routing.models import Route
 from routing.savings import PERIODS, savings_period, savings_report
-from routing.selectors import ModelInfo, catalog_snapshot
+from routing.selectors import (
+    ModelInfo,
+    catalog_snapshot,
+    global_route_get,
+    global_routes,
+    route_changes,
+    team_route_get,
+    team_routes,
+)
+from routing.services import ROUTE_FIELDS, CatalogError, route_delete, route_save
 from routing.templatetags.routing_format import benchmark_label
+from usage.pricing import unpriced_direction
 from usage.selectors import usage_summary
 
 PRICE_DIRECTIONS = ("input", "cached_input", "output")
@@ -185,4 +200,183 @@ def savings(request, slug):
             "periods": PERIODS,
             "report": savings_report(team_id=team.id, period=period, catalog=catalog_snapshot()),
         },
+    )
+
+
+# --- Routes ---------------------------------------------------------------------------
+
+ROUTE_FIELD_LABELS = {
+    "strategy": "strategy",
+    "targets": "targets",
+    "weights": "weights",
+    "require": "benchmark floors",
+    "capabilities": "capabilities",
+    "deadline_s": "deadline (s)",
+    "retries": "retries",
+}
+
+
+def _describe(field: str, value) -> str:
+    """A stored route field as a reader writes it."""
+    if value in (None, [], {}):
+        return "none"
+    if field == "require" and isinstance(value, dict):
+        return ", ".join(f"{benchmark_label(k)} ≥ {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _route_row(route: Route, models: dict) -> dict:
+    weights = route.weights if route.strategy == Route.Strategy.WEIGHTED else []
+    return {
+        "route": route,
+        "targets": [
+            {
+                "name": target,
+                "weight": weights[i] if i < len(weights) else None,
+                "missing": target not in models,
+                "unpriced": target in models
+                and unpriced_direction(models[target].prices, needs_output=True) is not None,
+            }
+            for i, target in enumerate(route.targets)
+        ],
+        "requirements": [
+            *(f"{benchmark_label(k)} ≥ {v}" for k, v in route.require.items()),
+            *(f"has {c}" for c in route.capabilities),
+        ],
+    }
+
+
+def _change_row(change) -> dict:
+    before, after = change.before, change.after
+    if before is None:
+        action, fields = "created", [f for f in ROUTE_FIELDS if (after or {}).get(f)]
+    elif after is None:
+        action, fields = "deleted", []
+    else:
+        action = "changed"
+        fields = [f for f in ROUTE_FIELDS if before.get(f) != after.get(f)]
+    return {
+        "change": change,
+        "action": action,
+        "fields": [
+            {
+                "label": ROUTE_FIELD_LABELS[f],
+                "before": _describe(f, before.get(f)) if before is not None else None,
+                "after": _describe(f, after.get(f)) if after is not None else None,
+            }
+            for f in fields
+        ],
+    }
+
+
+@login_required
+def routes(request, slug):
+    """The team's routes, the global ones, and who changed the team's routes when."""
+    team = require_team_page(request, slug, USAGE_READERS)
+    models = catalog_snapshot().models
+    own = list(team_routes(team=team))
+    overridden = {r.name for r in own}
+    return render(
+        request,
+        "routing/routes.html",
+        {
+            "team": team,
+            "own": [_route_row(r, models) for r in own],
+            "global": [
+                {**_route_row(r, models), "overridden": r.name in overridden}
+                for r in global_routes()
+            ],
+            "changes": [_change_row(c) for c in route_changes(team=team, limit=100)],
+            "can_manage_routes": _can_manage_routes(request),
+        },
+    )
+
+
+def _route_form(data=None, *, route=None, named=True) -> RouteForm:
+    catalog = catalog_snapshot()
+    return RouteForm(
+        data,
+        models=sorted(catalog.models.values(), key=lambda m: m.name),
+        benchmarks=catalog.benchmark_names(),
+        route=route,
+        named=named,
+    )
+
+
+def _route_save(request, team, form: RouteForm, name: str) -> bool:
+    """Save a valid form's route; False, with the reason on the form, if route_save refuses."""
+    try:
+        route_save(
+            team=team,
+            name=name,
+            fields=form.cleaned_data["route"],
+            actor=request.user.get_username(),
+        )
+    except CatalogError as exc:
+        form.add_catalog_error(exc)
+        return False
+    except IntegrityError:
+        # Someone created the same route between this form's check and its save.
+        form.add_error("name", "This team already has a route of that name; edit it instead.")
+        return False
+    return True
+
+
+@login_required
+def route_create(request, slug):
+    """A new team route; `?from=<global route>` starts from a global route to override it."""
+    team = require_team_page(request, slug, ROUTE_MANAGERS)
+    if request.method == "POST":
+        form = _route_form(request.POST)
+        if form.is_valid():
+            name = form.cleaned_data["name"]
+            if team_route_get(team=team, name=name) is not None:
+                form.add_error(
+                    "name", "This team already has a route of that name; edit it instead."
+                )
+            elif _route_save(request, team, form, name):
+                messages.success(request, f"Route {name} created.")
+                return redirect("routes", slug=team.slug)
+    else:
+        start = global_route_get(name=request.GET.get("from", ""))
+        form = _route_form(route=start)
+    return render(request, "routing/route_form.html", {"team": team, "form": form, "route": None})
+
+
+@login_required
+def route_edit(request, slug, name):
+    team = require_team_page(request, slug, ROUTE_MANAGERS)
+    route = team_route_get(team=team, name=name)
+    if route is None:
+        raise Http404("This team has no route of that name.")
+    form = _route_form(request.POST or None, route=route, named=False)
+    if request.method == "POST" and form.is_valid() and _route_save(request, team, form, name):
+        messages.success(request, f"Route {name} saved.")
+        return redirect("routes", slug=team.slug)
+    return render(request, "routing/route_form.html", {"team": team, "form": form, "route": route})
+
+
+@login_required
+def route_remove(request, slug, name):
+    """Asks first (GET), deletes on POST; the global route of that name, if any, applies again."""
+    team = require_team_page(request, slug, ROUTE_MANAGERS)
+    route = team_route_get(team=team, name=name)
+    if route is None:
+        raise Http404("This team has no route of that name.")
+    namesake = global_route_get(name=name)
+    if request.method == "POST":
+        route_delete(team=team, name=name, actor=request.user.get_username())
+        messages.success(
+            request,
+            f"Route {name} deleted; calls naming it now use the global route of that name."
+            if namesake
+            else f"Route {name} deleted; calls naming it are now refused as an unknown model.",
+        )
+        return redirect("routes", slug=team.slug)
+    return render(
+        request,
+        "routing/route_delete.html",
+        {"team": team, "row": _route_row(route, catalog_snapshot().models), "namesake": namesake},
     )
