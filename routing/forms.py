@@ -14,7 +14,7 @@ from django.conf import settings
 from routing.models import CatalogModel, Route
 from routing.selectors import ModelInfo
 from routing.services import CatalogError, route_fields
-from routing.templatetags.routing_format import benchmark_label
+from routing.templatetags.routing_format import benchmark_label, usd_exact
 from usage.pricing import unpriced_direction
 
 # Target pickers shown for a new route; an edited one gets two more than it has.
@@ -188,3 +188,51 @@ def _initial(route: Route) -> dict:
     for name, floor in route.require.items():
         initial[f"floor_{name}"] = floor
     return initial
+
+
+COMPARE_MIN_MODELS, COMPARE_MAX_MODELS = 2, 6
+
+
+class CompareForm(forms.Form):
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        max_length=32_000,
+        help_text="Sent as one user message to every model you pick.",
+    )
+    models = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple,
+        label=f"Models to compare ({COMPARE_MIN_MODELS} to {COMPARE_MAX_MODELS})",
+        error_messages={
+            "invalid_choice": "“%(value)s” cannot be compared here: pick chat models with "
+            "prices from the list."
+        },
+    )
+    max_tokens = forms.IntegerField(
+        min_value=1,
+        max_value=32_000,
+        initial=256,
+        label="Most output tokens per model",
+        help_text="Caps each answer, and so what each call can cost.",
+    )
+
+    def __init__(self, data=None, *, models: list[ModelInfo]):
+        """`models`: those that can take a chat call and be billed for it."""
+        super().__init__(data)
+        self.fields["models"].choices = [(m.name, _priced_label(m)) for m in models]
+
+    def clean_models(self):
+        picked = list(dict.fromkeys(self.cleaned_data["models"]))
+        if not COMPARE_MIN_MODELS <= len(picked) <= COMPARE_MAX_MODELS:
+            raise forms.ValidationError(
+                f"Pick between {COMPARE_MIN_MODELS} and {COMPARE_MAX_MODELS} models "
+                f"to compare; you picked {len(picked)}."
+            )
+        return picked
+
+
+def _priced_label(model: ModelInfo) -> str:
+    prices = model.prices
+    label = model_label(model)
+    if prices is None or prices.input is None or prices.output is None:
+        return label
+    return f"{label}: {usd_exact(prices.input)} in, {usd_exact(prices.output)} out per 1M tokens"

@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from accounts.permissions import ROUTE_MANAGERS, USAGE_READERS, require_team_page
-from routing.forms import RouteForm
+from routing.forms import CompareForm, RouteForm
 from routing.models import Route
 from routing.savings import PERIODS, savings_period, savings_report
 from routing.selectors import (
@@ -25,7 +25,14 @@ from routing.selectors import (
     team_route_get,
     team_routes,
 )
-from routing.services import ROUTE_FIELDS, CatalogError, route_delete, route_save
+from routing.services import (
+    ROUTE_FIELDS,
+    CatalogError,
+    CompareError,
+    compare_run,
+    route_delete,
+    route_save,
+)
 from routing.templatetags.routing_format import benchmark_label
 from usage.pricing import unpriced_direction
 from usage.selectors import usage_summary
@@ -379,4 +386,46 @@ def route_remove(request, slug, name):
         request,
         "routing/route_delete.html",
         {"team": team, "row": _route_row(route, catalog_snapshot().models), "namesake": namesake},
+    )
+
+
+# --- Compare --------------------------------------------------------------------------
+
+
+@login_required
+def compare(request, slug):
+    """One prompt on several models side by side, through compare_run (as the API): real
+    calls, billed to the team and in its ledger."""
+    team = require_team_page(request, slug, ROUTE_MANAGERS)
+    chat = sorted(
+        (m for m in catalog_snapshot().models.values() if m.can("chat")), key=lambda m: m.name
+    )
+    billable = [m for m in chat if unpriced_direction(m.prices, needs_output=True) is None]
+    form = CompareForm(request.POST or None, models=billable)
+    results = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            results = compare_run(
+                team=team,
+                models=form.cleaned_data["models"],
+                messages=[{"role": "user", "content": form.cleaned_data["prompt"]}],
+                max_tokens=form.cleaned_data["max_tokens"],
+                actor=request.user.get_username(),
+            )
+        except CompareError as exc:
+            # A model left the catalog between the form's check and the run.
+            form.add_error("models", str(exc))
+    names = {m.name: m.display_name for m in chat}
+    return render(
+        request,
+        "routing/compare.html",
+        {
+            "team": team,
+            "form": form,
+            "results": [{"result": r, "display_name": names.get(r.model, r.model)} for r in results]
+            if results is not None
+            else None,
+            "total": sum((r.cost_usd for r in results), Decimal(0)) if results else None,
+            "not_offered": [m for m in chat if m not in billable],
+        },
     )
