@@ -150,3 +150,14 @@ def test_sorted_column_is_marked_for_assistive_technology_and_its_link_turns_it_
     assert 'href="?sort=-humaneval&amp;baseline=glm-5"' in html
     assert 'href="?sort=input&amp;baseline=glm-5"' in html
     assert order(client.get("/t/acme/models/?sort=-mmlu"))[:2] == ["claude-3.5-sonnet", "gpt-4o"]
+
+
+@pytest.mark.parametrize("who", ["owner", "admin", "billing", "member"])
+def test_navigation_offers_models_savings_and_routes_to_every_role(catalog, client, request, who):
+    html = sign_in(client, request, who).get("/t/acme/models/").content.decode()
+
+    assert '<a href="/t/acme/models/" aria-current="page">Models</a>' in html
+    assert '<a href="/t/acme/savings/">Savings</a>' in html
+    assert '<a href="/t/acme/routes/">Routes</a>' in html
+    # Compare spends money: linked from the pages for those who may, not in everyone's nav.
+    assert '<a href="/t/acme/compare/">' not in html.split("</nav>")[0]
