@@ -137,13 +137,16 @@ class UsedModel:
 
 @dataclass(frozen=True)
 class AllOn:
-    """All of the period's traffic on one model: moved traffic at its current price, its
-    own traffic as charged."""
+    """The period's traffic moved to one model wherever that model serves its kind of call:
+    moved traffic at the model's current price, its own traffic as charged, and traffic of
+    a kind it does not serve (embeddings, for a chat model) kept as charged, by name."""
 
     model: ModelInfo
     would_usd: Decimal
     difference_usd: Decimal
     ratio: Decimal | None
+    # Used models whose traffic stays where it was, because this model does not serve it.
+    kept: list[str]
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class SavingsReport:
     period: Period
     actual_usd: Decimal
     used: list[UsedModel]
-    # Models that could have taken all of the traffic, cheapest first.
+    # Each model that can take some of the traffic, with everything it can take; cheapest first.
     all_on: list[AllOn]
     benchmarks: list[str]
 
@@ -256,18 +259,26 @@ def savings_report(*, team_id: int, period: Period, catalog: Catalog) -> Savings
 
     all_on = []
     for candidate in sorted(catalog.models.values(), key=lambda m: m.name):
-        would = Decimal(0)
+        would, kept, moves_some = Decimal(0), [], False
         for u in used:
+            moved = next((s for s in u.substitutes if s.model.name == candidate.name), None)
             if u.name == candidate.name:
                 would += u.actual_usd
-                continue
-            moved = next((s for s in u.substitutes if s.model.name == candidate.name), None)
-            if moved is None:
+            elif moved is not None:
+                would += moved.would_usd
+                moves_some = True
+            elif u.info is None or any(p.model == candidate.name for p in u.not_offered):
+                # A kind of call the candidate does not serve, or a model that left the
+                # catalog (what could replace it is unknown): stays as it was.
+                would += u.actual_usd
+                kept.append(u.name)
+            else:
+                # It serves these calls but cannot be priced for them: no honest total.
                 break
-            would += moved.would_usd
         else:
-            if used:
-                all_on.append(AllOn(candidate, would, would - actual, _ratio(would, actual)))
+            # A candidate that moves nothing and keeps something is just the status quo.
+            if moves_some or not kept:
+                all_on.append(AllOn(candidate, would, would - actual, _ratio(would, actual), kept))
     all_on.sort(key=lambda a: (a.would_usd, a.model.name))
     return SavingsReport(
         period=period, actual_usd=actual, used=used, all_on=all_on, benchmarks=benchmarks

@@ -182,6 +182,8 @@ def models(request, slug):
             "headers": headers,
             "rows": rows,
             "sort": f"{'-' if descending else ''}{column.key}",
+            "sorted_label": column.label,
+            "sorted_direction": "descending" if descending else "ascending",
             "baseline": baseline,
             "choices": sorted(all_models, key=lambda m: m.name),
             "can_manage_routes": _can_manage_routes(request),

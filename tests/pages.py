@@ -54,6 +54,8 @@ def sign_in(client, request, who: str):
 
 
 def text(page) -> str:
-    """A page's text as a reader sees it: tags dropped, whitespace folded."""
+    """A page's text as a reader sees it: inline tags dropped, others a space; whitespace
+    folded."""
     content = page.content.decode() if hasattr(page, "content") else page
+    content = re.sub(r"</?(?:a|span|strong|em|code|b|i)(?:\s[^>]*)?>", "", content)
     return " ".join(html_module.unescape(re.sub(r"<[^>]+>", " ", content)).split())

@@ -171,11 +171,28 @@ def test_all_traffic_on_one_model_keeps_its_own_traffic_as_charged(catalog, team
     assert not {"text-embedding-3-small", "deepseek-coder"} & set(totals)
 
 
-def test_no_model_takes_everything_when_chat_and_embeddings_were_both_used(
-    catalog, team, chat_usage
-):
+def test_traffic_a_model_does_not_serve_stays_as_it_was_in_its_total(catalog, team, chat_usage):
     call(team, "text-embedding-3-small", prompt=5_000_000, charged="0.10", endpoint="embeddings")
-    assert report(team).all_on == []
+
+    result = report(team)
+
+    cheapest = result.cheapest
+    assert (cheapest.model.name, cheapest.would_usd) == ("deepseek-v4-flash", D("0.98"))
+    assert cheapest.kept == ["text-embedding-3-small"]  # its $0.10, as charged
+    assert cheapest.difference_usd == D("-9.12")
+    # The embeddings model takes no chat traffic: on it, nothing would move.
+    assert "text-embedding-3-small" not in {a.model.name for a in result.all_on}
+
+
+def test_a_model_that_left_the_catalog_keeps_its_traffic(catalog, team, chat_usage):
+    call(team, "retired-model", prompt=1_000_000, charged="1.00")
+
+    result = report(team)
+
+    retired = next(u for u in result.used if u.name == "retired-model")
+    assert retired.info is None and retired.substitutes == []
+    assert result.cheapest.kept == ["retired-model"]
+    assert result.cheapest.would_usd == D("1.88")  # 0.88 + 1.00 as charged
 
 
 def test_sums_past_one_calls_ceiling_are_priced_exactly(catalog, team):
@@ -318,3 +335,16 @@ def test_period_presets_are_links_and_the_chosen_one_is_marked(catalog, client, 
 def test_linked_from_the_models_page(catalog, client, member):
     client.force_login(member)
     assert 'href="/t/acme/savings/"' in client.get("/t/acme/models/").content.decode()
+
+
+def test_page_names_the_traffic_left_where_it_was(catalog, client, member, team, chat_usage):
+    call(team, "text-embedding-3-small", prompt=5_000_000, charged="0.10", endpoint="embeddings")
+    client.force_login(member)
+
+    html = text(client.get("/t/acme/savings/"))
+
+    assert "Your last 30 days cost $10.10" in html
+    assert (
+        "would have cost $0.98 on DeepSeek V4 Flash (10× cheaper, −$9.12), with the calls it "
+        "does not serve (text-embedding-3-small) left as they were." in html
+    )
