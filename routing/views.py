@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.contrib import messages
@@ -38,10 +38,6 @@ from usage.pricing import unpriced_direction
 from usage.selectors import usage_summary
 
 PRICE_DIRECTIONS = ("input", "cached_input", "output")
-
-
-def _today(now: datetime) -> datetime:
-    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _can_manage_routes(request) -> bool:
@@ -106,12 +102,12 @@ def _sorted_models(models, column: Column, descending: bool) -> list[ModelInfo]:
     return sorted(present, key=column.value, reverse=descending) + missing  # type: ignore[arg-type]
 
 
-def most_used_model(*, team_id: int, models, now: datetime) -> str | None:
-    """The catalog model the team sent the most requests to in the last 30 days."""
-    groups = usage_summary(
-        team_id=team_id, group_by="model", start=_today(now) - timedelta(days=29)
-    )
-    used = [(g["requests"], g["model"]) for g in groups if g["model"] in models]
+def most_used_model(*, team_id: int, known: dict, now: datetime) -> str | None:
+    """The model of `known` (the catalog's) the team sent the most requests to in the last
+    30 days, as the savings page counts them."""
+    period = savings_period(key="30d", now=now)
+    groups = usage_summary(team_id=team_id, group_by="model", start=period.start, end=period.end)
+    used = [(g["requests"], g["model"]) for g in groups if g["model"] in known]
     # Most requests first; ties by id.
     return min(used, key=lambda u: (-u[0], u[1]))[1] if used else None
 
@@ -142,7 +138,7 @@ def models(request, slug):
     baseline_name = request.GET.get("baseline", "")
     if baseline_name not in catalog.models:
         baseline_name = most_used_model(
-            team_id=team.id, models=catalog.models, now=timezone.now()
+            team_id=team.id, known=catalog.models, now=timezone.now()
         ) or min(catalog.models, default="")
     baseline = catalog.models.get(baseline_name)
 

@@ -73,8 +73,8 @@ def test_anonymous_is_sent_to_sign_in(catalog, client, team, acme_route, url):
     assert response.status_code == 302 and response.url.startswith("/login/")
 
 
-@pytest.mark.parametrize("who", ["member", "billing"])
-def test_members_cannot_change_routes_by_posting_either(catalog, client, request, who, acme_route):
+@pytest.mark.parametrize("who", ["member", "billing", "outsider"])
+def test_no_one_else_can_change_routes_by_posting_either(catalog, client, request, who, acme_route):
     client = sign_in(client, request, who)
 
     created = client.post("/t/acme/routes/new/", {**FORM, "name": "mine"})
