@@ -17,8 +17,11 @@ TEAM_PAGES = [
     ("usage-explorer", "Calls", USAGE_READERS),
     ("keys", "Keys", KEY_MANAGERS),
     ("budgets", "Budgets", BUDGET_MANAGERS),
-    ("invoices", "Invoices", BILLING_READERS),
+    ("models", "Models", USAGE_READERS),
+    ("savings", "Savings", USAGE_READERS),
+    ("routes", "Routes", USAGE_READERS),
     ("people", "People", PEOPLE_MANAGERS),
+    ("invoices", "Invoices", BILLING_READERS),
 ]
 
 

@@ -54,5 +54,6 @@ urlpatterns = [
     path("api/", include(api)),
     path("admin/", admin.site.urls),
     path("", include("usage.urls")),
+    path("", include("routing.page_urls")),
     path("", include("accounts.urls")),
 ]

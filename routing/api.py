@@ -1,9 +1,7 @@
 """Management API for routes and side-by-side comparisons."""
 
-import asyncio
+from dataclasses import asdict
 
-from asgiref.sync import async_to_sync, sync_to_async
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
@@ -12,11 +10,23 @@ from rest_framework.views import APIView
 
 from accounts.permissions import KEY_MANAGERS, require_team
 from accounts.services import KeyPrincipal
-from routing.calls import CHAT, call_json, call_prepare, format_usd, new_request_id
-from routing.errors import ProxyError
+from routing.calls import format_usd
 from routing.models import Route, RouteChange
-from routing.selectors import catalog_snapshot
-from routing.services import ROUTE_FIELDS, CatalogError, route_delete, route_fields, route_save
+from routing.selectors import (
+    global_routes,
+    route_changes,
+    team_route_get,
+    team_routes,
+)
+from routing.services import (
+    ROUTE_FIELDS,
+    CatalogError,
+    CompareError,
+    compare_run,
+    route_delete,
+    route_fields,
+    route_save,
+)
 
 
 def actor_name(request) -> str:
@@ -70,8 +80,8 @@ class RouteListApi(APIView):
     def get(self, request, slug):
         """The routes this team's calls see: its own, and the global ones it does not override."""
         team = require_team(request, slug)
-        routes = {r.name: r for r in Route.objects.filter(team__isnull=True)}
-        routes.update({r.name: r for r in Route.objects.filter(team=team)})
+        routes = {r.name: r for r in global_routes()}
+        routes.update({r.name: r for r in team_routes(team=team)})
         return Response([_route_data(routes[name]) for name in sorted(routes)])
 
     @extend_schema(request=RouteSerializer, responses={201: RouteSerializer})
@@ -81,7 +91,7 @@ class RouteListApi(APIView):
         serializer = RouteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         name = serializer.validated_data["name"]
-        if Route.objects.filter(team=team, name=name).exists():
+        if team_route_get(team=team, name=name) is not None:
             raise ValidationError(
                 {"name": "This team already has a route of that name; update it instead."}
             )
@@ -111,8 +121,7 @@ class RouteChangeListApi(APIView):
     @extend_schema(responses=RouteChangeSerializer(many=True))
     def get(self, request, slug):
         team = require_team(request, slug, KEY_MANAGERS)
-        changes = RouteChange.objects.filter(team=team)[:200]
-        return Response(RouteChangeSerializer(changes, many=True).data)
+        return Response(RouteChangeSerializer(route_changes(team=team), many=True).data)
 
 
 class CompareRequestSerializer(serializers.Serializer):
@@ -136,60 +145,6 @@ class CompareResultSerializer(serializers.Serializer):
     request_id = serializers.CharField()
 
 
-def _compare_principal(team) -> KeyPrincipal:
-    # Compare calls are billed to the team like any call; made from the UI
-    # or API they have no inference key, so the ledger's key is empty.
-    return KeyPrincipal(
-        key_id=None, prefix="", kind="compare", team_id=team.id, team_slug=team.slug
-    )
-
-
-def _answer_text(payload: dict) -> str | None:
-    # Whatever shape the upstream gave its answer: billed already, never a 500 here.
-    choices = payload.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    message = first.get("message") if isinstance(first, dict) else None
-    content = message.get("content") if isinstance(message, dict) else message
-    return content if isinstance(content, str) else None
-
-
-async def _compare_one(principal, body, model_name) -> dict:
-    request_id = new_request_id()
-    result = {
-        "model": model_name,
-        "ok": False,
-        "answer": None,
-        "error": None,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "latency_ms": None,
-        "cost_usd": "0",
-        "request_id": request_id,
-    }
-    try:
-        call = await sync_to_async(call_prepare)(
-            principal=principal,
-            endpoint=CHAT,
-            body={**body, "model": model_name},
-            request_id=request_id,
-            now=timezone.now(),
-        )
-        payload, model, cost = await call_json(call, {**body, "model": model_name})
-    except ProxyError as exc:
-        result["error"] = exc.message
-        return result
-    served, _ = call.meter.outcomes[-1]
-    result.update(
-        ok=True,
-        answer=_answer_text(payload),
-        prompt_tokens=served.tokens.prompt,
-        completion_tokens=served.tokens.completion,
-        latency_ms=served.latency_ms,
-        cost_usd=format_usd(cost),
-    )
-    return result
-
-
 class CompareApi(APIView):
     @extend_schema(request=CompareRequestSerializer, responses=CompareResultSerializer(many=True))
     def post(self, request, slug):
@@ -198,14 +153,16 @@ class CompareApi(APIView):
         serializer = CompareRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        models = list(dict.fromkeys(data.pop("models")))
-        unknown = [m for m in models if m not in catalog_snapshot().models]
-        if unknown:
-            raise ValidationError({"models": f"Unknown models: {', '.join(unknown)}"})
-        principal = _compare_principal(team)
-        body = {**data, "user": f"compare by {actor_name(request)}"[:256]}
-
-        async def run():
-            return await asyncio.gather(*[_compare_one(principal, body, m) for m in models])
-
-        return Response(CompareResultSerializer(async_to_sync(run)(), many=True).data)
+        try:
+            results = compare_run(
+                team=team,
+                models=data["models"],
+                messages=data["messages"],
+                max_tokens=data.get("max_tokens"),
+                temperature=data.get("temperature"),
+                actor=actor_name(request),
+            )
+        except CompareError as exc:
+            raise ValidationError({"models": str(exc)}) from None
+        rows = [{**asdict(r), "cost_usd": format_usd(r.cost_usd)} for r in results]
+        return Response(CompareResultSerializer(rows, many=True).data)

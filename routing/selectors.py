@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.cache import cache
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from routing.models import CatalogModel, ModelPrice, Provider, Route
+from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
 from usage.pricing import Price
 
 CATALOG_VERSION_KEY = "catalog:version"
 CATALOG_CHECK_S = 1.0
 CATALOG_MAX_AGE_S = 30
+BENCHMARK_ORDER = ("mmlu", "humaneval", "ceval")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ class Catalog:
     def route(self, *, team_id: int, name: str) -> RouteInfo | None:
         """The route a team means by `name`: its own if it has one, else the global one."""
         return self.team_routes.get((team_id, name)) or self.global_routes.get(name)
+
+    def benchmark_names(self) -> list[str]:
+        """Every benchmark some model has a score for: the well-known ones first, in
+        BENCHMARK_ORDER, then the rest alphabetically."""
+        names = {name for m in self.models.values() for name in m.benchmarks}
+        known = [name for name in BENCHMARK_ORDER if name in names]
+        return known + sorted(names - set(known))
 
     def routes_for(self, *, team_id: int) -> list[RouteInfo]:
         merged = dict(self.global_routes)
@@ -166,3 +175,28 @@ def catalog_changed() -> None:
     global _snapshot
     cache.set(CATALOG_VERSION_KEY, uuid.uuid4().hex, None)
     _snapshot = None
+
+
+# --- Routes as stored: what the management API and the routes page show --------
+
+
+def global_routes() -> QuerySet[Route]:
+    return Route.objects.filter(team__isnull=True).order_by("name")
+
+
+def global_route_get(*, name: str) -> Route | None:
+    return Route.objects.filter(team__isnull=True, name=name).first()
+
+
+def team_routes(*, team) -> QuerySet[Route]:
+    """A team's own routes; each overrides a global route of the same name for that team."""
+    return Route.objects.filter(team=team).order_by("name")
+
+
+def team_route_get(*, team, name: str) -> Route | None:
+    return Route.objects.filter(team=team, name=name).first()
+
+
+def route_changes(*, team, limit: int = 200) -> list[RouteChange]:
+    """The audit trail of a team's routes, newest first."""
+    return list(RouteChange.objects.filter(team=team)[:limit])

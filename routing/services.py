@@ -1,16 +1,22 @@
-"""Writes for the catalog: providers, models, prices and routes."""
+"""Writes for the catalog (providers, models, prices and routes), and compare runs."""
 
+import asyncio
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.services import KeyPrincipal
+from routing.calls import CHAT, call_json, call_prepare, new_request_id
+from routing.errors import ProxyError
 from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
+from routing.selectors import catalog_snapshot
 
 CAPABILITIES = set(CatalogModel.Capability.values)
 STRATEGIES = set(Route.Strategy.values)
@@ -18,7 +24,21 @@ PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 
 
 class CatalogError(ValueError):
-    """The catalog file is not valid; the message says where and why."""
+    """The catalog file, or a route sent to the API or the web UI, is not valid.
+
+    The message says where and why. A route's errors also name the route
+    `field` at fault and the `problem` without the where, so a form can show
+    the sentence beside that field.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.problem = problem or message
+
+
+def _route_error(where: str, field: str, problem: str) -> CatalogError:
+    return CatalogError(f"{where}: {problem}", field=field, problem=problem)
 
 
 @dataclass
@@ -201,13 +221,15 @@ def route_save(*, team, name: str, fields: dict, actor: str, now: datetime | Non
     if CatalogModel.objects.filter(name=name).exists():
         # A model's name always means the model (a key limited to it must never
         # be routed elsewhere), so no route may take it.
-        raise CatalogError(f"route {name!r}: a model has that id; give the route another name")
+        raise _route_error(
+            f"route {name!r}", "name", "a model has that id; give the route another name"
+        )
     known = set(
         CatalogModel.objects.filter(name__in=fields["targets"]).values_list("name", flat=True)
     )
     missing = [t for t in fields["targets"] if t not in known]
     if missing:
-        raise CatalogError(f"route {name!r}: unknown targets {', '.join(missing)}")
+        raise _route_error(f"route {name!r}", "targets", f"unknown targets {', '.join(missing)}")
     with transaction.atomic():
         route = Route.objects.select_for_update().filter(team=team, name=name).first()
         before = route_state(route)
@@ -255,7 +277,7 @@ def route_fields(entry: dict, where: str = "route") -> dict:
 def _positive_int(entry, key, where, default):
     value = entry.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CatalogError(f"{where}: '{key}' must be a non-negative integer")
+        raise _route_error(where, key, f"'{key}' must be a non-negative integer")
     return value
 
 
@@ -276,37 +298,43 @@ def _route_fields(entry, index=None, where=None):
     where = f"route {name!r}"
     strategy = entry.get("strategy", "fallback")
     if strategy not in STRATEGIES:
-        raise CatalogError(f"{where}: strategy must be one of {', '.join(sorted(STRATEGIES))}")
+        raise _route_error(
+            where, "strategy", f"strategy must be one of {', '.join(sorted(STRATEGIES))}"
+        )
     targets = entry.get("targets")
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise CatalogError(f"{where}: targets must be a non-empty list of model ids")
+        raise _route_error(where, "targets", "targets must be a non-empty list of model ids")
     weights = entry.get("weights", [])
     if strategy == "weighted" and (
         len(weights) != len(targets) or not all(isinstance(w, int) and w >= 0 for w in weights)
     ):
-        raise CatalogError(
-            f"{where}: a weighted route needs one non-negative integer weight per target"
+        raise _route_error(
+            where, "weights", "a weighted route needs one non-negative integer weight per target"
         )
     require = entry.get("require", {})
     if not isinstance(require, dict):
-        raise CatalogError(f"{where}: require must map benchmark names to floors")
+        raise _route_error(where, "require", "require must map benchmark names to floors")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in require.values()):
-        raise CatalogError(f"{where}: require must map benchmark names to numeric floors")
+        raise _route_error(where, "require", "require must map benchmark names to numeric floors")
     capabilities = entry.get("capabilities", [])
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
-        raise CatalogError(
-            f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}"
+        raise _route_error(
+            where,
+            "capabilities",
+            f"capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}",
         )
     deadline_s = _positive_int(entry, "deadline_s", where, 60)
     longest = settings.TOLLGATE_CALL_DEADLINE_S
     if not 1 <= deadline_s <= longest:
-        raise CatalogError(
-            f"{where}: 'deadline_s' must be between 1 and {longest} seconds "
-            f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)"
+        raise _route_error(
+            where,
+            "deadline_s",
+            f"'deadline_s' must be between 1 and {longest} seconds "
+            f"(TOLLGATE_CALL_DEADLINE_S, the longest any call may run)",
         )
     retries = _positive_int(entry, "retries", where, 1)
     if retries > 5:
-        raise CatalogError(f"{where}: 'retries' must be at most 5")
+        raise _route_error(where, "retries", "'retries' must be at most 5")
     return {
         "name": name,
         "strategy": strategy,
@@ -317,3 +345,108 @@ def _route_fields(entry, index=None, where=None):
         "deadline_s": deadline_s,
         "retries": retries,
     }
+
+
+# --- Compare: one prompt on several models, through the proxy's own call path ---------
+
+
+class CompareError(ValueError):
+    """A comparison that cannot start (a model not in the catalog); nothing was called."""
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    model: str
+    ok: bool
+    answer: str | None
+    # A sentence for the person comparing when the call failed or was refused.
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int | None
+    # What the team was charged for this call (USD, list price); 0 when it failed.
+    cost_usd: Decimal
+    request_id: str
+
+
+def compare_run(
+    *,
+    team,
+    models: list[str],
+    messages: list[dict],
+    actor: str,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> list[CompareResult]:
+    """Send one chat request to each model at once, through the proxy's call path.
+
+    Each call is real: checked against the team's budgets and prices, billed
+    to the team (with no key, and `compare by <actor>` as its end user) and
+    written to the ledger like any other. A model that fails or is refused
+    gets its sentence in its result; the others are unaffected. Raises
+    CompareError, before calling anything, when a model is not in the catalog.
+    """
+    models = list(dict.fromkeys(models))
+    unknown = [m for m in models if m not in catalog_snapshot().models]
+    if unknown:
+        raise CompareError(f"Unknown models: {', '.join(unknown)}")
+    # Compare calls have no inference key, so the ledger's key is empty.
+    principal = KeyPrincipal(
+        key_id=None, prefix="", kind="compare", team_id=team.id, team_slug=team.slug
+    )
+    body: dict = {"messages": messages, "user": f"compare by {actor}"[:256]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+
+    async def run():
+        return await asyncio.gather(*[_compare_one(principal, body, m) for m in models])
+
+    return list(async_to_sync(run)())
+
+
+def _answer_text(payload: dict) -> str | None:
+    # Whatever shape the upstream gave its answer: billed already, never a 500 here.
+    choices = payload.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else message
+    return content if isinstance(content, str) else None
+
+
+async def _compare_one(principal: KeyPrincipal, body: dict, model_name: str) -> CompareResult:
+    request_id = new_request_id()
+    failed = dict(
+        model=model_name,
+        ok=False,
+        answer=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=None,
+        cost_usd=Decimal(0),
+        request_id=request_id,
+    )
+    try:
+        call = await sync_to_async(call_prepare)(
+            principal=principal,
+            endpoint=CHAT,
+            body={**body, "model": model_name},
+            request_id=request_id,
+            now=timezone.now(),
+        )
+        payload, _, cost = await call_json(call, {**body, "model": model_name})
+    except ProxyError as exc:
+        return CompareResult(**failed, error=exc.message)
+    served, _ = call.meter.outcomes[-1]
+    return CompareResult(
+        model=model_name,
+        ok=True,
+        answer=_answer_text(payload),
+        error=None,
+        prompt_tokens=served.tokens.prompt,
+        completion_tokens=served.tokens.completion,
+        latency_ms=served.latency_ms,
+        cost_usd=cost,
+        request_id=request_id,
+    )

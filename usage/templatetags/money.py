@@ -1,5 +1,6 @@
-"""How the pages print USD: cents for a cent or more, six places below a cent so small spends
-never read as $0.00; thousands separated. Exact figures stay in the ledger and the CSV."""
+"""How the pages write USD: to the cent ("$1,234.57"); under a cent to at most two
+significant digits ("$0.00037"), so small spend never reads as $0.00. Display only: the
+exact figures stay in the ledger, the CSV and the invoices."""
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
@@ -7,15 +8,34 @@ from django import template
 
 register = template.Library()
 
+CENT = Decimal("0.01")
+MINUS = "\N{MINUS SIGN}"
+
+
+def significant(value: Decimal, digits: int) -> Decimal:
+    """`value` (positive) rounded half up to `digits` significant digits."""
+    return value.quantize(Decimal(1).scaleb(value.adjusted() - digits + 1), ROUND_HALF_UP)
+
+
+def plain_decimal(value: Decimal) -> str:
+    """Without trailing zeros after the point: 2.0 is "2", 0.00060 is "0.0006", 10 is "10"."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
 
 @register.filter
-def usd(value) -> str:
+def usd(amount) -> str:
+    if amount is None or amount == "":
+        return "—"
     try:
-        amount = Decimal(value)
+        amount = Decimal(amount)
     except (InvalidOperation, TypeError, ValueError):
         return ""
-    places = (
-        Decimal("0.01") if abs(amount) >= Decimal("0.01") or not amount else Decimal("0.000001")
-    )
-    rounded = amount.quantize(places, rounding=ROUND_HALF_UP)
-    return f"{'-' if rounded < 0 else ''}${abs(rounded):,}"
+    sign = MINUS if amount < 0 else ""
+    amount = abs(amount)
+    if amount == 0:
+        return "$0.00"
+    small = significant(amount, 2)
+    if small < CENT:
+        return f"{sign}${plain_decimal(small)}"
+    return f"{sign}${amount.quantize(CENT, ROUND_HALF_UP):,.2f}"
