@@ -3,6 +3,9 @@ from django.contrib.auth import get_user_model
 
 from accounts.models import Membership, Team
 
+# Every factory-made user's password (the tests hash it with MD5: see conftest.py).
+PASSWORD = "correct horse battery"
+
 
 class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
@@ -11,7 +14,7 @@ class UserFactory(factory.django.DjangoModelFactory):
 
     username = factory.Sequence(lambda n: f"user{n}@example.com")
     email = factory.SelfAttribute("username")
-    password = factory.django.Password("correct horse battery")
+    password = factory.django.Password(PASSWORD)
 
 
 class TeamFactory(factory.django.DjangoModelFactory):
@@ -51,8 +54,20 @@ def tokens_costing(amount):
     return Tokens(prompt=int(Decimal(amount) * 1_000_000))
 
 
-def open_call(team, key, request_id, when, *, reserve="0", deadline_s=600):
-    """Open a call through the meter, reserving `reserve` USD on its budgets."""
+def open_call(
+    team,
+    key,
+    request_id,
+    when,
+    *,
+    reserve="0",
+    deadline_s=600,
+    model="gpt-4o",
+    route="",
+    end_user="",
+):
+    """Open a call through the meter, reserving `reserve` USD on its budgets. The call asks
+    for `route` when given, else for `model`."""
     from usage.metering import CallFacts, meter_open
 
     facts = CallFacts(
@@ -60,8 +75,10 @@ def open_call(team, key, request_id, when, *, reserve="0", deadline_s=600):
         team_id=team.id,
         key_id=key.id if key else None,
         endpoint="chat",
-        requested_model="gpt-4o",
+        requested_model=route or model,
         created_at=when,
+        route=route,
+        end_user=end_user,
     )
     return meter_open(
         facts=facts,
@@ -71,15 +88,15 @@ def open_call(team, key, request_id, when, *, reserve="0", deadline_s=600):
     )
 
 
-def finish_call(meter, cost="0", *, status="ok", now=None):
-    """Report one attempt costing `cost` USD and close the call."""
+def finish_call(meter, cost="0", *, status="ok", now=None, model="gpt-4o", provider="openai"):
+    """Report one attempt of `model` costing `cost` USD and close the call."""
     from usage.metering import Outcome
 
     meter.attempt(
         Outcome(
             status=status,
-            model="gpt-4o",
-            provider="openai",
+            model=model,
+            provider=provider,
             price=unit_price(),
             tokens=tokens_costing(cost),
         )
@@ -87,9 +104,13 @@ def finish_call(meter, cost="0", *, status="ok", now=None):
     return meter.close(now=now)
 
 
-def spend(team, key, amount, when, request_id, *, now=None):
-    """A call of `amount` USD at `when`, reserved and settled as the proxy does it."""
-    return finish_call(open_call(team, key, request_id, when, reserve=amount), amount, now=now)
+def spend(team, key, amount, when, request_id, *, now=None, model="gpt-4o", route="", end_user=""):
+    """A call of `amount` USD at `when` served by `model` (through `route` if given),
+    reserved and settled as the proxy does it."""
+    meter = open_call(
+        team, key, request_id, when, reserve=amount, model=model, route=route, end_user=end_user
+    )
+    return finish_call(meter, amount, now=now, model=model)
 
 
 def global_route(name, targets, *, deadline_s=60, retries=0):
