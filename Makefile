@@ -13,7 +13,7 @@ CATALOGS := catalog/default.toml $(if $(filter 1,$(OFFLINE)),catalog/offline.tom
 # REDIS_URL leave unset, runs the command after --, then stops them.
 SERVICES := $(BIN)/python devservices.py
 
-.PHONY: run serve test lint install bench clean
+.PHONY: run serve test lint browser install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,12 @@ serve: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py demo
 	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
-test: lint
+test: lint browser
 	$(SERVICES) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium for the browser tests (tests/e2e); nothing to do once installed.
+browser:
+	bash tests/e2e/chromium.sh
 
 # Style, imports and line length (ruff), strict types for the money modules (mypy).
 lint: $(STAMP)
