@@ -4,6 +4,7 @@ and a phone width, and find what sticks out sideways on the phone."""
 from pathlib import Path
 
 from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.factories import PASSWORD
 
@@ -21,7 +22,11 @@ def signed_in(page: Page, user, password: str = PASSWORD) -> Page:
     page.get_by_label("Email").fill(user.get_username())
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda url: "/login/" not in url)
+    try:
+        page.wait_for_url(lambda url: "/login/" not in url)
+    except PlaywrightTimeoutError:
+        said = " ".join(page.locator("main .msg").all_inner_texts())
+        raise AssertionError(f"signing in as {user.get_username()} failed: {said}") from None
     return page
 
 
