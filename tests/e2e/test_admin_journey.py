@@ -99,9 +99,10 @@ def download_csv(page: Page) -> list[dict[str, str]]:
 
 
 def issue_key(page: Page, name: str) -> str:
-    """Issue an inference key through the form; returns the secret the page shows."""
-    page.get_by_label("Name", exact=True).fill(name)
-    page.get_by_role("button", name=re.compile("Issue")).click()
+    """Issue an inference key through its form; returns the secret the page shows."""
+    issue = page.get_by_role("button", name="Issue inference key")
+    page.locator("form", has=issue).get_by_label("Name", exact=True).fill(name)
+    issue.click()
     secret = page.locator(".secret")
     expect(secret).to_be_visible()
     return secret.inner_text().strip()
