@@ -132,6 +132,13 @@ class TeamSettingsSerializer(serializers.Serializer):
     markup_percent = serializers.DecimalField(max_digits=7, decimal_places=3, read_only=True)
     alert_webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
 
+    def validate_alert_webhook_url(self, value):
+        from usage.alerts import webhook_url_problem
+
+        if value and (problem := webhook_url_problem(value)):
+            raise serializers.ValidationError(problem)
+        return value
+
 
 class TeamDetailApi(APIView):
     @extend_schema(responses=TeamSettingsSerializer)

@@ -238,6 +238,10 @@ TOLLGATE_CALL_JOURNAL_DAYS = env.int("TOLLGATE_CALL_JOURNAL_DAYS", default=100)
 # How long an authenticated key stays cached, in seconds; revocation clears it.
 TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
 
+# Budget-alert webhooks may be plain http and point at private addresses (loopback, LAN):
+# for local runs and tests only; in production a webhook must be https and public.
+TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env.bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", default=False)
+
 # Output tokens a call's budget reservation assumes when neither the request
 # (max_tokens) nor the catalog (max_output_tokens) caps them.
 TOLLGATE_RESERVE_OUTPUT_TOKENS = env.int("TOLLGATE_RESERVE_OUTPUT_TOKENS", default=4096)

@@ -246,7 +246,8 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hook():
+def hook(settings):
+    settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE = True  # a receiver on loopback, over http
     _Hook.received, _Hook.status = [], 200
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -287,3 +288,52 @@ def test_alert_history_shows_deliveries(client, owner, team, traffic, settings):
     client.force_login(owner)
     page = client.get("/t/acme/budgets/").content.decode()
     assert "50% reached" in page and "email to owner@acme.test" in page
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://93.184.216.34/hook",  # public, but not https
+        "https://127.0.0.1:5432/",
+        "https://localhost/",
+        "https://10.0.0.8/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]/",
+        "https://[fd00::1]/",
+        "https://0.0.0.0/",
+    ],
+)
+def test_a_webhook_to_a_private_or_plain_address_is_refused(client, admin, team, url):
+    client.force_login(admin)
+    answer = client.post("/t/acme/budgets/", {"action": "webhook", "alert_webhook_url": url})
+    assert answer.status_code == 200 and 'class="errorlist' in answer.content.decode()
+    api = client.patch(
+        "/api/teams/acme/", {"alert_webhook_url": url}, content_type="application/json"
+    )
+    assert api.status_code == 400 and "alert_webhook_url" in api.json()
+    team.refresh_from_db()
+    assert team.alert_webhook_url == ""
+
+
+def test_a_public_https_webhook_is_accepted(client, owner, team):
+    client.force_login(owner)
+    url = "https://93.184.216.34/hook"  # an address literal: no DNS needed
+    assert (
+        client.post("/t/acme/budgets/", {"action": "webhook", "alert_webhook_url": url}).status_code
+        == 302
+    )
+    team.refresh_from_db()
+    assert team.alert_webhook_url == url
+
+
+def test_a_stored_private_webhook_is_checked_again_before_sending(client, owner, team, hook):
+    url, handler = hook
+    team.alert_webhook_url = url  # saved while private addresses were allowed
+    team.save()
+    from django.conf import settings
+
+    settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE = False
+    client.force_login(owner)
+    answer = client.post("/t/acme/budgets/", {"action": "webhook-test"}, follow=True)
+    assert "non-public address" in answer.content.decode() or "https" in answer.content.decode()
+    assert handler.received == []

@@ -5,8 +5,11 @@ so it fires once however many workers notice it. Each channel gets an
 AlertDelivery whose outcome (sent, failed, attempts, last error) is kept.
 """
 
+import ipaddress
+import socket
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import httpx2
 from django.conf import settings
@@ -24,6 +27,32 @@ ALERT_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN, Membership.Role.BIL
 
 class DeliveryFailed(Exception):
     pass
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why the alert webhook may not POST to `url`, or None. A webhook is an outbound request
+    the server makes on a tenant's say-so, so it must be https and every address its host
+    resolves to must be public: never loopback, private, link-local (cloud metadata),
+    multicast or reserved. TOLLGATE_WEBHOOK_ALLOW_PRIVATE lifts both rules for local runs
+    and tests. Checked when the URL is saved and again before each send, after DNS.
+    (Left for the hardening issue: pinning the checked address for the connection itself.)"""
+    parts = urlsplit(url)
+    allow_private = settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE
+    if parts.scheme != "https" and not (allow_private and parts.scheme == "http"):
+        return "The webhook must be an https:// URL."
+    if not parts.hostname:
+        return "The webhook URL names no host."
+    if allow_private:
+        return None
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return f"The webhook's host {parts.hostname} does not resolve."
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            return f"The webhook's host resolves to a non-public address ({address})."
+    return None
 
 
 def _fire(
@@ -187,8 +216,12 @@ def alert_deliver(*, delivery_id: int) -> AlertDelivery:
             )
             message.send()
         else:
+            if problem := webhook_url_problem(delivery.target):
+                raise DeliveryFailed(problem)
             text = render_to_string("usage/email/budget_alert_body.txt", context).strip()
-            response = httpx2.post(delivery.target, json={"text": text}, timeout=10)
+            response = httpx2.post(
+                delivery.target, json={"text": text}, timeout=10, follow_redirects=False
+            )
             if response.status_code >= 300:
                 raise DeliveryFailed(f"webhook answered HTTP {response.status_code}")
     except Exception as exc:
@@ -210,15 +243,19 @@ def alert_webhook_test(*, team, now: datetime | None = None) -> int:
     answered, or DeliveryFailed saying why not. Nothing is recorded: it is not an alert."""
     if not team.alert_webhook_url:
         raise DeliveryFailed("No webhook is set.")
+    if problem := webhook_url_problem(team.alert_webhook_url):
+        raise DeliveryFailed(problem)
     now = now or timezone.now()
     text = (
         f"Test from Tollgate for team {team.name} ({team.slug}) at {now:%Y-%m-%d %H:%M} UTC. "
         "Budget alerts will arrive here."
     )
     try:
-        response = httpx2.post(team.alert_webhook_url, json={"text": text}, timeout=5)
-    except httpx2.HTTPError as exc:
-        raise DeliveryFailed(f"the webhook could not be reached ({type(exc).__name__})") from None
+        response = httpx2.post(
+            team.alert_webhook_url, json={"text": text}, timeout=5, follow_redirects=False
+        )
+    except httpx2.HTTPError:
+        raise DeliveryFailed("the webhook could not be reached") from None
     if response.status_code >= 300:
         raise DeliveryFailed(f"the webhook answered HTTP {response.status_code}")
     return response.status_code

@@ -5,6 +5,7 @@ from decimal import Decimal
 from django import forms
 from django.core.validators import URLValidator
 
+from usage.alerts import webhook_url_problem
 from usage.budgets import DEFAULT_THRESHOLDS
 
 
@@ -53,3 +54,9 @@ class WebhookForm(forms.Form):
         validators=[URLValidator(schemes=["https", "http"])],
         help_text="Leave empty for email alerts only.",
     )
+
+    def clean_alert_webhook_url(self) -> str:
+        url = self.cleaned_data["alert_webhook_url"]
+        if url and (problem := webhook_url_problem(url)):
+            raise forms.ValidationError(problem)
+        return url
