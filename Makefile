@@ -31,7 +31,7 @@ serve: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py loadcatalog $(CATALOGS)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py demo
-	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log
+	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log --no-proxy-headers
 
 test: lint browser
 	$(SERVICES) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -172,6 +172,15 @@ AXES_RESET_ON_SUCCESS = True
 # A success forgets that account's failures only, not every failure from its address.
 AXES_HANDLER = "accounts.throttling.AccountResetHandler"
 AXES_LOCKOUT_TEMPLATE = "accounts/locked.html"
+# Whose address a sign-in comes from: the socket's peer, unless TOLLGATE_PROXY_COUNT says how
+# many reverse proxies of ours stand in front, whose X-Forwarded-For is then believed that
+# far back (a client's own X-Forwarded-For is never trusted, or anyone could pick the
+# address they are throttled as, and lock out someone else's).
+TOLLGATE_PROXY_COUNT = env.int("TOLLGATE_PROXY_COUNT", default=0)
+AXES_IPWARE_PROXY_COUNT = TOLLGATE_PROXY_COUNT or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if TOLLGATE_PROXY_COUNT else ["REMOTE_ADDR"]
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

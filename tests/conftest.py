@@ -79,7 +79,10 @@ class LivePortal:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config("portal.asgi:application", log_level="warning", lifespan="off")
+        # As `make run` serves: a client's X-Forwarded-For is not its address.
+        config = uvicorn.Config(
+            "portal.asgi:application", log_level="warning", lifespan="off", proxy_headers=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

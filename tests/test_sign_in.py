@@ -77,6 +77,43 @@ def test_after_the_limit_another_account_from_the_same_address_is_refused(client
     assert sign_in(client, "admin@acme.test", PASSWORD, address="10.0.0.9").status_code == 302
 
 
+@pytest.mark.django_db(transaction=True)
+def test_over_http_a_forged_forwarded_for_does_not_escape_the_address_limit(
+    live_portal, owner, admin, member
+):
+    import httpx2
+
+    def post(http, username, password, forwarded=None):
+        page = http.get("/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        form = {"csrfmiddlewaretoken": token, "username": username, "password": password}
+        return http.post("/login/", data=form, headers=headers)
+
+    with httpx2.Client(base_url=live_portal.url) as http:
+        for n in range(5):
+            post(http, f"nobody{n}@acme.test", "wrong", forwarded=f"10.7.7.{n}")
+        # Each failure counted against the address the requests really came from.
+        assert post(http, "admin@acme.test", PASSWORD).status_code == 429
+
+
+def test_a_forged_forwarded_for_neither_escapes_nor_aims_the_address_limit(
+    client, owner, admin, member
+):
+    # Five wrong passwords for five accounts, each claiming another address in X-Forwarded-For:
+    # they all count against the one address they really came from.
+    for n in range(5):
+        client.post(
+            "/login/",
+            {"username": f"nobody{n}@acme.test", "password": "wrong"},
+            REMOTE_ADDR="127.0.0.1",
+            HTTP_X_FORWARDED_FOR=f"10.7.7.{n}",
+        )
+    assert sign_in(client, "admin@acme.test", PASSWORD, address="127.0.0.1").status_code == 429
+    # And nobody else is locked out by them: not whoever is really at a claimed address.
+    assert sign_in(client, "member@acme.test", PASSWORD, address="10.7.7.1").status_code == 302
+
+
 def test_a_success_resets_the_count(client, owner):
     for _ in range(4):
         sign_in(client, "owner@acme.test", "wrong")
