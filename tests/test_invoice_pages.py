@@ -86,3 +86,27 @@ def test_a_month_without_usage_has_no_invoice_page(client, owner, team):
     client.force_login(owner)
     assert client.get("/t/acme/invoices/2020-01/").status_code == 404
     assert Decimal(0) == sum(i.total_usd for i in team.invoices.all())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        'Evil <img src="/etc/hostname" width="40" height="40"/>',
+        "Bold <b>claims</b> & <font size=40>shouting</font>",
+        "Broken <para",
+    ],
+)
+def test_a_team_name_is_printed_on_the_pdf_as_written_never_as_markup(team, name):
+    import pypdfium2
+
+    from usage.exports import invoice_pdf
+    from usage.invoices import invoice_preview
+
+    key, _ = api_key_create(team=team, name="app")
+    now = timezone.now()
+    spend(team, key, "1.5", now - timedelta(minutes=5), "pdf1")
+    team.name = name
+    team.save()
+    draft = invoice_preview(team=team, month=month_start(now).date(), now=now + timedelta(minutes=2))
+    text = pypdfium2.PdfDocument(invoice_pdf(draft))[0].get_textpage().get_text_range()
+    assert " ".join(name.split()) in " ".join(text.split())

@@ -3,6 +3,7 @@
 import csv
 import io
 from decimal import Decimal
+from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
@@ -129,10 +130,10 @@ def invoice_pdf(invoice: Invoice) -> bytes:
                                 *[
                                     part
                                     for part in (
-                                        seller.get("name"),
-                                        seller.get("address"),
-                                        seller.get("email"),
-                                        f"Tax ID {seller['tax_id']}"
+                                        escape(seller.get("name") or ""),
+                                        escape(seller.get("address") or ""),
+                                        escape(seller.get("email") or ""),
+                                        f"Tax ID {escape(seller['tax_id'])}"
                                         if seller.get("tax_id")
                                         else "",
                                     )
@@ -143,7 +144,10 @@ def invoice_pdf(invoice: Invoice) -> bytes:
                         styles["Normal"],
                     ),
                     Paragraph(
-                        f"<b>Bill to</b><br/>{customer.get('name', '')}<br/>Account {customer.get('account', '')}",
+                        # Names are text, not reportlab markup: escaped, so a team called
+                        # "<img src=…>" prints as written instead of loading a file.
+                        f"<b>Bill to</b><br/>{escape(customer.get('name', ''))}"
+                        f"<br/>Account {escape(customer.get('account', ''))}",
                         styles["Normal"],
                     ),
                     Paragraph(
@@ -175,7 +179,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
             unit = f"{_plain(line.input_per_mtok) or '–'} · {_plain(line.output_per_mtok) or '–'}"
         rows.append(
             [
-                Paragraph(line.description, cell),
+                Paragraph(escape(line.description), cell),
                 f"{line.requests:,}" if line.kind in ("usage", "late_usage") else "",
                 f"{line.prompt_tokens:,}" if line.kind in ("usage", "late_usage") else "",
                 f"{line.completion_tokens:,}" if line.kind in ("usage", "late_usage") else "",
