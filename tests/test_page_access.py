@@ -219,3 +219,28 @@ def test_an_error_never_shows_the_debug_page_or_the_error(settings, owner):
     html = response.content.decode()
     assert not [m for m in DEBUG_PAGE_MARKERS if m in html]
     assert "a bug in a view" not in html
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/t/acme/usage/a%00b/",
+        "/t/acme/keys/%00/revoke/",
+        "/t/acme/routes/%00/edit/",
+        "/t/acme/routes/new/?from=%00",
+        "/t/acme/invoices/2026-10/?number=%00",
+        "/api/teams/acme/invoices/2026-10/?number=%00",
+        "/api/teams/acme/budget/?key=%00",
+        "/t/acme/usage/?model=%00",
+        "/t/acme/?start=9999-12-30&end=9999-12-31",
+        "/api/teams/acme/usage/summary/?start=0001-01-01T00:00:00%2B05:00",
+        "/api/teams/acme/usage/summary/?end=9999-12-31T23:59:59-05:00",
+        "/api/teams/acme/usage/?start=0001-01-01T00:00:00%2B05:00",
+    ],
+)
+def test_hostile_paths_and_parameters_get_a_clear_answer_not_a_500(client, owner, url):
+    client.force_login(owner)
+    answer = client.get(url)
+    assert answer.status_code in (200, 400, 404), answer.status_code
+    if url.startswith("/api/") and answer.status_code == 400:
+        assert answer.json()

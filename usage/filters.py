@@ -13,6 +13,8 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from usage.models import UsageRecord
 
+MOMENT_MIN, MOMENT_MAX = datetime(1970, 1, 1), datetime(9000, 1, 1)
+
 
 class MomentField(forms.Field):
     """An ISO date (midnight UTC) or datetime (naive means UTC)."""
@@ -29,7 +31,11 @@ class MomentField(forms.Field):
             moment = None
         if moment is None:
             raise forms.ValidationError(f"'{value}' is not an ISO date or datetime.")
-        return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
+        moment = timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
+        if not MOMENT_MIN <= moment.replace(tzinfo=None) <= MOMENT_MAX:
+            # Year 1 or 9999 with an offset cannot even be converted to UTC.
+            raise forms.ValidationError(f"'{value}' is outside the years 1970 to 9000.")
+        return moment
 
 
 class MomentFilter(django_filters.Filter):

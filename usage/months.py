@@ -75,6 +75,8 @@ def period_from_query(query, *, now: datetime, default: str = "this_month") -> P
             raise PeriodError("The start date is after the end date.")
         if (last - first).days >= MAX_PERIOD_DAYS:
             raise PeriodError(f"A range may span at most {MAX_PERIOD_DAYS} days.")
+        if not date(1970, 1, 1) <= first <= last < date(9000, 1, 1):
+            raise PeriodError("Give dates between 1970 and 9000.")
         start = datetime.combine(first, time.min, tzinfo=UTC)
         return Period(
             start, datetime.combine(last, time.min, tzinfo=UTC) + timedelta(days=1), "custom"
