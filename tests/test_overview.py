@@ -337,3 +337,12 @@ def test_a_stored_private_webhook_is_checked_again_before_sending(client, owner,
     answer = client.post("/t/acme/budgets/", {"action": "webhook-test"}, follow=True)
     assert "non-public address" in answer.content.decode() or "https" in answer.content.decode()
     assert handler.received == []
+
+
+def test_a_zero_budget_reads_as_spent_not_as_a_forecast(client, owner, team, traffic):
+    budget_set(team=team, amount_usd=Decimal(0))
+    client.force_login(owner)
+    page = client.get("/t/acme/").content.decode()
+    assert 'class="banner error"' in page and "monthly budget is $0." in page
+    assert "will spend" not in page and "(%)" not in page
+    assert 'aria-valuenow="100"' in page

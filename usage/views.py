@@ -159,7 +159,9 @@ def _budget_outlook(*, team, now) -> dict | None:
     forecast = month_projection(spent, now)
     percent = status["percent"]
     first_threshold = min(budget.thresholds, default=80)
-    if percent is not None and percent >= 100:
+    if not budget.amount_usd:
+        level, text = "error", "The team's monthly budget is $0."
+    elif percent is not None and percent >= 100:
         level, text = "error", f"The team has spent {percent:.0f}% of its monthly budget."
     elif percent is not None and percent >= first_threshold:
         level, text = "warning", f"The team has spent {percent:.0f}% of its monthly budget."
@@ -178,7 +180,7 @@ def _budget_outlook(*, team, now) -> dict | None:
     return {
         **status,
         "forecast": forecast,
-        "bar": min(percent, Decimal(100)) if percent is not None else 0,
+        "bar": min(percent, Decimal(100)) if percent is not None else 100,
         "level": level,
         "banner": text,
     }
