@@ -47,6 +47,13 @@ def test_demo_seeds_ninety_labelled_days_that_reconcile_and_only_once(demo):
     last = month_start(month_start(now) - timedelta(days=1)).date()
     invoice = Invoice.objects.get(team=team, month=last)
     assert invoice.status == Invoice.Status.FINALIZED and invoice.total_usd > 0
+    # Every finished month of demo traffic is invoiced, numbered in month order.
+    first = month_start(now - timedelta(days=89)).date()
+    closed = list(Invoice.objects.filter(team=team).order_by("month"))
+    assert [i.month for i in closed][0] == first and closed[-1].month == last
+    assert [i.number for i in closed] == sorted(i.number for i in closed)
+    # The demo keys were last used when their last call was made.
+    assert all(k.last_used_at is not None for k in keys)
     for month in (last, month_start(now).date()):
         assert reconcile_month(month=month).ok, month
     # Run again: nothing is added twice.
@@ -55,4 +62,4 @@ def test_demo_seeds_ninety_labelled_days_that_reconcile_and_only_once(demo):
     call_command("demo", stdout=out, stderr=StringIO())
     assert "0 new calls" in out.getvalue()
     assert UsageRecord.objects.filter(team=team).count() == before
-    assert Invoice.objects.filter(team=team).count() == 1
+    assert Invoice.objects.filter(team=team).count() == len(closed)

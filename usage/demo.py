@@ -19,6 +19,7 @@ from usage.models import UsageRecord
 from usage.pricing import Price, Tokens, unpriced_direction
 
 DEMO_PREFIX = "demo_"
+DEMO_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,16 @@ def demo_days_seeded(*, team_id: int) -> set[date]:
     return set(rows.dates("created_at", "day"))
 
 
+def demo_last_call(*, key) -> datetime | None:
+    """When a demo key's last demo call was made."""
+    rows = UsageRecord.objects.filter(
+        team_id=key.team_id, api_key=key, request_id__startswith=DEMO_PREFIX
+    )
+    return rows.order_by("-created_at").values_list("created_at", flat=True).first()
+
+
 def demo_usage_seed(
-    *, team, keys: dict, catalog, now: datetime, days: int = 90, seed: int = 7
+    *, team, keys: dict, catalog, now: datetime, days: int = DEMO_DAYS, seed: int = 7
 ) -> int:
     """Seed the team's last `days` days (today up to `now`) that hold no demo calls yet;
     returns the number of calls written. `keys` maps each TRAFFIC app to its ApiKey;

@@ -73,7 +73,14 @@ Tollgate demo is ready.{seeded}
         from routing.selectors import catalog_changed, catalog_snapshot
         from usage.alerts import budget_alerts_check_all
         from usage.budgets import budget_set
-        from usage.demo import DEMO_KEYS, demo_budget_amount, demo_key_name, demo_usage_seed
+        from usage.demo import (
+            DEMO_DAYS,
+            DEMO_KEYS,
+            demo_budget_amount,
+            demo_key_name,
+            demo_last_call,
+            demo_usage_seed,
+        )
         from usage.invoices import InvoiceError, invoice_close
         from usage.months import month_start
         from usage.rollups import LAG
@@ -102,17 +109,28 @@ Tollgate demo is ready.{seeded}
             )
             budget_set(team=team, amount_usd=demo_budget_amount(spent), thresholds=[50, 80, 100])
         budget_alerts_check_all(now=now)
-        last_month = month_start(month_start(now) - timedelta(days=1)).date()
-        invoice = None
-        try:
-            # The rollups fold a row once it is LAG old; every demo row is written by now,
-            # so closing as of a LAG from now bills them all on last month's invoice.
-            as_of = timezone.now() + LAG + timedelta(seconds=1)
-            invoice = invoice_close(team=team, month=last_month, now=as_of)
-        except InvoiceError as exc:  # the month's grace period has not passed yet
-            self.stderr.write(f"Last month's demo invoice is not closed yet: {exc}")
+        # Each finished month of demo traffic is invoiced, oldest first, so the invoice
+        # numbers run in month order. The rollups fold a row once it is LAG old; every demo
+        # row is written by now, so closing as of a LAG from now bills them all.
+        as_of = timezone.now() + LAG + timedelta(seconds=1)
+        invoices = []
+        month = month_start(now - timedelta(days=DEMO_DAYS - 1))
+        while month < month_start(now):
+            try:
+                invoice = invoice_close(team=team, month=month.date(), now=as_of)
+            except InvoiceError as exc:  # the month's grace period has not passed yet
+                self.stderr.write(f"The demo invoice for {month:%Y-%m} is not closed yet: {exc}")
+            else:
+                if invoice is not None:
+                    invoices.append(invoice.number)
+            month = month_start(month + timedelta(days=32))
+        # The demo keys were "used" when their last demo call was made.
+        for key in keys.values():
+            last = demo_last_call(key=key)
+            if last is not None and (key.last_used_at is None or key.last_used_at < last):
+                ApiKey.objects.filter(id=key.id).update(last_used_at=last)
         took = time.monotonic() - began
         return (
             f"\n  Demo data: {written} new calls seeded in {took:.1f} s (90 days, keys named"
-            f" [demo] …){f', invoice {invoice.number} for {last_month:%B %Y}' if invoice else ''}."
+            f" [demo] …), invoices {', '.join(invoices) or 'none yet'}."
         )
