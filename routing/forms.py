@@ -215,9 +215,9 @@ class CompareForm(forms.Form):
         help_text="Caps each answer, and so what each call can cost.",
     )
 
-    def __init__(self, data=None, *, models: list[ModelInfo]):
+    def __init__(self, data=None, *, models: list[ModelInfo], initial=None):
         """`models`: those that can take a chat call and be billed for it."""
-        super().__init__(data)
+        super().__init__(data, initial=initial)
         self.fields["models"].choices = [(m.name, _priced_label(m)) for m in models]
 
     def clean_models(self):

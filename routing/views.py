@@ -1,7 +1,7 @@
 """The team's routing pages: the model catalog, savings, routes and compare."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -29,6 +29,7 @@ from routing.services import (
     ROUTE_FIELDS,
     CatalogError,
     CompareError,
+    CompareResult,
     compare_run,
     route_delete,
     route_save,
@@ -400,10 +401,10 @@ def compare(request, slug):
     )
     billable = [m for m in chat if unpriced_direction(m.prices, needs_output=True) is None]
     form = CompareForm(request.POST or None, models=billable)
-    results = None
+    slot = f"compare-results:{team.id}"
     if request.method == "POST" and form.is_valid():
         try:
-            results = compare_run(
+            ran = compare_run(
                 team=team,
                 models=form.cleaned_data["models"],
                 messages=[{"role": "user", "content": form.cleaned_data["prompt"]}],
@@ -413,6 +414,22 @@ def compare(request, slug):
         except CompareError as exc:
             # A model left the catalog between the form's check and the run.
             form.add_error("models", str(exc))
+        else:
+            # Post/redirect/get: the answers are shown once after a redirect, so reloading
+            # the page never sends (and bills) the prompt again.
+            request.session[slot] = {
+                "prompt": form.cleaned_data["prompt"],
+                "results": [{**asdict(r), "cost_usd": str(r.cost_usd)} for r in ran],
+            }
+            return redirect("compare", slug=team.slug)
+    shown = request.session.pop(slot, None) if request.method == "GET" else None
+    results = (
+        [CompareResult(**{**r, "cost_usd": Decimal(r["cost_usd"])}) for r in shown["results"]]
+        if shown
+        else None
+    )
+    if shown:
+        form = CompareForm(initial={"prompt": shown["prompt"]}, models=billable)
     names = {m.name: m.display_name for m in chat}
     return render(
         request,

@@ -57,7 +57,9 @@ def test_owner_compares_two_models_and_both_calls_are_billed(
 ):
     client.force_login(owner)
 
-    page = client.post("/t/acme/compare/", {**PROMPT, "models": ["gpt-4o", "deepseek-v4-flash"]})
+    sent = client.post("/t/acme/compare/", {**PROMPT, "models": ["gpt-4o", "deepseek-v4-flash"]})
+    assert sent.status_code == 302  # post/redirect/get: a reload never sends it again
+    page = client.get(sent.url)
 
     assert page.status_code == 200
     summary = tables(page.content)[0]
@@ -73,6 +75,8 @@ def test_owner_compares_two_models_and_both_calls_are_billed(
     ]
     assert {r.end_user for r in billed} == {"compare by owner@acme.test"}
     assert {r.body["max_tokens"] for r in upstream.received} == {100}
+    reloaded = client.get(sent.url)
+    assert "Hello from the fake upstream" not in text(reloaded) and len(upstream.received) == 2
     assert [r.body["messages"] for r in upstream.received] == [
         [{"role": "user", "content": PROMPT["prompt"]}]
     ] * 2
@@ -83,7 +87,7 @@ def test_a_failing_model_is_a_readable_message_beside_the_others(catalog, client
     upstream.script("gpt-4o", Fail(500, "overloaded"))
     client.force_login(admin)
 
-    page = client.post("/t/acme/compare/", {**PROMPT, "models": ["gpt-4o", "glm-5"]})
+    page = client.post("/t/acme/compare/", {**PROMPT, "models": ["gpt-4o", "glm-5"]}, follow=True)
 
     assert page.status_code == 200
     assert row_of(tables(page.content)[0], "GPT-4o")[1] == "failed"
@@ -164,7 +168,9 @@ def test_compare_works_through_the_production_asgi_server(
     # ASGI server, as in production; the Django test client alone would not show that.
     client.force_login(owner)
     cookies = {"sessionid": client.cookies["sessionid"].value}
-    with httpx2.Client(base_url=live_portal.url, cookies=cookies, timeout=20) as browser:
+    with httpx2.Client(
+        base_url=live_portal.url, cookies=cookies, timeout=20, follow_redirects=True
+    ) as browser:
         form = browser.get("/t/acme/compare/")
         token = form.text.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
         page = browser.post(
