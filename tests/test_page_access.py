@@ -205,6 +205,7 @@ def test_a_missing_page_never_shows_the_debug_page(client, settings, owner):
         assert response.status_code == 404
         html = response.content.decode()
         assert not [m for m in DEBUG_PAGE_MARKERS if m in html], url
+        assert "Not found" in html and "Go to your team's overview" in html
 
 
 @pytest.mark.urls("tests.urls_failing")
@@ -219,6 +220,7 @@ def test_an_error_never_shows_the_debug_page_or_the_error(settings, owner):
     html = response.content.decode()
     assert not [m for m in DEBUG_PAGE_MARKERS if m in html]
     assert "a bug in a view" not in html
+    assert "Something went wrong" in html
 
 
 @pytest.mark.parametrize(
