@@ -1,6 +1,7 @@
 """Site-wide request hygiene for the pages and /api (the /v1 proxy has its own ASGI entry)."""
 
-from django.http import HttpResponse, JsonResponse
+from django.http import JsonResponse
+from django.shortcuts import render
 
 
 def refuse_nul_bytes(get_response):
@@ -14,7 +15,7 @@ def refuse_nul_bytes(get_response):
             message = "The request contains a NUL byte (%00), which no field may hold."
             if request.path.startswith("/api/"):
                 return JsonResponse({"detail": message}, status=400)
-            return HttpResponse(message, status=400, content_type="text/plain")
+            return render(request, "400.html", {"message": message}, status=400)
         return get_response(request)
 
     return middleware
