@@ -1,6 +1,7 @@
 """Writes for the catalog (providers, models, prices and routes), and compare runs."""
 
 import asyncio
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -281,6 +282,13 @@ def _positive_int(entry, key, where, default):
     return value
 
 
+# Segments separated by "/" (as in "support/tier-1"), each starting with a letter or digit, so
+# no segment is "." or ".." (a browser would resolve those out of the page's URL).
+ROUTE_NAME = re.compile(
+    r"(?=.{1,100}$)[A-Za-z0-9][A-Za-z0-9_.:-]*(?:/[A-Za-z0-9][A-Za-z0-9_.:-]*)*"
+)
+
+
 def _route_fields(entry, index=None, where=None):
     where = where or f"route #{index + 1}"
     allowed = {
@@ -295,6 +303,14 @@ def _route_fields(entry, index=None, where=None):
     }
     _check_keys(entry, allowed, where)
     name = _require(entry, "name", where)
+    if not ROUTE_NAME.fullmatch(name):
+        # A route's name is a URL path segment and what clients send as "model".
+        raise _route_error(
+            f"route {name[:100]!r}",
+            "name",
+            "a route name is up to 100 letters, digits, '_', '-', '.', ':' and '/', each part "
+            "between slashes starting with a letter or digit",
+        )
     where = f"route {name!r}"
     strategy = entry.get("strategy", "fallback")
     if strategy not in STRATEGIES:

@@ -385,3 +385,11 @@ def test_a_flood_of_target_fields_is_bounded(catalog, client, owner, team):
 
     assert page.status_code == 302
     assert len(Route.objects.get(team=team, name="flood").targets) == 50
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/../b", "a//b", "/lead", "trail/", "-x", "x" * 101])
+def test_a_route_name_a_browser_would_rewrite_is_refused(catalog, client, owner, team, name):
+    client.force_login(owner)
+    page = client.post("/t/acme/routes/new/", {**FORM, "name": name})
+    assert page.status_code == 200 and "id_name_error" in page.content.decode()
+    assert not Route.objects.filter(team=team).exists()
