@@ -35,6 +35,17 @@ def usage_rows(
     return rows.order_by("-created_at", "-id")
 
 
+def usage_models(*, team_id: int) -> list[str]:
+    """The models that have served the team, from the daily rollups and the rows since."""
+    from usage.models import DailyUsage
+    from usage.rollups import rollup_through
+
+    rolled = DailyUsage.objects.filter(team_id=team_id).values_list("model", flat=True)
+    recent = UsageRecord.objects.filter(team_id=team_id, recorded_at__gt=rollup_through())
+    names = set(rolled.distinct()) | set(recent.values_list("model", flat=True).distinct())
+    return sorted(name for name in names if name)
+
+
 def _day_aligned(moment: datetime | None) -> bool:
     return moment is None or (moment.astimezone(UTC).time() == time.min)
 

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -41,6 +42,7 @@ from usage.selectors import (
     recent_alerts,
     team_budget_status,
     usage_health,
+    usage_models,
     usage_rows,
     usage_summary,
 )
@@ -274,6 +276,7 @@ def usage_explorer(request, slug):
     counting or skipping rows."""
     team = require_team_page(request, slug)
     filterset = UsageFilter(request.GET, queryset=usage_rows(team_id=team.id))
+    _explorer_pickers(filterset.form, team=team)
     sort_name = request.GET.get("sort", "newest")
     sort = SORTS.get(sort_name) or SORTS["newest"]
     rows, more, after, problem = [], False, "", None
@@ -331,6 +334,23 @@ def _bounded(amount: Decimal) -> Decimal:
     if not amount.is_finite() or abs(amount) >= 10**10:
         raise ValueError("not a cost")
     return amount
+
+
+def _explorer_pickers(form, *, team) -> None:
+    """The page picks keys and models from lists and dates from a calendar; the API's
+    filters take the same values as text."""
+    keys = [("", "Any key")] + [
+        (k.prefix, f"{k.prefix} ({k.name})") for k in api_key_list(team=team)
+    ]
+    form.fields["key"].widget = forms.Select(choices=keys)
+    models = usage_models(team_id=team.id)
+    form.fields["model"].widget = forms.Select(
+        choices=[("", "Any model")] + [(m, m) for m in models]
+    )
+    for name in ("start", "end"):
+        form.fields[name].widget = forms.DateInput(attrs={"type": "date"})
+    form.fields["start"].label = "From (UTC day)"
+    form.fields["end"].label = "Until (UTC day, not included)"
 
 
 def _keyset_position(value: str, sort: Sort) -> tuple[Any, int] | None:
