@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django import template
 
-from usage.templatetags.money import CENT, MINUS, plain_decimal, significant, usd
+from usage.templatetags.money import MINUS, plain_decimal, significant, usd, usd_exact
 
 register = template.Library()
 
@@ -17,6 +17,7 @@ BENCHMARK_LABELS = {"mmlu": "MMLU", "humaneval": "HumanEval", "ceval": "C-Eval"}
 
 # One rule for writing USD across the site: usage's.
 register.filter("usd", usd)
+register.filter("usd_exact", usd_exact)
 
 
 @register.filter
@@ -25,19 +26,6 @@ def usd_change(amount: Decimal | None) -> str:
     if amount is None or amount == 0:
         return usd(amount)
     return usd(amount) if amount < 0 else f"+{usd(amount)}"
-
-
-@register.filter
-def usd_exact(amount: Decimal | None) -> str:
-    """USD exactly, at least to the cent: a price ("$2.50", "$0.075") or one call's cost
-    ("$0.00001066")."""
-    if amount is None:
-        return "—"
-    sign = MINUS if amount < 0 else ""
-    amount = abs(amount).normalize()
-    if amount.as_tuple().exponent > -2:
-        amount = amount.quantize(CENT)
-    return f"{sign}${amount:,f}"
 
 
 @register.filter

@@ -39,3 +39,16 @@ def usd(amount) -> str:
     if small < CENT:
         return f"{sign}${plain_decimal(small)}"
     return f"{sign}${amount.quantize(CENT, ROUND_HALF_UP):,.2f}"
+
+
+@register.filter
+def usd_exact(amount: Decimal | None) -> str:
+    """USD exactly, at least to the cent: a price ("$2.50", "$0.075") or one call's cost
+    ("$0.00001066")."""
+    if amount is None:
+        return "—"
+    sign = MINUS if amount < 0 else ""
+    amount = abs(amount).normalize()
+    if amount.as_tuple().exponent > -2:
+        amount = amount.quantize(CENT)
+    return f"{sign}${amount:,f}"
