@@ -69,27 +69,46 @@ def browser_thread():
     thread.close()
 
 
+class Browsing:
+    """`browse(step, *args)` for one page in a browser context of its own (no cookies shared
+    with any other), collecting the JavaScript errors of every page it shows."""
+
+    def __init__(self, browser_thread: BrowserThread, base_url: str) -> None:
+        self.thread = browser_thread
+        self.errors: list[str] = []
+        self.page: Page = browser_thread.run(self._open, base_url)
+
+    def _open(self, base_url: str) -> Page:
+        context = self.thread.browser.new_context(
+            base_url=base_url, viewport={"width": DESKTOP, "height": HEIGHT}
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        return page
+
+    def __call__(self, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.thread.run(step, self.page, *args, **kwargs)
+
+    def close(self) -> None:
+        self.thread.run(lambda: self.page.context.close())
+        assert not self.errors, f"JavaScript errors: {self.errors}"
+
+
 @pytest.fixture
 def browse(browser_thread, live_portal):
     """`browse(step, *args)` runs `step(page, *args)` in the browser thread and returns what
     it returns. The page is a fresh browser context (no cookies) at the desktop width, and
     relative URLs go to the live portal. A JavaScript error on any page fails the test."""
-    errors: list[str] = []
+    browsing = Browsing(browser_thread, live_portal.url)
+    yield browsing
+    browsing.close()
 
-    def open_page() -> Page:
-        context = browser_thread.browser.new_context(
-            base_url=live_portal.url, viewport={"width": DESKTOP, "height": HEIGHT}
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        page = context.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        return page
 
-    page = browser_thread.run(open_page)
-
-    def browse(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return browser_thread.run(step, page, *args, **kwargs)
-
-    yield browse
-    browser_thread.run(lambda: page.context.close())
-    assert not errors, f"JavaScript errors: {errors}"
+@pytest.fixture
+def browse_elsewhere(browser_thread, live_portal):
+    """A second `browse`, in a browser context of its own: another person at another
+    computer, who shares no cookies with the first."""
+    browsing = Browsing(browser_thread, live_portal.url)
+    yield browsing
+    browsing.close()
