@@ -1,9 +1,11 @@
-"""What a browser test does to a page: sign in through the form, capture it at a desktop
-and a phone width, and find what sticks out sideways on the phone."""
+"""What a browser test does to a page: sign in through the form, follow the navigation,
+download a CSV, capture the page at a desktop and a phone width, and find what sticks out
+sideways on the phone. Steps run in the browser thread (conftest.py)."""
 
+import csv
 from pathlib import Path
 
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.factories import PASSWORD
@@ -28,6 +30,33 @@ def signed_in(page: Page, user, password: str = PASSWORD) -> Page:
         said = " ".join(page.locator("main .msg").all_inner_texts())
         raise AssertionError(f"signing in as {user.get_username()} failed: {said}") from None
     return page
+
+
+def open_url(page: Page, url: str) -> None:
+    page.goto(url)
+
+
+def reload(page: Page) -> None:
+    page.reload()
+
+
+def go_to(page: Page, label: str) -> None:
+    """Follow the team navigation's link to a page."""
+    link = page.get_by_role("navigation").get_by_role("link", name=label, exact=True)
+    link.click()
+    expect(link).to_have_attribute("aria-current", "page")
+
+
+def main_text(page: Page) -> str:
+    return page.get_by_role("main").inner_text()
+
+
+def download_csv(page: Page, link: str) -> list[dict[str, str]]:
+    """Follow a link that downloads a CSV, as a person would, and read the file."""
+    with page.expect_download() as download:
+        page.get_by_role("link", name=link).click()
+    with open(download.value.path(), newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def screenshot(page: Page, name: str) -> list[Path]:

@@ -4,7 +4,6 @@ navigation captured at a desktop and a phone width, fitting the phone without si
 scrolling. Each step is a small function of the page, run with `browse` (conftest.py);
 each part of the journey is a test of its own."""
 
-import csv
 import re
 from io import StringIO
 
@@ -17,7 +16,16 @@ from playwright.sync_api import Page, expect
 
 from accounts.models import ApiKey
 from accounts.navigation import TEAM_PAGES
-from tests.e2e.browsing import screenshot, sideways_overflow, signed_in
+from tests.e2e.browsing import (
+    download_csv,
+    go_to,
+    main_text,
+    open_url,
+    reload,
+    screenshot,
+    sideways_overflow,
+    signed_in,
+)
 from tests.page_data import last_month_close, team_in_use
 from usage.selectors import usage_rows
 
@@ -52,17 +60,6 @@ def demo(settings):
 # --- Steps: functions of the page, run in the browser thread ----------------------------
 
 
-def go_to(page: Page, label: str) -> None:
-    """Follow the team navigation's link to a page."""
-    link = page.get_by_role("navigation").get_by_role("link", name=label, exact=True)
-    link.click()
-    expect(link).to_have_attribute("aria-current", "page")
-
-
-def open_url(page: Page, url: str) -> None:
-    page.goto(url)
-
-
 def see_overview(page: Page, team_name: str, *, showing: str, never: str) -> None:
     expect(page).to_have_url(re.compile(r"/t/[\w-]+/$"))
     expect(page.get_by_role("heading", level=1)).to_contain_text(team_name)
@@ -90,14 +87,6 @@ def calls_listed(page: Page) -> int:
     return page.locator("main table tbody tr").count()
 
 
-def download_csv(page: Page) -> list[dict[str, str]]:
-    """Follow the explorer's CSV link as a person would, and read the file it downloads."""
-    with page.expect_download() as download:
-        page.get_by_role("link", name="Download these calls as CSV").click()
-    with open(download.value.path(), newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def issue_key(page: Page, name: str) -> str:
     """Issue an inference key through its form; returns the secret the page shows."""
     issue = page.get_by_role("button", name="Issue inference key")
@@ -106,14 +95,6 @@ def issue_key(page: Page, name: str) -> str:
     secret = page.locator(".secret")
     expect(secret).to_be_visible()
     return secret.inner_text().strip()
-
-
-def reload(page: Page) -> None:
-    page.reload()
-
-
-def main_text(page: Page) -> str:
-    return page.get_by_role("main").inner_text()
 
 
 # --- The journey --------------------------------------------------------------------------
@@ -133,7 +114,7 @@ def test_explorer_filtered_by_key_and_model_downloads_exactly_those_calls(
     browse(go_to, "Calls")
 
     browse(filter_calls, key=key.prefix, model="gpt-4o")
-    rows = browse(download_csv)
+    rows = browse(download_csv, "Download these calls as CSV")
 
     expected = list(
         usage_rows(team_id=team.id, key_prefix=key.prefix, model="gpt-4o").values_list(
