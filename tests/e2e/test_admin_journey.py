@@ -5,11 +5,8 @@ scrolling. Each step is a small function of the page, run with `browse` (conftes
 each part of the journey is a test of its own."""
 
 import re
-from io import StringIO
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 from playwright.sync_api import Page, expect
@@ -40,21 +37,6 @@ def acme(catalog, team, owner, other_team, outsider):
     globex = team_in_use(other_team, tag="globex", now=now)
     last_month_close([(team, acme), (other_team, globex)], now=now)
     return acme
-
-
-@pytest.fixture
-def demo(settings):
-    """The demo team as `make run` seeds it (ninety days of traffic); returns the user and
-    password it prints for the web UI."""
-    settings.DEBUG = True  # the demo refuses to run in production
-    call_command("loadcatalog", "catalog/default.toml", "catalog/offline.toml", stdout=StringIO())
-    out = StringIO()
-    call_command("demo", stdout=out, stderr=StringIO())
-    settings.DEBUG = False
-    found = re.search(r"sign in as (\S+) / (\S+)", out.getvalue())
-    assert found, out.getvalue()
-    email, password = found.groups()
-    return get_user_model().objects.get(username=email), password
 
 
 # --- Steps: functions of the page, run in the browser thread ----------------------------
@@ -173,17 +155,3 @@ def test_sign_in_page_fits_a_phone(browse):
 
     wide = browse(sideways_overflow)
     assert not wide, "\n".join(wide)
-
-
-def test_demo_team_pages_fit_a_phone(browse, demo):
-    """Every page with ninety days of the demo's traffic, signed in as `make run` says."""
-    user, password = demo
-    browse(signed_in, user, password)
-
-    wide = {}
-    for name, _label, _roles in TEAM_PAGES:
-        browse(open_url, reverse(name, args=["demo"]))
-        browse(screenshot, f"demo-{name}")
-        wide[name] = browse(sideways_overflow)
-
-    assert {name: found for name, found in wide.items() if found} == {}
