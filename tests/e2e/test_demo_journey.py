@@ -18,6 +18,8 @@ test's thread; steps, functions of the page, run in the browser's (conftest.py).
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from io import StringIO
 
 import pytest
@@ -25,6 +27,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import override_settings
 from django.urls import reverse
+from django.utils import timezone
+from playwright.sync_api import Page, expect
 
 from accounts.models import Team
 from accounts.navigation import TEAM_PAGES
@@ -35,8 +39,12 @@ from tests.e2e.browsing import (
     sideways_overflow,
     signed_in,
 )
+from usage.selectors import usage_summary
+from usage.templatetags.money import usd
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
+
+FOUR_PLACES = Decimal("0.0001")  # the overview's tables print USD to 4 places
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,98 @@ def demo(django_db_setup, django_db_blocker):
         catalog_changed()
 
 
+def utc_today() -> date:
+    return timezone.now().astimezone(UTC).date()
+
+
+# --- Steps: functions of the page, run in the browser thread ----------------------------
+
+
+def open_team(page: Page, name: str) -> None:
+    """From the list of the user's teams (where a member of two lands), open one."""
+    page.get_by_role("main").get_by_role("link", name=name, exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"{name}: overview")
+
+
+def choose(page: Page, group: str, label: str) -> None:
+    """Follow a link of a group of presets (the overview's date ranges, the savings periods)."""
+    link = page.get_by_role("navigation", name=group).get_by_role("link", name=label, exact=True)
+    link.click()
+    expect(link).to_have_attribute("aria-current", "true")
+
+
+def read_overview(page: Page) -> dict:
+    """The overview's chart and figures: each bar's day and height, the chart's per-day
+    figures table (opened as a reader opens it), the top models table and the spend card."""
+    page.get_by_text("The chart's figures (USD per day)").click()
+    figures = page.locator("details table")
+    expect(figures).to_be_visible()
+    return page.evaluate(
+        """() => {
+      const cells = row => [...row.querySelectorAll("th, td")].map(c => c.innerText.trim());
+      const bars = [...document.querySelectorAll("figure.chart svg g.bar")].map(bar => ({
+        day: bar.querySelector("desc.x_label").textContent,
+        height: parseFloat(bar.querySelector("rect").getAttribute("height")),
+      }));
+      const table = document.querySelector("details table");
+      const models = [...document.querySelectorAll("main h2")]
+        .find(h => h.textContent === "Top models").nextElementSibling.querySelector("table");
+      return {
+        bars,
+        series: cells(table.querySelector("thead tr")).slice(1),
+        days: [...table.querySelectorAll("tbody tr")].map(cells),
+        models: [...models.querySelectorAll("tbody tr")].map(cells),
+        spend: document.querySelector(".card .figure").innerText.trim(),
+      };
+    }"""
+    )
+
+
 # --- The journey --------------------------------------------------------------------------
+
+
+def test_overview_charts_ninety_days_with_the_ledgers_figures(browse, demo):
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    browse(choose, "Date range", "Last 90 days")
+
+    shown = browse(read_overview)
+    browse(screenshot, "journey-overview-90-days")
+
+    today = utc_today()
+    days = [today - timedelta(days=back) for back in range(89, -1, -1)]
+    start = datetime.combine(days[0], time.min, tzinfo=UTC)
+    end = datetime.combine(today + timedelta(days=1), time.min, tzinfo=UTC)
+    # A bar a day for each series; the demo spends every day (today's calls may not have
+    # started yet, in the small hours UTC).
+    labels = [d.strftime("%b %-d") for d in days]
+    assert list(dict.fromkeys(b["day"] for b in shown["bars"])) == labels
+    assert set(labels[:-1]) <= {b["day"] for b in shown["bars"] if b["height"] > 0}
+    # The figures table: one row a day, each series' spend as the ledger has it.
+    by_day_model: dict[tuple[str, str], Decimal] = {}
+    for g in usage_summary(team_id=demo.team.id, group_by=("day", "model"), start=start, end=end):
+        by_day_model[(g["day"].isoformat(), g["model"])] = g["cost_usd"]
+    charted = [name for name in shown["series"] if name != "Other"]
+    assert [row[0] for row in shown["days"]] == [d.isoformat() for d in days]
+    for day, *values in shown["days"]:
+        expected = [by_day_model.get((day, name), Decimal(0)) for name in charted]
+        if "Other" in shown["series"]:
+            expected.append(
+                sum((v for (d, m), v in by_day_model.items() if d == day and m not in charted), 0)
+            )
+        assert [Decimal(v) for v in values] == [
+            Decimal(e).quantize(FOUR_PLACES, ROUND_HALF_UP) for e in expected
+        ], day
+    # The top models and the spend card, from the same read.
+    models = usage_summary(team_id=demo.team.id, group_by="model", start=start, end=end)
+    assert {
+        row[0]: [int(row[1].replace(",", "")), Decimal(row[4].replace(",", ""))]
+        for row in shown["models"]
+    } == {
+        g["model"]: [g["requests"], g["cost_usd"].quantize(FOUR_PLACES, ROUND_HALF_UP)]
+        for g in models
+    }
+    assert shown["spend"] == usd(sum((g["cost_usd"] for g in models), Decimal(0)))
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
