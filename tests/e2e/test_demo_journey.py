@@ -30,16 +30,18 @@ from django.urls import reverse
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from accounts.models import Team
+from accounts.models import ApiKey, Team
 from accounts.navigation import TEAM_PAGES
 from routing.selectors import catalog_changed
 from tests.e2e.browsing import (
+    download_csv,
+    go_to,
     open_url,
     screenshot,
     sideways_overflow,
     signed_in,
 )
-from usage.selectors import usage_summary
+from usage.selectors import usage_rows, usage_summary
 from usage.templatetags.money import usd
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
@@ -129,6 +131,23 @@ def read_overview(page: Page) -> dict:
     )
 
 
+def filter_calls(page: Page, *, key: str, model: str) -> None:
+    """Pick a key and a model in the explorer's lists, by the names they show, and send."""
+    form = page.get_by_role("form", name="Filter the calls")
+    form.get_by_label("Key prefix").select_option(label=key)
+    form.get_by_label("Serving model").select_option(label=model)
+    form.get_by_role("button", name="Show calls").click()
+    expect(page).to_have_url(re.compile(r"\?.*model="))
+
+
+def calls_listed(page: Page) -> list[list[str]]:
+    """The explorer's rows as (key, served by) pairs."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll("main table tbody tr")].map(
+          row => [row.cells[1].innerText.trim(), row.cells[3].innerText.trim()])"""
+    )
+
+
 # --- The journey --------------------------------------------------------------------------
 
 
@@ -174,6 +193,28 @@ def test_overview_charts_ninety_days_with_the_ledgers_figures(browse, demo):
         for g in models
     }
     assert shown["spend"] == usd(sum((g["cost_usd"] for g in models), Decimal(0)))
+
+
+def test_calls_filtered_to_one_key_and_model_download_exactly_those_calls(browse, demo):
+    key = ApiKey.objects.get(team=demo.team, name="[demo] support-bot")
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    browse(go_to, "Calls")
+
+    browse(filter_calls, key=f"{key.prefix} ({key.name})", model="gpt-4o-mini")
+    listed = browse(calls_listed)
+    browse(screenshot, "journey-calls-filtered")
+    rows = browse(download_csv, "Download these calls as CSV")
+
+    ledger = usage_rows(team_id=demo.team.id, key_prefix=key.prefix, model="gpt-4o-mini")
+    expected = [
+        (r.request_id, str(r.attempt), key.prefix, r.model, f"{r.cost_usd:f}") for r in ledger
+    ]
+    assert len(expected) > 100  # ninety days of a support bot, more than one page
+    assert [
+        (r["request_id"], r["attempt"], r["key"], r["model"], r["cost_usd"]) for r in rows
+    ] == expected
+    assert listed == [[key.prefix, "gpt-4o-mini"]] * 50  # the first page of them
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
