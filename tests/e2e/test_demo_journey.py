@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from io import StringIO
 
+import httpx2
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -36,12 +37,14 @@ from routing.selectors import catalog_changed
 from tests.e2e.browsing import (
     download_csv,
     go_to,
+    main_text,
     open_url,
+    reload,
     screenshot,
     sideways_overflow,
     signed_in,
 )
-from usage.selectors import usage_rows, usage_summary
+from usage.selectors import budget_list, usage_rows, usage_summary
 from usage.templatetags.money import usd
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
@@ -148,6 +151,47 @@ def calls_listed(page: Page) -> list[list[str]]:
     )
 
 
+def issue_inference_key(page: Page, *, name: str, model: str, budget_usd: str) -> dict:
+    """Issue an inference key allowed one model, with a budget of its own, through the keys
+    page's form; copy its secret with the page's button. Returns what the page showed."""
+    form = page.locator("form", has=page.get_by_role("button", name="Issue inference key"))
+    form.get_by_label("Name", exact=True).fill(name)
+    form.get_by_role("group", name="Models").get_by_label(model, exact=True).check()
+    form.get_by_label("Monthly budget (USD)").fill(budget_usd)
+    form.get_by_label("Refuse calls (hard)").check()
+    form.get_by_role("button", name="Issue inference key").click()
+    secret = page.locator(".secret")
+    expect(secret).to_be_visible()
+    shown = secret.inner_text().strip()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    # Found by what it copies: once clicked, the button's name is "Copied".
+    copy = page.locator("main button[data-copy]")
+    expect(copy).to_have_text(re.compile(r"^Copy the secret of tgk_"))
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    return {
+        "secret": shown,
+        "copied": page.evaluate("navigator.clipboard.readText()"),
+        "times_in_page": page.content().count(shown),
+    }
+
+
+def secrets_shown(page: Page) -> int:
+    return page.locator(".secret").count()
+
+
+def ask_to_revoke(page: Page, prefix: str) -> None:
+    page.get_by_role("link", name=f"Revoke {prefix}", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Revoke key {prefix}")
+
+
+def confirm_revoke(page: Page, prefix: str, name: str) -> str:
+    page.get_by_role("button", name=f"Revoke {prefix} ({name})").click()
+    said = page.get_by_role("status")
+    expect(said).to_contain_text("is revoked")
+    return said.inner_text()
+
+
 # --- The journey --------------------------------------------------------------------------
 
 
@@ -215,6 +259,50 @@ def test_calls_filtered_to_one_key_and_model_download_exactly_those_calls(browse
         (r["request_id"], r["attempt"], r["key"], r["model"], r["cost_usd"]) for r in rows
     ] == expected
     assert listed == [[key.prefix, "gpt-4o-mini"]] * 50  # the first page of them
+
+
+def test_a_new_key_shows_its_secret_once_and_stops_working_when_revoked(browse, demo, live_portal):
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    browse(go_to, "Keys")
+
+    shown = browse(issue_inference_key, name="journey", model="gpt-4o-mini", budget_usd="5")
+    browse(screenshot, "journey-key-issued")
+
+    key = ApiKey.objects.get(team=demo.team, name="journey")
+    secret = shown["secret"]
+    assert secret.startswith(key.prefix)
+    assert shown["copied"] == secret
+    assert shown["times_in_page"] == 1
+    assert key.allowed_models == ["gpt-4o-mini"]
+    [budget] = [
+        b["budget"]
+        for b in budget_list(team=demo.team, now=timezone.now())
+        if b["budget"].api_key_id == key.id
+    ]
+    assert (budget.amount_usd, budget.hard) == (Decimal(5), True)
+    v1_models = f"{live_portal.url}/v1/models"
+    bearer = {"Authorization": f"Bearer {secret}"}
+    answer = httpx2.get(v1_models, headers=bearer, timeout=10)
+    assert answer.status_code == 200
+    assert [m["id"] for m in answer.json()["data"]] == ["gpt-4o-mini"]
+
+    browse(reload)
+    assert browse(secrets_shown) == 0
+    assert secret not in browse(main_text)
+    assert ApiKey.objects.filter(team=demo.team, name="journey").count() == 1
+
+    browse(ask_to_revoke, key.prefix)
+    browse(screenshot, "journey-key-revoke")
+    said = browse(confirm_revoke, key.prefix, "journey")
+    browse(screenshot, "journey-key-revoked")
+
+    assert said == f"Key {key.prefix} (journey) is revoked; calls with it now get 401."
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    answer = httpx2.get(v1_models, headers=bearer, timeout=10)
+    assert answer.status_code == 401
+    assert answer.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
