@@ -19,7 +19,7 @@ test's thread; steps, functions of the page, run in the browser's (conftest.py).
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from io import StringIO
 
 import httpx2
@@ -44,7 +44,7 @@ from tests.e2e.browsing import (
     sideways_overflow,
     signed_in,
 )
-from usage.selectors import budget_list, usage_rows, usage_summary
+from usage.selectors import budget_list, team_budget_status, usage_rows, usage_summary
 from usage.templatetags.money import usd
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
@@ -192,6 +192,23 @@ def confirm_revoke(page: Page, prefix: str, name: str) -> str:
     return said.inner_text()
 
 
+def set_team_budget(page: Page, *, amount_usd: str, when_reached: str, alerts_at: str) -> str:
+    form = page.get_by_role("form", name="Set the team budget")
+    form.get_by_label("Monthly budget (USD)").fill(amount_usd)
+    form.get_by_label("When it is reached").select_option(label=when_reached)
+    form.get_by_label("Alert at (% of budget)").fill(alerts_at)
+    form.get_by_role("button", name=re.compile(r"the team budget$")).click()
+    said = page.get_by_role("status")
+    expect(said).to_contain_text("The team's budget is now")
+    return said.inner_text()
+
+
+def budget_banner(page: Page) -> dict:
+    banner = page.get_by_role("alert")
+    expect(banner).to_be_visible()
+    return {"classes": banner.get_attribute("class"), "text": banner.inner_text().strip()}
+
+
 # --- The journey --------------------------------------------------------------------------
 
 
@@ -303,6 +320,37 @@ def test_a_new_key_shows_its_secret_once_and_stops_working_when_revoked(browse, 
     answer = httpx2.get(v1_models, headers=bearer, timeout=10)
     assert answer.status_code == 401
     assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_team_budget_below_this_months_spend_raises_the_overviews_banner(browse, demo):
+    spent = Decimal(team_budget_status(team=demo.team, now=timezone.now())["spent"])
+    if spent < Decimal("0.02"):
+        pytest.skip("the demo has no spend this month yet (the first hour of a month, UTC)")
+    # Half this month's spend: the team is well past it (the demo's budget is ~85% spent).
+    amount = (spent / 2).quantize(Decimal("0.01"), ROUND_DOWN)
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    browse(go_to, "Budgets")
+
+    said = browse(
+        set_team_budget,
+        amount_usd=str(amount),
+        when_reached="Only alert (soft)",
+        alerts_at="50, 80, 100",
+    )
+    browse(screenshot, "journey-budget-set")
+    browse(go_to, "Overview")
+    banner = browse(budget_banner)
+    browse(screenshot, "journey-overview-over-budget")
+
+    assert said == (
+        f"The team's budget is now {usd(amount)} a month (soft), with alerts at 50%, 80%, 100%."
+    )
+    status = team_budget_status(team=demo.team, now=timezone.now())
+    assert (status["budget"].amount_usd, status["budget"].hard) == (amount, False)
+    assert status["percent"] >= 100
+    assert "error" in banner["classes"].split()
+    assert banner["text"] == f"The team has spent {status['percent']:.0f}% of its monthly budget."
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
