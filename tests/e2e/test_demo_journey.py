@@ -33,7 +33,7 @@ from playwright.sync_api import Page, expect
 
 from accounts.models import ApiKey, Team
 from accounts.navigation import TEAM_PAGES
-from routing.selectors import catalog_changed
+from routing.selectors import catalog_changed, catalog_snapshot
 from tests.e2e.browsing import (
     download_csv,
     go_to,
@@ -44,6 +44,8 @@ from tests.e2e.browsing import (
     sideways_overflow,
     signed_in,
 )
+from usage.months import month_start
+from usage.pricing import Tokens, cost
 from usage.selectors import budget_list, team_budget_status, usage_rows, usage_summary
 from usage.templatetags.money import usd
 
@@ -209,6 +211,19 @@ def budget_banner(page: Page) -> dict:
     return {"classes": banner.get_attribute("class"), "text": banner.inner_text().strip()}
 
 
+def savings_row(page: Page, *, used: str, other: str) -> dict[str, str]:
+    """The cells of `other`'s row in the table of what `used`'s tokens would cost elsewhere,
+    by column heading."""
+    table = page.get_by_role("table", name=f"From {used} to other models")
+    expect(table).to_be_visible()
+    headings = table.locator("thead th").all_inner_texts()
+    row = table.locator("tbody tr").filter(
+        has=page.get_by_role("rowheader", name=re.compile(rf"^{re.escape(other)}\b"))
+    )
+    cells = row.locator("th, td").all_inner_texts()
+    return dict(zip(headings, (c.strip() for c in cells), strict=True))
+
+
 # --- The journey --------------------------------------------------------------------------
 
 
@@ -351,6 +366,37 @@ def test_a_team_budget_below_this_months_spend_raises_the_overviews_banner(brows
     assert status["percent"] >= 100
     assert "error" in banner["classes"].split()
     assert banner["text"] == f"The team has spent {status['percent']:.0f}% of its monthly budget."
+
+
+def test_savings_prices_last_months_tokens_on_another_model(browse, demo):
+    this_month = month_start(timezone.now())
+    last_month = month_start(this_month - timedelta(days=1))
+    used = {
+        g["model"]: g
+        for g in usage_summary(
+            team_id=demo.team.id, group_by="model", start=last_month, end=this_month
+        )
+    }["gpt-4o-mini"]
+    models = catalog_snapshot().models
+    other = models["claude-3.5-sonnet"]
+    tokens = Tokens(
+        prompt=used["prompt_tokens"],
+        cached=used["cached_tokens"],
+        completion=used["completion_tokens"],
+    )
+    assert other.prices is not None
+    would = cost(other.prices, tokens)
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    browse(go_to, "Savings")
+
+    browse(choose, "Period", "Last month")
+    row = browse(savings_row, used=models["gpt-4o-mini"].display_name, other=other.display_name)
+    browse(screenshot, "journey-savings-last-month")
+
+    assert row["Actual"] == usd(used["cost_usd"])
+    assert row["Would cost"] == usd(would)
+    assert would > used["cost_usd"]  # Claude 3.5 Sonnet lists at 20-25x GPT-4o-mini's prices
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
