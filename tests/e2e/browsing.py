@@ -47,6 +47,11 @@ def go_to(page: Page, label: str) -> None:
     expect(link).to_have_attribute("aria-current", "page")
 
 
+def navigation(page: Page) -> list[str]:
+    """The labels of the team navigation's links, in order."""
+    return page.locator("header nav a").all_inner_texts()
+
+
 def main_text(page: Page) -> str:
     return page.get_by_role("main").inner_text()
 

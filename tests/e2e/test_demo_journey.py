@@ -31,13 +31,14 @@ from django.urls import reverse
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from accounts.models import ApiKey, Team
+from accounts.models import ApiKey, Membership, Team
 from accounts.navigation import TEAM_PAGES
 from routing.selectors import catalog_changed, catalog_snapshot
 from tests.e2e.browsing import (
     download_csv,
     go_to,
     main_text,
+    navigation,
     open_url,
     reload,
     screenshot,
@@ -51,6 +52,7 @@ from usage.templatetags.money import usd
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
 
+Role = Membership.Role
 FOUR_PLACES = Decimal("0.0001")  # the overview's tables print USD to 4 places
 
 
@@ -87,6 +89,11 @@ def demo(django_db_setup, django_db_blocker):
         )
         call_command("flush", interactive=False, verbosity=0)
         catalog_changed()
+
+
+def pages_of(role: str) -> list[str]:
+    """The navigation's labels a role sees, in order (accounts.navigation)."""
+    return [label for _name, label, roles in TEAM_PAGES if role in roles]
 
 
 def utc_today() -> date:
@@ -222,6 +229,30 @@ def savings_row(page: Page, *, used: str, other: str) -> dict[str, str]:
     )
     cells = row.locator("th, td").all_inner_texts()
     return dict(zip(headings, (c.strip() for c in cells), strict=True))
+
+
+def invite(page: Page, *, email: str, role_label: str) -> str:
+    form = page.locator("form", has=page.get_by_role("button", name="Send invitation"))
+    form.get_by_label("Email address").fill(email)
+    form.get_by_role("group", name="Role").get_by_label(role_label).check()
+    form.get_by_role("button", name="Send invitation").click()
+    said = page.get_by_role("status")
+    expect(said).to_contain_text(f"Invitation sent to {email}")
+    return said.inner_text()
+
+
+def create_account(page: Page, *, password: str, team_name: str) -> str:
+    """On an invitation's page, choose a password and join; returns the welcome."""
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_label("The same password again").fill(password)
+    page.get_by_role("button", name=f"Create my account and join {team_name}").click()
+    said = page.get_by_role("status")
+    expect(said).to_contain_text(f"Welcome to {team_name}")
+    return said.inner_text()
+
+
+def who(page: Page) -> str:
+    return page.locator("header .who > span").inner_text()
 
 
 # --- The journey --------------------------------------------------------------------------
@@ -397,6 +428,33 @@ def test_savings_prices_last_months_tokens_on_another_model(browse, demo):
     assert row["Actual"] == usd(used["cost_usd"])
     assert row["Would cost"] == usd(would)
     assert would > used["cost_usd"]  # Claude 3.5 Sonnet lists at 20-25x GPT-4o-mini's prices
+
+
+def test_an_invited_billing_member_joins_and_sees_invoices_but_not_keys(
+    browse, browse_elsewhere, demo, mailoutbox
+):
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    browse(go_to, "People")
+
+    browse(invite, email="finance@demo.local", role_label="Billing: usage, budgets and invoices")
+    browse(screenshot, "journey-people-invited")
+    [email] = [m for m in mailoutbox if m.to == ["finance@demo.local"]]
+    found = re.search(r"^(http://\S+/invitations/\S+/)$", email.body, re.MULTILINE)
+    assert found, email.body
+
+    browse_elsewhere(open_url, found.group(1))
+    browse_elsewhere(screenshot, "journey-invitation")
+    browse_elsewhere(create_account, password="quarterly-ledger-lantern", team_name="Demo team")
+    browse_elsewhere(screenshot, "journey-billing-member-overview")
+
+    finance = get_user_model().objects.get(username="finance@demo.local")
+    assert finance.memberships.get().team == demo.team
+    assert finance.memberships.get().role == Role.BILLING
+    seen = browse_elsewhere(navigation)
+    assert "Invoices" in seen and "Keys" not in seen
+    assert seen == pages_of(Role.BILLING)
+    assert browse_elsewhere(who) == "finance@demo.local (billing)"
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
