@@ -251,6 +251,13 @@ def create_account(page: Page, *, password: str, team_name: str) -> str:
     return said.inner_text()
 
 
+def switch_team(page: Page, name: str) -> None:
+    """Pick another team in the header's switcher."""
+    page.get_by_role("banner").get_by_label("Team", exact=True).select_option(label=name)
+    page.get_by_role("button", name="Switch team").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"{name}: overview")
+
+
 def who(page: Page) -> str:
     return page.locator("header .who > span").inner_text()
 
@@ -455,6 +462,20 @@ def test_an_invited_billing_member_joins_and_sees_invoices_but_not_keys(
     assert "Invoices" in seen and "Keys" not in seen
     assert seen == pages_of(Role.BILLING)
     assert browse_elsewhere(who) == "finance@demo.local (billing)"
+
+
+def test_the_team_switcher_moves_to_demo_labs_where_the_user_is_billing(browse, demo):
+    browse(signed_in, demo.user, demo.password)
+    browse(open_team, "Demo team")
+    assert browse(navigation) == pages_of(Role.OWNER)
+
+    browse(switch_team, "Demo labs")
+    browse(screenshot, "journey-switched-to-demo-labs")
+
+    seen = browse(navigation)
+    assert "Invoices" in seen and "Keys" not in seen
+    assert seen == pages_of(Role.BILLING)
+    assert browse(who) == f"{demo.user.get_username()} (billing)"
 
 
 def test_demo_team_pages_fit_a_phone(browse, demo):
