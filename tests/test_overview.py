@@ -346,3 +346,24 @@ def test_a_zero_budget_reads_as_spent_not_as_a_forecast(client, owner, team, tra
     assert 'class="banner error"' in page and "monthly budget is $0." in page
     assert "will spend" not in page and "(%)" not in page
     assert 'aria-valuenow="100"' in page
+
+
+def test_a_lowered_budget_fires_the_alerts_it_passes_at_once(
+    client, owner, team, traffic, django_capture_on_commit_callbacks, monkeypatch
+):
+    from portal.celery import app
+    from usage.models import AlertEvent
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # the check runs here, no worker
+
+    client.force_login(owner)
+    form = {
+        "action": "team-budget",
+        "team-amount_usd": "1",
+        "team-hard": "0",
+        "team-thresholds": "50, 100",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/t/acme/budgets/", form).status_code == 302
+    fired = AlertEvent.objects.filter(budget__team=team).values_list("threshold", flat=True)
+    assert sorted(fired) == [50, 100]

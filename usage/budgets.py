@@ -11,6 +11,7 @@ last dollar. The same statement writes the call's in-flight record.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -28,6 +29,7 @@ from usage.months import month_start, next_month_start
 if TYPE_CHECKING:
     from accounts.models import ApiKey, Team
 
+logger = logging.getLogger(__name__)
 DEFAULT_THRESHOLDS = [50, 80, 100]
 
 
@@ -91,6 +93,10 @@ def budget_set(
         # ledger statement begun before the counter existed and committed after this sum,
         # a window of milliseconds; reconcile reports it.)
         _counter_resync(budget=budget, month=start, amount_usd=amount_usd)
+    # New terms may put this month's spend past a threshold at once: check now, not at the
+    # next call or the next scheduled check.
+    counter_id = BudgetCounter.objects.get(budget=budget, month=start.date()).id
+    transaction.on_commit(lambda: budget_alerts_enqueue(counter_id))
     return budget  # type: ignore[no-any-return]  # Django's ORM is untyped here
 
 
@@ -200,3 +206,15 @@ def crossed_counters(settled: list[SettledRow], cost: Decimal) -> list[int]:
         if limit and any(before < limit * t / 100 <= spent for t in thresholds):
             crossed.append(counter_id)
     return crossed
+
+
+def budget_alerts_enqueue(counter_id: int) -> None:
+    """Ask a worker to fire the alerts this counter's spend has reached. Whatever asked has
+    already happened (a call recorded, a budget set): a broker outage must not fail it, and
+    the beat job budget_alerts_check_all catches up within minutes."""
+    from usage.tasks import budget_alerts_check
+
+    try:
+        budget_alerts_check.delay(counter_id)
+    except Exception:
+        logger.exception("could not enqueue the budget alert check for counter %s", counter_id)

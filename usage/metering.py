@@ -43,6 +43,7 @@ from usage.budgets import (
     OverBudget,
     Reservation,
     SettledRow,
+    budget_alerts_enqueue,
     budget_release,
     budget_reserve,
     crossed_counters,
@@ -149,7 +150,7 @@ class Meter:
         ]
         settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
         for counter_id in crossed_counters(settled, self.total):
-            transaction.on_commit(lambda c=counter_id: _enqueue_alert_check(c))
+            transaction.on_commit(lambda c=counter_id: budget_alerts_enqueue(c))
         return records
 
 
@@ -279,17 +280,6 @@ def _close_statement(
         cursor.execute(sql, params)
         settled: list[SettledRow] = cursor.fetchall()
         return settled
-
-
-def _enqueue_alert_check(counter_id: int) -> None:
-    # The call is recorded already: a broker outage must not fail it. The
-    # beat job budget_alerts_check_all catches up within minutes.
-    from usage.tasks import budget_alerts_check
-
-    try:
-        budget_alerts_check.delay(counter_id)
-    except Exception:
-        logger.exception("could not enqueue the budget alert check for counter %s", counter_id)
 
 
 def meter_open(
