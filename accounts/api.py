@@ -6,9 +6,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey
-from accounts.permissions import KEY_MANAGERS, management_key_roles, require_team
+from accounts.permissions import (
+    BUDGET_MANAGERS,
+    KEY_MANAGERS,
+    management_key_roles,
+    require_team,
+)
 from accounts.selectors import api_key_get, api_key_list, key_scope_unknown, teams_for
-from accounts.services import KeyPrincipal, api_key_create, api_key_revoke
+from accounts.services import KeyPrincipal, api_key_create, api_key_revoke, team_settings_update
 
 
 class TeamSerializer(serializers.Serializer):
@@ -46,8 +51,13 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     allowed_models = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, default=list
     )
-    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    # The columns are 32-bit.
+    rpm_limit = serializers.IntegerField(
+        min_value=1, max_value=2**31 - 1, required=False, allow_null=True
+    )
+    tpm_limit = serializers.IntegerField(
+        min_value=1, max_value=2**31 - 1, required=False, allow_null=True
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate_expires_at(self, value):
@@ -143,14 +153,26 @@ class TeamSettingsSerializer(serializers.Serializer):
 class TeamDetailApi(APIView):
     @extend_schema(responses=TeamSettingsSerializer)
     def get(self, request, slug):
-        return Response(TeamSettingsSerializer(require_team(request, slug)).data)
+        team = require_team(request, slug)
+        return Response(_team_settings(team, role=request.team_access[1]))
 
     @extend_schema(request=TeamSettingsSerializer, responses=TeamSettingsSerializer)
     def patch(self, request, slug):
-        team = require_team(request, slug, KEY_MANAGERS)
+        # The name is the admins'; the alert webhook belongs with the budgets (finance too).
+        team = require_team(request, slug, BUDGET_MANAGERS)
+        role = request.team_access[1]
         serializer = TeamSettingsSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        for field, value in serializer.validated_data.items():
-            setattr(team, field, value)
-        team.save(update_fields=list(serializer.validated_data) or None)
-        return Response(TeamSettingsSerializer(team).data)
+        if "name" in serializer.validated_data and role not in KEY_MANAGERS:
+            raise PermissionDenied(f"Your role in this team ({role}) cannot rename it.")
+        team = team_settings_update(team=team, **serializer.validated_data)
+        return Response(_team_settings(team, role=role))
+
+
+def _team_settings(team, *, role) -> dict:
+    """The team's settings; the alert webhook (a Slack webhook URL is a secret) only for
+    those who manage budgets."""
+    data = dict(TeamSettingsSerializer(team).data)
+    if role not in BUDGET_MANAGERS:
+        data["alert_webhook_url"] = None
+    return data

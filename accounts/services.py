@@ -390,7 +390,7 @@ def invitation_send(*, invitation: Invitation, accept_url: str) -> None:
         "accept_url": accept_url,
     }
     message = EmailMultiAlternatives(
-        render_to_string("accounts/email/invitation_subject.txt", context).strip(),
+        " ".join(render_to_string("accounts/email/invitation_subject.txt", context).split()),
         render_to_string("accounts/email/invitation_body.txt", context),
         to=[invitation.email],
     )

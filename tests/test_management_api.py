@@ -294,3 +294,59 @@ def test_openapi_schema_is_served(owner):
     response = as_user(owner).get("/api/schema/")
     assert response.status_code == 200
     assert b"/api/teams/{slug}/usage/summary/" in response.content
+
+
+# --- What the second hostile pass found ---------------------------------------------------
+
+
+def test_a_member_cannot_read_the_webhook_or_where_alerts_went(owner, member, team):
+    team.alert_webhook_url = "https://93.184.216.34/services/T0/B0/SECRETTOKEN"
+    team.save()
+    seen = as_user(member).get("/api/teams/acme/")
+    assert seen.status_code == 200 and seen.data["alert_webhook_url"] is None
+    assert as_user(member).get("/api/teams/acme/alerts/").status_code == 403
+    assert "SECRETTOKEN" in as_user(owner).get("/api/teams/acme/").data["alert_webhook_url"]
+
+
+def test_billing_sets_the_webhook_but_not_the_name(billing, team):
+    client = as_user(billing)
+    url = "https://93.184.216.34/hook"
+    assert (
+        client.patch("/api/teams/acme/", {"alert_webhook_url": url}, format="json").status_code
+        == 200
+    )
+    assert client.patch("/api/teams/acme/", {"name": "Mine"}, format="json").status_code == 403
+    team.refresh_from_db()
+    assert (team.alert_webhook_url, team.name) == (url, "Acme")
+
+
+@pytest.mark.parametrize("thresholds", [list(range(1, 12)), []])
+def test_a_budget_takes_one_to_ten_thresholds(owner, team, thresholds):
+    answer = as_user(owner).put(
+        "/api/teams/acme/budget/", {"amount_usd": "10", "thresholds": thresholds}, format="json"
+    )
+    assert answer.status_code == 400 and "thresholds" in answer.data
+
+
+def test_a_key_limit_beyond_the_column_is_refused(owner, team):
+    answer = as_user(owner).post(
+        "/api/teams/acme/keys/", {"name": "x", "rpm_limit": 2**31}, format="json"
+    )
+    assert answer.status_code == 400 and "rpm_limit" in answer.data
+
+
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("/api/teams/acme/usage/?start=2026-11-01T00:00:00-20:00", 200),
+        ("/api/teams/acme/usage/summary/?start=2026-11-01T00:00:00%2B23:59", 200),
+        ("/api/teams/acme/usage/?cursor=cD0yMDI2", 404),
+        ("/api/teams/acme/invoices/9999-12/?preview=1", 400),
+        ("/api/teams/acme/invoices/2026-11%0A/?preview=1&format=csv", 400),
+        ("/api/teams/acme/invoices/+2026-11/", 400),
+        ("/api/teams/acme/invoices/２０２６-１１/", 400),
+    ],
+)
+def test_forged_cursors_months_and_offsets_get_a_clear_answer(owner, team, url, status):
+    answer = as_user(owner).get(url)
+    assert answer.status_code == status, answer.content[:300]

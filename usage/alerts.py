@@ -44,15 +44,39 @@ def webhook_url_problem(url: str) -> str | None:
         return "The webhook URL names no host."
     if allow_private:
         return None
+    # One answer whether the host does not resolve or resolves inside: the message must not
+    # let anyone map the server's network.
+    refused = "The webhook's host must resolve, and only to public internet addresses."
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError, ValueError):
-        return f"The webhook's host {parts.hostname} does not resolve."
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            return f"The webhook's host resolves to a non-public address ({address})."
+        return refused
+    if not infos or not all(_public(info[4][0]) for info in infos):
+        return refused
     return None
+
+
+# IPv6 prefixes that carry an IPv4 address or reach a private network, which Python's
+# is_global does not (all) rule out: NAT64 (64:ff9b::/96, 64:ff9b:1::/48), deprecated
+# site-local (fec0::/10), and IPv4-compatible (::a.b.c.d).
+IPV6_REFUSED = [
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "fec0::/10", "::/96")
+]
+
+
+def _public(text: str) -> bool:
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in IPV6_REFUSED):
+            return False
+        embedded = (
+            address.ipv4_mapped
+            or address.sixtofour
+            or (address.teredo[1] if address.teredo else None)
+        )
+        if embedded is not None and not _public(str(embedded)):
+            return False
+    return address.is_global and not address.is_multicast
 
 
 def _fire(
@@ -204,7 +228,10 @@ def alert_deliver(*, delivery_id: int) -> AlertDelivery:
     delivery.attempts += 1
     try:
         if delivery.channel == AlertDelivery.Channel.EMAIL:
-            subject = render_to_string("usage/email/budget_alert_subject.txt", context).strip()
+            # One line whatever the team is called: a header never holds a line break.
+            subject = " ".join(
+                render_to_string("usage/email/budget_alert_subject.txt", context).split()
+            )
             message = EmailMultiAlternatives(
                 subject,
                 render_to_string("usage/email/budget_alert_body.txt", context),

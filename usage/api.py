@@ -109,6 +109,14 @@ class UsagePagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def paginate_queryset(self, queryset, request, view=None):
+        # A cursor is the client's to forge: one whose position is not a time (it decodes,
+        # but "p=2026" is no moment) is as invalid as one that does not decode.
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except (DjangoValidationError, ValueError, OverflowError):
+            raise NotFound(self.invalid_cursor_message) from None
+
 
 class UsageListApi(ListAPIView):
     """The team's ledger, one row per upstream attempt, filtered and paginated by keyset."""
@@ -213,8 +221,12 @@ class UsageSummaryApi(APIView):
 class BudgetSerializer(serializers.Serializer):
     amount_usd = serializers.DecimalField(max_digits=16, decimal_places=6, min_value=0)
     hard = serializers.BooleanField(default=True)
+    # At most ten, as on the budgets page: each threshold is an alert to every recipient.
     thresholds = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=1000), default=[50, 80, 100]
+        child=serializers.IntegerField(min_value=1, max_value=1000),
+        default=[50, 80, 100],
+        min_length=1,
+        max_length=10,
     )
     key = serializers.CharField(read_only=True, allow_null=True)
     month_spent_usd = serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
@@ -294,10 +306,13 @@ class AlertEventSerializer(serializers.Serializer):
 
 
 class AlertListApi(APIView):
+    """The team's budget alerts and where they went (webhook URLs and addresses): for those
+    who manage budgets, as the budgets page is."""
+
     @extend_schema(responses=AlertEventSerializer(many=True))
     def get(self, request, slug):
 
-        team = require_team(request, slug)
+        team = require_team(request, slug, BUDGET_MANAGERS)
         events = (
             AlertEvent.objects.filter(budget__team=team)
             .select_related("budget__api_key")

@@ -35,7 +35,8 @@ class MomentField(forms.Field):
         if not MOMENT_MIN <= moment.replace(tzinfo=None) <= MOMENT_MAX:
             # Year 1 or 9999 with an offset cannot even be converted to UTC.
             raise forms.ValidationError(f"'{value}' is outside the years 1970 to 9000.")
-        return moment
+        # In UTC: Python takes offsets up to ±23:59, PostgreSQL only up to ±15:59.
+        return moment.astimezone(UTC)
 
 
 class MomentFilter(django_filters.Filter):

@@ -16,6 +16,7 @@ again by its correction.
 """
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -62,11 +63,18 @@ def to_cents(amount: Decimal) -> Decimal:
 
 def month_of(value: str) -> date:
     """'2026-11' -> date(2026, 11, 1); raises InvoiceError on anything else."""
+    # Exactly four ASCII digits, a dash, two: int() alone would take " 2026", "+2026",
+    # "2_026", full-width digits or a trailing newline (which then reaches a file name).
+    matched = MONTH.fullmatch(value)
+    if matched is None or not 1970 <= int(matched[1]) < 9000:
+        raise InvoiceError(f"'{value[:20]}' is not a month; write YYYY-MM (1970 to 8999).")
     try:
-        year, month = value.split("-")
-        return date(int(year), int(month), 1)
+        return date(int(matched[1]), int(matched[2]), 1)
     except ValueError:
         raise InvoiceError(f"'{value}' is not a month; write YYYY-MM.") from None
+
+
+MONTH = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 
 
 def month_bounds(month: date) -> tuple[date, date]:

@@ -331,7 +331,7 @@ def usage_explorer(request, slug):
 
 def _bounded(amount: Decimal) -> Decimal:
     # A cursor is user input: only a value the cost column can hold is a position in it.
-    if not amount.is_finite() or abs(amount) >= 10**10:
+    if not amount.is_finite() or abs(amount) >= 10**10 or amount.as_tuple().exponent < -12:
         raise ValueError("not a cost")
     return amount
 
