@@ -68,7 +68,7 @@ def keys(request, slug):
     inference_form = InferenceKeyForm(prefix="key", models=models, routes=routes, now=now)
     actor_role = request.team_access[1]
     management_form = ManagementKeyForm(prefix="mgmt", actor_role=actor_role)
-    new_key = None
+    new_keys = []
     if request.method == "POST":
         if request.POST.get("kind") == ApiKey.Kind.MANAGEMENT:
             management_form = ManagementKeyForm(request.POST, prefix="mgmt", actor_role=actor_role)
@@ -101,14 +101,14 @@ def keys(request, slug):
                 return _show_secret_once(request, team, key, secret)
         messages.error(request, "The key was not issued: correct the fields marked below.")
     else:
-        new_key = request.session.pop(_new_key_session_key(team), None)
+        new_keys = request.session.pop(_new_key_session_key(team), [])
     return render(
         request,
         "accounts/keys.html",
         {
             "team": team,
             "rows": api_key_rows(team=team, now=now),
-            "new_key": new_key,
+            "new_keys": new_keys,
             "inference_form": inference_form,
             "management_form": management_form,
         },
@@ -116,12 +116,12 @@ def keys(request, slug):
 
 
 def _show_secret_once(request, team, key, secret):
-    request.session[_new_key_session_key(team)] = {
-        "prefix": key.prefix,
-        "name": key.name,
-        "kind": key.kind,
-        "secret": secret,
-    }
+    # A list: two tabs (or a double click) issuing keys before the page is shown again must
+    # each see their secret once, not have the first one overwritten unseen.
+    slot = _new_key_session_key(team)
+    pending = request.session.get(slot, [])
+    pending.append({"prefix": key.prefix, "name": key.name, "kind": key.kind, "secret": secret})
+    request.session[slot] = pending
     return redirect("keys", slug=team.slug)
 
 

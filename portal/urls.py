@@ -34,7 +34,8 @@ api = [
         name="api-route-changes",
     ),
     path(
-        "teams/<slug:slug>/routes/<str:name>/",
+        # A route name may hold "/" (as the pages allow): the rest of the path is the name.
+        "teams/<slug:slug>/routes/<path:name>/",
         routing_api.RouteDetailApi.as_view(),
         name="api-route",
     ),

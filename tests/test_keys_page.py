@@ -91,17 +91,31 @@ def test_the_secret_is_shown_once_after_the_redirect_and_a_reload_issues_nothing
     assert posted.status_code == 302 and posted["Location"] == KEYS
     key = ApiKey.objects.get()
     first = owner_client.get(KEYS)
-    secret = outline(first.content.decode()).texts["new-key-secret"].strip()
+    secret = outline(first.content.decode()).texts["new-key-secret-1"].strip()
     assert secret.startswith(key.prefix + "_")
     assert api_key_authenticate(secret=secret).key_id == key.id
     text = first.content.decode()
-    assert 'data-copy="new-key-secret"' in text and "it will not be shown again" in text
+    assert 'data-copy="new-key-secret-1"' in text and "it will not be shown again" in text
     assert "no-store" in first["Cache-Control"]
 
     reload = owner_client.get(KEYS)
 
     assert secret not in reload.content.decode() and "new-key-secret" not in reload.content.decode()
     assert ApiKey.objects.count() == 1
+
+
+def test_two_keys_issued_before_the_page_shows_each_show_their_secret_once(owner_client, catalog):
+    # Two tabs, or a double click: both POSTs land before either redirect is followed.
+    issue(owner_client, name="tab-one")
+    issue(owner_client, name="tab-two")
+
+    page = outline(owner_client.get(KEYS).content.decode())
+    secrets = {page.texts["new-key-secret-1"].strip(), page.texts["new-key-secret-2"].strip()}
+
+    assert {api_key_authenticate(secret=s).key_id for s in secrets} == set(
+        ApiKey.objects.values_list("id", flat=True)
+    )
+    assert "new-key-secret" not in owner_client.get(KEYS).content.decode()
 
 
 def test_a_secret_issued_in_one_team_is_not_shown_on_another_teams_page(client, owner, other_team):
@@ -219,7 +233,7 @@ def test_a_billing_management_key_is_issued_from_the_page(owner_client):
     key = ApiKey.objects.get()
     assert posted.status_code == 302 and (key.kind, key.role) == ("management", "billing")
     page = owner_client.get(KEYS).content.decode()
-    secret = outline(page).texts["new-key-secret"].strip()
+    secret = outline(page).texts["new-key-secret-1"].strip()
     assert api_key_authenticate(secret=secret).role == "billing"
 
 

@@ -201,3 +201,18 @@ def test_compare_refuses_unknown_models_and_members(catalog, owner, member):
     body = {"models": ["gpt-9"], "messages": [{"role": "user", "content": "hi"}]}
     assert as_user(owner).post("/api/teams/acme/compare/", body, format="json").status_code == 400
     assert as_user(member).post("/api/teams/acme/compare/", body, format="json").status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_route_named_with_a_slash_is_changed_and_deleted_through_the_api(catalog, owner, team):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(owner)
+    body = {"name": "support/tier-1", "strategy": "fallback", "targets": ["glm-5"]}
+    assert client.post("/api/teams/acme/routes/", body, format="json").status_code == 201
+    changed = {"strategy": "fallback", "targets": ["glm-5", "kimi-k2.5"]}
+    answer = client.put("/api/teams/acme/routes/support/tier-1/", changed, format="json")
+    assert answer.status_code == 200 and answer.data["targets"] == ["glm-5", "kimi-k2.5"]
+    assert client.delete("/api/teams/acme/routes/support/tier-1/").status_code in (200, 204)
+    assert client.delete("/api/teams/acme/routes/support/tier-1/").status_code == 404

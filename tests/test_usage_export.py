@@ -62,3 +62,25 @@ def test_text_a_key_holder_chose_is_never_a_spreadsheet_formula(client, owner, t
     assert row["end_user"] == "'" + hostile
     assert row["requested_model"].startswith("'+") and row["error_message"] == "'-2+3"
     assert row["cost_usd"] == "0.000000000000"  # numbers stay numbers
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("end_user", [" =2+2", "|calc", "\t=1"])
+def test_a_formula_behind_spaces_or_a_pipe_is_text_too(client, owner, team, end_user):
+    from usage.models import UsageRecord
+
+    key, _ = api_key_create(team=team, name="app")
+    UsageRecord.objects.create(
+        request_id="req_f",
+        team=team,
+        api_key=key,
+        endpoint="chat",
+        requested_model="m",
+        status="refused",
+        end_user=end_user,
+        cost_usd=0,
+    )
+    client.force_login(owner)
+    body = b"".join(client.get("/api/teams/acme/usage/export/").streaming_content).decode()
+    [row] = list(csv.DictReader(StringIO(body)))
+    assert row["end_user"] == "'" + end_user

@@ -161,14 +161,16 @@ def _cell(value):
         return f"{value:f}"
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+    if isinstance(value, str) and (
+        value[:1] in FORMULA_STARTS or value.lstrip()[:1] in FORMULA_STARTS
+    ):
         # Text a key holder chose (end user, model asked for, an upstream's error): a
         # spreadsheet must read it as text, never run it as a formula (OWASP's advice).
         return "'" + value
     return value
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "|", "\t", "\r")
 
 
 async def _async_chunks(chunks):
