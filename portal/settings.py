@@ -21,10 +21,32 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 DEBUG = env.bool("DEBUG", default=True)
 _DEV_SECRET = "dev-only-secret-key-do-not-use-in-production-0123456789abcdef"
 SECRET_KEY = env("SECRET_KEY", default=_DEV_SECRET if DEBUG else None)
-if not SECRET_KEY:
-    raise environ.ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+if not DEBUG and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET or len(SECRET_KEY) < 32):
+    raise environ.ImproperlyConfigured(
+        "With DEBUG off, SECRET_KEY must be set to a secret of your own of 32 characters or more "
+        "(not the development value), e.g. python -c 'import secrets; "
+        "print(secrets.token_urlsafe(50))'."
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# TLS: production sits behind a TLS-terminating proxy that says so in X-Forwarded-Proto.
+# With DEBUG off, HTTPS is enforced (redirect, HSTS, Secure cookies) unless
+# TOLLGATE_PLAIN_HTTP=1 says this instance serves plain HTTP on purpose (loopback, tests).
+TOLLGATE_PLAIN_HTTP = env.bool("TOLLGATE_PLAIN_HTTP", default=DEBUG)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+_TLS = not TOLLGATE_PLAIN_HTTP
+SECURE_SSL_REDIRECT = _TLS
+# Health checks and scrapers talk to a process directly, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000) if _TLS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _TLS
+SECURE_HSTS_PRELOAD = _TLS
+SESSION_COOKIE_SECURE = _TLS
+CSRF_COOKIE_SECURE = _TLS
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -1,0 +1,55 @@
+"""Production settings: refuse a development secret, and pass Django's deployment checks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STRONG = "k" * 20 + "Z9-a_" * 8
+
+
+def manage(*args, **env):
+    """manage.py with DEBUG off and only the secrets and switches given here."""
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "TOLLGATE_PLAIN_HTTP")
+    }
+    environment.update(DEBUG="false", **env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "secret", [None, "dev-only-secret-key-do-not-use-in-production-0123456789abcdef", "short"]
+)
+def test_production_refuses_to_start_without_a_real_secret(secret):
+    done = manage("check", **({"SECRET_KEY": secret} if secret else {}))
+    assert done.returncode != 0 and "SECRET_KEY must be set" in done.stderr
+
+
+def test_deployment_checks_are_clean_behind_a_tls_proxy():
+    done = manage(
+        "check", "--deploy", "--tag", "security", "--fail-level", "WARNING", SECRET_KEY=STRONG
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+
+
+def test_plain_http_turns_the_tls_parts_off_for_loopback_and_tests():
+    script = (
+        "from django.conf import settings as s; "
+        "print(s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS, s.SESSION_COOKIE_SECURE, "
+        "s.CSRF_COOKIE_SECURE)"
+    )
+    tls = manage("shell", "-c", script, SECRET_KEY=STRONG)
+    plain = manage("shell", "-c", script, SECRET_KEY=STRONG, TOLLGATE_PLAIN_HTTP="1")
+    assert tls.stdout.split()[-4:] == ["True", "31536000", "True", "True"], tls.stderr
+    assert plain.stdout.split()[-4:] == ["False", "0", "False", "False"], plain.stderr
