@@ -33,6 +33,21 @@ serve: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py demo
 	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log --no-proxy-headers
 
+# The production process set, locally: web ×WEB_CONCURRENCY, a Celery worker and beat (the
+# Procfile), against the DATABASE_URL, REDIS_URL and CELERY_BROKER_URL you set.
+WEB_CONCURRENCY ?= 2
+prod: $(STAMP)
+	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" -a -n "$$SECRET_KEY" || { \
+		echo "make prod needs DATABASE_URL (PostgreSQL), REDIS_URL, SECRET_KEY, and CELERY_BROKER_URL"; \
+		echo "(Redis or RabbitMQ; default REDIS_URL). See the README's \"Running in production\"."; exit 2; }
+	mkdir -p .tollgate
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py loadcatalog catalog/default.toml
+	@echo "Tollgate (production set) serving http://$(HOST):$(PORT)/ with $(WEB_CONCURRENCY) web processes"
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=false TOLLGATE_PLAIN_HTTP=$${TOLLGATE_PLAIN_HTTP:-1} \
+		HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) \
+		$(BIN)/honcho start --no-prefix -f Procfile -p $(PORT) web worker beat
+
 test: lint browser
 	$(SERVICES) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
