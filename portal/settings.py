@@ -294,13 +294,28 @@ TOLLGATE_COOLDOWN_FAILURES = env.int("TOLLGATE_COOLDOWN_FAILURES", default=3)
 TOLLGATE_COOLDOWN_WINDOW_S = env.int("TOLLGATE_COOLDOWN_WINDOW_S", default=60)
 TOLLGATE_COOLDOWN_S = env.int("TOLLGATE_COOLDOWN_S", default=30)
 
+# JSON lines in production (DEBUG off), readable lines in `make run`.
+LOG_FORMAT = env("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in ("plain", "json"):
+    raise environ.ImproperlyConfigured("LOG_FORMAT is plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # One JSON object per line; a call's line carries its fields (request_id, team_id,
+        # key_prefix, model, status, tokens, cost_usd, latency_ms) as keys.
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Django's own console handler (DEBUG only) would print each 4xx a second time.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.db.backends": {"level": "WARNING"},
         # django-axes logs every start and sign-in at INFO; lockouts are WARNING.
         "axes": {"level": "WARNING"},

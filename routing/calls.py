@@ -261,6 +261,7 @@ def call_prepare(
         request_id=request_id,
         team_id=principal.team_id,
         key_id=principal.key_id,
+        key_prefix=principal.prefix,
         endpoint=endpoint,
         requested_model=name,
         route=route.name if route else "",

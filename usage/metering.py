@@ -114,6 +114,8 @@ class CallFacts:
     created_at: datetime
     route: str = ""
     end_user: str = ""
+    # For the call's log line only (the ledger keeps the key's id).
+    key_prefix: str = ""
 
 
 class Meter:
@@ -151,7 +153,41 @@ class Meter:
         settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
         for counter_id in crossed_counters(settled, self.total):
             transaction.on_commit(lambda c=counter_id: budget_alerts_enqueue(c))
+        _log_call(self.facts, records, self.total)
         return records
+
+
+call_logger = logging.getLogger("tollgate.calls")
+
+
+def _log_call(facts: CallFacts, records: list[UsageRecord], total: Decimal) -> None:
+    """One line per call, once it is in the ledger: who, what, how it went, what it cost.
+    Never a secret and never prompt text: only ids, names and numbers."""
+    if not call_logger.isEnabledFor(logging.INFO) or not records:
+        return
+    last = records[-1]
+    fields = {
+        "request_id": facts.request_id,
+        "team_id": facts.team_id,
+        "key_prefix": facts.key_prefix,
+        "endpoint": facts.endpoint,
+        "requested_model": facts.requested_model[:100],
+        "model": last.model,
+        "status": last.status,
+        "http_status": last.http_status,
+        "attempts": len(records),
+        "prompt_tokens": sum(r.prompt_tokens for r in records),
+        "completion_tokens": sum(r.completion_tokens for r in records),
+        "cost_usd": str(total),
+        "latency_ms": sum(r.latency_ms or 0 for r in records),
+    }
+    call_logger.info(
+        "call %(request_id)s team=%(team_id)s key=%(key_prefix)s model=%(model)s "
+        "status=%(status)s tokens=%(prompt_tokens)s/%(completion_tokens)s cost=%(cost_usd)s "
+        "latency=%(latency_ms)sms",
+        fields,
+        extra=fields,
+    )
 
 
 # Tries of the ledger write, and the first pause between them (doubling), seconds.
