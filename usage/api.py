@@ -1,7 +1,4 @@
-import csv
-import io
 from datetime import datetime
-from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -26,7 +23,7 @@ from accounts.permissions import (
 )
 from accounts.selectors import api_key_get
 from usage.budgets import budget_set
-from usage.exports import invoice_csv, invoice_json, invoice_pdf
+from usage.exports import invoice_csv, invoice_json, invoice_pdf, ledger_csv_lines
 from usage.filters import MomentField, UsageFilter
 from usage.invoices import InvoiceError, invoice_preview, month_of
 from usage.models import AlertEvent, Budget, Invoice, UsageRecord
@@ -146,31 +143,13 @@ class UsageExportApi(APIView):
         if not filterset.is_valid():
             raise ValidationError(filterset.errors)
         rows = filterset.qs.values_list(*[EXPORT_SOURCES[name] for name in EXPORT_FIELDS])
-        lines = _csv_lines(rows.iterator(chunk_size=2000))
+        lines = ledger_csv_lines(rows.iterator(chunk_size=2000), EXPORT_FIELDS)
         response = StreamingHttpResponse(
             _async_chunks(lines) if isinstance(request._request, ASGIRequest) else lines,
             content_type="text/csv",
         )
         response["Content-Disposition"] = f'attachment; filename="{team.slug}-usage.csv"'
         return response
-
-
-def _cell(value):
-    # Decimals as plain digits (never 0E-12), moments in ISO 8601, as the API writes them.
-    if isinstance(value, Decimal):
-        return f"{value:f}"
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, str) and (
-        value[:1] in FORMULA_STARTS or value.lstrip()[:1] in FORMULA_STARTS
-    ):
-        # Text a key holder chose (end user, model asked for, an upstream's error): a
-        # spreadsheet must read it as text, never run it as a formula (OWASP's advice).
-        return "'" + value
-    return value
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "|", "\t", "\r")
 
 
 async def _async_chunks(chunks):
@@ -182,19 +161,6 @@ async def _async_chunks(chunks):
     read = sync_to_async(lambda: next(chunks, done), thread_sensitive=True)
     while (chunk := await read()) is not done:
         yield chunk
-
-
-def _csv_lines(rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(EXPORT_FIELDS)
-    for row in rows:
-        writer.writerow([_cell(value) for value in row])
-        if buffer.tell() > 64 * 1024:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
 
 
 class UsageSummaryApi(APIView):

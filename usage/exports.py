@@ -2,6 +2,9 @@
 
 import csv
 import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from decimal import Decimal
 from xml.sax.saxutils import escape
 
@@ -217,3 +220,66 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     ]
     doc.build(story)
     return buffer.getvalue()
+
+
+# --- The ledger, row by row, for spreadsheets and other systems ----------------------------
+
+
+def ledger_cell(value):
+    """A ledger value as text: Decimals as plain digits (never 0E-12), moments in ISO 8601,
+    as the API writes them; text that starts like a spreadsheet formula with an apostrophe."""
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, str) and (
+        value[:1] in FORMULA_STARTS or value.lstrip()[:1] in FORMULA_STARTS
+    ):
+        # Text a key holder chose (end user, model asked for, an upstream's error): a
+        # spreadsheet must read it as text, never run it as a formula (OWASP's advice).
+        return "'" + value
+    return value
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "|", "\t", "\r")
+# Lines are handed on in chunks of about this many characters.
+CHUNK = 64 * 1024
+
+
+def ledger_csv_lines(rows: Iterable[Sequence], fields: Sequence[str]) -> Iterator[str]:
+    """CSV text of ledger rows (tuples in `fields` order), a header first, in chunks."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(fields)
+    for row in rows:
+        writer.writerow([ledger_cell(value) for value in row])
+        if buffer.tell() > CHUNK:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def ledger_ndjson_lines(rows: Iterable[Sequence], fields: Sequence[str]) -> Iterator[str]:
+    """Newline-delimited JSON of ledger rows: one object per row, money as decimal strings,
+    nothing escaped for spreadsheets (a program reads this)."""
+    chunk: list[str] = []
+    size = 0
+    for row in rows:
+        line = json.dumps(
+            {
+                name: f"{value:f}"
+                if isinstance(value, Decimal)
+                else value.isoformat().replace("+00:00", "Z")
+                if isinstance(value, datetime)
+                else value
+                for name, value in zip(fields, row, strict=True)
+            },
+            ensure_ascii=False,
+        )
+        chunk.append(line + "\n")
+        size += len(line) + 1
+        if size > CHUNK:
+            yield "".join(chunk)
+            chunk, size = [], 0
+    yield "".join(chunk)

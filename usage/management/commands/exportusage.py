@@ -1,0 +1,89 @@
+from datetime import UTC, datetime, time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import Team
+from usage.exports import ledger_csv_lines, ledger_ndjson_lines
+from usage.invoices import InvoiceError, month_bounds, month_of
+from usage.models import UsageRecord
+
+# The columns, for other systems: the team and key by their public names, every figure the
+# ledger holds, money as decimal strings. (A row is one attempt; request_id + attempt is
+# unique, the idempotency key for a consumer.)
+FIELDS = {
+    "team": "team__slug",
+    "request_id": "request_id",
+    "attempt": "attempt",
+    "created_at": "created_at",
+    "key": "api_key__prefix",
+    "endpoint": "endpoint",
+    "requested_model": "requested_model",
+    "route": "route",
+    "model": "model",
+    "provider": "provider",
+    "status": "status",
+    "http_status": "http_status",
+    "prompt_tokens": "prompt_tokens",
+    "cached_tokens": "cached_tokens",
+    "completion_tokens": "completion_tokens",
+    "reasoning_tokens": "reasoning_tokens",
+    "tokens_estimated": "tokens_estimated",
+    "input_per_mtok": "input_per_mtok",
+    "cached_input_per_mtok": "cached_input_per_mtok",
+    "output_per_mtok": "output_per_mtok",
+    "cost_usd": "cost_usd",
+    "streamed": "streamed",
+    "latency_ms": "latency_ms",
+    "ttft_ms": "ttft_ms",
+    "end_user": "end_user",
+}
+
+
+class Command(BaseCommand):
+    help = (
+        "Write a month's usage ledger (every attempt of every call, with its tokens, prices "
+        "charged and cost) as CSV or newline-delimited JSON, for one team or all, streamed "
+        "from the database so any size fits."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("month", metavar="YYYY-MM", help="the month (UTC) to export")
+        parser.add_argument("--team", metavar="SLUG", help="only this team (default: every team)")
+        parser.add_argument(
+            "--format", choices=["csv", "ndjson"], default="csv", help="CSV (default) or NDJSON"
+        )
+        parser.add_argument(
+            "--output",
+            metavar="PATH",
+            default="-",
+            help="the file to write; - for stdout (default)",
+        )
+
+    def handle(self, *args, month, team, format, output, **options):
+        try:
+            first, after = month_bounds(month_of(month))
+        except InvoiceError as exc:
+            raise CommandError(str(exc)) from None
+        rows = UsageRecord.objects.filter(
+            created_at__gte=datetime.combine(first, time.min, tzinfo=UTC),
+            created_at__lt=datetime.combine(after, time.min, tzinfo=UTC),
+        )
+        if team:
+            found = Team.objects.filter(slug=team).first()
+            if found is None:
+                raise CommandError(
+                    f"No team '{team}'. `manage.py shell` lists them: Team.objects.all()."
+                )
+            rows = rows.filter(team=found)
+        values = rows.order_by("created_at", "id").values_list(*FIELDS.values())
+        lines = (ledger_csv_lines if format == "csv" else ledger_ndjson_lines)(
+            values.iterator(chunk_size=5000), list(FIELDS)
+        )
+        if output == "-":
+            for chunk in lines:
+                self.stdout.write(chunk, ending="")
+            return
+        with open(output, "w", encoding="utf-8", newline="") as target:
+            for chunk in lines:
+                target.write(chunk)
+        self.stderr.write(f"Wrote {month}'s usage ({format}) to {output}")
