@@ -13,7 +13,13 @@ from accounts.permissions import (
     require_team,
 )
 from accounts.selectors import api_key_get, api_key_list, key_scope_unknown, teams_for
-from accounts.services import KeyPrincipal, api_key_create, api_key_revoke, team_settings_update
+from accounts.services import (
+    KeyPrincipal,
+    api_key_create,
+    api_key_revoke,
+    team_settings_update,
+    usage_webhook_set,
+)
 
 
 class TeamSerializer(serializers.Serializer):
@@ -141,6 +147,12 @@ class TeamSettingsSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     markup_percent = serializers.DecimalField(max_digits=7, decimal_places=3, read_only=True)
     alert_webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
+    # Each recorded ledger row is POSTed there as an event signed with the secret (usage.events).
+    usage_webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
+    usage_webhook_secret = serializers.CharField(read_only=True)
+
+    def validate_usage_webhook_url(self, value):
+        return self.validate_alert_webhook_url(value)
 
     def validate_alert_webhook_url(self, value):
         from usage.alerts import webhook_url_problem
@@ -165,7 +177,10 @@ class TeamDetailApi(APIView):
         serializer.is_valid(raise_exception=True)
         if "name" in serializer.validated_data and role not in KEY_MANAGERS:
             raise PermissionDenied(f"Your role in this team ({role}) cannot rename it.")
-        team = team_settings_update(team=team, **serializer.validated_data)
+        fields = dict(serializer.validated_data)
+        if "usage_webhook_url" in fields:
+            team = usage_webhook_set(team=team, url=fields.pop("usage_webhook_url"))
+        team = team_settings_update(team=team, **fields)
         return Response(_team_settings(team, role=role))
 
 
@@ -174,5 +189,5 @@ def _team_settings(team, *, role) -> dict:
     those who manage budgets."""
     data = dict(TeamSettingsSerializer(team).data)
     if role not in BUDGET_MANAGERS:
-        data["alert_webhook_url"] = None
+        data["alert_webhook_url"] = data["usage_webhook_url"] = data["usage_webhook_secret"] = None
     return data

@@ -15,6 +15,10 @@ class Team(models.Model):
     )
     # Slack-compatible incoming webhook for budget alerts; blank = email only.
     alert_webhook_url = models.URLField(max_length=500, blank=True)
+    # Where each recorded ledger row is POSTed as a signed event (usage.events); blank = off.
+    usage_webhook_url = models.URLField(max_length=500, blank=True)
+    # The HMAC-SHA256 key of those events' signatures: shown to the team, never sent.
+    usage_webhook_secret = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):

@@ -468,3 +468,13 @@ def invitation_accept_new_user(
             username=invitation.email, email=invitation.email, password=password
         )
         return _invitation_close(invitation, user, now)
+
+
+def usage_webhook_set(*, team: Team, url: str) -> Team:
+    """Turn the team's usage event webhook on (a new signing secret when first set) or off
+    (an empty URL). The URL must pass the same outbound checks as the alert webhook."""
+    team.usage_webhook_url = url
+    if url and not team.usage_webhook_secret:
+        team.usage_webhook_secret = secrets.token_urlsafe(32)
+    team.save(update_fields=["usage_webhook_url", "usage_webhook_secret"])
+    return team

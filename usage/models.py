@@ -436,3 +436,13 @@ class InvoiceAdjustment(models.Model):
     invoice_line = models.OneToOneField(
         InvoiceLine, null=True, blank=True, on_delete=models.PROTECT, related_name="adjustment"
     )
+
+
+class UsageEventMark(models.Model):
+    """How far a team's usage events have been handed to delivery: every ledger row recorded
+    up to `through` (the dispatcher's lag behind now, as the rollups keep) has been queued."""
+
+    team = models.OneToOneField(
+        "accounts.Team", on_delete=models.CASCADE, related_name="usage_event_mark"
+    )
+    through = models.DateTimeField()

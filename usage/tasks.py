@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from usage import alerts, metering
+from usage import alerts, events, metering
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +83,19 @@ def invoices_close_due():
         "invoices": [invoice.number for invoice in result.invoices],
         "failed": {failure.team.slug: failure.error for failure in result.failures},
     }
+
+
+@shared_task
+def usage_events_dispatch():
+    return events.usage_events_dispatch()
+
+
+@shared_task(
+    autoretry_for=(alerts.DeliveryFailed,),
+    retry_backoff=15,
+    retry_backoff_max=3600,
+    retry_jitter=True,
+    max_retries=12,
+)
+def usage_event_deliver(row_id):
+    return events.usage_event_deliver(row_id=row_id)
