@@ -14,9 +14,10 @@ if settings.DEBUG:
     application = ASGIStaticFilesHandler(application)
 
 from routing.asgi import with_proxy  # noqa: E402  (needs Django set up)
+from routing.cors import CorsForProxy  # noqa: E402
 from usage.metering import heartbeat  # noqa: E402
 
-application = with_proxy(application)
+application = CorsForProxy(with_proxy(application))
 # Take this process's lease now, not at its first call: a process restarted after a
 # crash sweeps the dead one's calls even if no traffic comes.
 heartbeat.worker()

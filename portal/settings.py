@@ -249,6 +249,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Tollgate -------------------------------------------------------------
 
+# Browser origins allowed to call /v1 directly (CORS), comma-separated, or "*"; empty: none.
+TOLLGATE_CORS_ORIGINS = env.list("TOLLGATE_CORS_ORIGINS", default=[])
+
 # Largest request body /v1 accepts, in bytes; larger bodies get a 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES + 1024
