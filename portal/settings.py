@@ -239,10 +239,19 @@ REST_FRAMEWORK = {
     "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
-    "TITLE": "Tollgate management API",
-    "DESCRIPTION": "Keys, usage and billing for a Tollgate team.",
+    "TITLE": "Tollgate API",
+    "DESCRIPTION": (
+        "The management API under /api (teams, keys, usage, routes, budgets, invoices; a "
+        "management key or a signed-in session) and the OpenAI-compatible gateway under /v1 "
+        "(an inference key)."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /v1's OpenAI shapes are JSON Schema components of their own (routing/openapi.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "routing.openapi.v1_components",
+    ],
 }
 
 # --- Tollgate -------------------------------------------------------------
