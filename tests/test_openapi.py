@@ -147,3 +147,21 @@ def test_proxy_answers_match_the_schema(schema, catalog, inference_key, live_por
         conforms(schema, "OpenAIError", response.json())
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert [r.status_code for _, _, r in errors] == [400, 400, 404, 404, 401]
+
+
+# --- The docs page ---------------------------------------------------------------------------
+
+
+def test_docs_page_renders_swagger_ui_from_local_static_files_only():
+    client = APIClient()
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="swagger-ui"' in html and '"/api/schema/"' in html
+    # No CDN, and no validator badge that would send the schema to swagger.io.
+    assert "http://" not in html and "https://" not in html and '"//' not in html
+    assets = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', html)
+    assert len(assets) == 4  # Swagger UI's bundle, preset, stylesheet and icon
+    for url in assets:
+        assert url.startswith("/static/drf_spectacular_sidecar/"), url
+        assert client.get(url).status_code == 200, url
