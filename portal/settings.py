@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_filters",
     "axes",
     "accounts",
@@ -241,10 +242,25 @@ REST_FRAMEWORK = {
     "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
-    "TITLE": "Tollgate management API",
-    "DESCRIPTION": "Keys, usage and billing for a Tollgate team.",
+    "TITLE": "Tollgate API",
+    "DESCRIPTION": (
+        "The management API under /api (teams, keys, usage, routes, budgets, invoices; a "
+        "management key or a signed-in session) and the OpenAI-compatible gateway under /v1 "
+        "(an inference key)."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/docs/ serves Swagger UI from drf-spectacular-sidecar's static files, never a CDN;
+    # no validatorUrl, so the page never sends the schema to swagger.io's validator.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # /v1's OpenAI shapes are JSON Schema components of their own (routing/openapi.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "routing.openapi.v1_components",
+    ],
 }
 
 # --- Tollgate -------------------------------------------------------------

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import api as accounts_api
 from routing import api as routing_api
@@ -8,6 +8,7 @@ from usage import api as usage_api
 
 api = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("teams/", accounts_api.TeamListApi.as_view(), name="api-teams"),
     path("teams/<slug:slug>/", accounts_api.TeamDetailApi.as_view(), name="api-team"),
     path("teams/<slug:slug>/keys/", accounts_api.ApiKeyListApi.as_view(), name="api-keys"),

@@ -16,12 +16,15 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import InferenceKeyAuthentication
+from routing import openapi
 from routing.calls import (
     CHAT,
     EMBEDDINGS,
@@ -268,6 +271,17 @@ class ChatCompletionsView(ProxyCallView):
     endpoint = CHAT
     validate = validate_chat_body
 
+    @extend_schema(
+        operation_id="createChatCompletion",
+        summary="Chat completion (JSON or streamed)",
+        description="OpenAI's chat completions, metered and billed to the key's team. "
+        "`model` names a catalog model or a route; a route may fall back to its other "
+        "targets before the first byte of the answer.",
+        tags=openapi.TAGS,
+        request={"application/json": openapi.ref("ChatCompletionRequest")},
+        responses=openapi.CHAT_RESPONSES,
+        parameters=openapi.CALL_HEADERS,
+    )
     async def post(self, request):
         body, call = self.body, self.call
         if body.get("stream"):
@@ -283,6 +297,18 @@ class EmbeddingsView(ProxyCallView):
     endpoint = EMBEDDINGS
     validate = validate_embeddings_body
 
+    @extend_schema(
+        operation_id="createEmbedding",
+        summary="Embeddings",
+        description="OpenAI's embeddings, metered and billed to the key's team.",
+        tags=openapi.TAGS,
+        request={"application/json": openapi.ref("EmbeddingRequest")},
+        responses={
+            200: OpenApiResponse(response=openapi.ref("EmbeddingList"), description="The vectors."),
+            **openapi.CALL_ERRORS,
+        },
+        parameters=openapi.CALL_HEADERS,
+    )
     async def post(self, request):
         return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
 
@@ -310,12 +336,43 @@ def _model_entries(principal):
 
 
 class ModelListView(ProxyView):
+    @extend_schema(
+        operation_id="listModels",
+        summary="The models and routes this key may call",
+        description="Catalog models first (by name), then the routes the key may use.",
+        tags=openapi.TAGS,
+        responses={
+            200: OpenApiResponse(response=openapi.ref("ModelList"), description="The list."),
+            401: openapi.UNAUTHORIZED,
+        },
+        parameters=[openapi.REQUEST_ID],
+    )
     async def get(self, request):
         entries = await sync_to_async(_model_entries)(request.user)
         return JsonResponse({"object": "list", "data": entries})
 
 
 class ModelDetailView(ProxyView):
+    @extend_schema(
+        operation_id="retrieveModel",
+        summary="One model or route this key may call",
+        description="404 for a model or route the key may not use, as for an unknown one.",
+        tags=openapi.TAGS,
+        responses={
+            200: OpenApiResponse(response=openapi.ref("Model"), description="The model."),
+            401: openapi.UNAUTHORIZED,
+            404: openapi.CALL_ERRORS[404],
+        },
+        parameters=[
+            OpenApiParameter(
+                "model_id",
+                OpenApiTypes.STR,
+                OpenApiParameter.PATH,
+                description="A model id or route name; it may hold '/'.",
+            ),
+            openapi.REQUEST_ID,
+        ],
+    )
     async def get(self, request, model_id):
         entries = await sync_to_async(_model_entries)(request.user)
         for entry in entries:

@@ -97,6 +97,21 @@ RANGE_PARAMETERS = [
 ]
 
 
+# The export takes the list's filters as query parameters (a plain APIView, so the schema
+# does not read them from a filter backend).
+USAGE_FILTER_PARAMETERS = [
+    OpenApiParameter(
+        name,
+        OpenApiTypes.STR,
+        description=str(usage_filter.label or ""),
+        enum=[value for value, _ in usage_filter.extra["choices"]]
+        if "choices" in usage_filter.extra
+        else None,
+    )
+    for name, usage_filter in UsageFilter.base_filters.items()
+]
+
+
 class UsagePagination(CursorPagination):
     """Keyset pagination, newest first: each page costs the same at any depth, and rows
     arriving meanwhile never shift a page. No total count (it would read every row)."""
@@ -122,6 +137,9 @@ class UsageListApi(ListAPIView):
     pagination_class = UsagePagination
     filter_backends = [DjangoFilterBackend]
     filterset_class = UsageFilter
+    # Only the schema reads this (the filters' types); requests go through get_queryset,
+    # which scopes the rows to the caller's team.
+    queryset = UsageRecord.objects.none()
 
     def get_queryset(self):
         team = require_team(self.request, self.kwargs["slug"])
@@ -136,7 +154,9 @@ EXPORT_SOURCES = {name: name for name in EXPORT_FIELDS} | {"key": "api_key__pref
 class UsageExportApi(APIView):
     """The filtered ledger as CSV, streamed: exactly the rows the same filters list."""
 
-    @extend_schema(parameters=[UsageFilter], responses={(200, "text/csv"): OpenApiTypes.STR})
+    @extend_schema(
+        parameters=USAGE_FILTER_PARAMETERS, responses={(200, "text/csv"): OpenApiTypes.STR}
+    )
     def get(self, request, slug):
         team = require_team(request, slug)
         filterset = UsageFilter(request.query_params, queryset=usage_rows(team_id=team.id))
