@@ -56,7 +56,8 @@ class ApiKey(models.Model):
     """A key an app (inference) or a script (management) presents as a bearer token.
 
     The secret is `<prefix>_<random>`; only `prefix` (for display and lookup)
-    and an HMAC-SHA256 of the whole secret keyed by SECRET_KEY are stored.
+    and an HMAC-SHA256 of the whole secret keyed by the key pepper
+    (TOLLGATE_KEY_PEPPER, else SECRET_KEY) are stored.
     """
 
     class Kind(models.TextChoices):

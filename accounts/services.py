@@ -29,9 +29,35 @@ class InvalidKey(Exception):
     """A bearer key was missing, malformed, unknown, revoked or expired."""
 
 
-def key_hash(secret: str) -> str:
-    # Keyed with SECRET_KEY so a leaked database alone cannot be brute-forced offline.
-    return hmac.new(settings.SECRET_KEY.encode(), secret.encode(), hashlib.sha256).hexdigest()
+def key_peppers() -> list[str]:
+    """The secrets that key API-key hashes: the current one first, then earlier ones.
+
+    The current one is TOLLGATE_KEY_PEPPER, or SECRET_KEY while no pepper is set (the
+    way keys were hashed before the pepper existed). Read on every call, not at import,
+    so a settings change is seen at once.
+    """
+    current = settings.TOLLGATE_KEY_PEPPER or settings.SECRET_KEY
+    fallbacks = [p for p in settings.TOLLGATE_KEY_PEPPER_FALLBACKS if p and p != current]
+    return [current, *fallbacks]
+
+
+def key_hash(secret: str, *, pepper: str | None = None) -> str:
+    # Keyed, so a leaked database alone cannot be brute-forced offline.
+    pepper = pepper if pepper is not None else key_peppers()[0]
+    return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def _key_hash_matches(stored: str, secret: str) -> str | None:
+    """Which pepper's hash of `secret` equals `stored`: "" for the current one, the fresh
+    hash under the current pepper when an earlier one matched, None when none does."""
+    current, *fallbacks = key_peppers()
+    fresh = key_hash(secret, pepper=current)
+    if hmac.compare_digest(stored, fresh):
+        return ""
+    for pepper in fallbacks:
+        if hmac.compare_digest(stored, key_hash(secret, pepper=pepper)):
+            return fresh
+    return None
 
 
 def team_create(
@@ -205,12 +231,27 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
             secret_hash=key.secret_hash,
         )
         cache.set(_principal_cache_key(prefix), principal, settings.TOLLGATE_KEY_CACHE_S)
-    if not hmac.compare_digest(principal.secret_hash, key_hash(secret)):
+    rehashed = _key_hash_matches(principal.secret_hash, secret)
+    if rehashed is None:
         raise InvalidKey("Incorrect API key provided.")
+    if rehashed:
+        _key_rehash(principal, secret_hash=rehashed)
     if principal.expires_at is not None and principal.expires_at <= now:
         raise InvalidKey("This API key has expired.")
     _touch_last_used(principal.key_id, now)
     return principal
+
+
+def _key_rehash(principal: KeyPrincipal, *, secret_hash: str) -> None:
+    # The key matched an earlier pepper: store its hash under the current one, so that
+    # pepper can be dropped from the fallbacks. Only if the stored hash is still the one
+    # that matched (another process may have re-hashed it first). The cache entry is
+    # dropped, not rewritten: a revocation that cleared it meanwhile must not be undone,
+    # so the next call reads the key (and its revoked_at) from the database again.
+    ApiKey.objects.filter(id=principal.key_id, secret_hash=principal.secret_hash).update(
+        secret_hash=secret_hash
+    )
+    cache.delete(_principal_cache_key(principal.prefix))
 
 
 def _touch_last_used(key_id: int, now: datetime) -> None:

@@ -27,6 +27,12 @@ if not DEBUG and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET or len(SECRET_KEY)
         "(not the development value), e.g. python -c 'import secrets; "
         "print(secrets.token_urlsafe(50))'."
     )
+# API-key hashes are HMAC-SHA256 keyed by this pepper, kept apart from SECRET_KEY so
+# either can be rotated on its own. Unset, SECRET_KEY itself keys them (how keys were
+# hashed before the pepper existed, so they keep working). FALLBACKS are earlier peppers
+# (comma-separated), still accepted; a key one of them matches is re-hashed on its next use.
+TOLLGATE_KEY_PEPPER = env("TOLLGATE_KEY_PEPPER", default="")
+TOLLGATE_KEY_PEPPER_FALLBACKS = env.list("TOLLGATE_KEY_PEPPER_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 

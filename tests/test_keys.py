@@ -1,5 +1,7 @@
 """API keys: recognisable prefixes, keyed hashes only, secrets never stored or logged."""
 
+import hashlib
+import hmac
 import logging
 
 import pytest
@@ -26,11 +28,109 @@ def test_key_has_a_readable_prefix_and_only_its_keyed_hash_is_stored(team, setti
     assert secret not in stored and secret[len(key.prefix) + 1 :] not in stored
 
 
-def test_hash_is_keyed_by_the_secret_key(team, settings):
+def test_without_a_pepper_the_hash_is_keyed_by_the_secret_key(team, settings):
+    settings.TOLLGATE_KEY_PEPPER = ""
     key, secret = api_key_create(team=team, name="app")
     settings.SECRET_KEY = "another-secret-key-entirely-0123456789"
     with pytest.raises(InvalidKey):
         api_key_authenticate(secret=secret)
+
+
+# --- The key pepper: rotating it, or SECRET_KEY, without breaking keys ---------------------
+
+PEPPER_A = "pepper-a-0123456789abcdef0123456789abcdef"
+PEPPER_B = "pepper-b-0123456789abcdef0123456789abcdef"
+
+
+def stored_hash(key):
+    return ApiKey.objects.get(id=key.id).secret_hash
+
+
+def test_key_issued_before_the_pepper_existed_keeps_working(team, settings):
+    # Before the upgrade a key's hash was HMAC-SHA256 keyed by SECRET_KEY, computed here by
+    # hand so the test does not depend on the code it checks.
+    settings.TOLLGATE_KEY_PEPPER, settings.TOLLGATE_KEY_PEPPER_FALLBACKS = "", []
+    key, secret = api_key_create(team=team, name="app")
+    old_hash = hmac.new(settings.SECRET_KEY.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    ApiKey.objects.filter(id=key.id).update(secret_hash=old_hash)
+
+    assert api_key_authenticate(secret=secret).key_id == key.id
+    assert stored_hash(key) == old_hash
+
+    # The operator then sets a pepper, with the SECRET_KEY as the pepper it replaces.
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_A
+    settings.TOLLGATE_KEY_PEPPER_FALLBACKS = [settings.SECRET_KEY]
+    assert api_key_authenticate(secret=secret).key_id == key.id
+    assert stored_hash(key) == key_hash(secret, pepper=PEPPER_A)
+
+
+def test_key_survives_rotating_the_pepper_and_is_rehashed_on_use(team, settings):
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_A
+    key, secret = api_key_create(team=team, name="app")
+    api_key_authenticate(secret=secret)  # cached with its hash under A
+    assert stored_hash(key) == key_hash(secret, pepper=PEPPER_A)
+
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_B
+    settings.TOLLGATE_KEY_PEPPER_FALLBACKS = [PEPPER_A]
+    assert api_key_authenticate(secret=secret).key_id == key.id
+    assert stored_hash(key) == key_hash(secret, pepper=PEPPER_B)
+
+    settings.TOLLGATE_KEY_PEPPER_FALLBACKS = []
+    assert api_key_authenticate(secret=secret).key_id == key.id
+
+
+def test_key_not_used_before_its_pepper_is_dropped_is_rejected(team, settings):
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_A
+    key, secret = api_key_create(team=team, name="app")
+    api_key_authenticate(secret=secret)  # cached: the cache must not keep it alive
+
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_B
+    with pytest.raises(InvalidKey, match="Incorrect API key"):
+        api_key_authenticate(secret=secret)
+    assert stored_hash(key) == key_hash(secret, pepper=PEPPER_A)
+
+
+def test_changing_the_secret_key_keeps_keys_when_a_pepper_is_set(team, settings):
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_A
+    key, secret = api_key_create(team=team, name="app")
+
+    settings.SECRET_KEY = "another-secret-key-entirely-0123456789"
+
+    assert api_key_authenticate(secret=secret).key_id == key.id
+
+
+def test_key_revoked_after_a_rehash_is_rejected(team, settings):
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_A
+    key, secret = api_key_create(team=team, name="app")
+    api_key_authenticate(secret=secret)
+    settings.TOLLGATE_KEY_PEPPER, settings.TOLLGATE_KEY_PEPPER_FALLBACKS = PEPPER_B, [PEPPER_A]
+    api_key_authenticate(secret=secret)  # re-hashed under B
+
+    call_command("revokekey", key.prefix)
+
+    with pytest.raises(InvalidKey, match="revoked"):
+        api_key_authenticate(secret=secret)
+
+
+def test_a_fallback_pepper_does_not_accept_a_wrong_secret(team, settings):
+    settings.TOLLGATE_KEY_PEPPER, settings.TOLLGATE_KEY_PEPPER_FALLBACKS = PEPPER_B, [PEPPER_A]
+    key, secret = api_key_create(team=team, name="app")
+    with pytest.raises(InvalidKey):
+        api_key_authenticate(secret=secret[:-3] + "xyz")
+    assert stored_hash(key) == key_hash(secret, pepper=PEPPER_B)
+
+
+def test_start_up_warns_once_when_production_runs_without_a_pepper(settings, caplog):
+    from django.apps import apps
+
+    settings.DEBUG, settings.TOLLGATE_KEY_PEPPER = False, ""
+    apps.get_app_config("accounts").ready()
+    assert "TOLLGATE_KEY_PEPPER is not set" in caplog.text
+
+    caplog.clear()
+    settings.TOLLGATE_KEY_PEPPER = PEPPER_A
+    apps.get_app_config("accounts").ready()
+    assert "TOLLGATE_KEY_PEPPER" not in caplog.text
 
 
 def test_management_keys_have_their_own_prefix(team):

@@ -352,3 +352,19 @@ def test_provider_without_its_secret_is_503(catalog, sdk, inference_key, monkeyp
     assert caught.value.status_code == 503
     assert "MISSING_OPENAI_KEY" in caught.value.message
     assert rows(team)[0].error_type == "provider_not_configured"
+
+
+def test_key_under_a_dropped_pepper_is_401_in_openais_shape(
+    catalog, live_portal, sdk, team, settings
+):
+    settings.TOLLGATE_KEY_PEPPER = "pepper-a-0123456789abcdef0123456789abcdef"
+    _, secret = api_key_create(team=team, name="app")
+    sdk(secret).models.list()  # cached: the cache must not outlive the pepper
+    settings.TOLLGATE_KEY_PEPPER = "pepper-b-0123456789abcdef0123456789abcdef"
+
+    with pytest.raises(openai.AuthenticationError) as caught:
+        sdk(secret).models.list()
+    assert "Incorrect API key provided." in caught.value.message
+    response = post(live_portal, "chat/completions", secret, json={"model": "gpt-4o"})
+    assert_openai_error(response, 401)
+    assert response.json()["error"]["message"] == "Incorrect API key provided."
