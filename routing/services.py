@@ -3,6 +3,7 @@
 import asyncio
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -50,22 +51,36 @@ class CatalogLoadResult:
     new_prices: list[str] = field(default_factory=list)
 
 
-def catalog_load(*, path: str | Path, now: datetime | None = None) -> CatalogLoadResult:
+# Told (table, done, total) after each entry is stored: "provider", "model" or "route".
+CatalogProgress = Callable[[str, int, int], None]
+
+
+def catalog_load(
+    *, path: str | Path, now: datetime | None = None, progress: CatalogProgress | None = None
+) -> CatalogLoadResult:
     """Upsert providers, models, prices and global routes from a TOML catalog.
 
     Idempotent: loading the same file twice changes nothing. A model whose
     prices differ from its current ones gets a new price row effective from
     `now`; earlier rows, and what past calls were charged, stay as they were.
+    `progress`, when given, is told each entry stored (for a big file's progress line).
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"{path}: {exc}") from exc
-    return catalog_load_data(data=data, now=now)
+    return catalog_load_data(data=data, now=now, progress=progress)
 
 
-def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoadResult:
+def catalog_load_data(
+    *, data: dict, now: datetime | None = None, progress: CatalogProgress | None = None
+) -> CatalogLoadResult:
     now = now or timezone.now()
+
+    def stored(table: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(table, done, total)
+
     providers = [_provider_fields(p, i) for i, p in enumerate(data.get("provider", []))]
     models = [_model_fields(m, i) for i, m in enumerate(data.get("model", []))]
     routes = [_route_fields(r, i) for i, r in enumerate(data.get("route", []))]
@@ -78,6 +93,7 @@ def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoad
         for fields in providers:
             Provider.objects.update_or_create(name=fields.pop("name"), defaults=fields)
             result.providers += 1
+            stored("provider", result.providers, len(providers))
         provider_ids = dict(Provider.objects.values_list("name", "id"))
         for fields in models:
             prices = fields.pop("prices")
@@ -99,11 +115,13 @@ def catalog_load_data(*, data: dict, now: datetime | None = None) -> CatalogLoad
                 new_price.save()
                 result.new_prices.append(model.name)
             result.models += 1
+            stored("model", result.models, len(models))
         for fields in routes:
             route_save(
                 team=None, name=fields.pop("name"), fields=fields, actor="loadcatalog", now=now
             )
             result.routes += 1
+            stored("route", result.routes, len(routes))
     return result
 
 

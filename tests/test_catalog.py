@@ -138,3 +138,36 @@ def test_loadcatalog_command_reports_a_bad_file(tmp_path):
     path.write_text("[[model]\nid = ")
     with pytest.raises(CommandError):
         call_command("loadcatalog", str(path))
+
+
+def test_loadcatalog_of_a_big_file_shows_progress_on_a_terminal_only(tmp_path):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    path = tmp_path / "big.toml"
+    path.write_text(
+        '[[provider]]\nname = "bulk"\nbase_url = "https://bulk.example/v1"\n'
+        + "".join(
+            f'[[model]]\nid = "bulk-{n}"\nprovider = "bulk"\ninput_per_mtok = "0.1"\n'
+            f'output_per_mtok = "0.2"\n'
+            for n in range(300)
+        )
+    )
+    terminal, log = Terminal(), io.StringIO()
+
+    call_command("loadcatalog", str(path), stdout=terminal)
+    call_command("loadcatalog", str(path), stdout=log)
+
+    assert f"\r\x1b[K{path}: models 150/300" in terminal.getvalue()
+    assert (
+        terminal.getvalue()
+        .split("\n")[0]
+        .endswith(
+            f"{path}: 1 providers, 300 models, 0 routes; new prices for "
+            + ", ".join(f"bulk-{n}" for n in range(300))
+        )
+    )
+    assert log.getvalue() == f"{path}: 1 providers, 300 models, 0 routes; prices unchanged\n"

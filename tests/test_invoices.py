@@ -693,6 +693,66 @@ def test_closemonth_goes_on_past_a_failing_team_names_it_exits_non_zero_and_a_re
     assert reconcile_month(month=month.date(), now=timezone.now()).ok
 
 
+class Terminal(io.StringIO):
+    """Output that says it is a terminal, as a person running the command sees it."""
+
+    def isatty(self):
+        return True
+
+
+def test_closemonth_on_a_terminal_counts_teams_on_one_line_and_keeps_failures(team):
+    month = last_month()
+    teams = [team, *(TeamFactory(slug=slug) for slug in ("bravo", "charlie", "delta"))]
+    for each in teams:
+        call(each, None, month + timedelta(days=5))
+    overflowing_adjustments(teams[1], month.date())
+    out = Terminal()
+
+    with pytest.raises(CommandError):
+        call_command("closemonth", f"{month:%Y-%m}", stdout=out)
+
+    screen = out.getvalue()
+    # What stays on screen: each line as the last redraw before its newline left it.
+    kept = [line.rsplit("\x1b[K", 1)[-1] for line in screen.split("\n")]
+    assert "[4/4] delta" in screen and "\r\x1b[K[3/4] charlie" in screen
+    assert kept[0].startswith("[2/4] bravo") and "FAILED: DataError" in kept[0]
+    assert kept[1].startswith(f"{month:%Y-%m}: 4 teams, 3 invoices finalized")
+    assert not any("[1/4]" in line or "[4/4]" in line for line in kept)
+
+
+def test_closemonth_in_a_log_writes_plain_lines(team, other_team):
+    month = last_month()
+    for each in (team, other_team):
+        call(each, None, month + timedelta(days=5))
+    out = io.StringIO()
+
+    call_command("closemonth", f"{month:%Y-%m}", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+    assert lines[0].startswith("[1/2] acme") and lines[1].startswith("[2/2] ")
+    assert lines[2].startswith(f"{month:%Y-%m}: 2 teams, 2 invoices finalized")
+
+
+def test_exportinvoice_says_what_it_writes_on_a_terminal_only(team, tmp_path):
+    month = last_month()
+    call(team, None, month + timedelta(days=5))
+    call_command("closemonth", f"{month:%Y-%m}", stdout=io.StringIO())
+    number = Invoice.objects.get(team=team).number
+    terminal, log = Terminal(), io.StringIO()
+
+    for out in (terminal, log):
+        call_command(
+            "exportinvoice", "acme", f"{month:%Y-%m}", "--format", "pdf",
+            "--output", str(tmp_path / "acme.pdf"), stdout=out,
+        )  # fmt: skip
+
+    assert terminal.getvalue().startswith(
+        f"\r\x1b[KWriting {number} (pdf) to {tmp_path / 'acme.pdf'}…\r\x1b[K"
+    )
+    assert log.getvalue() == f"Wrote {number} (pdf) to {tmp_path / 'acme.pdf'}\n"
+
+
 def test_the_beat_task_closes_the_other_teams_and_logs_the_failing_one(
     team, other_team, settings, caplog
 ):

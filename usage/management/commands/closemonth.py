@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Team
+from portal.progress import Progress
 from usage.invoices import InvoiceError, TeamClose, invoices_close_month, month_of
 
 
@@ -23,9 +24,11 @@ class Command(BaseCommand):
                 target = Team.objects.filter(slug=team).first()
                 if target is None:
                     raise CommandError(f"No team '{team}'.")
+            self.meter = Progress(self.stdout, verbosity=options["verbosity"])
             result = invoices_close_month(month=month, team=target, progress=self.progress)
         except InvoiceError as exc:
             raise CommandError(str(exc)) from None
+        self.meter.clear()
 
         label = f"{month:%Y-%m}"
         if not result.teams:
@@ -51,19 +54,25 @@ class Command(BaseCommand):
             )
 
     def progress(self, position: int, total: int, outcome: TeamClose) -> None:
+        # On a terminal, one line counts the teams up and only failures stay on screen;
+        # in a log, one plain line per team.
         prefix = f"[{position:>{len(str(total))}}/{total}] {outcome.team.slug:<20}"
         invoice = outcome.invoice
         if outcome.error:
-            self.stdout.write(f"{prefix} FAILED: {outcome.error}")
-        elif invoice is None:
-            self.stdout.write(f"{prefix} nothing to bill")
+            self.meter.line(f"{prefix} FAILED: {outcome.error}")
+            return
+        if invoice is None:
+            text = f"{prefix} nothing to bill"
         else:
             note = "" if outcome.new else "  (already final)"
-            self.stdout.write(
+            text = (
                 f"{prefix} {invoice.number}  USD {invoice.total_usd:>12,.2f}"
                 f"  {counted(len(invoice.lines.all()), 'line')}{note}"
             )
-        self.stdout.flush()
+        if self.meter.live:
+            self.meter.status(text)
+        else:
+            self.meter.line(text)
 
 
 def counted(n: int, noun: str) -> str:

@@ -3,6 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Team
+from portal.progress import Progress
 from usage.exports import invoice_csv, invoice_json, invoice_pdf
 from usage.invoices import InvoiceError, month_of
 from usage.selectors import invoice_for_month
@@ -31,10 +32,14 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Team '{slug}' has no invoice for {month} (run closemonth; a month without usage has none)."
             )
+        # A long invoice's PDF takes a while: say what is happening, on a terminal only.
+        meter = Progress(self.stdout, verbosity=options["verbosity"])
+        meter.status(f"Writing {invoice.number or 'draft'} ({format}) to {output}…")
         if format == "csv":
             Path(output).write_text(invoice_csv(invoice), encoding="utf-8")
         elif format == "json":
             Path(output).write_text(json.dumps(invoice_json(invoice), indent=2), encoding="utf-8")
         else:
             Path(output).write_bytes(invoice_pdf(invoice))
+        meter.clear()
         self.stdout.write(f"Wrote {invoice.number or 'draft'} ({format}) to {output}")
