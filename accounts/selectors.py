@@ -139,3 +139,16 @@ def key_scope_unknown(*, team: Team, names: list[str]) -> list[str]:
     models, routes = key_scope_choices(team=team)
     known = set(models) | set(routes)
     return [name for name in names if name not in known]
+
+
+def team_not_found_message(*, slug: str, shown: int = 10) -> str:
+    """What a management command says for an unknown team slug: the teams there are (the
+    first `shown` of them) and how to create one, so the operator can fix the command."""
+    slugs = list(Team.objects.order_by("slug").values_list("slug", flat=True)[: shown + 1])
+    create = "`manage.py createteam SLUG --name NAME` creates one"
+    if not slugs:
+        return f"No team '{slug}': there are no teams yet; {create}."
+    listed = ", ".join(slugs[:shown])
+    if len(slugs) > shown:
+        listed += ", … (all in the admin, /admin/accounts/team/)"
+    return f"No team '{slug}'. Teams: {listed}. Or {create}."

@@ -11,10 +11,22 @@ class Command(BaseCommand):
     help = "Create a team, and its owner user if new."
 
     def add_arguments(self, parser):
-        parser.add_argument("slug")
-        parser.add_argument("--name", required=True)
-        parser.add_argument("--owner", default="", metavar="EMAIL")
-        parser.add_argument("--markup", default="0", metavar="PERCENT")
+        parser.add_argument(
+            "slug", help="the team's short name in URLs and commands: a-z, 0-9 and hyphens"
+        )
+        parser.add_argument("--name", required=True, help="the team's display name")
+        parser.add_argument(
+            "--owner",
+            default="",
+            metavar="EMAIL",
+            help="the owner's email; a user is created for it if new",
+        )
+        parser.add_argument(
+            "--markup",
+            default="0",
+            metavar="PERCENT",
+            help="added to the team's usage on invoices, e.g. 15 (default 0)",
+        )
 
     def handle(self, *args, slug, name, owner, markup, **options):
         if slugify(slug) != slug:
@@ -22,7 +34,10 @@ class Command(BaseCommand):
                 f"'{slug}' is not a valid slug (lowercase letters, digits and hyphens)."
             )
         if Team.objects.filter(slug=slug).exists():
-            raise CommandError(f"A team '{slug}' already exists.")
+            raise CommandError(
+                f"A team '{slug}' already exists; choose another slug, or use issuekey {slug}"
+                " to give that team a key."
+            )
         try:
             markup_percent = Decimal(markup)
         except InvalidOperation:

@@ -26,11 +26,19 @@ class Command(BaseCommand):
         port = os.environ.get("PORT") or "8000"
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address
-        parser.add_argument("--host", default=f"http://{host}:{port}")
+        parser.add_argument(
+            "--host",
+            default=f"http://{host}:{port}",
+            metavar="URL",
+            help="the URL printed for the portal (default from HOST and PORT: %(default)s)",
+        )
 
     def handle(self, *args, host, **options):
         if not settings.DEBUG:
-            raise CommandError("The demo team is for local runs only (DEBUG is off).")
+            raise CommandError(
+                "The demo team is for local runs only (DEBUG is off): run it with DEBUG=1, or"
+                " make a real team with createteam and issuekey."
+            )
         team = Team.objects.filter(slug=DEMO_SLUG).first() or team_create(
             slug=DEMO_SLUG, name="Demo team"
         )

@@ -3,24 +3,41 @@ from decimal import Decimal, InvalidOperation
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ApiKey, Team
-from accounts.selectors import key_scope_unknown
+from accounts.selectors import key_scope_unknown, team_not_found_message
 from accounts.services import api_key_create, api_key_issue
 
 
 class Command(BaseCommand):
-    help = "Issue an inference key. The secret is printed alone on the last line and never shown again."
+    help = (
+        "Issue an inference key for /v1 (or, with --management, a management key for /api). "
+        "The secret is printed alone on the last line and never shown again."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("slug")
-        parser.add_argument("--name", required=True)
+        parser.add_argument("slug", help="the team's slug")
+        parser.add_argument(
+            "--name", required=True, help="what the key is for, shown next to its prefix"
+        )
         parser.add_argument(
             "--models", default="", help="comma-separated model ids or routes; empty = all"
         )
         parser.add_argument(
             "--budget", default=None, metavar="USD", help="monthly budget for this key"
         )
-        parser.add_argument("--rpm", type=int, default=None)
-        parser.add_argument("--tpm", type=int, default=None)
+        parser.add_argument(
+            "--rpm",
+            type=int,
+            default=None,
+            metavar="N",
+            help="requests per minute (default: no limit)",
+        )
+        parser.add_argument(
+            "--tpm",
+            type=int,
+            default=None,
+            metavar="N",
+            help="tokens per minute (default: no limit)",
+        )
         parser.add_argument(
             "--management", action="store_true", help="issue a management key instead"
         )
@@ -34,7 +51,7 @@ class Command(BaseCommand):
     def handle(self, *args, slug, name, models, budget, rpm, tpm, management, role, **options):
         team = Team.objects.filter(slug=slug).first()
         if team is None:
-            raise CommandError(f"No team '{slug}'.")
+            raise CommandError(team_not_found_message(slug=slug))
         if role and not management:
             raise CommandError("--role applies to management keys only (add --management).")
         for label, value in (("--rpm", rpm), ("--tpm", tpm)):

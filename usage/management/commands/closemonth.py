@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Team
+from accounts.selectors import team_not_found_message
 from portal.progress import Progress
 from usage.invoices import InvoiceError, TeamClose, invoices_close_month, month_of
 
@@ -13,8 +14,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("month", metavar="YYYY-MM")
-        parser.add_argument("--team", default=None, metavar="SLUG")
+        parser.add_argument("month", metavar="YYYY-MM", help="the month to close, in UTC")
+        parser.add_argument(
+            "--team", default=None, metavar="SLUG", help="close this team only (default: all)"
+        )
 
     def handle(self, *args, month, team, **options):
         try:
@@ -23,7 +26,7 @@ class Command(BaseCommand):
             if team:
                 target = Team.objects.filter(slug=team).first()
                 if target is None:
-                    raise CommandError(f"No team '{team}'.")
+                    raise CommandError(team_not_found_message(slug=team))
             self.meter = Progress(self.stdout, verbosity=options["verbosity"])
             result = invoices_close_month(month=month, team=target, progress=self.progress)
         except InvoiceError as exc:

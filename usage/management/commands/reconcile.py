@@ -8,7 +8,7 @@ class Command(BaseCommand):
     help = "Check that ledger, rollups, reports and invoices agree to the cent; exit 1 on any mismatch."
 
     def add_arguments(self, parser):
-        parser.add_argument("month", metavar="YYYY-MM")
+        parser.add_argument("month", metavar="YYYY-MM", help="the month to check, in UTC")
 
     def handle(self, *args, month, **options):
         try:
@@ -20,5 +20,11 @@ class Command(BaseCommand):
         for problem in report.problems:
             self.stdout.write(f"MISMATCH: {problem}")
         if not report.ok:
-            raise CommandError(f"{len(report.problems)} mismatch(es) for {month}.", returncode=1)
+            raise CommandError(
+                f"{len(report.problems)} mismatch(es) for {month}, each listed above as MISMATCH."
+                " The ledger is the record: an invoice that disagrees with it is voided"
+                f" (voidinvoice) and reissued by `closemonth {month}`; a ledger row or rollup"
+                " that disagrees is a bug to report with these lines.",
+                returncode=1,
+            )
         self.stdout.write(f"{month}: ledger, rollups, reports and invoices agree.")

@@ -3,6 +3,7 @@ from decimal import Decimal, InvalidOperation
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ApiKey, Team
+from accounts.selectors import team_not_found_message
 from usage.budgets import budget_set
 
 
@@ -10,8 +11,8 @@ class Command(BaseCommand):
     help = "Set a team's monthly budget in USD (calendar month, UTC), or one key's with --key."
 
     def add_arguments(self, parser):
-        parser.add_argument("slug")
-        parser.add_argument("usd")
+        parser.add_argument("slug", help="the team's slug")
+        parser.add_argument("usd", metavar="USD", help="the monthly budget in USD, e.g. 250.00")
         kind = parser.add_mutually_exclusive_group()
         kind.add_argument(
             "--hard",
@@ -31,11 +32,13 @@ class Command(BaseCommand):
     def handle(self, *args, slug, usd, hard, thresholds, key, **options):
         team = Team.objects.filter(slug=slug).first()
         if team is None:
-            raise CommandError(f"No team '{slug}'.")
+            raise CommandError(team_not_found_message(slug=slug))
         try:
             amount = Decimal(usd)
         except InvalidOperation:
-            raise CommandError(f"The budget must be an amount in USD, not '{usd}'.") from None
+            raise CommandError(
+                f"The budget must be an amount in USD such as 250 or 99.50, not '{usd}'."
+            ) from None
         try:
             percents = [int(p) for p in thresholds.split(",") if p.strip()]
         except ValueError:
@@ -44,7 +47,10 @@ class Command(BaseCommand):
         if key:
             api_key = ApiKey.objects.filter(team=team, prefix=key).first()
             if api_key is None:
-                raise CommandError(f"No key '{key}' in team '{slug}'.")
+                raise CommandError(
+                    f"No key '{key}' in team '{slug}'. Its keys and their prefixes are on the"
+                    f" team's Keys page (/t/{slug}/keys/)."
+                )
         try:
             budget = budget_set(
                 team=team, amount_usd=amount, hard=hard, thresholds=percents, api_key=api_key
