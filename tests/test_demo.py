@@ -17,8 +17,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def demo(settings):
+def demo(settings, monkeypatch):
     settings.DEBUG = True  # the demo refuses to run in production
+    # As `make run PORT=8765` calls it: the URL printed must be the one served.
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", "8765")
     call_command("loadcatalog", "catalog/default.toml", "catalog/offline.toml", stdout=StringIO())
     out = StringIO()
     call_command("demo", stdout=out, stderr=StringIO())
@@ -37,6 +40,11 @@ def test_demo_seeds_ninety_labelled_days_that_reconcile_and_only_once(demo):
     assert rows.filter(status="upstream_error").exists() and rows.filter(attempt=1).exists()
     assert rows.filter(endpoint="embeddings").exists() and rows.filter(streamed=True).exists()
     assert "sign in as admin@demo.local" in out
+    # `make run PORT=8765` serves there (Makefile passes HOST and PORT to demo and uvicorn).
+    assert (
+        "Web UI:    http://127.0.0.1:8765/ " in out and "API base:  http://127.0.0.1:8765/v1" in out
+    )
+    assert ":8000" not in out
     # (One test, not three: seeding takes seconds.) A budget near its threshold, last month
     # invoiced, and the months reconcile.
     now = timezone.now()
