@@ -27,6 +27,9 @@ if not DEBUG and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET or len(SECRET_KEY)
         "(not the development value), e.g. python -c 'import secrets; "
         "print(secrets.token_urlsafe(50))'."
     )
+# Earlier SECRET_KEYs still accepted for sessions and password-reset links while they
+# expire, so SECRET_KEY can be rotated without signing everyone out (Django's own setting).
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # API-key hashes are HMAC-SHA256 keyed by this pepper, kept apart from SECRET_KEY so
 # either can be rotated on its own. Unset, SECRET_KEY itself keys them (how keys were
 # hashed before the pepper existed, so they keep working). FALLBACKS are earlier peppers

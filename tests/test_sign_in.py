@@ -286,3 +286,22 @@ def test_the_sign_in_and_reset_pages_label_every_field(client, owner):
         assert_accessible(client.get(url).content.decode())
     client.post("/password-reset/", {"email": "owner@acme.test"})
     assert_accessible(client.get(reset_link(mail.outbox[0]), follow=True).content.decode())
+
+
+def test_rotating_the_secret_key_keeps_sessions_and_api_keys(client, owner, team, settings):
+    from accounts.services import api_key_authenticate, api_key_create
+
+    settings.TOLLGATE_KEY_PEPPER = "pepper-a-0123456789abcdef0123456789abcdef"
+    _, secret = api_key_create(team=team, name="app")
+    client.force_login(owner)
+    old = settings.SECRET_KEY
+
+    settings.SECRET_KEY = "a-new-secret-key-0123456789abcdef0123456789"
+    settings.SECRET_KEY_FALLBACKS = [old]
+
+    assert client.get(f"/t/{team.slug}/keys/").status_code == 200
+    assert api_key_authenticate(secret=secret).team_slug == team.slug
+    # Like a key under a fallback pepper, a session used meanwhile was re-signed with the new
+    # SECRET_KEY, so it outlives the fallback.
+    settings.SECRET_KEY_FALLBACKS = []
+    assert client.get(f"/t/{team.slug}/keys/").status_code == 200
