@@ -47,16 +47,12 @@ def key_hash(secret: str, *, pepper: str | None = None) -> str:
     return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
 
 
-def _key_hash_matches(stored: str, secret: str) -> str | None:
-    """Which pepper's hash of `secret` equals `stored`: "" for the current one, the fresh
-    hash under the current pepper when an earlier one matched, None when none does."""
-    current, *fallbacks = key_peppers()
-    fresh = key_hash(secret, pepper=current)
-    if hmac.compare_digest(stored, fresh):
-        return ""
-    for pepper in fallbacks:
+def _key_pepper_matched(*, stored: str, secret: str) -> int | None:
+    """The position in key_peppers() of the pepper under which `stored` is the hash of
+    `secret` (0: the current one), or None when there is none."""
+    for position, pepper in enumerate(key_peppers()):
         if hmac.compare_digest(stored, key_hash(secret, pepper=pepper)):
-            return fresh
+            return position
     return None
 
 
@@ -231,11 +227,11 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
             secret_hash=key.secret_hash,
         )
         cache.set(_principal_cache_key(prefix), principal, settings.TOLLGATE_KEY_CACHE_S)
-    rehashed = _key_hash_matches(principal.secret_hash, secret)
-    if rehashed is None:
+    matched = _key_pepper_matched(stored=principal.secret_hash, secret=secret)
+    if matched is None:
         raise InvalidKey("Incorrect API key provided.")
-    if rehashed:
-        _key_rehash(principal, secret_hash=rehashed)
+    if matched > 0:
+        _key_rehash(principal, secret_hash=key_hash(secret))
     if principal.expires_at is not None and principal.expires_at <= now:
         raise InvalidKey("This API key has expired.")
     _touch_last_used(principal.key_id, now)
