@@ -63,6 +63,7 @@ def test_help_describes_the_command_and_every_argument(name, capsys):
         ["setbudget", "acmee", "100"],
         ["closemonth", "2026-01", "--team", "acmee"],
         ["exportinvoice", "acmee", "2026-01", "--format", "csv", "--output", "/dev/null"],
+        ["exportusage", "2026-01", "--team", "acmee"],
     ],
 )
 def test_an_unknown_team_is_answered_with_the_teams_there_are(argv, team):

@@ -61,3 +61,25 @@ def test_every_team_as_ndjson_with_money_as_decimal_strings(ledger):
 def test_bad_months_and_teams_are_named(args):
     with pytest.raises(CommandError):
         export(*args)
+
+
+class Terminal(StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_file_export_counts_rows_on_a_terminal_only(ledger, tmp_path, monkeypatch):
+    from usage.management.commands import exportusage
+
+    monkeypatch.setattr(exportusage, "ROWS_PER_UPDATE", 1)
+    path = tmp_path / "oct.csv"
+    terminal, log = Terminal(), StringIO()
+
+    for err in (terminal, log):
+        call_command("exportusage", "2026-10", "--output", str(path), stderr=err)
+
+    wrote = f"Wrote 2026-10's usage (csv) to {path}\n"
+    assert terminal.getvalue().endswith("\r\x1b[K" + wrote)
+    assert "\r\x1b[K2026-10: 2 of 3 rows" in terminal.getvalue()
+    assert log.getvalue() == wrote
+    assert len(list(csv.DictReader(path.open()))) == 3

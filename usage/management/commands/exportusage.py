@@ -3,6 +3,8 @@ from datetime import UTC, datetime, time
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Team
+from accounts.selectors import team_not_found_message
+from portal.progress import Progress
 from usage.exports import ledger_csv_lines, ledger_ndjson_lines
 from usage.invoices import InvoiceError, month_bounds, month_of
 from usage.models import UsageRecord
@@ -37,6 +39,8 @@ FIELDS = {
     "ttft_ms": "ttft_ms",
     "end_user": "end_user",
 }
+# How often the terminal's row count is redrawn.
+ROWS_PER_UPDATE = 1000
 
 
 class Command(BaseCommand):
@@ -71,19 +75,29 @@ class Command(BaseCommand):
         if team:
             found = Team.objects.filter(slug=team).first()
             if found is None:
-                raise CommandError(
-                    f"No team '{team}'. `manage.py shell` lists them: Team.objects.all()."
-                )
+                raise CommandError(team_not_found_message(slug=team))
             rows = rows.filter(team=found)
         values = rows.order_by("created_at", "id").values_list(*FIELDS.values())
+        # Rows counted on stderr, and on a terminal only: stdout may be the export itself.
+        meter = Progress(self.stderr, verbosity=options["verbosity"])
+        total = rows.count() if meter.live else 0
+
+        def counted(source):
+            for done, row in enumerate(source, start=1):
+                if done % ROWS_PER_UPDATE == 0:
+                    meter.status(f"{month}: {done:,} of {total:,} rows")
+                yield row
+
         lines = (ledger_csv_lines if format == "csv" else ledger_ndjson_lines)(
-            values.iterator(chunk_size=5000), list(FIELDS)
+            counted(values.iterator(chunk_size=5000)), list(FIELDS)
         )
         if output == "-":
             for chunk in lines:
                 self.stdout.write(chunk, ending="")
+            meter.clear()
             return
         with open(output, "w", encoding="utf-8", newline="") as target:
             for chunk in lines:
                 target.write(chunk)
+        meter.clear()
         self.stderr.write(f"Wrote {month}'s usage ({format}) to {output}")
