@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "accounts",
     "routing",
     "usage",
+    "ops",
 ]
 
 MIDDLEWARE = [

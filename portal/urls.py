@@ -53,6 +53,7 @@ api = [
 
 urlpatterns = [
     path("v1/", include("routing.urls")),
+    path("", include("ops.urls")),
     path("api/", include(api)),
     path("admin/", admin.site.urls),
     path("", include("usage.urls")),

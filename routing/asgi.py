@@ -55,12 +55,15 @@ class ProxyHandler(ASGIHandler):
         self._middleware_chain = convert_exception_to_response(get_response)
 
 
-def with_proxy(application, *, prefix: str = "/v1/"):
-    """Route /v1 to the proxy handler (bounded by RequestBodyLimit), the rest to `application`."""
+def with_proxy(application, *, prefix: str = "/v1/", bare_paths: tuple[str, ...] = ()):
+    """Route /v1, and the exact `bare_paths` (health, metrics), to the proxy handler
+    (bounded by RequestBodyLimit), the rest to `application`."""
     proxy = RequestBodyLimit(ProxyHandler())
 
     async def app(scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith(prefix):
+        if scope["type"] == "http" and (
+            scope["path"].startswith(prefix) or scope["path"] in bare_paths
+        ):
             return await proxy(scope, receive, send)
         return await application(scope, receive, send)
 

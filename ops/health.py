@@ -1,0 +1,87 @@
+"""Readiness: can this process serve calls? Each dependency is asked on its own short
+timeout, all at once, so a dead one costs about CHECK_TIMEOUT_S, never a pool's wait."""
+
+import functools
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import psycopg
+import redis
+from django.conf import settings
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+from kombu import Connection
+
+# Each check's own bound, seconds: connect, ask, answer.
+CHECK_TIMEOUT_S = 1.0
+# The checks' common bound: a check that overran its own is reported as failed.
+READY_TIMEOUT_S = 1.5
+
+
+@functools.cache
+def _migrations_on_disk() -> frozenset[tuple[str, str]]:
+    # The code does not change under a running process: read it once.
+    return frozenset(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
+
+
+def database_check() -> None:
+    """PostgreSQL answers on a fresh connection (not the pool, whose wait is long), and
+    every migration of the code is applied."""
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=params.get("dbname"),
+        user=params.get("user"),
+        password=params.get("password"),
+        host=params.get("host"),
+        port=params.get("port"),
+        connect_timeout=max(1, int(CHECK_TIMEOUT_S)),
+        options=f"-c statement_timeout={int(CHECK_TIMEOUT_S * 1000)}",
+        autocommit=True,
+    ) as conn:
+        applied = set(conn.execute("SELECT app, name FROM django_migrations").fetchall())
+    missing = sorted(_migrations_on_disk() - applied)
+    if missing:
+        names = ", ".join(f"{app}.{name}" for app, name in missing[:5])
+        raise RuntimeError(f"{len(missing)} unapplied migration(s): {names}")
+
+
+def redis_check() -> None:
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def broker_check() -> None:
+    with Connection(
+        settings.CELERY_BROKER_URL,
+        connect_timeout=CHECK_TIMEOUT_S,
+        transport_options={"socket_timeout": CHECK_TIMEOUT_S, "max_retries": 0},
+    ) as conn:
+        conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_S)
+
+
+def readiness() -> dict[str, str]:
+    """Each configured dependency by name: "ok", or why it is not."""
+    checks = {"database": database_check}
+    if settings.REDIS_URL:
+        checks["redis"] = redis_check
+    if settings.CELERY_BROKER_URL:
+        checks["broker"] = broker_check
+    pool = ThreadPoolExecutor(len(checks), "readyz")
+    futures = {name: pool.submit(check) for name, check in checks.items()}
+    wait(futures.values(), timeout=READY_TIMEOUT_S)
+    # Not joined: a check stuck past its timeout must not hold the answer.
+    pool.shutdown(wait=False, cancel_futures=True)
+    results = {}
+    for name, future in futures.items():
+        if not future.done():
+            results[name] = f"no answer within {READY_TIMEOUT_S:g} s"
+        elif future.exception() is not None:
+            exc = future.exception()
+            results[name] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        else:
+            results[name] = "ok"
+    return results

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from ops import views
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+]
+
+# portal.asgi serves these paths on the handler without browser middleware.
+BARE_PATHS = ("/healthz", "/readyz")

@@ -1,0 +1,22 @@
+"""/healthz and /readyz: served without the browser middleware (portal.asgi
+mounts them on the bare handler) and without a session, CSRF or a user."""
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+
+from ops.health import readiness
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    # The process answers: nothing else is asked.
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+async def readyz(request: HttpRequest) -> HttpResponse:
+    checks = await sync_to_async(readiness, thread_sensitive=False)()
+    failing = sorted(name for name, result in checks.items() if result != "ok")
+    body = {"status": "unavailable" if failing else "ok", "failing": failing, "checks": checks}
+    return JsonResponse(body, status=503 if failing else 200)
