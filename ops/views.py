@@ -1,10 +1,14 @@
-"""/healthz and /readyz: served without the browser middleware (portal.asgi
+"""/healthz, /readyz and /metrics: served without the browser middleware (portal.asgi
 mounts them on the bare handler) and without a session, CSRF or a user."""
 
+import hmac
+
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
+from ops import metrics
 from ops.health import readiness
 
 
@@ -20,3 +24,16 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     failing = sorted(name for name, result in checks.items() if result != "ok")
     body = {"status": "unavailable" if failing else "ok", "failing": failing, "checks": checks}
     return JsonResponse(body, status=503 if failing else 200)
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.TOLLGATE_METRICS_TOKEN
+    if token:
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            response = HttpResponse("A valid metrics token is required.\n", status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    payload, content_type = metrics.exposition()
+    return HttpResponse(payload, content_type=content_type)

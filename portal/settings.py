@@ -329,6 +329,12 @@ TOLLGATE_COOLDOWN_S = env.int("TOLLGATE_COOLDOWN_S", default=30)
 LOG_FORMAT = env("LOG_FORMAT", default="plain" if DEBUG else "json")
 if LOG_FORMAT not in ("plain", "json"):
     raise environ.ImproperlyConfigured("LOG_FORMAT is plain or json.")
+
+# When set, /metrics answers only `Authorization: Bearer <token>`; unset, it is open
+# (keep it on a private network then). PROMETHEUS_MULTIPROC_DIR, read by
+# prometheus-client itself, makes /metrics sum every worker process (ops.metrics).
+TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

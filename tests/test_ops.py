@@ -1,14 +1,24 @@
-"""/healthz and /readyz, over real HTTP to live portals."""
+"""/healthz, /readyz and /metrics, over real HTTP to live portals."""
 
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import httpx2
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT
+from tests.fake_upstream import Fail
+from tests.test_routing import set_route
+from usage.models import UsageRecord
+from usage.tasks import budget_alerts_check, inflight_sweep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,3 +96,161 @@ def test_readyz_names_the_database_while_a_migration_is_unapplied(live_portal):
     assert response.json()["failing"] == ["database"]
     assert f"1 unapplied migration(s): {app}.{name}" in response.json()["checks"]["database"]
     assert httpx2.get(f"{live_portal.url}/readyz", timeout=5).status_code == 200
+
+
+# --- /metrics
+
+
+def test_metrics_count_calls_tokens_spend_and_latency_by_model(
+    catalog, inference_key, sdk, team, live_portal
+):
+    _, secret = inference_key
+    labels = {"endpoint": "chat", "model": "deepseek-v4-flash", "provider": "global"}
+    before = scrape(live_portal.url)
+
+    for _ in range(3):
+        sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
+    stream = sdk(secret).chat.completions.create(
+        model="deepseek-v4-flash", messages=MESSAGES, stream=True
+    )
+    list(stream)
+    after = scrape(live_portal.url)
+
+    def delta(name, **extra):
+        return sample(after, name, **labels, **extra) - sample(before, name, **labels, **extra)
+
+    assert delta("tollgate_proxy_requests_total", status="ok") == 4
+    assert delta("tollgate_proxy_request_duration_seconds_count", status="ok") == 4
+    assert delta("tollgate_proxy_request_duration_seconds_bucket", status="ok", le="+Inf") == 4
+    assert delta("tollgate_proxy_time_to_first_token_seconds_count") == 1
+    billed = UsageRecord.objects.filter(team=team)
+    assert delta("tollgate_tokens_total", kind="prompt") == sum(r.prompt_tokens for r in billed)
+    assert delta("tollgate_tokens_total", kind="completion") == sum(
+        r.completion_tokens for r in billed
+    )
+    assert delta("tollgate_spend_usd_total") == pytest.approx(
+        float(sum(r.cost_usd for r in billed))
+    )
+    assert delta("tollgate_proxy_request_duration_seconds_sum", status="ok") > 0
+    assert (
+        sample(after, "tollgate_ledger_write_seconds_count")
+        >= sample(before, "tollgate_ledger_write_seconds_count") + 4
+    )
+    # Every call opened was recorded (other tests may leave meters of their own open).
+    assert sample(after, "tollgate_calls_in_flight") == sample(before, "tollgate_calls_in_flight")
+
+
+def test_metrics_count_upstream_errors_and_fallbacks(
+    catalog, inference_key, sdk, upstream, live_portal
+):
+    set_route("metered-fallback", targets=["deepseek-v4-flash", "qwen3-32b"])
+    upstream.script("deepseek-v4-flash", Fail(503))
+    _, secret = inference_key
+    before = scrape(live_portal.url)
+
+    sdk(secret).chat.completions.create(model="metered-fallback", messages=MESSAGES)
+    after = scrape(live_portal.url)
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    flash = {"endpoint": "chat", "model": "deepseek-v4-flash", "provider": "global"}
+    qwen = {"endpoint": "chat", "model": "qwen3-32b", "provider": "global"}
+    assert delta("tollgate_upstream_errors_total", **flash, status="upstream_error") == 1
+    assert delta("tollgate_upstream_fallbacks_total", **qwen) == 1
+    assert delta("tollgate_proxy_requests_total", **qwen, status="ok") == 1
+    assert delta("tollgate_proxy_requests_total", **flash, status="upstream_error") == 0
+
+
+def test_refused_calls_are_counted_with_their_status(inference_key, sdk, catalog, live_portal):
+    _, secret = inference_key
+    before = scrape(live_portal.url)
+    labels = {"endpoint": "chat", "model": "", "provider": "", "status": "refused"}
+
+    with pytest.raises(Exception):
+        sdk(secret).chat.completions.create(model="no-such-model", messages=MESSAGES)
+
+    after = scrape(live_portal.url)
+    assert sample(after, "tollgate_proxy_requests_total", **labels) == (
+        sample(before, "tollgate_proxy_requests_total", **labels) + 1
+    )
+
+
+def test_metrics_token_is_required_when_set(live_portal, settings):
+    settings.TOLLGATE_METRICS_TOKEN = "s3cret-scrape"
+    url = f"{live_portal.url}/metrics"
+
+    assert httpx2.get(url).status_code == 401
+    assert httpx2.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx2.get(url, headers={"Authorization": "s3cret-scrape"}).status_code == 401
+    assert scrape(live_portal.url, Authorization="Bearer s3cret-scrape")
+
+
+def test_celery_task_outcomes_are_counted(celery_worker, live_portal):
+    before = scrape(live_portal.url)
+
+    inflight_sweep.delay().get(timeout=30)
+    budget_alerts_check.delay("not-a-counter-id").get(timeout=30, propagate=False)
+
+    after = scrape(live_portal.url)
+    for task, outcome in ((inflight_sweep.name, "success"), (budget_alerts_check.name, "failure")):
+        labels = {"task": task, "outcome": outcome}
+        assert sample(after, "tollgate_celery_task_calls_total", **labels) == (
+            sample(before, "tollgate_celery_task_calls_total", **labels) + 1
+        )
+
+
+# --- Several worker processes
+
+
+def start_portal(port: int, metrics_dir) -> subprocess.Popen:
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "REDIS_URL": django_settings.REDIS_URL,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "TOLLGATE_WEB_SWEEPS": "0",
+    }
+    command = [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port)]
+    return subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
+
+
+def wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the portal at {url} did not start")
+        time.sleep(0.2)
+
+
+def test_metrics_sum_calls_across_worker_processes(catalog, inference_key, sdk, tmp_path):
+    _, secret = inference_key
+    ports = [closed_port(), closed_port()]
+    processes = [start_portal(port, tmp_path) for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url, process in zip(urls, processes):
+            wait_ready(url, process)
+        for url, calls in zip(urls, (2, 3)):
+            client = sdk(secret).with_options(base_url=f"{url}/v1")
+            for _ in range(calls):
+                client.chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
+
+        labels = {"endpoint": "chat", "model": "deepseek-v4-flash", "provider": "global"}
+        for url in urls:
+            samples = scrape(url)
+            assert sample(samples, "tollgate_proxy_requests_total", **labels, status="ok") == 5
+            assert sample(samples, "tollgate_tokens_total", **labels, kind="prompt") == 5 * 12
+            assert sample(samples, "tollgate_calls_in_flight") == 0
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+    assert len(list(tmp_path.glob("counter_*.db"))) == 2

@@ -39,6 +39,7 @@ from django.db import (
 from django.db.models import Avg, Exists, OuterRef, Q
 from django.utils import timezone
 
+from usage import metrics
 from usage.budgets import (
     OverBudget,
     Reservation,
@@ -121,11 +122,16 @@ class CallFacts:
 class Meter:
     """One open call: its reservation and the outcomes of its attempts, until it is closed."""
 
-    def __init__(self, facts: CallFacts, reservation: Reservation):
+    def __init__(self, facts: CallFacts, reservation: Reservation, *, in_flight: bool = False):
         self.facts = facts
         self.reservation = reservation
         self.outcomes: list[tuple[Outcome, Decimal]] = []
         self.closed = False
+        # Counted in the in-flight gauge until closed (an opened call; a refusal is not).
+        self.in_flight = in_flight
+        self.opened = time.monotonic()
+        if in_flight:
+            metrics.in_flight.inc()
 
     def attempt(self, outcome: Outcome) -> Decimal:
         """Add an attempt's outcome; returns what it costs (USD)."""
@@ -150,7 +156,17 @@ class Meter:
             _record(self.facts, outcome, charge, attempt, now)
             for attempt, (outcome, charge) in enumerate(self.outcomes)
         ]
-        settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
+        writing = time.monotonic()
+        try:
+            settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
+        finally:
+            if self.in_flight:
+                metrics.in_flight.dec()
+        written = time.monotonic()
+        # Counted once the ledger holds the call, so the metrics agree with it.
+        metrics.call_observe(
+            self.facts, self.outcomes, duration_s=written - self.opened, ledger_s=written - writing
+        )
         for counter_id in crossed_counters(settled, self.total):
             transaction.on_commit(lambda c=counter_id: budget_alerts_enqueue(c))
         _log_call(self.facts, records, self.total)
@@ -337,7 +353,7 @@ def meter_open(
         worker=heartbeat.worker(),
         expires_at=now + timedelta(seconds=deadline_s) + INFLIGHT_MARGIN,
     )
-    return Meter(facts, budget_reserve(call=call, amount=reserve, now=now))
+    return Meter(facts, budget_reserve(call=call, amount=reserve, now=now), in_flight=True)
 
 
 def meter_refuse(*, facts: CallFacts, outcome: Outcome, now: datetime | None = None) -> None:
