@@ -44,8 +44,12 @@ prod: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py loadcatalog catalog/default.toml
 	@echo "Tollgate (production set) serving http://$(HOST):$(PORT)/ with $(WEB_CONCURRENCY) web processes"
+	@# The web processes and the worker write their metrics to one directory, emptied here
+	@# so a previous run's processes are not summed in.
+	metrics="$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/.tollgate/metrics}"; \
+	mkdir -p "$$metrics" && rm -f "$$metrics"/*.db; \
 	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=false TOLLGATE_PLAIN_HTTP=$${TOLLGATE_PLAIN_HTTP:-1} \
-		HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) \
+		HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) PROMETHEUS_MULTIPROC_DIR="$$metrics" \
 		$(BIN)/honcho start --no-prefix -f Procfile -p $(PORT) web worker beat
 
 test: lint browser

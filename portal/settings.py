@@ -334,6 +334,10 @@ if LOG_FORMAT not in ("plain", "json"):
 # (keep it on a private network then). PROMETHEUS_MULTIPROC_DIR, read by
 # prometheus-client itself, makes /metrics sum every worker process (ops.metrics).
 TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", default="")
+if env("PROMETHEUS_MULTIPROC_DIR", default=""):
+    # prometheus-client opens its files there as soon as a metric is defined: a directory
+    # that does not exist yet would stop every process (manage.py included) at import.
+    Path(env("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
 
 LOGGING = {
     "version": 1,

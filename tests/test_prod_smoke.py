@@ -1,6 +1,7 @@
 """The production process set, as `make prod` runs it (the Procfile under honcho: web ×2,
 a Celery worker and beat), against the test's PostgreSQL and Redis: calls go through it,
-land in the ledger once each, and a background task runs on the worker."""
+land in the ledger once each, a background task runs on the worker, and /metrics sums
+what every process of the set counted."""
 
 import os
 import signal
@@ -16,6 +17,7 @@ import openai
 import pytest
 from django.conf import settings
 from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.services import api_key_create
 from usage.budgets import budget_set
@@ -118,3 +120,21 @@ def test_the_production_set_serves_meters_and_runs_tasks(
             AlertDelivery.objects.values("status", "last_error")
         )
         time.sleep(0.2)
+
+    # Whichever web process serves the scrape, it sums every process's counts: the calls
+    # (spread over both web processes by the kernel) and the worker's tasks.
+    samples = [
+        sample
+        for family in text_string_to_metric_families(httpx2.get(f"{production_set}/metrics").text)
+        for sample in family.samples
+    ]
+    calls = {"endpoint": "chat", "model": "gpt-4o", "provider": "openai", "status": "ok"}
+    assert [
+        s.value for s in samples if s.name == "tollgate_proxy_requests_total" and s.labels == calls
+    ] == [21]
+    assert any(
+        s.name == "tollgate_celery_task_calls_total"
+        and s.labels["outcome"] == "success"
+        and s.value >= 1
+        for s in samples
+    )
