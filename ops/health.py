@@ -2,6 +2,7 @@
 timeout, all at once, so a dead one costs about CHECK_TIMEOUT_S, never a pool's wait."""
 
 import functools
+import logging
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import psycopg
@@ -11,10 +12,16 @@ from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from kombu import Connection
 
+logger = logging.getLogger(__name__)
+
 # Each check's own bound, seconds: connect, ask, answer.
 CHECK_TIMEOUT_S = 1.0
 # The checks' common bound: a check that overran its own is reported as failed.
 READY_TIMEOUT_S = 1.5
+
+
+class NotReady(Exception):
+    """A dependency answered but is not ready; the message is the public reason."""
 
 
 @functools.cache
@@ -41,7 +48,7 @@ def database_check() -> None:
     missing = sorted(_migrations_on_disk() - applied)
     if missing:
         names = ", ".join(f"{app}.{name}" for app, name in missing[:5])
-        raise RuntimeError(f"{len(missing)} unapplied migration(s): {names}")
+        raise NotReady(f"{len(missing)} unapplied migration(s): {names}")
 
 
 def redis_check() -> None:
@@ -79,9 +86,13 @@ def readiness() -> dict[str, str]:
     for name, future in futures.items():
         if not future.done():
             results[name] = f"no answer within {READY_TIMEOUT_S:g} s"
-        elif future.exception() is not None:
-            exc = future.exception()
-            results[name] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        elif isinstance(exc := future.exception(), NotReady):
+            results[name] = str(exc)
+        elif exc is not None:
+            # /readyz is public: the reason names the kind of failure; the log says where
+            # (hosts, users, ports), for the operator.
+            results[name] = f"unreachable ({type(exc).__name__})"
+            logger.warning("readiness: %s is not ready", name, exc_info=exc)
         else:
             results[name] = "ok"
     return results
