@@ -75,12 +75,13 @@ def test_readyz_names_a_dead_redis_and_broker_quickly(live_portal, settings):
     started = time.monotonic()
     response = httpx2.get(f"{live_portal.url}/readyz", timeout=10)
 
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 2
     assert response.status_code == 503
     body = response.json()
     assert body["failing"] == ["broker", "redis"]
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"] == "unreachable (ConnectionError)"
+    assert body["checks"]["broker"].startswith("unreachable")
     assert "127.0.0.1" not in response.text  # where the services live is not public
 
 
