@@ -230,7 +230,7 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
     matched = _key_pepper_matched(stored=principal.secret_hash, secret=secret)
     if matched is None:
         raise InvalidKey("Incorrect API key provided.")
-    if matched > 0:
+    if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:
         _key_rehash(principal, secret_hash=key_hash(secret))
     if principal.expires_at is not None and principal.expires_at <= now:
         raise InvalidKey("This API key has expired.")

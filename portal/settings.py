@@ -33,9 +33,13 @@ SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # API-key hashes are HMAC-SHA256 keyed by this pepper, kept apart from SECRET_KEY so
 # either can be rotated on its own. Unset, SECRET_KEY itself keys them (how keys were
 # hashed before the pepper existed, so they keep working). FALLBACKS are earlier peppers
-# (comma-separated), still accepted; a key one of them matches is re-hashed on its next use.
+# (comma-separated), still accepted. With REHASH on, a key one of them matches is re-hashed
+# under the current pepper on its next use; turn it on only once every process runs the new
+# pepper (a process still on the old one would refuse a re-hashed key), so a rolling
+# restart never breaks a key.
 TOLLGATE_KEY_PEPPER = env("TOLLGATE_KEY_PEPPER", default="")
 TOLLGATE_KEY_PEPPER_FALLBACKS = env.list("TOLLGATE_KEY_PEPPER_FALLBACKS", default=[])
+TOLLGATE_KEY_PEPPER_REHASH = env.bool("TOLLGATE_KEY_PEPPER_REHASH", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 

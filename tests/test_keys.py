@@ -60,6 +60,7 @@ def test_key_issued_before_the_pepper_existed_keeps_working(team, settings):
     # The operator then sets a pepper, with the SECRET_KEY as the pepper it replaces.
     settings.TOLLGATE_KEY_PEPPER = PEPPER_A
     settings.TOLLGATE_KEY_PEPPER_FALLBACKS = [settings.SECRET_KEY]
+    settings.TOLLGATE_KEY_PEPPER_REHASH = True
     assert api_key_authenticate(secret=secret).key_id == key.id
     assert stored_hash(key) == key_hash(secret, pepper=PEPPER_A)
 
@@ -72,6 +73,11 @@ def test_key_survives_rotating_the_pepper_and_is_rehashed_on_use(team, settings)
 
     settings.TOLLGATE_KEY_PEPPER = PEPPER_B
     settings.TOLLGATE_KEY_PEPPER_FALLBACKS = [PEPPER_A]
+    assert api_key_authenticate(secret=secret).key_id == key.id
+    # During the rollout the stored hash stays under A: a process still on A accepts it.
+    assert stored_hash(key) == key_hash(secret, pepper=PEPPER_A)
+
+    settings.TOLLGATE_KEY_PEPPER_REHASH = True  # every process runs B now
     assert api_key_authenticate(secret=secret).key_id == key.id
     assert stored_hash(key) == key_hash(secret, pepper=PEPPER_B)
 
@@ -104,6 +110,7 @@ def test_key_revoked_after_a_rehash_is_rejected(team, settings):
     key, secret = api_key_create(team=team, name="app")
     api_key_authenticate(secret=secret)
     settings.TOLLGATE_KEY_PEPPER, settings.TOLLGATE_KEY_PEPPER_FALLBACKS = PEPPER_B, [PEPPER_A]
+    settings.TOLLGATE_KEY_PEPPER_REHASH = True
     api_key_authenticate(secret=secret)  # re-hashed under B
 
     call_command("revokekey", key.prefix)
