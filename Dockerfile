@@ -8,4 +8,7 @@ RUN pip install --no-cache-dir -e . && useradd --system --home /app tollgate \
     && mkdir -p /app/.tollgate && chown tollgate /app/.tollgate
 USER tollgate
 EXPOSE 8000
-CMD ["uvicorn", "portal.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log", "--proxy-headers", "--forwarded-allow-ips", "*"]
+# X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (your proxy), never from anyone:
+# sign-in throttling counts the address it names. Multiprocess metrics need a shared folder.
+ENV FORWARDED_ALLOW_IPS=127.0.0.1 PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus WEB_CONCURRENCY=2
+CMD ["sh", "-c", "mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn portal.asgi:application --host 0.0.0.0 --port 8000 --workers \"$WEB_CONCURRENCY\" --no-access-log --proxy-headers --forwarded-allow-ips \"$FORWARDED_ALLOW_IPS\""]
