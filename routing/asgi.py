@@ -15,7 +15,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
 from routing.calls import new_request_id
-from routing.errors import request_too_large
+from routing.errors import ProxyError, request_too_large
 
 
 class ProxyHandler(ASGIHandler):
@@ -61,13 +61,60 @@ def with_proxy(application, *, prefix: str = "/v1/", bare_paths: tuple[str, ...]
     proxy = RequestBodyLimit(ProxyHandler())
 
     async def app(scope, receive, send):
-        if scope["type"] == "http" and (
-            scope["path"].startswith(prefix) or scope["path"] in bare_paths
-        ):
+        if scope["type"] == "http" and scope["path"].startswith(prefix):
+            if settings.TOLLGATE_PLAIN_HTTP:
+                return await proxy(scope, receive, send)
+            # This side skips SecurityMiddleware, so it enforces HTTPS itself: a key sent in
+            # cleartext is refused (not redirected: clients do not re-send a POST), and
+            # answers over HTTPS carry HSTS like the pages do.
+            if not _over_https(scope):
+                return await _https_required(send)
+            return await proxy(scope, receive, _with_hsts(send))
+        if scope["type"] == "http" and scope["path"] in bare_paths:
             return await proxy(scope, receive, send)
         return await application(scope, receive, send)
 
     return app
+
+
+def _over_https(scope) -> bool:
+    forwarded = next((v for k, v in scope["headers"] if k == b"x-forwarded-proto"), b"")
+    return scope.get("scheme") == "https" or forwarded.split(b",")[0].strip() == b"https"
+
+
+def _with_hsts(send):
+    value = f"max-age={settings.SECURE_HSTS_SECONDS}; includeSubDomains; preload".encode()
+
+    async def sending(message):
+        if message["type"] == "http.response.start" and settings.SECURE_HSTS_SECONDS:
+            message = {
+                **message,
+                "headers": [*message.get("headers", []), (b"strict-transport-security", value)],
+            }
+        await send(message)
+
+    return sending
+
+
+async def _https_required(send):
+    error = ProxyError(
+        403,
+        "This gateway takes API calls over HTTPS only; use an https:// base URL.",
+        code="https_required",
+    )
+    payload = json.dumps(error.payload()).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"x-request-id", new_request_id().encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 class RequestBodyLimit:

@@ -1,4 +1,5 @@
-"""CORS on /v1, for browser apps: off by default, for the named origins when set."""
+"""CORS on /v1, for browser apps: off by default, for the named origins when set; and /v1
+over HTTPS only when TLS is enforced."""
 
 import httpx2
 import pytest
@@ -45,3 +46,19 @@ def test_a_named_origin_gets_preflights_and_readable_headers(
     # The management API and the pages never answer other origins.
     api = httpx2.get(f"{live_portal.url}/api/teams/", headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in api.headers
+
+
+def test_with_tls_enforced_v1_refuses_cleartext_and_sends_hsts(
+    settings, live_portal, inference_key
+):
+    settings.TOLLGATE_PLAIN_HTTP = False
+    settings.SECURE_HSTS_SECONDS = 31536000
+    _, secret = inference_key
+    auth = {"Authorization": f"Bearer {secret}"}
+    cleartext = httpx2.get(f"{live_portal.url}/v1/models", headers=auth)
+    assert cleartext.status_code == 403 and cleartext.json()["error"]["code"] == "https_required"
+    proxied = httpx2.get(
+        f"{live_portal.url}/v1/models", headers={**auth, "X-Forwarded-Proto": "https"}
+    )
+    assert proxied.status_code == 200
+    assert proxied.headers["strict-transport-security"].startswith("max-age=31536000")
