@@ -21,9 +21,17 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 DEBUG = env.bool("DEBUG", default=True)
 _DEV_SECRET = "dev-only-secret-key-do-not-use-in-production-0123456789abcdef"
 SECRET_KEY = env("SECRET_KEY", default=_DEV_SECRET if DEBUG else None)
-if not DEBUG and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET or len(SECRET_KEY) < 32):
+# Django's own bar for a production key (check --deploy's security.W009): 50 characters or
+# more, 5 or more different ones, not one of its generated "django-insecure-" keys.
+if not DEBUG and (
+    not SECRET_KEY
+    or SECRET_KEY == _DEV_SECRET
+    or len(SECRET_KEY) < 50
+    or len(set(SECRET_KEY)) < 5
+    or SECRET_KEY.startswith("django-insecure-")
+):
     raise environ.ImproperlyConfigured(
-        "With DEBUG off, SECRET_KEY must be set to a secret of your own of 32 characters or more "
+        "With DEBUG off, SECRET_KEY must be set to a secret of your own of 50 characters or more "
         "(not the development value), e.g. python -c 'import secrets; "
         "print(secrets.token_urlsafe(50))'."
     )

@@ -28,7 +28,14 @@ def manage(*args, **env):
 
 
 @pytest.mark.parametrize(
-    "secret", [None, "dev-only-secret-key-do-not-use-in-production-0123456789abcdef", "short"]
+    "secret",
+    [
+        None,
+        "dev-only-secret-key-do-not-use-in-production-0123456789abcdef",
+        "short",
+        "a" * 60,
+        "django-insecure-abcdefghijklmnopqrstuvwxyz0123456789abcdefghij",
+    ],
 )
 def test_production_refuses_to_start_without_a_real_secret(secret):
     done = manage("check", **({"SECRET_KEY": secret} if secret else {}))
