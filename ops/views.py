@@ -30,8 +30,12 @@ async def readyz(request: HttpRequest) -> HttpResponse:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     token = settings.TOLLGATE_METRICS_TOKEN
     if token:
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        # The scheme's name is case-insensitive (RFC 9110); the token is compared in
+        # constant time.
+        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.strip().encode(), token.encode()
+        ):
             response = HttpResponse("A valid metrics token is required.\n", status=401)
             response["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response

@@ -186,6 +186,7 @@ def test_metrics_token_is_required_when_set(live_portal, settings):
     assert httpx2.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx2.get(url, headers={"Authorization": "s3cret-scrape"}).status_code == 401
     assert scrape(live_portal.url, Authorization="Bearer s3cret-scrape")
+    assert scrape(live_portal.url, Authorization="bearer s3cret-scrape")  # any case, RFC 9110
 
 
 def test_celery_task_outcomes_are_counted(celery_worker, live_portal):

@@ -57,7 +57,10 @@ def test_every_team_as_ndjson_with_money_as_decimal_strings(ledger):
     assert all(isinstance(r["cost_usd"], str) for r in lines)
 
 
-@pytest.mark.parametrize("args", [("2026-13",), ("2026-10", "--team", "nope")])
+@pytest.mark.parametrize(
+    "args",
+    [("2026-13",), ("2026-10", "--team", "nope"), ("2026-10", "--output", "/nonexistent/dir/x")],
+)
 def test_bad_months_and_teams_are_named(args):
     with pytest.raises(CommandError):
         export(*args)

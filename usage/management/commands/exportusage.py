@@ -96,7 +96,11 @@ class Command(BaseCommand):
                 self.stdout.write(chunk, ending="")
             meter.clear()
             return
-        with open(output, "w", encoding="utf-8", newline="") as target:
+        try:
+            target = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as exc:
+            raise CommandError(f"Cannot write {output}: {exc.strerror}.") from None
+        with target:
             for chunk in lines:
                 target.write(chunk)
         meter.clear()
