@@ -4,7 +4,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DEBUG=false
 WORKDIR /app
 COPY . .
 # Editable, so the code runs from /app, where the templates, static files and catalog are.
-RUN pip install --no-cache-dir -e . && useradd --system --home /app tollgate \
+RUN pip install --no-cache-dir -e . && DATABASE_URL=postgres://build/none SECRET_KEY=build-only \
+    DEBUG=true python manage.py collectstatic --no-input -v0 && useradd --system --home /app tollgate \
     && mkdir -p /app/.tollgate && chown tollgate /app/.tollgate
 USER tollgate
 EXPOSE 8000

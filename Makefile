@@ -43,6 +43,7 @@ prod: $(STAMP)
 	mkdir -p .tollgate
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py loadcatalog catalog/default.toml
+	$(BIN)/python manage.py collectstatic --no-input -v0
 	@echo "Tollgate (production set) serving http://$(HOST):$(PORT)/ with $(WEB_CONCURRENCY) web processes"
 	@# The web processes and the worker write their metrics to one directory, emptied here
 	@# so a previous run's processes are not summed in.

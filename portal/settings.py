@@ -178,6 +178,8 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
+# Worker and beat log through LOGGING (JSON lines in production) instead of Celery's format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 # Every periodic job, in one place. Each is idempotent: safe to run twice.
 CELERY_BEAT_SCHEDULE = {
