@@ -246,7 +246,7 @@ def invoice_months(*, team, now, months: int = 12) -> list[dict]:
 
 
 def team_budget_status(*, team, now):
-    """The team-wide budget with this month's spend and reservations, or None."""
+    """The team-wide budget with this month's figures (as budget_list gives them), or None."""
     from usage.models import Budget, BudgetCounter
     from usage.months import month_start
 
@@ -254,12 +254,21 @@ def team_budget_status(*, team, now):
     if budget is None:
         return None
     counter = BudgetCounter.objects.filter(budget=budget, month=month_start(now).date()).first()
-    spent = counter.spent_usd if counter else 0
+    return _budget_figures(budget, counter, now)
+
+
+def _budget_figures(budget, counter, now) -> dict:
+    """A budget with this month's spend, reservations, share used (None for a $0 budget) and
+    month-end forecast, from its counter (no counter yet: nothing spent)."""
+    from usage.months import month_projection
+
+    spent = counter.spent_usd if counter else Decimal(0)
     return {
         "budget": budget,
         "spent": spent,
-        "reserved": counter.reserved_usd if counter else 0,
-        "percent": (spent / budget.amount_usd * 100) if budget.amount_usd else None,
+        "reserved": counter.reserved_usd if counter else Decimal(0),
+        "percent": spent / budget.amount_usd * 100 if budget.amount_usd else None,
+        "forecast": month_projection(spent, now),
     }
 
 
@@ -276,7 +285,7 @@ def recent_alerts(*, team, limit=10):
 def budget_list(*, team, now) -> list[dict]:
     """The team's budgets (the team's first, then its keys'), each with this month's figures."""
     from usage.models import Budget, BudgetCounter
-    from usage.months import month_projection, month_start
+    from usage.months import month_start
 
     month = month_start(now).date()
     budgets = list(
@@ -285,20 +294,7 @@ def budget_list(*, team, now) -> list[dict]:
     counters = {
         c.budget_id: c for c in BudgetCounter.objects.filter(budget__in=budgets, month=month)
     }
-    listed = []
-    for budget in budgets:
-        counter = counters.get(budget.id)
-        spent = counter.spent_usd if counter else Decimal(0)
-        listed.append(
-            {
-                "budget": budget,
-                "spent": spent,
-                "reserved": counter.reserved_usd if counter else Decimal(0),
-                "percent": spent / budget.amount_usd * 100 if budget.amount_usd else None,
-                "forecast": month_projection(spent, now),
-            }
-        )
-    return listed
+    return [_budget_figures(budget, counters.get(budget.id), now) for budget in budgets]
 
 
 def alert_history(*, team) -> QuerySet:

@@ -28,7 +28,6 @@ from usage.models import Invoice
 from usage.months import (
     PRESETS,
     PeriodError,
-    month_projection,
     next_month_start,
     period_from_query,
 )
@@ -157,9 +156,7 @@ def _budget_outlook(*, team, now) -> dict | None:
     status = team_budget_status(team=team, now=now)
     if status is None:
         return None
-    budget, spent = status["budget"], Decimal(status["spent"])
-    forecast = month_projection(spent, now)
-    percent = status["percent"]
+    budget, forecast, percent = status["budget"], status["forecast"], status["percent"]
     first_threshold = min(budget.thresholds, default=80)
     if not budget.amount_usd:
         level, text = "error", "The team's monthly budget is $0."
@@ -181,7 +178,6 @@ def _budget_outlook(*, team, now) -> dict | None:
         text += " Calls that would pass the budget are refused."
     return {
         **status,
-        "forecast": forecast,
         "bar": min(percent, Decimal(100)) if percent is not None else 100,
         "level": level,
         "banner": text,
