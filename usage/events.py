@@ -90,14 +90,16 @@ def usage_events_dispatch(*, now: datetime | None = None) -> int:
 
 def usage_event_body(row_id: int) -> tuple[Team, str, bytes] | None:
     """The event for a ledger row: its team, id, and JSON body (money as decimal strings)."""
-    row = UsageRecord.objects.filter(id=row_id).select_related("team").first()
-    if row is None:
+    found = (
+        UsageRecord.objects.filter(id=row_id).values_list("team_id", *EVENT_FIELDS.values()).first()
+    )
+    if found is None:
         return None
-    values = UsageRecord.objects.filter(id=row_id).values_list(*EVENT_FIELDS.values()).first()
-    data = json.loads("".join(ledger_ndjson_lines([values], list(EVENT_FIELDS))))
-    event_id = f"{row.request_id}:{row.attempt}"
-    body = {"id": event_id, "type": "usage.recorded", "team": row.team.slug, "data": data}
-    return row.team, event_id, json.dumps(body, separators=(",", ":")).encode()
+    team = Team.objects.get(id=found[0])
+    data = json.loads("".join(ledger_ndjson_lines([found[1:]], list(EVENT_FIELDS))))
+    event_id = f"{data['request_id']}:{data['attempt']}"
+    body = {"id": event_id, "type": "usage.recorded", "team": team.slug, "data": data}
+    return team, event_id, json.dumps(body, separators=(",", ":")).encode()
 
 
 def usage_event_signature(secret: str, timestamp: int, body: bytes) -> str:
