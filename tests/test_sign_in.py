@@ -100,6 +100,9 @@ def test_over_http_a_forged_forwarded_for_does_not_escape_the_address_limit(
 def test_a_forged_forwarded_for_neither_escapes_nor_aims_the_address_limit(
     client, owner, admin, member
 ):
+    # A guard on axes' configuration (the address is REMOTE_ADDR), not a regression test of
+    # the hole the hostile pass found: that came through uvicorn's proxy headers, and the
+    # HTTP test above is the one that fails without the fix.
     # Five wrong passwords for five accounts, each claiming another address in X-Forwarded-For:
     # they all count against the one address they really came from.
     for n in range(5):
