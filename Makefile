@@ -33,7 +33,7 @@ serve: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py demo
 	$(BIN)/uvicorn portal.asgi:application --host $(HOST) --port $(PORT) --no-access-log --no-proxy-headers
 
-# The production process set, locally: web ×WEB_CONCURRENCY, a Celery worker and beat (the
+# The production process set, locally: web ×WEB_CONCURRENCY, Celery's worker, events and beat (the
 # Procfile), against the DATABASE_URL, REDIS_URL and CELERY_BROKER_URL you set.
 WEB_CONCURRENCY ?= 2
 prod: $(STAMP)
@@ -51,7 +51,7 @@ prod: $(STAMP)
 	mkdir -p "$$metrics" && rm -f "$$metrics"/*.db; \
 	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=false TOLLGATE_PLAIN_HTTP=$${TOLLGATE_PLAIN_HTTP:-1} \
 		HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) PROMETHEUS_MULTIPROC_DIR="$$metrics" \
-		$(BIN)/honcho start --no-prefix -f Procfile -p $(PORT) web worker beat
+		$(BIN)/honcho start --no-prefix -f Procfile -p $(PORT) web worker events beat
 
 test: lint browser
 	$(SERVICES) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ from accounts.services import (
     api_key_create,
     api_key_revoke,
     team_settings_update,
+    usage_webhook_secret_rotate,
     usage_webhook_set,
 )
 
@@ -142,6 +143,18 @@ class ApiKeyRevokeApi(APIView):
         return Response(ApiKeySerializer(api_key_revoke(key=key)).data)
 
 
+class UsageWebhookStatusSerializer(serializers.Serializer):
+    """Where a team's usage events stand: delivered through which ledger row, and whether
+    deliveries are paused after failures (and until when)."""
+
+    delivered_through = serializers.DateTimeField()
+    last_delivered_at = serializers.DateTimeField(allow_null=True)
+    failures = serializers.IntegerField()
+    retry_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField()
+    previous_secret_valid_until = serializers.DateTimeField(allow_null=True)
+
+
 class TeamSettingsSerializer(serializers.Serializer):
     slug = serializers.CharField(read_only=True)
     name = serializers.CharField(max_length=200, required=False)
@@ -150,6 +163,7 @@ class TeamSettingsSerializer(serializers.Serializer):
     # Each recorded ledger row is POSTed there as an event signed with the secret (usage.events).
     usage_webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
     usage_webhook_secret = serializers.CharField(read_only=True)
+    usage_webhook_status = UsageWebhookStatusSerializer(read_only=True, allow_null=True)
 
     def validate_usage_webhook_url(self, value):
         return self.validate_alert_webhook_url(value)
@@ -184,10 +198,44 @@ class TeamDetailApi(APIView):
         return Response(_team_settings(team, role=role))
 
 
+class UsageWebhookSecretApi(APIView):
+    @extend_schema(
+        request=None,
+        responses=TeamSettingsSerializer,
+        description="A new signing secret for the usage webhook. The previous secret signs "
+        "too (a second signature in X-Tollgate-Signature) for 24 hours, so the receiver can "
+        "switch without refusing events.",
+    )
+    def post(self, request, slug):
+        team = require_team(request, slug, BUDGET_MANAGERS)
+        if not team.usage_webhook_url:
+            raise ValidationError({"usage_webhook_url": ["Set a usage webhook first."]})
+        team = usage_webhook_secret_rotate(team=team)
+        return Response(_team_settings(team, role=request.team_access[1]))
+
+
 def _team_settings(team, *, role) -> dict:
-    """The team's settings; the alert webhook (a Slack webhook URL is a secret) only for
-    those who manage budgets."""
+    """The team's settings; the webhooks (a Slack webhook URL is a secret) and the usage
+    events' secret and delivery status only for those who manage budgets."""
+    from usage.models import UsageEventMark
+
     data = dict(TeamSettingsSerializer(team).data)
     if role not in BUDGET_MANAGERS:
         data["alert_webhook_url"] = data["usage_webhook_url"] = data["usage_webhook_secret"] = None
+        data["usage_webhook_status"] = None
+        return data
+    mark = UsageEventMark.objects.filter(team=team).first() if team.usage_webhook_url else None
+    previous_until = team.usage_webhook_secret_previous_until
+    if mark is not None:
+        delivery = {
+            "delivered_through": mark.through,
+            "last_delivered_at": mark.delivered_at,
+            "failures": mark.failures,
+            "retry_at": mark.retry_at,
+            "last_error": mark.last_error,
+            "previous_secret_valid_until": (
+                previous_until if previous_until and previous_until > timezone.now() else None
+            ),
+        }
+    data["usage_webhook_status"] = UsageWebhookStatusSerializer(delivery).data if mark else None
     return data

@@ -19,6 +19,9 @@ class Team(models.Model):
     usage_webhook_url = models.URLField(max_length=500, blank=True)
     # The HMAC-SHA256 key of those events' signatures: shown to the team, never sent.
     usage_webhook_secret = models.CharField(max_length=64, blank=True)
+    # After a rotation the previous secret signs too, until this time (usage.events).
+    usage_webhook_secret_previous = models.CharField(max_length=64, blank=True)
+    usage_webhook_secret_previous_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):

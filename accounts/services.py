@@ -507,11 +507,46 @@ def invitation_accept_new_user(
         return _invitation_close(invitation, user, now)
 
 
-def usage_webhook_set(*, team: Team, url: str) -> Team:
-    """Turn the team's usage event webhook on (a new signing secret when first set) or off
-    (an empty URL). The URL must pass the same outbound checks as the alert webhook."""
-    team.usage_webhook_url = url
-    if url and not team.usage_webhook_secret:
+def usage_webhook_set(*, team: Team, url: str, now: datetime | None = None) -> Team:
+    """Turn the team's usage event webhook on (a new signing secret when first set; events
+    from now on), change it (a paused delivery is tried again at once), or turn it off (an
+    empty URL). The URL must pass the same outbound checks as the alert webhook."""
+    from usage.events import usage_events_start
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        team = Team.objects.select_for_update().get(id=team.id)
+        was_on = bool(team.usage_webhook_url)
+        team.usage_webhook_url = url
+        if url and not team.usage_webhook_secret:
+            team.usage_webhook_secret = secrets.token_urlsafe(32)
+        team.save(update_fields=["usage_webhook_url", "usage_webhook_secret"])
+        if url:
+            usage_events_start(team=team, now=now, from_now=not was_on)
+    return team
+
+
+# How long the previous usage-webhook secret still signs after a rotation.
+USAGE_WEBHOOK_SECRET_OVERLAP = timedelta(hours=24)
+
+
+def usage_webhook_secret_rotate(*, team: Team, now: datetime | None = None) -> Team:
+    """A new signing secret for the team's usage events. The previous one keeps signing too
+    (a second signature in the header) for USAGE_WEBHOOK_SECRET_OVERLAP, so the consumer can
+    switch without refusing an event; rotating again within it drops the oldest at once."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        team = Team.objects.select_for_update().get(id=team.id)
+        team.usage_webhook_secret_previous = team.usage_webhook_secret
+        team.usage_webhook_secret_previous_until = (
+            now + USAGE_WEBHOOK_SECRET_OVERLAP if team.usage_webhook_secret else None
+        )
         team.usage_webhook_secret = secrets.token_urlsafe(32)
-    team.save(update_fields=["usage_webhook_url", "usage_webhook_secret"])
+        team.save(
+            update_fields=[
+                "usage_webhook_secret",
+                "usage_webhook_secret_previous",
+                "usage_webhook_secret_previous_until",
+            ]
+        )
     return team

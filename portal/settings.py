@@ -6,6 +6,9 @@ configuration; production values come from the environment (see README,
 "Configuration").
 """
 
+import json
+import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,11 +19,23 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def secret(name: str, default: str | None = "") -> str | None:
+    """A secret exactly as set. django-environ reads a value starting with `$` as the name of
+    another variable to take instead; a random secret may well start with one."""
+    return os.environ.get(name) or default
+
+
+def secrets_list(name: str) -> list[str]:
+    """Comma-separated secrets, each exactly as set (see `secret`)."""
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
 # --- Core -----------------------------------------------------------------
 
 DEBUG = env.bool("DEBUG", default=True)
 _DEV_SECRET = "dev-only-secret-key-do-not-use-in-production-0123456789abcdef"
-SECRET_KEY = env("SECRET_KEY", default=_DEV_SECRET if DEBUG else None)
+SECRET_KEY = secret("SECRET_KEY", default=_DEV_SECRET if DEBUG else None)
 # Django's own bar for a production key (check --deploy's security.W009): 50 characters or
 # more, 5 or more different ones, not one of its generated "django-insecure-" keys.
 if not DEBUG and (
@@ -37,7 +52,7 @@ if not DEBUG and (
     )
 # Earlier SECRET_KEYs still accepted for sessions and password-reset links while they
 # expire, so SECRET_KEY can be rotated without signing everyone out (Django's own setting).
-SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+SECRET_KEY_FALLBACKS = secrets_list("SECRET_KEY_FALLBACKS")
 # API-key hashes are HMAC-SHA256 keyed by this pepper, kept apart from SECRET_KEY so
 # either can be rotated on its own. Unset, SECRET_KEY itself keys them (how keys were
 # hashed before the pepper existed, so they keep working). FALLBACKS are earlier peppers
@@ -45,8 +60,8 @@ SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # under the current pepper on its next use; turn it on only once every process runs the new
 # pepper (a process still on the old one would refuse a re-hashed key), so a rolling
 # restart never breaks a key.
-TOLLGATE_KEY_PEPPER = env("TOLLGATE_KEY_PEPPER", default="")
-TOLLGATE_KEY_PEPPER_FALLBACKS = env.list("TOLLGATE_KEY_PEPPER_FALLBACKS", default=[])
+TOLLGATE_KEY_PEPPER = secret("TOLLGATE_KEY_PEPPER")
+TOLLGATE_KEY_PEPPER_FALLBACKS = secrets_list("TOLLGATE_KEY_PEPPER_FALLBACKS")
 TOLLGATE_KEY_PEPPER_REHASH = env.bool("TOLLGATE_KEY_PEPPER_REHASH", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -181,6 +196,9 @@ CELERY_TASK_ACKS_LATE = True
 # Worker and beat log through LOGGING (JSON lines in production) instead of Celery's format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
+# Usage-event deliveries wait on tenants' webhooks: their own queue and worker process (the
+# Procfile's `events`), so a slow webhook never holds up sweeps, alerts or invoices.
+CELERY_TASK_ROUTES = {"usage.tasks.usage_events_deliver": {"queue": "usage-events"}}
 # Every periodic job, in one place. Each is idempotent: safe to run twice.
 CELERY_BEAT_SCHEDULE = {
     # Record the calls of dead workers and release their budget reservations
@@ -347,24 +365,27 @@ if LOG_FORMAT not in ("plain", "json"):
 # When set, /metrics answers only `Authorization: Bearer <token>`; unset, it is open
 # (keep it on a private network then). PROMETHEUS_MULTIPROC_DIR, read by
 # prometheus-client itself, makes /metrics sum every worker process (ops.metrics).
-TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", default="")
+TOLLGATE_METRICS_TOKEN = secret("TOLLGATE_METRICS_TOKEN")
 if env("PROMETHEUS_MULTIPROC_DIR", default=""):
     # prometheus-client opens its files there as soon as a metric is defined: a directory
     # that does not exist yet would stop every process (manage.py included) at import.
     Path(env("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
 
+# Python's warnings (a library's, the Celery worker's start-up checks) become log lines
+# (logger py.warnings) in the same format, not free text on stderr.
+logging.captureWarnings(True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         # One JSON object per line; a call's line carries its fields (request_id, team_id,
-        # key_prefix, model, status, tokens, cost_usd, latency_ms) as keys.
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-        },
+        # key_prefix, model, status, tokens, cost_usd, latency_ms) as keys. Defined in the
+        # file uvicorn's supervisor process reads too (the Procfile's --log-config), so its
+        # own lines are the same JSON.
+        "json": json.loads((BASE_DIR / "portal" / "uvicorn-logging.json").read_text())[
+            "formatters"
+        ]["json"],
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
@@ -372,6 +393,8 @@ LOGGING = {
         # Django's own console handler (DEBUG only) would print each 4xx a second time.
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.db.backends": {"level": "WARNING"},
+        # The server's own lines (started, stopping) in the same format as the rest.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django-axes logs every start and sign-in at INFO; lockouts are WARNING.
         "axes": {"level": "WARNING"},
         # One line per upstream request is noise on the hot path.

@@ -11,6 +11,11 @@ api = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("teams/", accounts_api.TeamListApi.as_view(), name="api-teams"),
     path("teams/<slug:slug>/", accounts_api.TeamDetailApi.as_view(), name="api-team"),
+    path(
+        "teams/<slug:slug>/usage-webhook/rotate-secret/",
+        accounts_api.UsageWebhookSecretApi.as_view(),
+        name="api-usage-webhook-rotate",
+    ),
     path("teams/<slug:slug>/keys/", accounts_api.ApiKeyListApi.as_view(), name="api-keys"),
     path(
         "teams/<slug:slug>/keys/<str:prefix>/revoke/",

@@ -1,23 +1,34 @@
 """Usage events: each ledger row, once recorded, POSTed to the team's usage webhook as a
 signed JSON event, so a team can feed its own billing or analytics.
 
-Delivery is at least once: the dispatcher hands every row recorded since the team's mark to
-a Celery task (retried with backoff) and advances the mark; the event's id
-`<request_id>:<attempt>` is its idempotency key, the same in every retry, so a consumer
-keeps each event once. The body is signed with the team's secret:
-`X-Tollgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` and
-`X-Tollgate-Timestamp: <unix seconds>` (reject old timestamps to stop replays).
+Each team has a cursor (UsageEventMark) over its ledger in (recorded_at, id) order. The
+dispatcher (beat, every 15 s) leases every team with rows past its cursor to one delivery
+task on the `usage-events` queue, which its own worker process serves, so a slow webhook
+never delays sweeps or budget alerts. The task POSTs the rows in order, moving the cursor
+after each, for at most SEND_BUDGET_S; a failure pauses that team (backoff up to an hour)
+and leaves its cursor where it was, so no event is skipped however long a webhook is down,
+and one team's dead webhook costs the others at most one timeout per pause.
+
+Delivery is at least once: the event's id `<request_id>:<attempt>` is its idempotency key,
+the same in every retry, so a consumer keeps each event once. The body is signed with the
+team's secret: `X-Tollgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` and
+`X-Tollgate-Timestamp: <unix seconds>` (reject old timestamps to stop replays). For a day
+after a rotation the header carries a second signature, by the previous secret, after a
+comma, so consumers can switch secrets without losing events.
 """
 
 import hashlib
 import hmac
 import json
 import logging
+import random
 import time as clock
+import uuid
 from datetime import datetime, timedelta
 
 import httpx2
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Team
@@ -27,11 +38,20 @@ from usage.models import UsageEventMark, UsageRecord
 
 logger = logging.getLogger(__name__)
 
-# Rows are dispatched once they are this old, so a row committed a little late (its
-# recorded_at is stamped before its transaction commits) is never passed by the mark.
+# Rows are delivered once they are this old, so a row committed a little late (its
+# recorded_at is stamped before its transaction commits) is never passed by the cursor.
 LAG = timedelta(seconds=30)
-# At most this many rows a team per dispatch; the rest go on the next one.
-BATCH = 5000
+# One delivery task sends for at most this long, then hands the team back to the dispatcher
+# (queued again at once when more is waiting, behind the other teams' tasks).
+SEND_BUDGET_S = 20.0
+# Each POST: connect, then the whole answer.
+TIMEOUT = httpx2.Timeout(5.0, connect=3.0)
+# A lease outlives any task: the send budget, one more timeout, the database work.
+LEASE = timedelta(seconds=60)
+# Rows read from the ledger at a time.
+CHUNK = 200
+# The pause after the n-th consecutive failure: 15 s doubling, at most an hour, jittered.
+BACKOFF_S, BACKOFF_MAX_S = 15, 3600
 EVENT_FIELDS = {
     "request_id": "request_id",
     "attempt": "attempt",
@@ -58,34 +78,127 @@ EVENT_FIELDS = {
 }
 
 
+def _pending(mark: UsageEventMark, until: datetime):
+    """The team's ledger rows past its cursor and at most `until`, in cursor order."""
+    past = Q(recorded_at__gt=mark.through) | Q(recorded_at=mark.through, id__gt=mark.through_id)
+    return UsageRecord.objects.filter(past, team_id=mark.team_id, recorded_at__lte=until).order_by(
+        "recorded_at", "id"
+    )
+
+
 def usage_events_dispatch(*, now: datetime | None = None) -> int:
-    """Queue a delivery for every row recorded since each webhook team's mark; returns how
-    many were queued. Safe to run concurrently and often (each team's mark is locked)."""
-    from usage.tasks import usage_event_deliver
+    """Lease each webhook team with events waiting (not paused, not already being delivered)
+    to a delivery task; returns how many were queued. Safe to run concurrently and often."""
+    from usage.tasks import usage_events_deliver
 
     now = now or timezone.now()
-    until = now - LAG
     queued = 0
-    for team in Team.objects.exclude(usage_webhook_url="").only("id"):
+    for team_id in Team.objects.exclude(usage_webhook_url="").values_list("id", flat=True):
         with transaction.atomic():
-            mark, _ = UsageEventMark.objects.select_for_update().get_or_create(
-                team=team, defaults={"through": until}
-            )
-            rows = list(
-                UsageRecord.objects.filter(
-                    team=team, recorded_at__gt=mark.through, recorded_at__lte=until
-                )
-                .order_by("recorded_at", "id")
-                .values_list("id", "recorded_at")[:BATCH]
-            )
-            if not rows:
+            mark, created = UsageEventMark.objects.select_for_update(
+                skip_locked=True
+            ).get_or_create(team_id=team_id, defaults={"through": now - LAG})
+            busy = mark.leased_until is not None and mark.leased_until > now
+            paused = mark.retry_at is not None and mark.retry_at > now
+            if created or busy or paused or not _pending(mark, now - LAG).exists():
                 continue
-            mark.through = rows[-1][1] if len(rows) == BATCH else until
-            mark.save(update_fields=["through"])
-            for row_id, _ in rows:
-                transaction.on_commit(lambda r=row_id: usage_event_deliver.delay(r))
-            queued += len(rows)
+            mark.lease, mark.leased_until = uuid.uuid4(), now + LEASE
+            mark.save(update_fields=["lease", "leased_until"])
+            transaction.on_commit(
+                lambda team=team_id, lease=str(mark.lease): usage_events_deliver.delay(team, lease)
+            )
+            queued += 1
     return queued
+
+
+def usage_events_start(*, team: Team, now: datetime, from_now: bool) -> None:
+    """When a team's webhook is set: its events start now (`from_now`, the webhook was off),
+    or carry on from the cursor to the new URL; either way a pause is lifted."""
+    through = {"through": now, "through_id": 0} if from_now else {}
+    mark, created = UsageEventMark.objects.get_or_create(
+        team=team, defaults={"through": now, "through_id": 0}
+    )
+    if not created:
+        UsageEventMark.objects.filter(id=mark.id).update(
+            failures=0, retry_at=None, last_error="", **through
+        )
+
+
+def usage_events_deliver(*, team_id: int, lease: str, now: datetime | None = None) -> int:
+    """Deliver the team's waiting events in order while this task holds its lease; returns
+    how many were sent. Stops at the first failure (the team is paused, the cursor stays),
+    when the send budget is spent (the team is queued again), or when the lease is lost."""
+    started = clock.monotonic()
+    until = (now or timezone.now()) - LAG
+    mark = UsageEventMark.objects.filter(team_id=team_id, lease=lease).first()
+    if mark is None:
+        return 0  # another task holds the team now
+    with httpx2.Client(timeout=TIMEOUT, follow_redirects=False) as client:
+        sent = _send_pending(mark, lease, until, started, client)
+    return sent
+
+
+def _send_pending(
+    mark: UsageEventMark, lease: str, until: datetime, started: float, client: httpx2.Client
+) -> int:
+    from usage.tasks import usage_events_deliver as task
+
+    team_id, sent = mark.team_id, 0
+    while True:
+        rows = list(_pending(mark, until).values_list("id", "recorded_at")[:CHUNK])
+        for row_id, recorded_at in rows:
+            if sent and clock.monotonic() - started > SEND_BUDGET_S:
+                # Queued again behind the other teams' deliveries, under a new lease.
+                renewed = uuid.uuid4()
+                if UsageEventMark.objects.filter(team_id=team_id, lease=lease).update(
+                    lease=renewed, leased_until=timezone.now() + LEASE
+                ):
+                    task.delay(team_id, str(renewed))
+                return sent
+            try:
+                usage_event_deliver(row_id=row_id, client=client)
+            except DeliveryFailed as failure:
+                _pause(mark, lease, str(failure))
+                return sent
+            sent += 1
+            moved = UsageEventMark.objects.filter(team_id=team_id, lease=lease).update(
+                through=recorded_at,
+                through_id=row_id,
+                failures=0,
+                retry_at=None,
+                last_error="",
+                delivered_at=timezone.now(),
+                leased_until=timezone.now() + LEASE,
+            )
+            if not moved:
+                return sent  # the lease lapsed and another task took the team
+            mark.through, mark.through_id, mark.failures = recorded_at, row_id, 0
+        if len(rows) < CHUNK:
+            break
+    UsageEventMark.objects.filter(team_id=team_id, lease=lease).update(
+        lease=None, leased_until=None
+    )
+    return sent
+
+
+def _pause(mark: UsageEventMark, lease: str, error: str) -> None:
+    failures = mark.failures + 1
+    pause = min(BACKOFF_S * 2 ** (failures - 1), BACKOFF_MAX_S) * random.uniform(0.8, 1.2)
+    retry_at = timezone.now() + timedelta(seconds=pause)
+    UsageEventMark.objects.filter(team_id=mark.team_id, lease=lease).update(
+        failures=failures,
+        retry_at=retry_at,
+        last_error=error[:300],
+        lease=None,
+        leased_until=None,
+    )
+    logger.warning(
+        "usage events of team %s paused until %s after %d failure(s): %s",
+        mark.team_id,
+        f"{retry_at:%Y-%m-%dT%H:%M:%SZ}",
+        failures,
+        error,
+    )
 
 
 def usage_event_body(row_id: int) -> tuple[Team, str, bytes] | None:
@@ -107,9 +220,21 @@ def usage_event_signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"sha256={digest.hexdigest()}"
 
 
-def usage_event_deliver(*, row_id: int) -> int | None:
+def usage_event_signatures(team: Team, timestamp: int, body: bytes, now: datetime) -> str:
+    """The signature header: by the team's secret, then (for a while after a rotation) by
+    the previous one, comma-separated. A consumer accepts the event if either matches."""
+    signatures = [usage_event_signature(team.usage_webhook_secret, timestamp, body)]
+    until = team.usage_webhook_secret_previous_until
+    if team.usage_webhook_secret_previous and until is not None and now < until:
+        signatures.append(
+            usage_event_signature(team.usage_webhook_secret_previous, timestamp, body)
+        )
+    return ",".join(signatures)
+
+
+def usage_event_deliver(*, row_id: int, client: httpx2.Client | None = None) -> int | None:
     """POST one row's event; the status the webhook answered, None when there is nothing to
-    send (the row or the webhook is gone), DeliveryFailed to be retried."""
+    send (the row or the webhook is gone), DeliveryFailed when it must be tried again."""
     event = usage_event_body(row_id)
     if event is None:
         return None
@@ -119,24 +244,22 @@ def usage_event_deliver(*, row_id: int) -> int | None:
     if problem := webhook_url_problem(team.usage_webhook_url):
         raise DeliveryFailed(problem)
     timestamp = int(clock.time())
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": event_id,
+        "X-Tollgate-Event": "usage.recorded",
+        "X-Tollgate-Timestamp": str(timestamp),
+        "X-Tollgate-Signature": usage_event_signatures(team, timestamp, body, timezone.now()),
+    }
     try:
-        response = httpx2.post(
-            team.usage_webhook_url,
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                "Idempotency-Key": event_id,
-                "X-Tollgate-Event": "usage.recorded",
-                "X-Tollgate-Timestamp": str(timestamp),
-                "X-Tollgate-Signature": usage_event_signature(
-                    team.usage_webhook_secret, timestamp, body
-                ),
-            },
-            timeout=10,
-            follow_redirects=False,
-        )
-    except httpx2.HTTPError:
-        raise DeliveryFailed(f"the usage webhook of {team.slug} could not be reached") from None
+        if client is None:
+            with httpx2.Client(timeout=TIMEOUT, follow_redirects=False) as own:
+                response = own.post(team.usage_webhook_url, content=body, headers=headers)
+        else:
+            response = client.post(team.usage_webhook_url, content=body, headers=headers)
+    except httpx2.HTTPError as exc:
+        reason = "timed out" if isinstance(exc, httpx2.TimeoutException) else "could not be reached"
+        raise DeliveryFailed(f"the usage webhook of {team.slug} {reason}") from None
     if response.status_code >= 300:
         raise DeliveryFailed(f"the usage webhook of {team.slug} answered {response.status_code}")
     return response.status_code

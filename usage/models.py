@@ -439,10 +439,21 @@ class InvoiceAdjustment(models.Model):
 
 
 class UsageEventMark(models.Model):
-    """How far a team's usage events have been handed to delivery: every ledger row recorded
-    up to `through` (the dispatcher's lag behind now, as the rollups keep) has been queued."""
+    """A team's usage-event cursor: every ledger row up to (`through`, `through_id`) in
+    (recorded_at, id) order has been delivered to its webhook. One delivery runs per team at
+    a time (the lease); a failure pauses the team until `retry_at` without moving the cursor,
+    so nothing is skipped however long the webhook stays down."""
 
     team = models.OneToOneField(
         "accounts.Team", on_delete=models.CASCADE, related_name="usage_event_mark"
     )
     through = models.DateTimeField()
+    through_id = models.BigIntegerField(default=0)
+    # The delivery task holding the team, and until when (a dead worker's lease lapses).
+    lease = models.UUIDField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    # Consecutive failed deliveries; the next is not tried before retry_at.
+    failures = models.PositiveIntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)

@@ -90,12 +90,7 @@ def usage_events_dispatch():
     return events.usage_events_dispatch()
 
 
-@shared_task(
-    autoretry_for=(alerts.DeliveryFailed,),
-    retry_backoff=15,
-    retry_backoff_max=3600,
-    retry_jitter=True,
-    max_retries=12,
-)
-def usage_event_deliver(row_id):
-    return events.usage_event_deliver(row_id=row_id)
+@shared_task
+def usage_events_deliver(team_id, lease):
+    """One team's waiting usage events (routed to the `usage-events` queue, settings)."""
+    return events.usage_events_deliver(team_id=team_id, lease=lease)
