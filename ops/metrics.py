@@ -4,14 +4,17 @@ The calls' own metrics (requests, tokens, spend, latency) are defined where thei
 is known once: usage.metrics, fed by the metering boundary.
 
 With several worker processes each one writes its values to files under
-PROMETHEUS_MULTIPROC_DIR (set before start, emptied at each deploy), and /metrics sums
-the files of all of them; without it, this process's registry is the whole answer.
+PROMETHEUS_MULTIPROC_DIR (set before start, emptied at each deploy; portal.prometheus names
+the files), and /metrics sums the files of all of them; without it, this process's registry
+is the whole answer. Counters only: what is in flight is read from the database at each
+scrape, where the calls of every process (a killed one's too, until swept) are open.
 """
 
-import atexit
 import os
+from collections.abc import Iterator
 from typing import Any
 
+from django.db import DatabaseError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -20,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Every Celery task run by its outcome: success, failure, retry.
 celery_tasks = Counter(
@@ -33,13 +38,36 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+class InFlightCollector(Collector):
+    """Calls opened (budget reserved) and not yet recorded, across every gateway process:
+    the open entries of the calls journal. Left out while the database does not answer
+    (/readyz says so)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from usage.models import MeteredCall
+
+        try:
+            count = MeteredCall.objects.in_flight().count()
+        except DatabaseError:
+            return
+        yield GaugeMetricFamily(
+            "tollgate_calls_in_flight",
+            "Calls opened (budget reserved) and not yet recorded, in every gateway process",
+            value=count,
+        )
+
+
 def exposition() -> tuple[bytes, str]:
-    """The metrics of every process sharing PROMETHEUS_MULTIPROC_DIR, or of this one."""
+    """The metrics of every process sharing PROMETHEUS_MULTIPROC_DIR (or of this one), and
+    the calls in flight."""
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    else:
+        registry = REGISTRY
+    in_flight = CollectorRegistry()
+    in_flight.register(InFlightCollector())
+    return generate_latest(registry) + generate_latest(in_flight), CONTENT_TYPE_LATEST
 
 
 def _task_name(sender: Any) -> str:
@@ -65,6 +93,3 @@ def celery_signals_connect() -> None:
     task_success.connect(_on_success, weak=False, dispatch_uid="tollgate-metrics-success")
     task_failure.connect(_on_failure, weak=False, dispatch_uid="tollgate-metrics-failure")
     task_retry.connect(_on_retry, weak=False, dispatch_uid="tollgate-metrics-retry")
-    if multiprocess_dir():
-        # A live gauge (calls in flight) must not count a worker that has exited.
-        atexit.register(multiprocess.mark_process_dead, os.getpid())

@@ -203,6 +203,38 @@ def test_celery_task_outcomes_are_counted(celery_worker, live_portal):
         )
 
 
+def test_in_flight_counts_open_calls_of_every_process_and_swept_calls_are_counted(
+    team, live_portal
+):
+    """A call whose worker was killed stays in flight (its budget is still reserved) until
+    the sweeper records it, then counts as an interrupted request."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.services import api_key_create
+    from tests.factories import open_call
+
+    key, _ = api_key_create(team=team, name="app")
+    labels = {"endpoint": "chat", "model": "", "provider": "", "status": "interrupted"}
+    before = scrape(live_portal.url)
+    long_ago = timezone.now() - timedelta(hours=1)
+    # Opened by a process that died: no lease of its own, long past its deadline.
+    open_call(team, key, "killed-1", long_ago, deadline_s=60)
+    open_call(team, key, "killed-2", long_ago, deadline_s=60)
+
+    during = scrape(live_portal.url)
+    assert sample(during, "tollgate_calls_in_flight") == (
+        sample(before, "tollgate_calls_in_flight") + 2
+    )
+    assert inflight_sweep() >= 2
+    after = scrape(live_portal.url)
+    assert sample(after, "tollgate_calls_in_flight") == sample(before, "tollgate_calls_in_flight")
+    assert sample(after, "tollgate_proxy_requests_total", **labels) == (
+        sample(before, "tollgate_proxy_requests_total", **labels) + 2
+    )
+
+
 # --- Several worker processes
 
 
@@ -256,4 +288,8 @@ def test_metrics_sum_calls_across_worker_processes(catalog, inference_key, sdk, 
             process.terminate()
         for process in processes:
             process.wait(timeout=10)
-    assert len(list(tmp_path.glob("counter_*.db"))) == 2
+    # One file per process, named by host and pid: unique across containers sharing the
+    # directory (compose.yaml), where two processes can have the same pid.
+    files = sorted(path.name for path in tmp_path.glob("counter_*.db"))
+    host = socket.gethostname().replace("_", "-")
+    assert files == sorted(f"counter_{host}-{process.pid}.db" for process in processes)

@@ -122,16 +122,12 @@ class CallFacts:
 class Meter:
     """One open call: its reservation and the outcomes of its attempts, until it is closed."""
 
-    def __init__(self, facts: CallFacts, reservation: Reservation, *, in_flight: bool = False):
+    def __init__(self, facts: CallFacts, reservation: Reservation):
         self.facts = facts
         self.reservation = reservation
         self.outcomes: list[tuple[Outcome, Decimal]] = []
         self.closed = False
-        # Counted in the in-flight gauge until closed (an opened call; a refusal is not).
-        self.in_flight = in_flight
         self.opened = time.monotonic()
-        if in_flight:
-            metrics.in_flight.inc()
 
     def attempt(self, outcome: Outcome) -> Decimal:
         """Add an attempt's outcome; returns what it costs (USD)."""
@@ -157,11 +153,7 @@ class Meter:
             for attempt, (outcome, charge) in enumerate(self.outcomes)
         ]
         writing = time.monotonic()
-        try:
-            settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
-        finally:
-            if self.in_flight:
-                metrics.in_flight.dec()
+        settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
         written = time.monotonic()
         # Counted once the ledger holds the call, so the metrics agree with it.
         metrics.call_observe(
@@ -353,7 +345,7 @@ def meter_open(
         worker=heartbeat.worker(),
         expires_at=now + timedelta(seconds=deadline_s) + INFLIGHT_MARGIN,
     )
-    return Meter(facts, budget_reserve(call=call, amount=reserve, now=now), in_flight=True)
+    return Meter(facts, budget_reserve(call=call, amount=reserve, now=now))
 
 
 def meter_refuse(*, facts: CallFacts, outcome: Outcome, now: datetime | None = None) -> None:
@@ -401,6 +393,14 @@ def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             [_record(_facts_of(call), SWEPT, Decimal(0), SWEPT_ATTEMPT, now) for call in stale]
         )
         MeteredCall.objects.filter(id__in=[c.id for c in stale]).update(closed_at=now, swept=True)
+    for call in stale:
+        # Counted like any recorded call: requests by status "interrupted", no tokens.
+        metrics.call_observe(
+            _facts_of(call),
+            [(SWEPT, Decimal(0))],
+            duration_s=(now - call.started_at).total_seconds(),
+            ledger_s=None,
+        )
     return len(stale)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 if TYPE_CHECKING:
     from usage.metering import CallFacts, Outcome
@@ -72,12 +72,6 @@ ledger_write = Histogram(
     "Time to write a call's ledger rows and settle its budgets, retries included",
     buckets=LEDGER_BUCKETS,
 )
-in_flight = Gauge(
-    "tollgate_calls_in_flight",
-    "Calls opened (budget reserved) and not yet recorded",
-    multiprocess_mode="livesum",
-)
-
 # Statuses of an attempt that the upstream failed, as opposed to the client or the gateway.
 _UPSTREAM_FAILURES = frozenset({"upstream_error", "timeout"})
 
@@ -87,11 +81,14 @@ def call_observe(
     outcomes: Sequence[tuple["Outcome", Decimal]],
     *,
     duration_s: float,
-    ledger_s: float,
+    ledger_s: float | None,
 ) -> None:
-    """Count one recorded call: its final outcome, each attempt's tokens, spend and failure."""
+    """Count one recorded call: its final outcome, each attempt's tokens, spend and failure.
+    `ledger_s` is None for a call the sweeper recorded (its worker died): no ledger write of
+    its own to time."""
     endpoint = facts.endpoint
-    ledger_write.observe(ledger_s)
+    if ledger_s is not None:
+        ledger_write.observe(ledger_s)
     if not outcomes:
         return
     previous = None
