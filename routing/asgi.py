@@ -15,7 +15,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
 from routing.calls import new_request_id
-from routing.errors import ProxyError, request_too_large
+from routing.errors import ProxyError, log_refusal, request_too_large
 
 
 class ProxyHandler(ASGIHandler):
@@ -68,7 +68,7 @@ def with_proxy(application, *, prefix: str = "/v1/", bare_paths: tuple[str, ...]
             # cleartext is refused (not redirected: clients do not re-send a POST), and
             # answers over HTTPS carry HSTS like the pages do.
             if not _over_https(scope):
-                return await _https_required(send)
+                return await _https_required(scope, send)
             return await proxy(scope, receive, _with_hsts(send))
         if scope["type"] == "http" and scope["path"] in bare_paths:
             return await proxy(scope, receive, send)
@@ -96,25 +96,32 @@ def _with_hsts(send):
     return sending
 
 
-async def _https_required(send):
+async def _https_required(scope, send):
     error = ProxyError(
         403,
         "This gateway takes API calls over HTTPS only; use an https:// base URL.",
         code="https_required",
     )
-    payload = json.dumps(error.payload()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 403,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", new_request_id().encode()),
-            ],
-        }
+    await refuse_early(scope, send, error)
+
+
+async def refuse_early(scope, send, error: ProxyError, *, close: bool = False):
+    """Answer a /v1 request with `error` before Django sees it, logged like any refusal."""
+    payload = error.payload()
+    body = json.dumps(payload).encode()
+    request_id = new_request_id()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    log_refusal(
+        request_id=request_id, http_status=error.status, path=scope["path"], payload=payload
     )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class RequestBodyLimit:
@@ -137,7 +144,7 @@ class RequestBodyLimit:
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
             if length.isdigit() and int(length) > self.limit:
-                return await self._too_large(send)
+                return await self._too_large(scope, send)
             return await self.app(scope, receive, send)
 
         body = bytearray()
@@ -147,7 +154,7 @@ class RequestBodyLimit:
                 return
             body += message.get("body", b"")
             if len(body) > self.limit:
-                return await self._too_large(send)
+                return await self._too_large(scope, send)
             if not message.get("more_body"):
                 break
         headers = [*scope["headers"], (b"content-length", str(len(body)).encode())]
@@ -162,18 +169,5 @@ class RequestBodyLimit:
 
         return await self.app({**scope, "headers": headers}, replay, send)
 
-    async def _too_large(self, send):
-        payload = json.dumps(request_too_large().payload()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"x-request-id", new_request_id().encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+    async def _too_large(self, scope, send):
+        await refuse_early(scope, send, request_too_large(), close=True)

@@ -284,6 +284,7 @@ def call_prepare(
                 error_message=error.message,
             ),
         )
+        error.recorded = True
         raise error
 
     capability = _CAPABILITY[endpoint]

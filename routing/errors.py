@@ -12,6 +12,8 @@ from django.http import JsonResponse
 from rest_framework import exceptions as drf_exceptions
 
 logger = logging.getLogger(__name__)
+# The meter's logger: a call that never reached it gets its one line here (log_refusal).
+call_logger = logging.getLogger("tollgate.calls")
 
 # OpenAI's `type` for each status we answer with.
 _TYPE_FOR_STATUS = {
@@ -30,7 +32,10 @@ _TYPE_FOR_STATUS = {
 
 
 class ProxyError(Exception):
-    """An error to answer a /v1 client with, in OpenAI's shape."""
+    """An error to answer a /v1 client with, in OpenAI's shape. `recorded` once the meter
+    has written (and logged) the refusal."""
+
+    recorded = False
 
     def __init__(
         self, status, message, *, type=None, param=None, code=None, headers=None, body=None
@@ -92,3 +97,36 @@ def proxy_exception_handler(exc, context):
 
 def request_too_large():
     return ProxyError(413, "The request body is too large.", code="request_too_large")
+
+
+def log_refusal(
+    *,
+    request_id: str,
+    http_status: int,
+    path: str,
+    payload: object,
+    key_prefix: str = "",
+    team_id: int | None = None,
+) -> None:
+    """One line for a /v1 request answered before the meter saw it (no key, a bad key, a
+    body that does not parse, over a rate limit, too large, not HTTPS): the same logger and
+    fields as a call's line, so every request has exactly one."""
+    if not call_logger.isEnabledFor(logging.INFO):
+        return
+    error = payload.get("error") if isinstance(payload, dict) else None
+    code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    fields = {
+        "request_id": request_id,
+        "team_id": team_id,
+        "key_prefix": key_prefix,
+        "path": path[:200],
+        "status": "refused",
+        "http_status": http_status,
+        "code": str(code or "")[:64],
+    }
+    call_logger.info(
+        "refused %(request_id)s status=%(http_status)s code=%(code)s path=%(path)s "
+        "key=%(key_prefix)s",
+        fields,
+        extra=fields,
+    )

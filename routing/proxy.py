@@ -39,6 +39,7 @@ from routing.calls import (
 )
 from routing.errors import (
     ProxyError,
+    log_refusal,
     openai_error_response,
     proxy_exception_handler,
     request_too_large,
@@ -90,12 +91,35 @@ class ProxyView(APIView):
 
     def initialize_request(self, request, *args, **kwargs):
         self.request_id = new_request_id()
+        self.metered = False
         return super().initialize_request(request, *args, **kwargs)
+
+    def handle_exception(self, exc):
+        # A refusal the meter recorded was logged with the call's line.
+        self.metered = self.metered or getattr(exc, "recorded", False)
+        return super().handle_exception(exc)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         response["x-request-id"] = self.request_id
+        # Each /v1 request has one log line, the meter's or log_refusal's: Django's request
+        # logger must not add a second for a 4xx or 5xx.
+        response._has_been_logged = True
+        if response.status_code >= 400 and not self.metered and self.call_opened() is None:
+            principal = getattr(request, "_user", None)
+            log_refusal(
+                request_id=self.request_id,
+                http_status=response.status_code,
+                path=request.path,
+                payload=getattr(response, "data", None) or _json_payload(response),
+                key_prefix=getattr(principal, "prefix", ""),
+                team_id=getattr(principal, "team_id", None),
+            )
         return response
+
+    def call_opened(self):
+        """The call once its meter is open (which then logs it), else None."""
+        return None
 
 
 def _bad(message, param=None, code=None):
@@ -222,6 +246,9 @@ class ProxyCallView(ProxyView):
 
     endpoint: str
     validate = None
+
+    def call_opened(self):
+        return self.call
 
     def initialize_request(self, request, *args, **kwargs):
         self._handoff = threading.Lock()
@@ -391,5 +418,16 @@ async def unknown_endpoint(request, path=""):
     response = openai_error_response(
         ProxyError(404, f"Unknown request URL: {request.method} /v1/{path}.", code="unknown_url")
     )
-    response["x-request-id"] = new_request_id()
+    response["x-request-id"] = request_id = new_request_id()
+    response._has_been_logged = True
+    log_refusal(
+        request_id=request_id, http_status=404, path=request.path, payload=_json_payload(response)
+    )
     return response
+
+
+def _json_payload(response) -> object:
+    try:
+        return json.loads(response.content)
+    except (ValueError, AttributeError):
+        return None

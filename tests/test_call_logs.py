@@ -6,6 +6,7 @@ import logging
 import logging.config
 from decimal import Decimal
 
+import httpx2
 import pytest
 from django.conf import settings
 
@@ -49,3 +50,73 @@ def test_each_call_is_one_line_with_its_figures_and_no_secrets(
         text = formatter.format(record)
         assert secret not in text and PROMPT not in text and "payroll" not in text
         assert json.loads(text)["request_id"] == record.request_id
+
+
+@pytest.mark.parametrize(
+    "send, status, code",
+    [
+        (
+            lambda url, secret: httpx2.post(f"{url}/v1/chat/completions", json={}),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            lambda url, secret: httpx2.post(
+                f"{url}/v1/chat/completions",
+                content=b"{not json",
+                headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+            ),
+            400,
+            "invalid_json",
+        ),
+        (
+            lambda url, secret: httpx2.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "gpt-4o"},
+                headers={"Authorization": f"Bearer {secret}"},
+            ),
+            400,
+            "missing_required_parameter",
+        ),
+        (lambda url, secret: httpx2.get(f"{url}/v1/no-such-endpoint"), 404, "unknown_url"),
+        (
+            lambda url, secret: httpx2.post(
+                f"{url}/v1/chat/completions", content=b"x" * (settings.TOLLGATE_MAX_BODY_BYTES + 1)
+            ),
+            413,
+            "request_too_large",
+        ),
+    ],
+    ids=["no-key", "bad-json", "invalid-body", "unknown-url", "too-large"],
+)
+def test_a_request_refused_before_the_meter_is_one_line_with_its_request_id(
+    catalog, inference_key, live_portal, caplog, send, status, code
+):
+    key, secret = inference_key
+    caplog.set_level(logging.INFO)
+    answer = send(live_portal.url, secret)
+    assert answer.status_code == status
+
+    lines = [r for r in caplog.records if r.name == "tollgate.calls"]
+    assert [(r.request_id, r.http_status, r.code) for r in lines] == [
+        (answer.headers["x-request-id"], status, code)
+    ]
+    if code in ("invalid_json", "missing_required_parameter"):
+        assert lines[0].key_prefix == key.prefix and lines[0].team_id == key.team_id
+    # Django's request logger does not say it a second time.
+    assert not [r for r in caplog.records if r.name == "django.request"]
+
+
+def test_a_failed_call_is_the_meters_line_alone(catalog, inference_key, sdk, upstream, caplog):
+    from tests.fake_upstream import Fail
+
+    _, secret = inference_key
+    upstream.script("gpt-4o", Fail(500))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(Exception):
+        sdk(secret).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    lines = [r for r in caplog.records if r.name == "tollgate.calls"]
+    assert len(lines) == 1 and lines[0].status == "upstream_error"
+    assert not [r for r in caplog.records if r.name == "django.request"]

@@ -1,15 +1,21 @@
 """The production process set, as `make prod` runs it (the Procfile under honcho: web ×2,
-a Celery worker and beat), against the test's PostgreSQL and Redis: calls go through it,
-land in the ledger once each, a background task runs on the worker, and /metrics sums
-what every process of the set counted."""
+the Celery worker, events and beat), against the test's PostgreSQL and Redis: calls go
+through it, land in the ledger once each, background tasks run on the workers (an alert, the
+usage events), /metrics sums what every process of the set counted, and every line the set
+logs is JSON."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx2
@@ -17,13 +23,16 @@ import openai
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from accounts.services import api_key_create
+from accounts.services import api_key_create, usage_webhook_set
+from tests.factories import spend
 from usage.budgets import budget_set
-from usage.models import AlertDelivery, UsageRecord
+from usage.models import AlertDelivery, UsageEventMark, UsageRecord
 
 ROOT = Path(__file__).resolve().parent.parent
+HONCHO = re.compile(r"^\w+\.\d+ (started|stopped|exited|terminated|sending|killing)\b")
 SECRET = "smoke-" + "s3cr3t-" * 8
 
 
@@ -67,7 +76,9 @@ def production_set(request, tmp_path):
         "CELERY_BEAT_SCHEDULE": str(tmp_path / "beat-schedule"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
         "EMAIL_BACKEND": "django.core.mail.backends.dummy.EmailBackend",
+        "TOLLGATE_WEBHOOK_ALLOW_PRIVATE": "1",  # the usage webhook below is on loopback
     }
+    log = tmp_path / "set.log"
     process = subprocess.Popen(
         [
             "honcho",
@@ -79,11 +90,12 @@ def production_set(request, tmp_path):
             str(port),
             "web",
             "worker",
+            "events",
             "beat",
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -97,9 +109,9 @@ def production_set(request, tmp_path):
             pass
         if time.monotonic() > deadline or process.poll() is not None:
             os.killpg(process.pid, signal.SIGKILL)
-            raise RuntimeError(process.stdout.read().decode()[-3000:])
+            raise RuntimeError(log.read_text()[-3000:])
         time.sleep(0.3)
-    yield url
+    yield url, log
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=20)
@@ -107,15 +119,53 @@ def production_set(request, tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
 
 
+class UsageWebhook(BaseHTTPRequestHandler):
+    got: list = []
+
+    def do_POST(self):
+        type(self).got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def usage_webhook():
+    UsageWebhook.got = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), UsageWebhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/usage", UsageWebhook.got
+    server.shutdown()
+
+
+def wait_for(condition, what, timeout=45):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what()
+        time.sleep(0.2)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_production_set_serves_meters_and_runs_tasks(
-    settings, catalog, team, owner, production_set
+    settings, catalog, team, other_team, owner, production_set, usage_webhook
 ):
+    url, log = production_set
     settings.SECRET_KEY = SECRET  # the key's hash must be the one the production set checks
     key, secret = api_key_create(team=team, name="smoke")
     # A budget the calls cross, so the worker must deliver the alert that fires.
     budget_set(team=team, amount_usd=Decimal("0.0001"), hard=False, thresholds=[50])
-    client = openai.OpenAI(base_url=f"{production_set}/v1", api_key=secret, max_retries=0)
+    # Usage events: two calls of another team (whose budget this test leaves alone) recorded
+    # a while ago, for the events process to deliver.
+    hook_url, events_got = usage_webhook
+    now, earlier = timezone.now(), timezone.now() - timedelta(minutes=2)
+    usage_webhook_set(team=other_team, url=hook_url, now=now - timedelta(minutes=10))
+    their_key, _ = api_key_create(team=other_team, name="theirs")
+    for n in range(2):
+        spend(other_team, their_key, "0.01", earlier, f"earlier-{n}", now=earlier)
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
     for n in range(20):
         answer = client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": f"hello {n}"}]
@@ -125,31 +175,55 @@ def test_the_production_set_serves_meters_and_runs_tasks(
         model="gpt-4o", messages=[{"role": "user", "content": "stream"}], stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    # Refused before the meter (a wrong key): logged once, with its request id.
+    refused = httpx2.post(
+        f"{url}/v1/chat/completions", headers={"Authorization": "Bearer sk-wrong"}, json={}
+    )
+    assert refused.status_code == 401
 
     rows = UsageRecord.objects.filter(team=team, status="ok")
     assert rows.count() == 21 and rows.values("request_id").distinct().count() == 21
-    # The alert's email delivery runs on the worker process, through the broker.
-    deadline = time.monotonic() + 30
-    while not AlertDelivery.objects.filter(status="sent").exists():
-        assert time.monotonic() < deadline, list(
-            AlertDelivery.objects.values("status", "last_error")
-        )
-        time.sleep(0.2)
+    # The alert's email delivery runs on the worker process, through the broker; the usage
+    # events on the events process, from its own queue.
+    wait_for(
+        lambda: AlertDelivery.objects.filter(status="sent").exists(),
+        lambda: list(AlertDelivery.objects.values("status", "last_error")),
+    )
+    wait_for(
+        lambda: len(events_got) >= 2,
+        lambda: (events_got, list(UsageEventMark.objects.values())),
+    )
+    assert [event["id"] for event in events_got[:2]] == ["earlier-0:0", "earlier-1:0"]
 
     # Whichever web process serves the scrape, it sums every process's counts: the calls
-    # (spread over both web processes by the kernel) and the worker's tasks.
+    # (spread over both web processes by the kernel) and the workers' tasks.
     samples = [
         sample
-        for family in text_string_to_metric_families(httpx2.get(f"{production_set}/metrics").text)
+        for family in text_string_to_metric_families(httpx2.get(f"{url}/metrics").text)
         for sample in family.samples
     ]
     calls = {"endpoint": "chat", "model": "gpt-4o", "provider": "openai", "status": "ok"}
     assert [
         s.value for s in samples if s.name == "tollgate_proxy_requests_total" and s.labels == calls
     ] == [21]
-    assert any(
-        s.name == "tollgate_celery_task_calls_total"
-        and s.labels["outcome"] == "success"
-        and s.value >= 1
+    tasks = {
+        s.labels["task"]
         for s in samples
-    )
+        if s.name == "tollgate_celery_task_calls_total" and s.labels["outcome"] == "success"
+    }
+    assert {"usage.tasks.alert_deliver", "usage.tasks.usage_events_deliver"} <= tasks
+
+    # Every line the set wrote is one JSON object: the servers' own, the workers', the calls'.
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            if not HONCHO.match(line):  # the process manager's own lines
+                pytest.fail(f"not a JSON log line: {line!r}")
+    calls_logged = [p for p in parsed if p.get("logger") == "tollgate.calls"]
+    assert len(calls_logged) == 22  # 21 served, 1 refused: one line each
+    refusal = refused.headers["x-request-id"]
+    assert [p["code"] for p in calls_logged if p["request_id"] == refusal] == ["invalid_api_key"]
+    assert not [p for p in parsed if p.get("logger") == "django.request"]
