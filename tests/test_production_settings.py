@@ -60,3 +60,46 @@ def test_plain_http_turns_the_tls_parts_off_for_loopback_and_tests():
     plain = manage("shell", "-c", script, SECRET_KEY=STRONG, TOLLGATE_PLAIN_HTTP="1")
     assert tls.stdout.split()[-4:] == ["True", "31536000", "True", "True"], tls.stderr
     assert plain.stdout.split()[-4:] == ["False", "0", "False", "False"], plain.stderr
+
+
+def test_secrets_are_taken_exactly_as_set_even_starting_with_a_dollar():
+    """django-environ would read `$NAME` as "the value of NAME" (here: HOME, PATH)."""
+    script = (
+        "from django.conf import settings as s; "
+        "print(repr((s.SECRET_KEY, s.SECRET_KEY_FALLBACKS, s.TOLLGATE_KEY_PEPPER, "
+        "s.TOLLGATE_KEY_PEPPER_FALLBACKS, s.TOLLGATE_METRICS_TOKEN)))"
+    )
+    done = manage(
+        "shell",
+        "-c",
+        script,
+        SECRET_KEY="$" + STRONG,
+        SECRET_KEY_FALLBACKS="$HOME",
+        TOLLGATE_KEY_PEPPER="$PATH",
+        TOLLGATE_KEY_PEPPER_FALLBACKS="$HOME, $PATH",
+        TOLLGATE_METRICS_TOKEN="$HOME",
+    )
+    assert done.stdout.strip().splitlines()[-1] == repr(
+        ("$" + STRONG, ["$HOME"], "$PATH", ["$HOME", "$PATH"], "$HOME")
+    ), done.stderr
+
+
+def test_help_needs_no_database_and_a_missing_one_is_named_without_a_traceback():
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    helped = run("closemonth", "--help")
+    assert helped.returncode == 0 and "usage: manage.py closemonth" in helped.stdout
+    assert "closemonth" in run("help").stdout
+    refused = run("check")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("manage.py: DATABASE_URL is not set."), refused.stderr
