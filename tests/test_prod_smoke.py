@@ -196,22 +196,28 @@ def test_the_production_set_serves_meters_and_runs_tasks(
     assert [event["id"] for event in events_got[:2]] == ["earlier-0:0", "earlier-1:0"]
 
     # Whichever web process serves the scrape, it sums every process's counts: the calls
-    # (spread over both web processes by the kernel) and the workers' tasks.
-    samples = [
-        sample
-        for family in text_string_to_metric_families(httpx2.get(f"{url}/metrics").text)
-        for sample in family.samples
-    ]
+    # (spread over both web processes by the kernel) and the workers' tasks (counted once a
+    # task has returned, a moment after its work is visible: hence the wait).
+    def scrape():
+        text = httpx2.get(f"{url}/metrics").text
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def tasks_done():
+        return {
+            s.labels["task"]
+            for s in scrape()
+            if s.name == "tollgate_celery_task_calls_total" and s.labels["outcome"] == "success"
+        }
+
+    wait_for(
+        lambda: {"usage.tasks.alert_deliver", "usage.tasks.usage_events_deliver"} <= tasks_done(),
+        tasks_done,
+        timeout=15,
+    )
     calls = {"endpoint": "chat", "model": "gpt-4o", "provider": "openai", "status": "ok"}
     assert [
-        s.value for s in samples if s.name == "tollgate_proxy_requests_total" and s.labels == calls
+        s.value for s in scrape() if s.name == "tollgate_proxy_requests_total" and s.labels == calls
     ] == [21]
-    tasks = {
-        s.labels["task"]
-        for s in samples
-        if s.name == "tollgate_celery_task_calls_total" and s.labels["outcome"] == "success"
-    }
-    assert {"usage.tasks.alert_deliver", "usage.tasks.usage_events_deliver"} <= tasks
 
     # Every line the set wrote is one JSON object: the servers' own, the workers', the calls'.
     lines = [line for line in log.read_text().splitlines() if line.strip()]
