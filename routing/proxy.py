@@ -7,6 +7,7 @@ then hand the call to routing.calls.
 
 import asyncio
 import json
+import math
 import threading
 
 from adrf.views import APIView
@@ -59,13 +60,31 @@ class JSONBodyParser(BaseParser):
         if len(raw) > limit:
             raise request_too_large()
         try:
-            return json.loads(raw)
+            return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyError(
                 400,
                 f"We could not parse the JSON body of your request: {exc}.",
                 code="invalid_json",
             ) from None
+        except RecursionError:
+            raise ProxyError(
+                400,
+                "We could not parse the JSON body of your request: it is nested too deeply.",
+                code="invalid_json",
+            ) from None
+
+
+def _no_constant(name: str):
+    # NaN, Infinity and -Infinity are not JSON (RFC 8259), and no provider takes them.
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -148,10 +167,57 @@ def _check_common(body) -> dict:
     return body
 
 
-def _positive_int(body, name):
-    value = body.get(name)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise _bad(f"'{name}' must be a positive integer.", param=name, code="invalid_type")
+# The ranges providers accept (OpenAI's API reference): integers as [low, high], numbers too.
+INT32_MAX, INT64 = 2**31 - 1, 2**63
+INTEGER_RANGES = {
+    "max_tokens": (1, INT32_MAX),
+    "max_completion_tokens": (1, INT32_MAX),
+    "n": (1, 128),
+    "top_logprobs": (0, 20),
+    "seed": (-INT64, INT64 - 1),
+    "dimensions": (1, 65536),
+}
+NUMBER_RANGES = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+}
+
+
+def _in_ranges(body: dict, names) -> None:
+    """The body's bounded integers and numbers, each of its type and within range."""
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if name in INTEGER_RANGES:
+            low, high = INTEGER_RANGES[name]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise _bad(f"'{name}' must be an integer.", param=name, code="invalid_type")
+        else:
+            low, high = NUMBER_RANGES[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise _bad(f"'{name}' must be a number.", param=name, code="invalid_type")
+        if not low <= value <= high:
+            raise _bad(
+                f"'{name}' must be between {low} and {high}; it is {value}.",
+                param=name,
+                code="invalid_value",
+            )
+
+
+CHAT_BOUNDED = (
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "top_logprobs",
+    "seed",
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 def validate_chat_body(body) -> dict:
@@ -179,13 +245,13 @@ def validate_chat_body(body) -> dict:
         raise _bad(
             "'stream_options' must be an object.", param="stream_options", code="invalid_type"
         )
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        _positive_int(body, name)
+    _in_ranges(body, CHAT_BOUNDED)
     return body
 
 
 def validate_embeddings_body(body) -> dict:
     _check_common(body)
+    _in_ranges(body, ("dimensions",))
     value = body.get("input")
     if value is None:
         raise _bad(
