@@ -11,7 +11,7 @@ import openai
 from asgiref.sync import sync_to_async
 
 from routing.cooldowns import cooldown_note_failure
-from routing.errors import ProxyError
+from routing.errors import ProxyError, sanitized, upstream_error
 from routing.selectors import ModelInfo
 from usage.metering import Status
 
@@ -31,14 +31,11 @@ class AttemptFailure:
     retry_after: float | None = None
 
 
-def _upstream_body(response) -> dict | None:
+def _upstream_body(response) -> object:
     try:
-        body = response.json()
+        return response.json()
     except (ValueError, UnicodeDecodeError):
         return None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body
-    return None
 
 
 def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
@@ -56,10 +53,10 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        body = _upstream_body(exc.response)
-        message = (body or {}).get("error", {}).get(
-            "message"
-        ) or f"The upstream answered HTTP {status}."
+        error = upstream_error(
+            _upstream_body(exc.response), fallback=f"The upstream answered HTTP {status}."
+        )
+        message, body = error["message"], {"error": error}
         if status in CLIENT_FAULT_STATUSES:
             return AttemptFailure(
                 Status.UPSTREAM_ERROR, ProxyError(status, message, body=body), retryable=False
@@ -109,14 +106,15 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
         return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
     if isinstance(exc, openai.APIError):
         # An error event inside an SSE stream.
-        body = {"error": exc.body} if isinstance(exc.body, dict) else None
+        error = upstream_error(exc.body, fallback=sanitized(exc.message or "no message"))
+        message = f"The upstream for `{model.name}` failed: {error['message']}"
         return AttemptFailure(
             Status.UPSTREAM_ERROR,
             ProxyError(
                 502,
-                f"The upstream for `{model.name}` failed: {exc.message}",
+                message,
                 code="upstream_error",
-                body=body,
+                body={"error": {**error, "message": message}},
             ),
             retryable=True,
         )

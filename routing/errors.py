@@ -6,6 +6,7 @@ from an upstream.
 """
 
 import logging
+import re
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
@@ -130,3 +131,46 @@ def log_refusal(
         fields,
         extra=fields,
     )
+
+
+# What an upstream's error may carry that a tenant must never see: its provider key (OpenAI
+# echoes part of a wrong one), bearer tokens, JWTs, credentials in URLs, and any long
+# unbroken token that could be one.
+_SECRETISH = re.compile(
+    r"(?i:bearer|basic)\s+\S+"
+    r"|\b(?:sk|pk|rk|tgk|ak|api[-_]?key|key|token|secret)[-_:=][^\s\"',;)]{4,}"
+    r"|\bAIza[0-9A-Za-z_\-]{10,}"
+    r"|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+@"
+    r"|[A-Za-z0-9+/=_]{32,}"
+)
+_WORD = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+UPSTREAM_MESSAGE_MAX = 500
+
+
+def sanitized(text: str) -> str:
+    """An upstream's words made fit for a tenant, a log or the ledger: anything key-shaped
+    replaced, control characters dropped, at most UPSTREAM_MESSAGE_MAX characters."""
+    text = _CONTROL.sub("", _SECRETISH.sub("[redacted]", text))
+    return text[:UPSTREAM_MESSAGE_MAX]
+
+
+def upstream_error(body: object, *, fallback: str) -> dict:
+    """An upstream's OpenAI-shaped error reduced to its four fields: the message sanitized,
+    type, code and param kept only when they are short plain words. Nothing else of the
+    upstream's body is passed on."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = body if isinstance(body, dict) and "message" in body else {}
+
+    def word(value):
+        return value if isinstance(value, str) and _WORD.match(value) else None
+
+    message = error.get("message")
+    return {
+        "message": sanitized(message) if isinstance(message, str) and message else fallback,
+        "type": word(error.get("type")) or "upstream_error",
+        "param": word(error.get("param")),
+        "code": word(error.get("code")),
+    }

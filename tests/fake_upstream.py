@@ -40,6 +40,8 @@ class Fail:
     message: str = "upstream failure"
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
+    # The whole error body to answer instead of the usual one (a provider's own shape).
+    body: dict | None = None
 
 
 @dataclass
@@ -162,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if isinstance(behaviour, Fail):
-            payload = {
+            payload = behaviour.body or {
                 "error": {
                     "message": behaviour.message,
                     "type": "server_error",
