@@ -169,7 +169,7 @@ class TeamSettingsSerializer(serializers.Serializer):
         return self.validate_alert_webhook_url(value)
 
     def validate_alert_webhook_url(self, value):
-        from usage.alerts import webhook_url_problem
+        from usage.outbound import webhook_url_problem
 
         if value and (problem := webhook_url_problem(value)):
             raise serializers.ValidationError(problem)

@@ -32,9 +32,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Team
-from usage.alerts import DeliveryFailed, webhook_url_problem
+from usage.alerts import DeliveryFailed
 from usage.exports import ledger_ndjson_lines
 from usage.models import UsageEventMark, UsageRecord
+from usage.outbound import OutboundRefused, webhook_post
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +242,6 @@ def usage_event_deliver(*, row_id: int, client: httpx2.Client | None = None) -> 
     team, event_id, body = event
     if not team.usage_webhook_url:
         return None
-    if problem := webhook_url_problem(team.usage_webhook_url):
-        raise DeliveryFailed(problem)
     timestamp = int(clock.time())
     headers = {
         "Content-Type": "application/json",
@@ -252,11 +251,11 @@ def usage_event_deliver(*, row_id: int, client: httpx2.Client | None = None) -> 
         "X-Tollgate-Signature": usage_event_signatures(team, timestamp, body, timezone.now()),
     }
     try:
-        if client is None:
-            with httpx2.Client(timeout=TIMEOUT, follow_redirects=False) as own:
-                response = own.post(team.usage_webhook_url, content=body, headers=headers)
-        else:
-            response = client.post(team.usage_webhook_url, content=body, headers=headers)
+        response = webhook_post(
+            team.usage_webhook_url, content=body, headers=headers, timeout=TIMEOUT, client=client
+        )
+    except OutboundRefused as refused:
+        raise DeliveryFailed(str(refused)) from None
     except httpx2.HTTPError as exc:
         reason = "timed out" if isinstance(exc, httpx2.TimeoutException) else "could not be reached"
         raise DeliveryFailed(f"the usage webhook of {team.slug} {reason}") from None

@@ -5,8 +5,8 @@ from decimal import Decimal
 from django import forms
 from django.core.validators import URLValidator
 
-from usage.alerts import webhook_url_problem
 from usage.budgets import DEFAULT_THRESHOLDS
+from usage.outbound import webhook_url_problem
 
 
 class BudgetForm(forms.Form):

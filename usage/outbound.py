@@ -1,0 +1,117 @@
+"""Outbound requests a tenant points the server at (alert and usage webhooks).
+
+A webhook is a request the server makes on a tenant's say-so, so it must be https and
+every address its host resolves to must be public: never loopback, private, link-local
+(cloud metadata), multicast or reserved. The rules are checked when the URL is saved
+(`webhook_url_problem`) and again at each send (`webhook_post`), which resolves the host
+once, checks the addresses, and connects to the checked address itself (the name goes in
+the Host header and TLS SNI, and the certificate is verified against it), so a DNS answer
+that changes between the check and the connection (rebinding) cannot reach inside.
+TOLLGATE_WEBHOOK_ALLOW_PRIVATE lifts the address and https rules for local runs and tests.
+"""
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+from django.conf import settings
+
+
+class OutboundRefused(Exception):
+    """The URL may not be called; the message says why (without mapping the network)."""
+
+
+# One answer whether the host does not resolve or resolves inside: the message must not let
+# anyone map the server's network.
+REFUSED = "The webhook's host must resolve, and only to public internet addresses."
+
+# IPv6 prefixes that carry an IPv4 address or reach a private network, which Python's
+# is_global does not (all) rule out: NAT64 (64:ff9b::/96, 64:ff9b:1::/48), deprecated
+# site-local (fec0::/10), and IPv4-compatible (::a.b.c.d).
+IPV6_REFUSED = [
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "fec0::/10", "::/96")
+]
+
+
+def _public(text: str) -> bool:
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in IPV6_REFUSED):
+            return False
+        embedded = (
+            address.ipv4_mapped
+            or address.sixtofour
+            or (address.teredo[1] if address.teredo else None)
+        )
+        if embedded is not None and not _public(str(embedded)):
+            return False
+    return address.is_global and not address.is_multicast
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A webhook URL bound to the address it was checked at."""
+
+    url: str  # the URL with the checked address as its host
+    host: str  # the Host header: the name and port as the tenant wrote them
+    sni: str | None  # the name TLS asks for and verifies (https only)
+
+
+def webhook_pin(url: str) -> Pinned:
+    """Resolve the URL's host once and check it; OutboundRefused saying why not."""
+    parts = urlsplit(url)
+    allow_private = settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE
+    if parts.scheme != "https" and not (allow_private and parts.scheme == "http"):
+        raise OutboundRefused("The webhook must be an https:// URL.")
+    if not parts.hostname:
+        raise OutboundRefused("The webhook URL names no host.")
+    if parts.username or parts.password:
+        raise OutboundRefused("The webhook URL must not hold a user name or password.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise OutboundRefused(REFUSED) from None
+    addresses = [info[4][0] for info in infos]
+    if not addresses or not (allow_private or all(_public(a) for a in addresses)):
+        raise OutboundRefused(REFUSED)
+    address = addresses[0].split("%")[0]
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    return Pinned(
+        url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+        host=parts.netloc,
+        sni=parts.hostname if parts.scheme == "https" else None,
+    )
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why a webhook may not be set to (or sent to) `url`, or None."""
+    try:
+        webhook_pin(url)
+    except OutboundRefused as refused:
+        return str(refused)
+    return None
+
+
+def webhook_post(
+    url: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    timeout: httpx2.Timeout | float,
+    client: httpx2.Client | None = None,
+) -> httpx2.Response:
+    """POST to a webhook at the address checked just now, never following redirects.
+    OutboundRefused when the URL breaks the rules; httpx2.HTTPError when the send fails."""
+    pinned = webhook_pin(url)
+    extensions = {"sni_hostname": pinned.sni} if pinned.sni else {}
+    request_headers = {**headers, "Host": pinned.host}
+    if client is not None:
+        return client.post(
+            pinned.url, content=content, headers=request_headers, extensions=extensions
+        )
+    with httpx2.Client(timeout=timeout, follow_redirects=False) as own:
+        return own.post(pinned.url, content=content, headers=request_headers, extensions=extensions)
