@@ -1,11 +1,10 @@
 """Daily rollups of the ledger, maintained incrementally.
 
 The ledger is read by `recorded_at` up to a high-water mark (RollupMark).
-Each run sums the rows recorded after the mark and up to `now - LAG` into
-DailyUsage and moves the mark, in one transaction: a crash half-way
-changes nothing, and running twice adds nothing twice. LAG is far longer
-than any ledger write takes between stamping `recorded_at` and committing,
-so no row commits behind the mark.
+Each run sums the rows recorded after the mark and up to the ledger's horizon
+(`now - LAG`, or before the oldest open transaction: usage.horizon) into DailyUsage and
+moves the mark, in one transaction: a crash half-way changes nothing, running twice adds
+nothing twice, and no row commits behind the mark.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from usage.horizon import ledger_horizon
 from usage.models import DailyUsage, RollupMark, UsageRecord
 
 LAG = timedelta(seconds=60)
@@ -38,7 +38,7 @@ def rollup_through() -> datetime:
 
 def rollup_advance(*, now: datetime | None = None, lag: timedelta = LAG) -> int:
     """Fold newly recorded ledger rows into DailyUsage; returns how many rows were folded."""
-    until = (now or timezone.now()) - lag
+    until = ledger_horizon(now=now or timezone.now(), lag=lag)
     with transaction.atomic():
         mark, _ = RollupMark.objects.select_for_update().get_or_create(
             name=MARK, defaults={"through": EPOCH}
