@@ -7,10 +7,15 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx2
 import pytest
 
-from usage.outbound import OutboundRefused, webhook_pin, webhook_post, webhook_url_problem
+from usage.outbound import (
+    OutboundFailed,
+    OutboundRefused,
+    webhook_pin,
+    webhook_post,
+    webhook_url_problem,
+)
 
 REAL_GETADDRINFO = socket.getaddrinfo
 
@@ -60,8 +65,8 @@ def test_the_request_goes_to_the_checked_address_with_the_name_as_host(settings,
     settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE = True
     answers, lookups = dns
     answers["hook.test"] = ["127.0.0.1"]
-    response = webhook_post(f"http://hook.test:{hook}/in", content=b"{}", headers={}, timeout=5)
-    assert response.status_code == 204
+    status = webhook_post(f"http://hook.test:{hook}/in", content=b"{}", headers={}, timeout=5)
+    assert status == 204
     assert Hook.seen == [f"hook.test:{hook}"] and lookups == {"hook.test": 1}
 
 
@@ -72,8 +77,8 @@ def test_a_name_that_rebinds_to_loopback_after_the_check_never_reaches_it(settin
     answers["rebind.test"] = ["93.184.216.34", "127.0.0.1"]
     url = f"https://rebind.test:{hook}/in"
     started = time.monotonic()
-    with pytest.raises(httpx2.HTTPError):
-        webhook_post(url, content=b"{}", headers={}, timeout=httpx2.Timeout(1.0))
+    with pytest.raises(OutboundFailed):
+        webhook_post(url, content=b"{}", headers={}, timeout=1.0)
     assert time.monotonic() - started < 5
     assert lookups == {"rebind.test": 1}  # resolved once: the connection used that answer
     assert Hook.seen == []
@@ -110,3 +115,46 @@ def test_refused_urls_are_refused_at_send_too(settings, url):
     settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE = False
     with pytest.raises(OutboundRefused):
         webhook_post(url, content=b"{}", headers={}, timeout=1)
+
+
+class Trickle(BaseHTTPRequestHandler):
+    """Answers a byte at a time, each well inside any per-read timeout."""
+
+    in_headers = False
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if type(self).in_headers:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 50:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        for _ in range(1000):
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            time.sleep(0.2)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
+def test_an_answer_trickled_a_byte_at_a_time_runs_out_of_time(settings, in_headers):
+    settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE = True
+    handler = type("T", (Trickle,), {"in_headers": in_headers})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(OutboundFailed, match="timed out"):
+            webhook_post(
+                f"http://127.0.0.1:{server.server_port}/", content=b"{}", headers={}, timeout=1.0
+            )
+        assert time.monotonic() - started < 2
+    finally:
+        server.shutdown()

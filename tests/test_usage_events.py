@@ -170,9 +170,7 @@ def test_the_pause_grows_with_each_failure_up_to_an_hour(team, receivers, dispat
 def test_a_slow_webhook_costs_one_timeout_and_does_not_hold_up_another_team(
     team, other_team, receivers, dispatch, monkeypatch
 ):
-    import httpx2
-
-    monkeypatch.setattr(events, "TIMEOUT", httpx2.Timeout(0.3, connect=0.3))
+    monkeypatch.setattr(events, "TIMEOUT", 0.3)
     slow_url, slow = receivers()
     fast_url, fast = receivers()
     slow.delay = 2.0
@@ -209,7 +207,7 @@ def test_a_team_being_delivered_is_not_leased_twice_and_a_dead_lease_lapses(
     assert dispatch(now + events.LEASE + timedelta(seconds=1)) == 1
     assert _ids(got) == ["evt0:0"]
     stale = events.usage_events_deliver(
-        team_id=team.id, lease="00000000-0000-0000-0000-000000000001"
+        team_id=team.id, lease="00000000-0000-0000-0000-000000000001", until=now
     )
     assert stale == 0 and _ids(got) == ["evt0:0"]
 
@@ -233,7 +231,7 @@ def test_a_task_past_its_send_budget_queues_the_rest_behind_other_teams(
     dispatch(now)
     assert _ids(got) == ["evt0:0", "evt1:0", "evt2:0"]
     assert len(queued) == 3  # one row a task: each handed the team on under a new lease
-    assert len({lease for _, lease in queued}) == 3
+    assert len({lease for _, lease, _ in queued}) == 3
 
 
 def test_deliveries_have_their_own_queue():
@@ -304,3 +302,47 @@ def test_the_usage_webhook_is_set_and_rotated_by_budget_managers_and_hidden_from
     assert seen["usage_webhook_url"] is None and seen["usage_webhook_secret"] is None
     assert seen["usage_webhook_status"] is None
     assert client.post(rotate).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_whose_write_is_still_open_holds_the_cursor_back_until_it_commits(
+    settings, monkeypatch
+):
+    """A ledger write stamps recorded_at, then may wait (a locked budget counter) for any
+    length of time before committing. While it is open, later rows are not delivered past
+    it; once it commits, it goes first."""
+    import psycopg
+    from django.db import connection
+
+    from accounts.models import Team
+
+    settings.TOLLGATE_WEBHOOK_ALLOW_PRIVATE = True
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    server, url, got = _receiver()
+    team = Team.objects.create(slug="late", name="Late")
+    try:
+        key, _ = api_key_create(team=team, name="app")
+        usage_webhook_set(team=team, url=url, now=timezone.now() - timedelta(minutes=10))
+        db = connection.settings_dict
+        blocked = psycopg.connect(
+            host=db["HOST"] or "127.0.0.1",
+            port=db["PORT"] or 5432,
+            user=db["USER"],
+            dbname=db["NAME"],
+        )
+        # A's statement: stamped now, its transaction open (waiting on a lock, say).
+        stamped = timezone.now()
+        with blocked.cursor() as cursor:
+            cursor.execute("SELECT 1")  # the transaction has begun
+        spend(team, key, "0.01", stamped, "B", now=stamped + timedelta(seconds=1))
+        later = stamped + timedelta(minutes=5)  # LAG long past for both
+        events.usage_events_dispatch(now=later)
+        assert [json.loads(body)["id"] for _, body in got.got] == []  # B waits behind A
+        blocked.rollback()
+        blocked.close()
+        # A commits (here: written now, with the stamp it took before waiting).
+        spend(team, key, "0.01", stamped, "A", now=stamped)
+        events.usage_events_dispatch(now=later)
+        assert [json.loads(body)["id"] for _, body in got.got] == ["A:0", "B:0"]
+    finally:
+        server.shutdown()

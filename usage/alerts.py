@@ -9,7 +9,6 @@ import json
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
-import httpx2
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
@@ -19,7 +18,7 @@ from django.utils import timezone
 from accounts.models import Membership
 from usage.models import AlertDelivery, AlertEvent, Budget, BudgetCounter
 from usage.months import month_projection, month_start, next_month_start
-from usage.outbound import OutboundRefused, webhook_post
+from usage.outbound import OutboundFailed, OutboundRefused, webhook_post
 
 ALERT_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN, Membership.Role.BILLING)
 
@@ -193,9 +192,9 @@ def alert_deliver(*, delivery_id: int) -> AlertDelivery:
             message.send()
         else:
             text = render_to_string("usage/email/budget_alert_body.txt", context).strip()
-            response = _post_json(delivery.target, {"text": text}, timeout=10)
-            if response.status_code >= 300:
-                raise DeliveryFailed(f"webhook answered HTTP {response.status_code}")
+            status = _post_json(delivery.target, {"text": text}, timeout=10)
+            if status >= 300:
+                raise DeliveryFailed(f"webhook answered HTTP {status}")
     except Exception as exc:
         delivery.status = AlertDelivery.Status.FAILED
         delivery.last_error = str(exc)[:500]
@@ -221,17 +220,17 @@ def alert_webhook_test(*, team, now: datetime | None = None) -> int:
         "Budget alerts will arrive here."
     )
     try:
-        response = _post_json(team.alert_webhook_url, {"text": text}, timeout=5)
+        status = _post_json(team.alert_webhook_url, {"text": text}, timeout=5)
     except OutboundRefused as refused:
         raise DeliveryFailed(str(refused)) from None
-    except httpx2.HTTPError:
-        raise DeliveryFailed("the webhook could not be reached") from None
-    if response.status_code >= 300:
-        raise DeliveryFailed(f"the webhook answered HTTP {response.status_code}")
-    return response.status_code
+    except OutboundFailed as failed:
+        raise DeliveryFailed(f"the webhook {failed}") from None
+    if status >= 300:
+        raise DeliveryFailed(f"the webhook answered HTTP {status}")
+    return status
 
 
-def _post_json(url: str, payload: dict, *, timeout: float) -> httpx2.Response:
+def _post_json(url: str, payload: dict, *, timeout: float) -> int:
     return webhook_post(
         url,
         content=json.dumps(payload).encode(),

@@ -1,8 +1,9 @@
 """Usage events: each ledger row, once recorded, POSTed to the team's usage webhook as a
 signed JSON event, so a team can feed its own billing or analytics.
 
-Each team has a cursor (UsageEventMark) over its ledger in (recorded_at, id) order. The
-dispatcher (beat, every 15 s) leases every team with rows past its cursor to one delivery
+Each team has a cursor (UsageEventMark) over its ledger in (recorded_at, id) order, moved
+only up to the ledger's horizon (usage.horizon), so a row that commits late is never passed
+over. The dispatcher (beat, every 15 s) leases every team with rows past its cursor to one delivery
 task on the `usage-events` queue, which its own worker process serves, so a slow webhook
 never delays sweeps or budget alerts. The task POSTs the rows in order, moving the cursor
 after each, for at most SEND_BUDGET_S; a failure pauses that team (backoff up to an hour)
@@ -26,7 +27,6 @@ import time as clock
 import uuid
 from datetime import datetime, timedelta
 
-import httpx2
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -34,19 +34,21 @@ from django.utils import timezone
 from accounts.models import Team
 from usage.alerts import DeliveryFailed
 from usage.exports import ledger_ndjson_lines
+from usage.horizon import ledger_horizon
 from usage.models import UsageEventMark, UsageRecord
-from usage.outbound import OutboundRefused, webhook_post
+from usage.outbound import OutboundFailed, OutboundRefused, webhook_post
 
 logger = logging.getLogger(__name__)
 
-# Rows are delivered once they are this old, so a row committed a little late (its
-# recorded_at is stamped before its transaction commits) is never passed by the cursor.
+# Rows are delivered once they are this old and no transaction older than them is open
+# (usage.horizon), so a row committed late (its recorded_at is stamped before its statement
+# runs) is never passed by the cursor.
 LAG = timedelta(seconds=30)
 # One delivery task sends for at most this long, then hands the team back to the dispatcher
 # (queued again at once when more is waiting, behind the other teams' tasks).
 SEND_BUDGET_S = 20.0
-# Each POST: connect, then the whole answer.
-TIMEOUT = httpx2.Timeout(5.0, connect=3.0)
+# Each POST, all of it: connect, send, the whole answer.
+TIMEOUT = 5.0
 # A lease outlives any task: the send budget, one more timeout, the database work.
 LEASE = timedelta(seconds=60)
 # Rows read from the ledger at a time.
@@ -93,20 +95,23 @@ def usage_events_dispatch(*, now: datetime | None = None) -> int:
     from usage.tasks import usage_events_deliver
 
     now = now or timezone.now()
+    until = ledger_horizon(now=now, lag=LAG)
     queued = 0
     for team_id in Team.objects.exclude(usage_webhook_url="").values_list("id", flat=True):
         with transaction.atomic():
             mark, created = UsageEventMark.objects.select_for_update(
                 skip_locked=True
-            ).get_or_create(team_id=team_id, defaults={"through": now - LAG})
+            ).get_or_create(team_id=team_id, defaults={"through": until})
             busy = mark.leased_until is not None and mark.leased_until > now
             paused = mark.retry_at is not None and mark.retry_at > now
-            if created or busy or paused or not _pending(mark, now - LAG).exists():
+            if created or busy or paused or not _pending(mark, until).exists():
                 continue
             mark.lease, mark.leased_until = uuid.uuid4(), now + LEASE
             mark.save(update_fields=["lease", "leased_until"])
             transaction.on_commit(
-                lambda team=team_id, lease=str(mark.lease): usage_events_deliver.delay(team, lease)
+                lambda team=team_id, lease=str(mark.lease): usage_events_deliver.delay(
+                    team, lease, until.isoformat()
+                )
             )
             queued += 1
     return queued
@@ -125,26 +130,18 @@ def usage_events_start(*, team: Team, now: datetime, from_now: bool) -> None:
         )
 
 
-def usage_events_deliver(*, team_id: int, lease: str, now: datetime | None = None) -> int:
-    """Deliver the team's waiting events in order while this task holds its lease; returns
-    how many were sent. Stops at the first failure (the team is paused, the cursor stays),
-    when the send budget is spent (the team is queued again), or when the lease is lost."""
+def usage_events_deliver(*, team_id: int, lease: str, until: datetime) -> int:
+    """Deliver the team's events recorded up to `until` (the dispatcher's horizon) in order
+    while this task holds its lease; returns how many were sent. Stops at the first failure
+    (the team is paused, the cursor stays), when the send budget is spent (the team is
+    queued again), or when the lease is lost."""
+    from usage.tasks import usage_events_deliver as task
+
     started = clock.monotonic()
-    until = (now or timezone.now()) - LAG
     mark = UsageEventMark.objects.filter(team_id=team_id, lease=lease).first()
     if mark is None:
         return 0  # another task holds the team now
-    with httpx2.Client(timeout=TIMEOUT, follow_redirects=False) as client:
-        sent = _send_pending(mark, lease, until, started, client)
-    return sent
-
-
-def _send_pending(
-    mark: UsageEventMark, lease: str, until: datetime, started: float, client: httpx2.Client
-) -> int:
-    from usage.tasks import usage_events_deliver as task
-
-    team_id, sent = mark.team_id, 0
+    sent = 0
     while True:
         rows = list(_pending(mark, until).values_list("id", "recorded_at")[:CHUNK])
         for row_id, recorded_at in rows:
@@ -154,10 +151,10 @@ def _send_pending(
                 if UsageEventMark.objects.filter(team_id=team_id, lease=lease).update(
                     lease=renewed, leased_until=timezone.now() + LEASE
                 ):
-                    task.delay(team_id, str(renewed))
+                    task.delay(team_id, str(renewed), until.isoformat())
                 return sent
             try:
-                usage_event_deliver(row_id=row_id, client=client)
+                usage_event_deliver(row_id=row_id)
             except DeliveryFailed as failure:
                 _pause(mark, lease, str(failure))
                 return sent
@@ -233,7 +230,7 @@ def usage_event_signatures(team: Team, timestamp: int, body: bytes, now: datetim
     return ",".join(signatures)
 
 
-def usage_event_deliver(*, row_id: int, client: httpx2.Client | None = None) -> int | None:
+def usage_event_deliver(*, row_id: int) -> int | None:
     """POST one row's event; the status the webhook answered, None when there is nothing to
     send (the row or the webhook is gone), DeliveryFailed when it must be tried again."""
     event = usage_event_body(row_id)
@@ -251,14 +248,13 @@ def usage_event_deliver(*, row_id: int, client: httpx2.Client | None = None) -> 
         "X-Tollgate-Signature": usage_event_signatures(team, timestamp, body, timezone.now()),
     }
     try:
-        response = webhook_post(
-            team.usage_webhook_url, content=body, headers=headers, timeout=TIMEOUT, client=client
+        status = webhook_post(
+            team.usage_webhook_url, content=body, headers=headers, timeout=TIMEOUT
         )
     except OutboundRefused as refused:
         raise DeliveryFailed(str(refused)) from None
-    except httpx2.HTTPError as exc:
-        reason = "timed out" if isinstance(exc, httpx2.TimeoutException) else "could not be reached"
-        raise DeliveryFailed(f"the usage webhook of {team.slug} {reason}") from None
-    if response.status_code >= 300:
-        raise DeliveryFailed(f"the usage webhook of {team.slug} answered {response.status_code}")
-    return response.status_code
+    except OutboundFailed as failed:
+        raise DeliveryFailed(f"the usage webhook of {team.slug} {failed}") from None
+    if status >= 300:
+        raise DeliveryFailed(f"the usage webhook of {team.slug} answered {status}")
+    return status

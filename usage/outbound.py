@@ -8,10 +8,18 @@ once, checks the addresses, and connects to the checked address itself (the name
 the Host header and TLS SNI, and the certificate is verified against it), so a DNS answer
 that changes between the check and the connection (rebinding) cannot reach inside.
 TOLLGATE_WEBHOOK_ALLOW_PRIVATE lifts the address and https rules for local runs and tests.
+
+Each send has one deadline for all of it (connect, send, the answer's headers and body): a
+server that trickles its answer a byte at a time cannot hold a worker past it. The requests
+run on one event loop in a background thread of the process, with one connection pool.
 """
 
+import asyncio
 import ipaddress
+import os
 import socket
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +27,11 @@ import httpx2
 from django.conf import settings
 
 
-class OutboundRefused(Exception):
+class OutboundFailed(Exception):
+    """The request was not made or not answered; the message says why, for the tenant."""
+
+
+class OutboundRefused(OutboundFailed):
     """The URL may not be called; the message says why (without mapping the network)."""
 
 
@@ -96,22 +108,50 @@ def webhook_url_problem(url: str) -> str | None:
     return None
 
 
-def webhook_post(
-    url: str,
-    *,
-    content: bytes,
-    headers: dict[str, str],
-    timeout: httpx2.Timeout | float,
-    client: httpx2.Client | None = None,
-) -> httpx2.Response:
-    """POST to a webhook at the address checked just now, never following redirects.
-    OutboundRefused when the URL breaks the rules; httpx2.HTTPError when the send fails."""
+def webhook_post(url: str, *, content: bytes, headers: dict[str, str], timeout: float) -> int:
+    """POST to a webhook at the address checked just now, never following redirects, all of
+    it within `timeout` seconds; the status it answered. OutboundRefused when the URL breaks
+    the rules, OutboundFailed when the send fails or runs out of time."""
     pinned = webhook_pin(url)
+    future = asyncio.run_coroutine_threadsafe(
+        _post(pinned, content, {**headers, "Host": pinned.host}, timeout), _loop()
+    )
+    try:
+        return future.result(timeout + 1)
+    except (TimeoutError, FutureTimeout, httpx2.TimeoutException):
+        future.cancel()
+        raise OutboundFailed("timed out") from None
+    except httpx2.HTTPError:
+        raise OutboundFailed("could not be reached") from None
+
+
+async def _post(pinned: Pinned, content: bytes, headers: dict[str, str], timeout: float) -> int:
     extensions = {"sni_hostname": pinned.sni} if pinned.sni else {}
-    request_headers = {**headers, "Host": pinned.host}
-    if client is not None:
-        return client.post(
-            pinned.url, content=content, headers=request_headers, extensions=extensions
+    async with asyncio.timeout(timeout):
+        response = await _client().post(
+            pinned.url, content=content, headers=headers, timeout=timeout, extensions=extensions
         )
-    with httpx2.Client(timeout=timeout, follow_redirects=False) as own:
-        return own.post(pinned.url, content=content, headers=request_headers, extensions=extensions)
+    return response.status_code
+
+
+_lock = threading.Lock()
+# This process's loop for outbound requests (a forked child makes its own) and its client.
+_running: tuple[int, asyncio.AbstractEventLoop] | None = None
+_clients: dict[asyncio.AbstractEventLoop, httpx2.AsyncClient] = {}
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    global _running
+    with _lock:
+        if _running is None or _running[0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="webhooks", daemon=True).start()
+            _running = (os.getpid(), loop)
+        return _running[1]
+
+
+def _client() -> httpx2.AsyncClient:
+    loop = asyncio.get_running_loop()
+    if loop not in _clients:
+        _clients[loop] = httpx2.AsyncClient(follow_redirects=False)
+    return _clients[loop]

@@ -91,6 +91,10 @@ def usage_events_dispatch():
 
 
 @shared_task
-def usage_events_deliver(team_id, lease):
+def usage_events_deliver(team_id, lease, until):
     """One team's waiting usage events (routed to the `usage-events` queue, settings)."""
-    return events.usage_events_deliver(team_id=team_id, lease=lease)
+    from datetime import datetime
+
+    return events.usage_events_deliver(
+        team_id=team_id, lease=lease, until=datetime.fromisoformat(until)
+    )
