@@ -27,8 +27,20 @@ def secret(name: str, default: str | None = "") -> str | None:
 
 
 def secrets_list(name: str) -> list[str]:
-    """Comma-separated secrets, each exactly as set (see `secret`)."""
-    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+    """Earlier secrets: a JSON array of strings, each taken exactly as written (a secret may
+    hold a comma or spaces), or comma-separated with the spaces around each removed."""
+    value = os.environ.get(name, "")
+    if value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(p, str) and p for p in parsed):
+            raise environ.ImproperlyConfigured(
+                f'{name} starts with "[" but is not a JSON array of strings, e.g. ["old secret"].'
+            )
+        return parsed
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 # --- Core -----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Production settings: refuse a development secret, and pass Django's deployment checks."""
 
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,35 @@ def test_help_needs_no_database_and_a_missing_one_is_named_without_a_traceback()
     refused = run("check")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith("manage.py: DATABASE_URL is not set."), refused.stderr
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        "Xq9,w7Rz8kLm2Np4Vb6Tc1Yh3Jd5Gf0Sa8Qe7Wr6Ty5Ui4Op3As2Df1Gh0Jk9Lz8Xc7Vb6",  # a comma
+        "oldpepper ",  # an edge space
+    ],
+)
+def test_a_secret_that_keyed_hashes_can_be_listed_exactly_as_a_fallback(old):
+    """The README's rotation moves the current pepper (or SECRET_KEY) into the fallbacks: a
+    JSON array keeps it exactly as it was, commas and spaces included."""
+    script = (
+        "from django.conf import settings as s; "
+        "print(repr((s.TOLLGATE_KEY_PEPPER_FALLBACKS, s.SECRET_KEY_FALLBACKS)))"
+    )
+    listed = json.dumps([old, "another"])
+    done = manage(
+        "shell",
+        "-c",
+        script,
+        SECRET_KEY=STRONG,
+        TOLLGATE_KEY_PEPPER_FALLBACKS=listed,
+        SECRET_KEY_FALLBACKS=listed,
+    )
+    assert done.stdout.strip().splitlines()[-1] == repr(([old, "another"], [old, "another"]))
+
+
+def test_a_fallback_list_that_looks_like_json_but_is_not_is_refused_with_its_fix():
+    done = manage("check", SECRET_KEY=STRONG, TOLLGATE_KEY_PEPPER_FALLBACKS='["unterminated')
+    assert done.returncode != 0 and "not a JSON array of strings" in done.stderr
+    assert "Traceback" not in done.stderr
