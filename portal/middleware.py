@@ -3,6 +3,22 @@
 from django.http import JsonResponse
 from django.shortcuts import render
 
+from portal.logs import current_request_id, new_request_id
+
+
+def request_id(get_response):
+    """An id for each request: on its response as `x-request-id`, and on every log line it
+    causes (portal.logs), Django's own 4xx/5xx line included."""
+
+    def middleware(request):
+        request.request_id = new_request_id()
+        current_request_id.set(request.request_id)
+        response = get_response(request)
+        response["x-request-id"] = request.request_id
+        return response
+
+    return middleware
+
 
 def refuse_nul_bytes(get_response):
     """A NUL byte in a path or query value can reach no page or record (PostgreSQL text

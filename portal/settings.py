@@ -119,6 +119,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files from the app itself, so DEBUG off needs no web server in front for them.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "portal.middleware.request_id",
     "portal.middleware.refuse_nul_bytes",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -399,7 +400,15 @@ LOGGING = {
             "formatters"
         ]["json"],
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # Each line written while a request is served names its request id (portal.logs).
+    "filters": {"request_id": {"()": "portal.logs.RequestIdFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         # Django's own console handler (DEBUG only) would print each 4xx a second time.
@@ -407,6 +416,9 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # The server's own lines (started, stopping) in the same format as the rest.
         "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Off, as the server's --no-access-log asks (configuring "uvicorn" above would turn
+        # it back on): each /v1 call has its own line, each page and /api error Django's.
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
         # django-axes logs every start and sign-in at INFO; lockouts are WARNING.
         "axes": {"level": "WARNING"},
         # One line per upstream request is noise on the hot path.

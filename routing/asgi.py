@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
-from routing.calls import new_request_id
+from portal.logs import new_request_id
 from routing.errors import ProxyError, log_refusal, request_too_large
 
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -50,10 +49,6 @@ logger = logging.getLogger(__name__)
 CHAT = Endpoint.CHAT
 EMBEDDINGS = Endpoint.EMBEDDINGS
 _CAPABILITY = {CHAT: "chat", EMBEDDINGS: "embeddings"}
-
-
-def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
 
 
 def json_bytes(value: object) -> bytes:

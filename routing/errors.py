@@ -111,11 +111,15 @@ def log_refusal(
 ) -> None:
     """One line for a /v1 request answered before the meter saw it (no key, a bad key, a
     body that does not parse, over a rate limit, too large, not HTTPS): the same logger and
-    fields as a call's line, so every request has exactly one."""
-    if not call_logger.isEnabledFor(logging.INFO):
-        return
+    fields as a call's line, so every request has exactly one; and counted in
+    tollgate_proxy_rejected_total."""
+    from usage.metrics import rejected
+
     error = payload.get("error") if isinstance(payload, dict) else None
     code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    rejected.labels(_endpoint_of(path), str(http_status), str(code or "")[:64]).inc()
+    if not call_logger.isEnabledFor(logging.INFO):
+        return
     fields = {
         "request_id": request_id,
         "team_id": team_id,
@@ -131,6 +135,20 @@ def log_refusal(
         fields,
         extra=fields,
     )
+
+
+# The /v1 paths the metrics name, by their endpoint label; anything else is "other".
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+}
+
+
+def _endpoint_of(path: str) -> str:
+    if path.startswith("/v1/models/"):
+        return "models"
+    return _ENDPOINTS.get(path.rstrip("/") if path != "/" else path, "other")
 
 
 # What an upstream's error may carry that a tenant must never see: its provider key (OpenAI

@@ -25,6 +25,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import InferenceKeyAuthentication
+from portal.logs import current_request_id, new_request_id
 from routing import openapi
 from routing.calls import (
     CHAT,
@@ -35,7 +36,6 @@ from routing.calls import (
     detached,
     format_usd,
     json_bytes,
-    new_request_id,
     route_allowed,
 )
 from routing.errors import (
@@ -110,6 +110,7 @@ class ProxyView(APIView):
 
     def initialize_request(self, request, *args, **kwargs):
         self.request_id = new_request_id()
+        current_request_id.set(self.request_id)
         self.metered = False
         return super().initialize_request(request, *args, **kwargs)
 

@@ -15,7 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.services import KeyPrincipal
-from routing.calls import CHAT, call_json, call_prepare, new_request_id
+from portal.logs import new_request_id
+from routing.calls import CHAT, call_json, call_prepare
 from routing.errors import ProxyError
 from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
 from routing.selectors import catalog_snapshot

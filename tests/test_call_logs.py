@@ -120,3 +120,33 @@ def test_a_failed_call_is_the_meters_line_alone(catalog, inference_key, sdk, ups
     lines = [r for r in caplog.records if r.name == "tollgate.calls"]
     assert len(lines) == 1 and lines[0].status == "upstream_error"
     assert not [r for r in caplog.records if r.name == "django.request"]
+
+
+def test_uvicorn_access_lines_stay_off_under_djangos_logging():
+    """uvicorn --no-access-log empties uvicorn.access; Django's LOGGING, applied in each
+    worker after it, must not turn it back on (every call would log a second, id-less line)."""
+    access = logging.getLogger("uvicorn.access")
+    saved = (access.handlers[:], access.propagate, access.level, access.disabled)
+    try:
+        access.handlers, access.propagate = [], False
+        logging.config.dictConfig(settings.LOGGING)
+        assert access.propagate is False and not access.handlers
+        assert not access.isEnabledFor(logging.INFO)
+    finally:
+        access.handlers, access.propagate, access.level, access.disabled = saved
+
+
+def test_an_api_error_line_names_the_request_id_its_answer_carries(team, member, caplog):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(member)
+    caplog.set_level(logging.INFO)
+    answer = client.get("/api/teams/acme/keys/")
+    assert answer.status_code == 403 and answer["x-request-id"].startswith("req_")
+    [line] = [r for r in caplog.records if r.name == "django.request"]
+    assert line.request_id == answer["x-request-id"]
+    page = client.get("/t/acme/")
+    assert (
+        page["x-request-id"].startswith("req_") and page["x-request-id"] != answer["x-request-id"]
+    )

@@ -178,6 +178,34 @@ def test_refused_calls_are_counted_with_their_status(inference_key, sdk, catalog
     )
 
 
+def test_every_refusal_is_counted_by_http_status_and_code(inference_key, sdk, catalog, live_portal):
+    _, secret = inference_key
+    url = live_portal.url
+    before = scrape(url)
+    httpx2.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer sk-wrong"})
+    httpx2.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer sk-wrong"})
+    httpx2.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        content=b"{not json",
+    )
+    httpx2.get(f"{url}/v1/no-such-thing")
+    with pytest.raises(Exception):
+        sdk(secret).chat.completions.create(model="no-such-model", messages=MESSAGES)
+    after = scrape(url)
+
+    def delta(endpoint, status, code):
+        labels = {"endpoint": endpoint, "http_status": status, "code": code}
+        return sample(after, "tollgate_proxy_rejected_total", **labels) - sample(
+            before, "tollgate_proxy_rejected_total", **labels
+        )
+
+    assert delta("chat", "401", "invalid_api_key") == 2
+    assert delta("chat", "400", "invalid_json") == 1
+    assert delta("other", "404", "unknown_url") == 1
+    assert delta("chat", "404", "model_not_found") == 1
+
+
 def test_metrics_token_is_required_when_set(live_portal, settings):
     settings.TOLLGATE_METRICS_TOKEN = "s3cret-scrape"
     url = f"{live_portal.url}/metrics"

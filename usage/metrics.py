@@ -57,6 +57,12 @@ fallbacks = Counter(
     "Attempts that moved to another model after a failure, labelled with the model moved to",
     MODEL_LABELS,
 )
+rejected = Counter(
+    "tollgate_proxy_rejected",
+    "/v1 requests the gateway refused itself (no or bad key, bad body, unknown or disallowed "
+    "model, over budget, rate limited, too large, not HTTPS), by HTTP status and error code",
+    ("endpoint", "http_status", "code"),
+)
 tokens = Counter(
     "tollgate_tokens",
     "Billed tokens by kind: prompt, completion; cached is part of prompt, reasoning of completion",
@@ -111,6 +117,8 @@ def call_observe(
             moved.labels(endpoint, model, provider).inc()
         previous = outcome
     final = outcomes[-1][0]
+    if final.status == "refused":
+        rejected.labels(endpoint, str(final.http_status or ""), final.error_type[:64]).inc()
     labels = (endpoint, final.model, final.provider, final.status)
     requests.labels(*labels).inc()
     latency.labels(*labels).observe(duration_s)

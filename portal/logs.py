@@ -1,0 +1,29 @@
+"""The request id in every log line a request causes.
+
+Each request gets an id (`x-request-id` on its response: the pages and /api through
+`request_id` below, /v1 through its views); log lines written while it is served carry it
+as `request_id`, whichever logger writes them (Django's request logger, a warning deep in a
+library), so an operator can find every line of one request.
+"""
+
+import logging
+import uuid
+from contextvars import ContextVar
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's id to a record that does not name one itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = current_request_id.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
