@@ -1,5 +1,5 @@
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
@@ -155,6 +155,31 @@ class UsageWebhookStatusSerializer(serializers.Serializer):
     previous_secret_valid_until = serializers.DateTimeField(allow_null=True)
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "description": "Where the usage events stand; null while no usage webhook is set, "
+        "or for a role that may not see it.",
+        "properties": {
+            "delivered_through": {"type": "string", "format": "date-time"},
+            "last_delivered_at": {"type": "string", "format": "date-time", "nullable": True},
+            "failures": {"type": "integer"},
+            "retry_at": {"type": "string", "format": "date-time", "nullable": True},
+            "last_error": {"type": "string"},
+            "previous_secret_valid_until": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+            },
+        },
+    }
+)
+class UsageWebhookStatusField(serializers.JSONField):
+    """UsageWebhookStatusSerializer's data, or null: inline in the schema, since OpenAPI 3.0
+    cannot make a referenced object nullable."""
+
+
 class TeamSettingsSerializer(serializers.Serializer):
     slug = serializers.CharField(read_only=True)
     name = serializers.CharField(max_length=200, required=False)
@@ -163,7 +188,7 @@ class TeamSettingsSerializer(serializers.Serializer):
     # Each recorded ledger row is POSTed there as an event signed with the secret (usage.events).
     usage_webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
     usage_webhook_secret = serializers.CharField(read_only=True)
-    usage_webhook_status = UsageWebhookStatusSerializer(read_only=True, allow_null=True)
+    usage_webhook_status = UsageWebhookStatusField(read_only=True)
 
     def validate_usage_webhook_url(self, value):
         return self.validate_alert_webhook_url(value)
@@ -176,13 +201,22 @@ class TeamSettingsSerializer(serializers.Serializer):
         return value
 
 
+class TeamSettingsAnswer(TeamSettingsSerializer):
+    """The team's settings as answered: the webhooks, their secret and status are null for
+    a role that may not see them."""
+
+    alert_webhook_url = serializers.URLField(allow_null=True, read_only=True)
+    usage_webhook_url = serializers.URLField(allow_null=True, read_only=True)
+    usage_webhook_secret = serializers.CharField(allow_null=True, read_only=True)
+
+
 class TeamDetailApi(APIView):
-    @extend_schema(responses=TeamSettingsSerializer)
+    @extend_schema(responses=TeamSettingsAnswer)
     def get(self, request, slug):
         team = require_team(request, slug)
         return Response(_team_settings(team, role=request.team_access[1]))
 
-    @extend_schema(request=TeamSettingsSerializer, responses=TeamSettingsSerializer)
+    @extend_schema(request=TeamSettingsSerializer, responses=TeamSettingsAnswer)
     def patch(self, request, slug):
         # The name is the admins'; the alert webhook belongs with the budgets (finance too).
         team = require_team(request, slug, BUDGET_MANAGERS)
@@ -201,7 +235,7 @@ class TeamDetailApi(APIView):
 class UsageWebhookSecretApi(APIView):
     @extend_schema(
         request=None,
-        responses=TeamSettingsSerializer,
+        responses=TeamSettingsAnswer,
         description="A new signing secret for the usage webhook. The previous secret signs "
         "too (a second signature in X-Tollgate-Signature) for 24 hours, so the receiver can "
         "switch without refusing events.",

@@ -315,6 +315,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "routing.openapi.v1_components",
+        "accounts.openapi.api_error_responses",
     ],
 }
 

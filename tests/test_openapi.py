@@ -165,3 +165,38 @@ def test_docs_page_renders_swagger_ui_from_local_static_files_only():
     for url in assets:
         assert url.startswith("/static/drf_spectacular_sidecar/"), url
         assert client.get(url).status_code == 200, url
+
+
+def _answer_validator(schema, path, method, status):
+    response = schema["paths"][path][method]["responses"][status]
+    return OAS30Validator(
+        {**response["content"]["application/json"]["schema"], "components": schema["components"]}
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["owner", "member"])
+def test_team_settings_answers_match_the_schema_for_every_role(schema, team, owner, member, role):
+    from accounts.services import usage_webhook_set
+
+    usage_webhook_set(team=team, url="https://93.184.216.34/usage")
+    client = APIClient()
+    client.force_login({"owner": owner, "member": member}[role])
+    answer = client.get("/api/teams/acme/")
+    validator = _answer_validator(schema, "/api/teams/{slug}/", "get", "200")
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(answer.json())]
+    assert not errors, errors
+
+
+@pytest.mark.django_db
+def test_every_api_operation_documents_its_errors_in_drfs_shape(schema, team, member):
+    for path, operations in schema["paths"].items():
+        if path.startswith("/api/"):
+            for method, operation in operations.items():
+                assert {"400", "401", "403", "404"} <= set(operation["responses"]), (path, method)
+    client = APIClient()
+    client.force_login(member)
+    refused = client.get("/api/teams/acme/keys/")
+    assert refused.status_code == 403
+    validator = _answer_validator(schema, "/api/teams/{slug}/keys/", "get", "403")
+    assert not list(validator.iter_errors(refused.json()))
