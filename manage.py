@@ -9,8 +9,10 @@ HELP = {"help", "-h", "--help"}
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     if len(sys.argv) < 2 or HELP & set(sys.argv[1:]):
-        # Never connected to: help only reads the settings, which insist on a DATABASE_URL.
+        # Never used: help only reads the settings, which insist on a DATABASE_URL (and,
+        # with DEBUG off, a SECRET_KEY).
         os.environ.setdefault("DATABASE_URL", "postgres://help@127.0.0.1:1/help")
+        os.environ.setdefault("SECRET_KEY", "help-only-" + "never-used-to-sign-anything-" * 2)
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 

@@ -1,8 +1,12 @@
 """Readiness: can this process serve calls? Each dependency is asked on its own short
-timeout, all at once, so a dead one costs about CHECK_TIMEOUT_S, never a pool's wait."""
+timeout, all at once, so a dead one costs about READY_TIMEOUT_S, never a pool's wait. Probes
+arriving together share one round of checks, and a round's answer serves for FRESH_S, so
+a burst of probes (several load balancers, a retry storm) costs one round, not one each."""
 
 import functools
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import psycopg
@@ -18,6 +22,8 @@ logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 1.0
 # The checks' common bound: a check that overran its own is reported as failed.
 READY_TIMEOUT_S = 1.5
+# How long one round's answer is given to later probes, seconds.
+FRESH_S = 1.0
 
 
 class NotReady(Exception):
@@ -30,10 +36,14 @@ def _migrations_on_disk() -> frozenset[tuple[str, str]]:
     return frozenset(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
 
 
+def database_params() -> dict:
+    return connection.get_connection_params()
+
+
 def database_check() -> None:
     """PostgreSQL answers on a fresh connection (not the pool, whose wait is long), and
     every migration of the code is applied."""
-    params = connection.get_connection_params()
+    params = database_params()
     with psycopg.connect(
         dbname=params.get("dbname"),
         user=params.get("user"),
@@ -44,11 +54,14 @@ def database_check() -> None:
         options=f"-c statement_timeout={int(CHECK_TIMEOUT_S * 1000)}",
         autocommit=True,
     ) as conn:
-        applied = set(conn.execute("SELECT app, name FROM django_migrations").fetchall())
+        try:
+            applied = set(conn.execute("SELECT app, name FROM django_migrations").fetchall())
+        except psycopg.errors.UndefinedTable:
+            raise NotReady("no migrations applied: run `manage.py migrate`") from None
     missing = sorted(_migrations_on_disk() - applied)
     if missing:
         names = ", ".join(f"{app}.{name}" for app, name in missing[:5])
-        raise NotReady(f"{len(missing)} unapplied migration(s): {names}")
+        raise NotReady(f"{len(missing)} unapplied migration(s): {names}; run `manage.py migrate`")
 
 
 def redis_check() -> None:
@@ -71,8 +84,30 @@ def broker_check() -> None:
         conn.ensure_connection(max_retries=0, timeout=CHECK_TIMEOUT_S)
 
 
+_round = threading.Lock()
+_last: tuple[float, dict[str, str]] | None = None
+
+
 def readiness() -> dict[str, str]:
-    """Each configured dependency by name: "ok", or why it is not."""
+    """Each configured dependency by name: "ok", or why it is not (one round shared by the
+    probes that arrive while it runs, and by those within FRESH_S after)."""
+    global _last
+    with _round:
+        if _last is not None and time.monotonic() - _last[0] < FRESH_S:
+            return dict(_last[1])
+        results = _check_all()
+        _last = (time.monotonic(), results)
+        return dict(results)
+
+
+def readiness_forget() -> None:
+    """Drop the last round's answer (tests that change a dependency between probes)."""
+    global _last
+    with _round:
+        _last = None
+
+
+def _check_all() -> dict[str, str]:
     checks = {"database": database_check}
     if settings.REDIS_URL:
         checks["redis"] = redis_check

@@ -150,3 +150,24 @@ def test_an_api_error_line_names_the_request_id_its_answer_carries(team, member,
     assert (
         page["x-request-id"].startswith("req_") and page["x-request-id"] != answer["x-request-id"]
     )
+
+
+def test_a_call_the_sweeper_records_has_its_line_too(team, caplog):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.services import api_key_create
+    from tests.factories import open_call
+    from usage.metering import inflight_sweep
+
+    key, _ = api_key_create(team=team, name="app")
+    open_call(team, key, "killed-mid-stream", timezone.now() - timedelta(hours=1), deadline_s=60)
+    caplog.set_level(logging.INFO, logger="tollgate.calls")
+    assert inflight_sweep() == 1
+    [line] = [r for r in caplog.records if r.name == "tollgate.calls"]
+    assert (line.request_id, line.status, line.key_prefix) == (
+        "killed-mid-stream",
+        "interrupted",
+        key.prefix,
+    )

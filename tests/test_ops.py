@@ -14,6 +14,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from prometheus_client.parser import text_string_to_metric_families
 
+from ops.health import readiness_forget
 from tests.conftest import ROOT
 from tests.fake_upstream import Fail
 from tests.test_routing import set_route
@@ -45,6 +46,16 @@ def scrape(url, **headers) -> dict[tuple, float]:
 
 def sample(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_readiness():
+    """Each test probes its own dependencies, not the answer a previous test left."""
+    from ops.health import readiness_forget
+
+    readiness_forget()
+    yield
+    readiness_forget()
 
 
 # --- /healthz and /readyz
@@ -93,10 +104,14 @@ def test_readyz_names_the_database_while_a_migration_is_unapplied(live_portal):
         response = httpx2.get(f"{live_portal.url}/readyz", timeout=5)
     finally:
         recorder.record_applied(app, name)
+        readiness_forget()
 
     assert response.status_code == 503
     assert response.json()["failing"] == ["database"]
-    assert f"1 unapplied migration(s): {app}.{name}" in response.json()["checks"]["database"]
+    assert (
+        f"1 unapplied migration(s): {app}.{name}; run `manage.py migrate`"
+        in (response.json()["checks"]["database"])
+    )
     assert httpx2.get(f"{live_portal.url}/readyz", timeout=5).status_code == 200
 
 
@@ -261,6 +276,62 @@ def test_in_flight_counts_open_calls_of_every_process_and_swept_calls_are_counte
     assert sample(after, "tollgate_proxy_requests_total", **labels) == (
         sample(before, "tollgate_proxy_requests_total", **labels) + 2
     )
+
+
+def test_readyz_says_to_migrate_a_database_with_no_tables(live_portal, monkeypatch):
+    import psycopg
+
+    from ops import health
+
+    params = dict(connection.get_connection_params())
+    admin = {k: params[k] for k in ("host", "port", "user") if params.get(k)}
+    empty = f"tollgate_empty_{os.getpid()}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **admin) as conn:
+        conn.execute(f"CREATE DATABASE {empty}")
+    try:
+        monkeypatch.setattr(health, "database_params", lambda: {**admin, "dbname": empty})
+        response = httpx2.get(f"{live_portal.url}/readyz", timeout=5)
+    finally:
+        readiness_forget()
+        with psycopg.connect(dbname="postgres", autocommit=True, **admin) as conn:
+            conn.execute(f"DROP DATABASE {empty}")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == (
+        "no migrations applied: run `manage.py migrate`"
+    )
+
+
+def test_a_burst_of_probes_against_a_silent_database_costs_one_round(live_portal, monkeypatch):
+    """A database that accepts connections and never answers: twenty probes at once all
+    answer 503 within about one round's bound, not one bound each, queued."""
+    import threading
+
+    from ops import health
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    monkeypatch.setattr(
+        health, "database_params", lambda: {"host": "127.0.0.1", "port": port, "dbname": "x"}
+    )
+    answers = []
+
+    def probe():
+        started = time.monotonic()
+        response = httpx2.get(f"{live_portal.url}/readyz", timeout=15)
+        answers.append((response.status_code, time.monotonic() - started))
+
+    try:
+        threads = [threading.Thread(target=probe) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        silent.close()
+    assert {status for status, _ in answers} == {503}
+    assert max(elapsed for _, elapsed in answers) < 3.5, answers
 
 
 # --- Several worker processes

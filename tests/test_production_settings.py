@@ -100,6 +100,17 @@ def test_help_needs_no_database_and_a_missing_one_is_named_without_a_traceback()
 
     helped = run("closemonth", "--help")
     assert helped.returncode == 0 and "usage: manage.py closemonth" in helped.stdout
+    # With DEBUG off and no SECRET_KEY either: help still signs nothing.
+    bare = {k: v for k, v in environment.items() if k != "SECRET_KEY"}
+    production_help = subprocess.run(
+        [sys.executable, "manage.py", "closemonth", "--help"],
+        cwd=ROOT,
+        env={**bare, "DEBUG": "false"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert production_help.returncode == 0, production_help.stderr
     assert "closemonth" in run("help").stdout
     refused = run("check")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr

@@ -23,7 +23,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -393,14 +393,21 @@ def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             [_record(_facts_of(call), SWEPT, Decimal(0), SWEPT_ATTEMPT, now) for call in stale]
         )
         MeteredCall.objects.filter(id__in=[c.id for c in stale]).update(closed_at=now, swept=True)
+    from accounts.models import ApiKey
+
+    prefixes = dict(
+        ApiKey.objects.filter(id__in={c.api_key_id for c in stale}).values_list("id", "prefix")
+    )
     for call in stale:
-        # Counted like any recorded call: requests by status "interrupted", no tokens.
+        # Counted and logged like any recorded call: status "interrupted", no tokens.
+        facts = replace(_facts_of(call), key_prefix=prefixes.get(call.api_key_id, ""))
         metrics.call_observe(
-            _facts_of(call),
+            facts,
             [(SWEPT, Decimal(0))],
             duration_s=(now - call.started_at).total_seconds(),
             ledger_s=None,
         )
+        _log_call(facts, [_record(facts, SWEPT, Decimal(0), SWEPT_ATTEMPT, now)], Decimal(0))
     return len(stale)
 
 

@@ -1,3 +1,4 @@
+import logging
 import os
 import secrets
 import time
@@ -104,7 +105,14 @@ Tollgate demo is ready.{seeded}
                 or api_key_create(team=team, name=name, created_by=None)[0]
             )
         now = timezone.now()
-        written = demo_usage_seed(team=team, keys=keys, catalog=catalog_snapshot(), now=now)
+        # Thousands of seeded calls: their call log lines would bury the sign-in below.
+        calls = logging.getLogger("tollgate.calls")
+        level = calls.level
+        calls.setLevel(logging.WARNING)
+        try:
+            written = demo_usage_seed(team=team, keys=keys, catalog=catalog_snapshot(), now=now)
+        finally:
+            calls.setLevel(level)
         if team_budget_status(team=team, now=now) is None:
             spent = sum(
                 (
