@@ -1,5 +1,5 @@
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
@@ -7,12 +7,20 @@ from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from accounts.permissions import (
+    AUDIT_READERS,
     BUDGET_MANAGERS,
     KEY_MANAGERS,
     management_key_roles,
     require_team,
 )
-from accounts.selectors import api_key_get, api_key_list, key_scope_unknown, teams_for
+from accounts.selectors import (
+    AUDIT_PAGE,
+    api_key_get,
+    api_key_list,
+    audit_events,
+    key_scope_unknown,
+    teams_for,
+)
 from accounts.services import (
     KeyPrincipal,
     api_key_create,
@@ -273,3 +281,45 @@ def _team_settings(team, *, role) -> dict:
         }
     data["usage_webhook_status"] = UsageWebhookStatusSerializer(delivery).data if mark else None
     return data
+
+
+class AuditEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    actor = serializers.CharField()
+    address = serializers.IPAddressField(allow_null=True)
+    action = serializers.CharField()
+    target = serializers.CharField()
+    changes = serializers.JSONField()
+
+
+class AuditPageSerializer(serializers.Serializer):
+    results = AuditEventSerializer(many=True)
+    next_before = serializers.IntegerField(
+        allow_null=True, help_text="Pass as `before` for the next (older) page; null at the end."
+    )
+
+
+class AuditLogApi(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "before", int, description="Entries older than this id (the last page's last)."
+            )
+        ],
+        responses=AuditPageSerializer,
+        description="The team's audit log, newest first, 50 a page: every change to the team "
+        "and its members' sign-ins. Owners only.",
+    )
+    def get(self, request, slug):
+        team = require_team(request, slug, AUDIT_READERS)
+        before = request.query_params.get("before")
+        if before is not None and not before.isdigit():
+            raise ValidationError({"before": ["An entry id (a whole number)."]})
+        events = audit_events(team=team, before_id=int(before) if before else None)
+        return Response(
+            {
+                "results": AuditEventSerializer(events, many=True).data,
+                "next_before": events[-1].id if len(events) == AUDIT_PAGE else None,
+            }
+        )

@@ -10,7 +10,10 @@ class AccountsConfig(AppConfig):
     name = "accounts"
 
     def ready(self) -> None:
-        from accounts import openapi  # noqa: F401  (registers the schema's auth extensions)
+        from accounts import (
+            openapi,  # noqa: F401  (registers the schema's auth extensions)
+            signals,  # noqa: F401  (sign-ins go in the audit log)
+        )
 
         # Once per process, at start-up: with SECRET_KEY keying the key hashes, rotating it
         # would turn every issued API key away.

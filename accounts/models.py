@@ -155,3 +155,38 @@ class Invitation(models.Model):
         if self.revoked_at is not None:
             return "revoked"
         return "pending" if now < self.expires_at else "expired"
+
+
+class AuditEvent(models.Model):
+    """One change to a team (or a sign-in): who, when, from which address, what changed.
+
+    Append-only: the database refuses to update or delete a row (a trigger, migration
+    accounts 0007), whatever the code or an admin tries. Written by accounts.audit.audit.
+    """
+
+    # Null for a sign-in, which belongs to a person rather than a team.
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    at = models.DateTimeField(default=timezone.now)
+    # "owner@acme.test", "key:tgm_ab12cd34" (a management key), or "system:<what>".
+    actor = models.CharField(max_length=200)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=200, blank=True)
+    # {field: [before, after]} for a change; other facts for an action.
+    changes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["team", "-id"], name="audit_team_newest"),
+            # Sign-ins, by whose account they were for (a team's owners see their members').
+            models.Index(
+                fields=["target", "-id"],
+                condition=models.Q(team__isnull=True),
+                name="audit_signin_newest",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target}"

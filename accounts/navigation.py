@@ -3,6 +3,7 @@
 from django.urls import reverse
 
 from accounts.permissions import (
+    AUDIT_READERS,
     BILLING_READERS,
     BUDGET_MANAGERS,
     KEY_MANAGERS,
@@ -22,6 +23,7 @@ TEAM_PAGES = [
     ("routes", "Routes", USAGE_READERS),
     ("people", "People", PEOPLE_MANAGERS),
     ("invoices", "Invoices", BILLING_READERS),
+    ("audit-log", "Audit log", AUDIT_READERS),
 ]
 
 

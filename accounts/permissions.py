@@ -16,6 +16,8 @@ BUDGET_MANAGERS = (Role.OWNER, Role.ADMIN, Role.BILLING)
 # Routes decide where traffic goes; compare spends the team's money on test prompts.
 ROUTE_MANAGERS = (Role.OWNER, Role.ADMIN)
 PEOPLE_MANAGERS = (Role.OWNER, Role.ADMIN)
+# Who changed what, from where, and who signed in: for the team's owners.
+AUDIT_READERS = (Role.OWNER,)
 # Who may issue a management key of each role. Nobody mints a key that may do what they may
 # not: an admin cannot read invoices, so only an owner issues a billing key.
 MANAGEMENT_KEY_ISSUERS = {

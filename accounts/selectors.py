@@ -5,9 +5,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
-from accounts.models import ApiKey, Invitation, Membership, Team
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Team
 from accounts.services import KeyPrincipal, invitation_token_hash
 
 
@@ -152,3 +152,18 @@ def team_not_found_message(*, slug: str, shown: int = 10) -> str:
     if len(slugs) > shown:
         listed += ", … (all in the admin, /admin/accounts/team/)"
     return f"No team '{slug}'. Teams: {listed}. Or {create}."
+
+
+AUDIT_PAGE = 50
+
+
+def audit_events(*, team: Team, before_id: int | None = None, limit: int = AUDIT_PAGE):
+    """The team's audit log, newest first: its changes, and the sign-ins of its present
+    members. Paged by id (`before_id`: the last id of the previous page)."""
+    members = Membership.objects.filter(team=team).values("user__username")
+    events = AuditEvent.objects.filter(
+        Q(team=team) | Q(team__isnull=True, action__startswith="signin.", target__in=members)
+    )
+    if before_id is not None:
+        events = events.filter(id__lt=before_id)
+    return list(events.order_by("-id")[:limit])

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from accounts.audit import audit, diff, webhook_shown
 from accounts.models import ApiKey, Invitation, Membership, Team
 from usage.budgets import budget_set
 
@@ -61,6 +62,12 @@ def team_create(
 ) -> Team:
     with transaction.atomic():
         team = Team.objects.create(slug=slug, name=name, markup_percent=markup_percent)
+        audit(
+            team=team,
+            action="team.create",
+            target=slug,
+            changes={"name": name, "markup_percent": str(markup_percent), "owner": owner_email},
+        )
         if owner_email:
             User = get_user_model()
             user, _ = User.objects.get_or_create(
@@ -71,9 +78,16 @@ def team_create(
 
 
 def membership_add(*, team: Team, user, role: str) -> Membership:
-    membership, _ = Membership.objects.update_or_create(
-        team=team, user=user, defaults={"role": role}
-    )
+    with transaction.atomic():
+        membership, created = Membership.objects.update_or_create(
+            team=team, user=user, defaults={"role": role}
+        )
+        audit(
+            team=team,
+            action="member.add" if created else "member.role",
+            target=user.get_username(),
+            changes={"role": role},
+        )
     return membership
 
 
@@ -104,19 +118,34 @@ def api_key_create(
         secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_RANDOM_LEN)
     )
     secret = f"{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
-        team=team,
-        name=name,
-        kind=kind,
-        role=role,
-        prefix=prefix,
-        secret_hash=key_hash(secret),
-        allowed_models=sorted(set(allowed_models or [])),
-        rpm_limit=rpm_limit,
-        tpm_limit=tpm_limit,
-        expires_at=expires_at,
-        created_by=created_by,
-    )
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            team=team,
+            name=name,
+            kind=kind,
+            role=role,
+            prefix=prefix,
+            secret_hash=key_hash(secret),
+            allowed_models=sorted(set(allowed_models or [])),
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            expires_at=expires_at,
+            created_by=created_by,
+        )
+        audit(
+            team=team,
+            action="key.create",
+            target=prefix,
+            changes={
+                "name": name,
+                "kind": kind,
+                "role": role,
+                "allowed_models": key.allowed_models,
+                "rpm_limit": rpm_limit,
+                "tpm_limit": tpm_limit,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
     return key, secret
 
 
@@ -153,8 +182,10 @@ def api_key_issue(
 
 def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
     if key.revoked_at is None:
-        key.revoked_at = now or timezone.now()
-        key.save(update_fields=["revoked_at"])
+        with transaction.atomic():
+            key.revoked_at = now or timezone.now()
+            key.save(update_fields=["revoked_at"])
+            audit(team=key.team, action="key.revoke", target=key.prefix, changes={"name": key.name})
     cache.delete(_principal_cache_key(key.prefix))
     return key
 
@@ -265,10 +296,24 @@ def team_settings_update(*, team: Team, **fields) -> Team:
     allowed = {"name", "alert_webhook_url"}
     if unknown := set(fields) - allowed:
         raise ValueError(f"not a team setting: {', '.join(sorted(unknown))}")
-    for name, value in fields.items():
-        setattr(team, name, value)
-    team.save(update_fields=list(fields) or None)
+    before = team_shown(team)
+    with transaction.atomic():
+        for name, value in fields.items():
+            setattr(team, name, value)
+        team.save(update_fields=list(fields) or None)
+        if changed := diff(before, team_shown(team)):
+            audit(team=team, action="team.update", target=team.slug, changes=changed)
     return team
+
+
+def team_shown(team: Team) -> dict:
+    """A team's settings as the audit log keeps them (webhooks by where they point)."""
+    return {
+        "name": team.name,
+        "markup_percent": f"{Decimal(team.markup_percent):.3f}",
+        "alert_webhook_url": webhook_shown(team.alert_webhook_url),
+        "usage_webhook_url": webhook_shown(team.usage_webhook_url),
+    }
 
 
 # --- People: roles, removals and invitations -------------------------------------------
@@ -342,8 +387,10 @@ def membership_role_change(*, team: Team, actor, membership_id: int, role: str) 
             and _owner_count(team) == 1
         ):
             raise PeopleError(f"{name} is the team's only owner: make someone else an owner first.")
-        membership.role = role
+        before, membership.role = membership.role, role
         membership.save(update_fields=["role"])
+        if before != role:
+            audit(team=team, action="member.role", target=name, changes={"role": [before, role]})
     return membership
 
 
@@ -361,6 +408,7 @@ def membership_remove(*, team: Team, actor, membership_id: int) -> Membership:
                     "make someone else an owner first."
                 )
         membership.delete()
+        audit(team=team, action="member.remove", target=name, changes={"role": membership.role})
     return membership
 
 
@@ -401,6 +449,7 @@ def invitation_create(
             created_at=now,
             expires_at=now + INVITATION_VALID_FOR,
         )
+        audit(team=team, action="invitation.create", target=email, changes={"role": role})
     return invitation, token
 
 
@@ -415,6 +464,7 @@ def invitation_revoke(
         if invitation.accepted_at is None and invitation.revoked_at is None:
             invitation.revoked_at = now or timezone.now()
             invitation.save(update_fields=["revoked_at"])
+            audit(team=team, action="invitation.revoke", target=invitation.email)
     return invitation
 
 
@@ -469,6 +519,13 @@ def _invitation_close(invitation: Invitation, user, now: datetime) -> Membership
     invitation.accepted_at = now
     invitation.accepted_by = user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit(
+        team=invitation.team,
+        action="invitation.accept",
+        target=user.get_username(),
+        changes={"role": membership.role},
+        actor=user.get_username(),
+    )
     return membership
 
 
@@ -516,13 +573,19 @@ def usage_webhook_set(*, team: Team, url: str, now: datetime | None = None) -> T
     now = now or timezone.now()
     with transaction.atomic():
         team = Team.objects.select_for_update().get(id=team.id)
-        was_on = bool(team.usage_webhook_url)
+        was_on, before = bool(team.usage_webhook_url), webhook_shown(team.usage_webhook_url)
         team.usage_webhook_url = url
         if url and not team.usage_webhook_secret:
             team.usage_webhook_secret = secrets.token_urlsafe(32)
         team.save(update_fields=["usage_webhook_url", "usage_webhook_secret"])
         if url:
             usage_events_start(team=team, now=now, from_now=not was_on)
+        audit(
+            team=team,
+            action="webhook.usage",
+            target=team.slug,
+            changes={"usage_webhook_url": [before, webhook_shown(url)]},
+        )
     return team
 
 
@@ -549,4 +612,5 @@ def usage_webhook_secret_rotate(*, team: Team, now: datetime | None = None) -> T
                 "usage_webhook_secret_previous_until",
             ]
         )
+        audit(team=team, action="webhook.usage_secret_rotate", target=team.slug)
     return team

@@ -50,6 +50,7 @@ urlpatterns = [
     path("t/<slug:slug>/keys/", views.keys, name="keys"),
     path("t/<slug:slug>/keys/<str:prefix>/revoke/", views.key_revoke, name="key-revoke"),
     path("t/<slug:slug>/people/", views.people, name="people"),
+    path("t/<slug:slug>/audit/", views.audit_log, name="audit-log"),
     path("t/<slug:slug>/people/<int:membership_id>/role/", views.member_role, name="member-role"),
     path(
         "t/<slug:slug>/people/<int:membership_id>/remove/",

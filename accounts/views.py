@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
@@ -21,10 +21,12 @@ from accounts.forms import (
     grantable_roles,
 )
 from accounts.models import ApiKey, Membership
-from accounts.permissions import KEY_MANAGERS, PEOPLE_MANAGERS, require_team_page
+from accounts.permissions import AUDIT_READERS, KEY_MANAGERS, PEOPLE_MANAGERS, require_team_page
 from accounts.selectors import (
+    AUDIT_PAGE,
     api_key_get,
     api_key_rows,
+    audit_events,
     invitation_for_token,
     invitation_list_open,
     key_scope_choices,
@@ -369,3 +371,34 @@ class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
         response = super().form_valid(form)
         axes_reset(username=form.user.get_username())
         return response
+
+
+@login_required
+def audit_log(request, slug):
+    """The team's audit log, newest first, fifty entries a page. Read only."""
+    team = require_team_page(request, slug, AUDIT_READERS)
+    if request.method != "GET":
+        return HttpResponseNotAllowed(["GET"])
+    before = request.GET.get("before", "")
+    if before and not before.isdigit():
+        raise Http404("No such page of the audit log.")
+    events = audit_events(team=team, before_id=int(before) if before else None)
+    for event in events:
+        event.shown = [
+            (
+                name,
+                " → ".join(str(v) for v in value)
+                if isinstance(value, list) and len(value) == 2
+                else value,
+            )
+            for name, value in event.changes.items()
+        ]
+    return render(
+        request,
+        "accounts/audit.html",
+        {
+            "team": team,
+            "events": events,
+            "older": events[-1].id if len(events) == AUDIT_PAGE else None,
+        },
+    )

@@ -3,6 +3,7 @@
 from django.http import JsonResponse
 from django.shortcuts import render
 
+from accounts.audit import current_request
 from portal.logs import current_request_id, new_request_id
 
 
@@ -13,7 +14,11 @@ def request_id(get_response):
     def middleware(request):
         request.request_id = new_request_id()
         current_request_id.set(request.request_id)
-        response = get_response(request)
+        acting = current_request.set(request)  # who acts, for the audit log (accounts.audit)
+        try:
+            response = get_response(request)
+        finally:
+            current_request.reset(acting)
         response["x-request-id"] = request.request_id
         return response
 

@@ -49,6 +49,7 @@ api = [
     path("teams/<slug:slug>/budget/", usage_api.BudgetApi.as_view(), name="api-budget"),
     path("teams/<slug:slug>/alerts/", usage_api.AlertListApi.as_view(), name="api-alerts"),
     path("teams/<slug:slug>/invoices/", usage_api.InvoiceListApi.as_view(), name="api-invoices"),
+    path("teams/<slug:slug>/audit/", accounts_api.AuditLogApi.as_view(), name="api-audit"),
     path(
         "teams/<slug:slug>/invoices/<str:month>/",
         usage_api.InvoiceDetailApi.as_view(),

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import audit, diff
 from accounts.services import KeyPrincipal
 from portal.logs import new_request_id
 from routing.calls import CHAT, call_json, call_prepare
@@ -279,6 +280,13 @@ def route_delete(*, team, name: str, actor: str) -> bool:
 
 
 def route_change_record(*, team, name, actor, before, after, now=None) -> RouteChange:
+    # The team's audit log too (a global route's change is staff's: team None).
+    audit(
+        team=team,
+        action="route.delete" if after is None else "route.save",
+        target=name,
+        changes=diff(before or {}, after or {}),
+    )
     return RouteChange.objects.create(
         team=team,
         route_name=name,

@@ -23,6 +23,7 @@ from django.db.models import F, Sum
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from accounts.audit import audit, diff
 from usage.models import Budget, BudgetCounter, MeteredCall, UsageRecord
 from usage.months import month_start, next_month_start
 
@@ -65,11 +66,20 @@ def budget_set(
     now = now or timezone.now()
     start = month_start(now)
     with transaction.atomic():
+        existing = Budget.objects.select_for_update().filter(team=team, api_key=api_key).first()
+        before = _budget_shown(existing)
         budget, _ = Budget.objects.update_or_create(
             team=team,
             api_key=api_key,
             defaults={"amount_usd": amount_usd, "hard": hard, "thresholds": thresholds},
         )
+        if changed := diff(before, _budget_shown(budget)):
+            audit(
+                team=team,
+                action="budget.set",
+                target=f"key {api_key.prefix}" if api_key else "team",
+                changes=changed,
+            )
         # Counters copy the terms; refresh them so a new limit applies at once.
         # Spend already past a lowered limit, and calls in flight admitted under
         # the old one, are carried, not an overspend.
@@ -98,6 +108,16 @@ def budget_set(
     counter_id = BudgetCounter.objects.get(budget=budget, month=start.date()).id
     transaction.on_commit(lambda: budget_alerts_enqueue(counter_id))
     return budget  # type: ignore[no-any-return]  # Django's ORM is untyped here
+
+
+def _budget_shown(budget: Budget | None) -> dict[str, object]:
+    if budget is None:
+        return {}
+    return {
+        "amount_usd": str(Decimal(budget.amount_usd).normalize()),
+        "hard": budget.hard,
+        "thresholds": list(budget.thresholds),
+    }
 
 
 def _counter_resync(*, budget: Budget, month: datetime, amount_usd: Decimal) -> None:

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from accounts.audit import audit
 from accounts.models import Team
 from usage.models import (
     USD_FIELD,
@@ -322,6 +323,12 @@ def _finalize(invoice: Invoice, now: datetime) -> Invoice:
     invoice.number = f"TG-{now.year}-{sequence.last_number:06d}"
     invoice.status, invoice.finalized_at = Invoice.Status.FINALIZED, now
     invoice.save()
+    audit(
+        team=invoice.team,
+        action="invoice.finalize",
+        target=invoice.number,
+        changes={"month": f"{invoice.month:%Y-%m}", "total_usd": str(invoice.total_usd)},
+    )
     for adjustment, line in getattr(invoice, "_adjusted", []):
         adjustment.invoice_line = line
         adjustment.save(update_fields=["invoice_line"])
@@ -421,7 +428,14 @@ def invoice_void(*, invoice: Invoice, reason: str, now: datetime | None = None) 
         now or timezone.now(),
         reason,
     )
-    invoice.save(update_fields=["status", "voided_at", "void_reason"])
+    with transaction.atomic():
+        invoice.save(update_fields=["status", "voided_at", "void_reason"])
+        audit(
+            team=invoice.team,
+            action="invoice.void",
+            target=invoice.number,
+            changes={"reason": reason},
+        )
     return invoice
 
 
