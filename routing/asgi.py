@@ -117,11 +117,12 @@ async def refuse_early(scope, send, error: ProxyError, *, close: bool = False):
     ]
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    # Logged first: once the answer is out, the client may act on it at once.
     log_refusal(
         request_id=request_id, http_status=error.status, path=scope["path"], payload=payload
     )
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestBodyLimit:

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -49,7 +50,11 @@ def broker_url(kind: str) -> str:
     """The broker for the set: the test's Redis, or RabbitMQ where the machine runs one (CI's
     does; `make test` needs only Python, so a machine without it runs the Redis case only)."""
     if kind == "redis":
-        return settings.REDIS_URL
+        # Another database of the test's Redis: the suite's own in-process Celery worker
+        # (tests/test_ops.py) listens on the test's, and would take the set's tasks.
+        url = re.sub(r"/(\d+)$", lambda m: f"/{(int(m.group(1)) + 1) % 16}", settings.REDIS_URL)
+        redis.Redis.from_url(url).flushdb()  # no task of an earlier run
+        return url
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
     except OSError:
