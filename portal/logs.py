@@ -27,3 +27,19 @@ class RequestIdFilter(logging.Filter):
             if request_id is not None:
                 record.request_id = request_id
         return True
+
+
+_last_said: dict[str, float] = {}
+
+
+def warn_at_most_every(
+    seconds: float, logger: logging.Logger, key: str, message: str, *args
+) -> None:
+    """A warning about a lasting condition (a dependency down), said once per `seconds` per
+    process, not once per request that meets it."""
+    import time
+
+    now = time.monotonic()
+    if now - _last_said.get(key, -seconds) >= seconds:
+        _last_said[key] = now
+        logger.warning(message, *args)

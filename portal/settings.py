@@ -120,6 +120,7 @@ MIDDLEWARE = [
     # Static files from the app itself, so DEBUG off needs no web server in front for them.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal.middleware.request_id",
+    "portal.unavailable.DatabaseUnavailableMiddleware",
     "portal.middleware.refuse_nul_bytes",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -168,11 +169,15 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     )
 # Pooled connections: every proxied call touches the database, and a
 # fresh connection costs several milliseconds.
+# A request waits at most DB_POOL_TIMEOUT_S for a connection, and a new connection is given
+# up after 2 s (libpq's least): with the database unreachable, callers get a 503 within
+# about 2 s (portal.unavailable) rather than hanging on it.
 DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
     "min_size": env.int("DB_POOL_MIN", default=2),
     "max_size": env.int("DB_POOL_MAX", default=20),
-    "timeout": 10,
+    "timeout": env.float("DB_POOL_TIMEOUT_S", default=1.5),
 }
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 2)
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -298,6 +303,8 @@ REST_FRAMEWORK = {
     "COERCE_DECIMAL_TO_STRING": True,
     # `?format=` belongs to the invoice downloads (csv, json, pdf), not to DRF.
     "URL_FORMAT_OVERRIDE": None,
+    # A database that does not answer is a 503, not a 500 (portal.unavailable).
+    "EXCEPTION_HANDLER": "portal.unavailable.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate API",

@@ -90,6 +90,17 @@ def proxy_exception_handler(exc, context):
         return openai_error_response(ProxyError(405, str(exc.detail), code="method_not_allowed"))
     if isinstance(exc, drf_exceptions.APIException):
         return openai_error_response(ProxyError(exc.status_code, str(exc.detail)))
+    from portal.unavailable import RETRY_AFTER_S, database_down
+
+    if database_down(exc):
+        return openai_error_response(
+            ProxyError(
+                503,
+                "The gateway's database is unavailable for a moment; try again shortly.",
+                code="database_unavailable",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        )
     logger.exception("unhandled error in the proxy", exc_info=exc)
     return openai_error_response(
         ProxyError(500, "The gateway had an internal error.", code="internal_error")

@@ -1,0 +1,159 @@
+"""Dependencies going down under a running portal, each a real server the test starts and
+stops: PostgreSQL (its own throwaway cluster), Redis and the broker.
+
+- PostgreSQL down: /v1 answers 503 in OpenAI's shape within 2 s, /api 503 in DRF's, /readyz
+  names the database; nothing is half-written; service resumes by itself when it returns.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import httpx2
+import psycopg
+import pytest
+from django.conf import settings
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.faults
+
+CALL = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def other_redis_db(url: str, offset: int) -> str:
+    return re.sub(r"/(\d+)$", lambda m: f"/{(int(m.group(1)) + offset) % 16}", url)
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL cluster of the test's own (devservices' embedded one), to stop at will."""
+    import shutil
+
+    from devservices import STATE_DIR, EmbeddedPostgres
+
+    workdir = STATE_DIR / f"faults-{os.getpid()}"
+    server = EmbeddedPostgres(workdir / "pgdata", durable=False)
+    server.start()
+    try:
+        server.create_database("tollgate")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def manage(env, *args) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def portal_on_own_postgres(own_postgres, tmp_path):
+    """A portal process on the throwaway cluster, with a team, an inference key and a
+    management key; the offline provider answers the calls."""
+    redis_url = other_redis_db(settings.REDIS_URL, 2)
+    env = {
+        **os.environ,
+        "DATABASE_URL": own_postgres.url("tollgate"),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": "",
+        "PROMETHEUS_MULTIPROC_DIR": "",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    manage(env, "migrate", "--no-input", "-v0")
+    manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
+    manage(env, "createteam", "acme", "--name", "Acme")
+    inference = manage(env, "issuekey", "acme", "--name", "app").strip().splitlines()[-1]
+    management = (
+        manage(env, "issuekey", "acme", "--name", "ops", "--management").strip().splitlines()[-1]
+    )
+    port = free_port()
+    log = (tmp_path / "portal.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx2.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "the portal did not start"
+        time.sleep(0.2)
+    yield url, inference, management
+    process.terminate()
+    process.wait(timeout=15)
+
+
+def chat(url, secret):
+    return httpx2.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json=CALL,
+        timeout=30,
+    )
+
+
+def ledger_rows(server) -> tuple[int, int]:
+    with psycopg.connect(server.url("tollgate"), autocommit=True) as conn:
+        rows = conn.execute("SELECT count(*) FROM usage_usagerecord").fetchone()[0]
+        open_calls = conn.execute(
+            "SELECT count(*) FROM usage_meteredcall WHERE closed_at IS NULL"
+        ).fetchone()[0]
+    return rows, open_calls
+
+
+def test_postgresql_down_is_a_quick_503_and_service_resumes_by_itself(
+    own_postgres, portal_on_own_postgres
+):
+    url, inference, management = portal_on_own_postgres
+    assert chat(url, inference).status_code == 200
+
+    own_postgres.stop()
+    started = time.monotonic()
+    refused = chat(url, inference)
+    assert time.monotonic() - started < 2
+    assert refused.status_code == 503, refused.text
+    assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+    assert refused.json()["error"]["code"] == "database_unavailable"
+    api = httpx2.get(
+        f"{url}/api/teams/acme/", headers={"Authorization": f"Bearer {management}"}, timeout=10
+    )
+    assert api.status_code == 503 and "detail" in api.json(), api.text
+    ready = httpx2.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 503 and "database" in ready.json()["failing"]
+
+    own_postgres.start(port=own_postgres.port)
+    deadline = time.monotonic() + 20
+    while (answer := chat(url, inference)).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.5)
+    while (ready := httpx2.get(f"{url}/readyz", timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, ready.text  # a probe's answer serves for 1 s
+        time.sleep(0.5)
+    # The call refused while the database was away left nothing behind.
+    assert ledger_rows(own_postgres) == (2, 0)
