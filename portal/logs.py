@@ -43,3 +43,21 @@ def warn_at_most_every(
     if now - _last_said.get(key, -seconds) >= seconds:
         _last_said[key] = now
         logger.warning(message, *args)
+
+
+class AtMostEveryMinute(logging.Filter):
+    """Lets one record a minute through per logger and message template: for a library that
+    logs each failure of a dependency that is down (django-redis, once per cache call)."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        key, now = (record.name, str(record.msg)), time.monotonic()
+        if now - self.last.get(key, -60.0) < 60:
+            return False
+        self.last[key] = now
+        return True

@@ -412,7 +412,10 @@ LOGGING = {
         ]["json"],
     },
     # Each line written while a request is served names its request id (portal.logs).
-    "filters": {"request_id": {"()": "portal.logs.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "portal.logs.RequestIdFilter"},
+        "once_a_minute": {"()": "portal.logs.AtMostEveryMinute"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -425,6 +428,8 @@ LOGGING = {
         # Django's own console handler (DEBUG only) would print each 4xx a second time.
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.db.backends": {"level": "WARNING"},
+        # django-redis logs every cache call that fails while Redis is down: one a minute.
+        "django_redis.cache": {"filters": ["once_a_minute"]},
         # The server's own lines (started, stopping) in the same format as the rest.
         "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # Off, as the server's --no-access-log asks (configuring "uvicorn" above would turn

@@ -2,7 +2,9 @@
 
 Counted in Redis when REDIS_URL is set, so every worker shares the count
 (one pipelined round trip per call: INCRBY and EXPIRE for each limit);
-in process memory otherwise. A request's tokens are the most it can use
+in process memory otherwise, and while Redis does not answer: then each process
+enforces the limits on its own (a key may get up to the limit from each process
+until Redis is back), with one warning a minute in the log. A request's tokens are the most it can use
 (routing.tokens: its prompt ceiling plus n × its output allowance),
 counted when it is admitted, so a request shaped to look small cannot slip
 past the limit; when the call is recorded the window counts what it really
@@ -17,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+
+from portal.logs import warn_at_most_every
 
 WINDOW_S = 60
 logger = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ class RateCheck:
     tokens_key: str = ""
     tokens_counted: int = 0
     window: int = 0
+    # Counted in this process's memory (no Redis, or Redis did not answer).
+    local: bool = False
 
 
 class _MemoryCounter:
@@ -59,16 +65,27 @@ class _MemoryCounter:
 _memory = _MemoryCounter()
 
 
-def _incr(amounts: dict[str, int], window: int) -> list[int]:
-    if not settings.REDIS_URL:
-        return _memory.incr(amounts, window)
+def _incr(amounts: dict[str, int], window: int, *, local: bool = False) -> tuple[list[int], bool]:
+    """The counts after adding `amounts`, and whether they were counted locally."""
+    if local or not settings.REDIS_URL:
+        return _memory.incr(amounts, window), True
     from django_redis import get_redis_connection
 
-    pipe = get_redis_connection("default").pipeline(transaction=False)
-    for key, amount in amounts.items():
-        pipe.incrby(key, amount)
-        pipe.expire(key, WINDOW_S * 2)
-    return pipe.execute()[::2]
+    try:
+        pipe = get_redis_connection("default").pipeline(transaction=False)
+        for key, amount in amounts.items():
+            pipe.incrby(key, amount)
+            pipe.expire(key, WINDOW_S * 2)
+        return pipe.execute()[::2], False
+    except Exception as exc:  # any failure of Redis: connection, timeout, a full pool
+        warn_at_most_every(
+            60,
+            logger,
+            "ratelimits-redis",
+            "rate limits are counted per process while Redis does not answer: %s",
+            exc,
+        )
+        return _memory.incr(amounts, window), True
 
 
 def _duration(seconds: float) -> str:
@@ -89,13 +106,8 @@ def ratelimit_check(
         limits["requests"] = (f"tollgate:rl:{key_id}:{window}:r", rpm, 1)
     if tpm:
         limits["tokens"] = (f"tollgate:rl:{key_id}:{window}:t", tpm, tokens)
-    try:
-        counts = _incr({key: amount for key, _, amount in limits.values()}, window)
-    except Exception:
-        # Fail open: budgets (in PostgreSQL) still hold; a Redis outage must not stop all traffic.
-        logger.exception("rate limit counters unavailable; letting the call through")
-        return RateCheck(allowed=True)
-    check = RateCheck(allowed=True, window=window)
+    counts, local = _incr({key: amount for key, _, amount in limits.values()}, window)
+    check = RateCheck(allowed=True, window=window, local=local)
     if "tokens" in limits:
         check.tokens_key, check.tokens_counted = limits["tokens"][0], tokens
     for (kind, (_, limit, amount)), used in zip(limits.items(), counts):
@@ -108,7 +120,7 @@ def ratelimit_check(
             )
     if not check.allowed:
         # A refused request does not count: give its amounts back.
-        _incr({key: -amount for key, _, amount in limits.values()}, window)
+        _incr({key: -amount for key, _, amount in limits.values()}, window, local=local)
         counts = [used - amount for (_, _, amount), used in zip(limits.values(), counts)]
         check.tokens_key, check.tokens_counted = "", 0
         check.retry_after = math.ceil(reset_in)
@@ -126,8 +138,5 @@ def ratelimit_settle(check: RateCheck | None, *, tokens: int) -> None:
     if check is None or not check.tokens_key or tokens == check.tokens_counted:
         return
     delta, check.tokens_counted = tokens - check.tokens_counted, tokens
-    try:
-        _incr({check.tokens_key: delta}, check.window)
-    except Exception:
-        # The window simply counts the admitted figure until it rolls over.
-        logger.warning("could not settle %s tokens on %s", delta, check.tokens_key)
+    # Where it was counted (Redis down meanwhile: this process's memory takes it).
+    _incr({check.tokens_key: delta}, check.window, local=check.local)

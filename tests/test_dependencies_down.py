@@ -3,6 +3,8 @@ stops: PostgreSQL (its own throwaway cluster), Redis and the broker.
 
 - PostgreSQL down: /v1 answers 503 in OpenAI's shape within 2 s, /api 503 in DRF's, /readyz
   names the database; nothing is half-written; service resumes by itself when it returns.
+- Redis down: calls are served, rate limits hold per process, the log warns once a minute
+  rather than once a call; shared counting resumes when it returns.
 """
 
 import os
@@ -157,3 +159,96 @@ def test_postgresql_down_is_a_quick_503_and_service_resumes_by_itself(
         time.sleep(0.5)
     # The call refused while the database was away left nothing behind.
     assert ledger_rows(own_postgres) == (2, 0)
+
+
+@pytest.fixture
+def own_redis():
+    import shutil
+
+    from devservices import STATE_DIR, EmbeddedRedis
+
+    workdir = STATE_DIR / f"faults-redis-{os.getpid()}"
+    server = EmbeddedRedis(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_portal(env, log_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx2.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
+        time.sleep(0.2)
+
+
+def fresh_minute():
+    """Wait, if need be, so the next few seconds fall in one rate-limit window."""
+    into = time.time() % 60
+    if into > 45:
+        time.sleep(60 - into + 0.5)
+
+
+def test_redis_down_calls_are_served_limits_hold_per_process_one_warning_a_minute(
+    own_postgres, own_redis, tmp_path
+):
+    env = {
+        **os.environ,
+        "DATABASE_URL": own_postgres.url("tollgate"),
+        "REDIS_URL": own_redis.url(),
+        "CELERY_BROKER_URL": "",
+        "DEBUG": "false",
+        "SECRET_KEY": "faults-" + "s3cr3t-" * 8,
+        "TOLLGATE_PLAIN_HTTP": "1",
+        "LOG_FORMAT": "json",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    manage(env, "migrate", "--no-input", "-v0")
+    manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
+    manage(env, "createteam", "acme", "--name", "Acme")
+    limited = (
+        manage(env, "issuekey", "acme", "--name", "app", "--rpm", "3").strip().splitlines()[-1]
+    )
+    log = tmp_path / "portal.log"
+    process, url = start_portal(env, log)
+    try:
+        fresh_minute()
+        assert [chat(url, limited).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+        own_redis.stop()
+        fresh_minute()
+        statuses = [chat(url, limited).status_code for _ in range(20)]
+        # Still served, and still limited: this process counts the window by itself.
+        assert statuses[:3] == [200, 200, 200] and set(statuses[3:]) == {429}, statuses
+
+        own_redis.start(port=own_redis.port)
+        deadline = time.monotonic() + 20
+        fresh_minute()
+        while (answer := chat(url, limited)).status_code not in (200, 429):
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    lines = [line for line in log.read_text().splitlines() if "Redis" in line or "redis" in line]
+    warnings = [
+        line for line in lines if '"level": "WARNING"' in line or '"level": "ERROR"' in line
+    ]
+    # 20 calls while Redis was away: a warning or two (rate limits, the cache), not 20+.
+    assert 1 <= len(warnings) <= 4, "\n".join(warnings)
