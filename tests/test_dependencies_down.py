@@ -5,6 +5,8 @@ stops: PostgreSQL (its own throwaway cluster), Redis and the broker.
   names the database; nothing is half-written; service resumes by itself when it returns.
 - Redis down: calls are served, rate limits hold per process, the log warns once a minute
   rather than once a call; shared counting resumes when it returns.
+- The broker down: calls that cross a budget threshold are served without waiting on it;
+  the alert is not lost: it is sent once the broker is back and the scheduled check runs.
 """
 
 import os
@@ -252,3 +254,69 @@ def test_redis_down_calls_are_served_limits_hold_per_process_one_warning_a_minut
     ]
     # 20 calls while Redis was away: a warning or two (rate limits, the cache), not 20+.
     assert 1 <= len(warnings) <= 4, "\n".join(warnings)
+
+
+def test_broker_down_calls_do_not_wait_and_the_alert_is_sent_when_it_returns(
+    own_postgres, own_redis, tmp_path
+):
+    env = {
+        **os.environ,
+        "DATABASE_URL": own_postgres.url("tollgate"),
+        "REDIS_URL": other_redis_db(settings.REDIS_URL, 3),
+        "CELERY_BROKER_URL": own_redis.url(),
+        "CELERY_RESULT_BACKEND": "",
+        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+        "LOG_FORMAT": "json",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    manage(env, "migrate", "--no-input", "-v0")
+    manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
+    manage(env, "createteam", "acme", "--name", "Acme", "--owner", "owner@acme.test")
+    manage(env, "setbudget", "acme", "0.000001", "--soft")
+    secret = manage(env, "issuekey", "acme", "--name", "app").strip().splitlines()[-1]
+    log = tmp_path / "portal.log"
+    own_redis.stop()
+    process, url = start_portal(env, log)
+    try:
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert chat(url, secret).status_code == 200
+            timings.append(time.monotonic() - started)
+        assert max(timings) < 3, timings
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    warnings = [line for line in log.read_text().splitlines() if "broker" in line]
+    assert 1 <= len(warnings) <= 2, "\n".join(warnings)
+
+    # The broker is back: the scheduled safety net (run here by hand, as beat would) finds
+    # the threshold crossed and a worker sends the alert.
+    own_redis.start(port=own_redis.port)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "portal", "--quiet", "worker", "--pool", "solo"],
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        manage(
+            env,
+            "shell",
+            "-c",
+            "from usage.tasks import budget_alerts_check_all; budget_alerts_check_all.delay()",
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            with psycopg.connect(own_postgres.url("tollgate"), autocommit=True) as conn:
+                sent = conn.execute(
+                    "SELECT count(*) FROM usage_alertdelivery WHERE status = 'sent'"
+                ).fetchone()[0]
+            if sent:
+                break
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)

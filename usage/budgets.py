@@ -24,6 +24,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.audit import audit, diff
+from portal.logs import warn_at_most_every
 from usage.models import Budget, BudgetCounter, MeteredCall, UsageRecord
 from usage.months import month_start, next_month_start
 
@@ -235,6 +236,15 @@ def budget_alerts_enqueue(counter_id: int) -> None:
     from usage.tasks import budget_alerts_check
 
     try:
-        budget_alerts_check.delay(counter_id)
-    except Exception:
-        logger.exception("could not enqueue the budget alert check for counter %s", counter_id)
+        # One try, no retries: this runs as a call is recorded, which must not wait on a
+        # broker that is down (its connection attempt is bounded by the broker settings).
+        budget_alerts_check.apply_async((counter_id,), retry=False)
+    except Exception as exc:
+        warn_at_most_every(
+            60,
+            logger,
+            "alerts-broker",
+            "budget alert checks are not being queued (the broker does not answer: %s); "
+            "the scheduled check sends them once it is back",
+            exc,
+        )
