@@ -12,4 +12,4 @@ EXPOSE 8000
 # X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (your proxy), never from anyone:
 # sign-in throttling counts the address it names. Multiprocess metrics need a shared folder.
 ENV FORWARDED_ALLOW_IPS=127.0.0.1 PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus WEB_CONCURRENCY=2
-CMD ["sh", "-c", "mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn portal.asgi:application --host 0.0.0.0 --port 8000 --workers \"$WEB_CONCURRENCY\" --log-config portal/uvicorn-logging.json --no-access-log --proxy-headers --forwarded-allow-ips \"$FORWARDED_ALLOW_IPS\""]
+CMD ["sh", "-c", "mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn portal.asgi:application --host 0.0.0.0 --port 8000 --workers \"$WEB_CONCURRENCY\" --log-config portal/uvicorn-logging.json --timeout-graceful-shutdown \"${TOLLGATE_SHUTDOWN_GRACE_S:-30}\" --no-access-log --proxy-headers --forwarded-allow-ips \"$FORWARDED_ALLOW_IPS\""]

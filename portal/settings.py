@@ -335,6 +335,10 @@ SPECTACULAR_SETTINGS = {
 
 # --- Tollgate -------------------------------------------------------------
 
+# At shutdown (SIGTERM), how long calls still running may take to finish and be recorded;
+# give the server the same (the Procfile's --timeout-graceful-shutdown).
+TOLLGATE_SHUTDOWN_GRACE_S = env.float("TOLLGATE_SHUTDOWN_GRACE_S", default=30)
+
 # Browser origins allowed to call /v1 directly (CORS), comma-separated, or "*"; empty: none.
 TOLLGATE_CORS_ORIGINS = env.list("TOLLGATE_CORS_ORIGINS", default=[])
 

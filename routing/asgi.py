@@ -7,6 +7,7 @@ large share of the proxy's own latency, so /v1 gets a handler without them.
 """
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
@@ -16,6 +17,8 @@ from django.core.handlers.exception import convert_exception_to_response
 
 from portal.logs import new_request_id
 from routing.errors import ProxyError, log_refusal, request_too_large
+
+logger = logging.getLogger(__name__)
 
 
 class ProxyHandler(ASGIHandler):
@@ -61,6 +64,8 @@ def with_proxy(application, *, prefix: str = "/v1/", bare_paths: tuple[str, ...]
     proxy = RequestBodyLimit(ProxyHandler())
 
     async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
         if scope["type"] == "http" and scope["path"].startswith(prefix):
             if settings.TOLLGATE_PLAIN_HTTP:
                 return await proxy(scope, receive, send)
@@ -75,6 +80,26 @@ def with_proxy(application, *, prefix: str = "/v1/", bare_paths: tuple[str, ...]
         return await application(scope, receive, send)
 
     return app
+
+
+async def _lifespan(receive, send):
+    """The server's start and stop. At stop (SIGTERM: the server has stopped taking requests
+    and waited for those in flight), calls still finishing for clients that left are given
+    up to TOLLGATE_SHUTDOWN_GRACE_S to be recorded before the process exits."""
+    from routing.calls import detached
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            left = await detached.finish(timeout=settings.TOLLGATE_SHUTDOWN_GRACE_S)
+            if left:
+                logger.warning(
+                    "%d call(s) still running at shutdown; the sweeper records them", left
+                )
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _over_https(scope) -> bool:

@@ -423,6 +423,15 @@ class DetachedCalls:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def finish(self, *, timeout: float) -> int:
+        """At shutdown: wait (up to `timeout` seconds) for the calls still running to finish
+        and be recorded; returns how many were left unfinished (the sweeper records those,
+        as interrupted, once this process's lease lapses)."""
+        if not self._tasks:
+            return 0
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return len(pending)
+
     async def run(self, call: Call, coroutine, *, on_abandon=None):
         task = self.spawn(coroutine)
         try:
