@@ -66,3 +66,11 @@ urlpatterns = [
     path("", include("routing.page_urls")),
     path("", include("accounts.urls")),
 ]
+
+
+# Errors Django answers itself (no view matched, or one failed): JSON in DRF's shape under
+# /api, the site's pages elsewhere.
+handler400 = "portal.errors.bad_request"
+handler403 = "portal.errors.permission_denied"
+handler404 = "portal.errors.page_not_found"
+handler500 = "portal.errors.server_error"
