@@ -308,3 +308,36 @@ def test_rotating_the_secret_key_keeps_sessions_and_api_keys(client, owner, team
     # SECRET_KEY, so it outlives the fallback.
     settings.SECRET_KEY_FALLBACKS = []
     assert client.get(f"/t/{team.slug}/keys/").status_code == 200
+
+
+def test_signing_in_gives_a_new_session_id_fixation_is_useless(client, owner):
+    """A session id planted before sign-in (fixation) is not the one signed in."""
+    client.get("/login/")
+    client.session["planted"] = True
+    client.session.save()
+    before = client.cookies["sessionid"].value
+    assert sign_in(client, owner.username, PASSWORD).status_code == 302
+    after = client.cookies["sessionid"].value
+    assert after != before
+    from django.contrib.sessions.models import Session
+
+    assert not Session.objects.filter(session_key=before).exists()
+
+
+def test_outside_debug_the_cookies_are_secure_and_the_session_cookie_unreadable_by_scripts(
+    client, owner, settings
+):
+    # What the production settings give with TLS on (tests/test_production_settings.py
+    # checks they are on); here, the cookies the site then sets.
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
+    page = client.get("/login/", secure=True)
+    csrf = page.cookies["csrftoken"]
+    assert csrf["secure"] and csrf["samesite"] == "Lax"
+    signed_in = client.post(
+        "/login/",
+        {"username": owner.username, "password": PASSWORD},
+        secure=True,
+        REMOTE_ADDR="127.0.0.1",
+    )
+    session = signed_in.cookies["sessionid"]
+    assert session["secure"] and session["httponly"] and session["samesite"] == "Lax"
