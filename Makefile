@@ -13,7 +13,7 @@ CATALOGS := catalog/default.toml $(if $(filter 1,$(OFFLINE)),catalog/offline.tom
 # REDIS_URL leave unset, runs the command after --, then stops them.
 SERVICES := $(BIN)/python devservices.py
 
-.PHONY: run serve test lint browser install bench clean
+.PHONY: run serve test lint browser install bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
 		exec $(BIN)/python -m bench.proxy_overhead'
+
+# A bounded soak (10 minutes; BENCH_SOAK_S to change): mixed load, an upstream failing 10% of
+# the time; checks memory, 5xx and ledger == calls (bench/soak.py). Not part of `make test`.
+soak: $(STAMP)
+	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
+		exec $(BIN)/python -m bench.soak'
 
 clean:
 	rm -rf $(VENV) staticfiles

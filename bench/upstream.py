@@ -1,6 +1,18 @@
-"""A minimal OpenAI-compatible upstream for the benchmark: fixed answers, no work."""
+"""A minimal OpenAI-compatible upstream for the benchmark: fixed answers, no work.
 
+BENCH_UPSTREAM_FAIL_RATE (0..1) answers that share of requests with a 500, and
+BENCH_UPSTREAM_DELAY_S waits before answering: the soak's unreliable upstream."""
+
+import asyncio
 import json
+import os
+import random
+
+FAIL_RATE = float(os.environ.get("BENCH_UPSTREAM_FAIL_RATE", "0"))
+DELAY_S = float(os.environ.get("BENCH_UPSTREAM_DELAY_S", "0"))
+FAILURE = json.dumps(
+    {"error": {"message": "upstream overloaded", "type": "server_error", "code": None}}
+).encode()
 
 CHAT = json.dumps(
     {
@@ -50,6 +62,18 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if DELAY_S:
+        await asyncio.sleep(DELAY_S)
+    if FAIL_RATE and random.random() < FAIL_RATE:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": FAILURE})
+        return
     if json.loads(body or b"{}").get("stream"):
         await send(
             {
