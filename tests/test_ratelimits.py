@@ -111,7 +111,10 @@ def test_the_openai_sdk_waits_for_retry_after_and_succeeds(catalog, team, sdk, m
 
 
 @override_settings(REDIS_URL="")
-def test_local_memory_counts_without_redis():
+def test_local_memory_counts_without_redis(monkeypatch):
+    from routing import ratelimits
+
+    monkeypatch.setattr(ratelimits, "_memory", ratelimits._MemoryCounter())  # a fresh process
     results = [
         ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=120.0).allowed
         for _ in range(3)
@@ -128,7 +131,12 @@ def test_keys_without_limits_skip_counting():
 
 
 @live
-def test_a_redis_outage_lets_calls_through_and_keys_still_work(catalog, team, sdk, settings):
+def test_a_redis_outage_lets_calls_through_and_keys_still_work(
+    catalog, team, sdk, settings, monkeypatch
+):
+    from routing import ratelimits
+
+    monkeypatch.setattr(ratelimits, "_memory", ratelimits._MemoryCounter())
     _, secret = api_key_create(team=team, name="limited", rpm_limit=5)
     # Nothing listens on port 9; changing CACHES makes Django rebuild its cache connections.
     settings.CACHES = {
