@@ -70,6 +70,21 @@ def test_page_answers_each_member_of_the_cast_by_role(client, request, team, nam
         assert response.status_code == 404
 
 
+@pytest.mark.parametrize("kind", [ApiKey.Kind.INFERENCE, ApiKey.Kind.MANAGEMENT])
+@pytest.mark.parametrize("name", PAGE_NAMES)
+def test_an_api_key_opens_no_page(client, team, name, kind):
+    """Keys are for /v1 and /api: a page asked with one is asked by nobody signed in."""
+    from accounts.services import api_key_create
+
+    _, secret = api_key_create(team=team, name="app", kind=kind)
+    url = reverse(name, args=[team.slug])
+
+    response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {secret}")
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next={url}"
+
+
 @pytest.mark.parametrize(("name", "who"), REFUSED)
 def test_page_refuses_a_post_from_whoever_may_not_open_it(client, request, team, name, who):
     url = reverse(name, args=[team.slug])
