@@ -42,7 +42,7 @@ prod: $(STAMP)
 		echo "(Redis or RabbitMQ; default REDIS_URL). See the README's \"Running in production\"."; exit 2; }
 	mkdir -p .tollgate
 	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py loadcatalog catalog/default.toml
+	$(BIN)/python manage.py loadcatalog --if-empty $${CATALOG:-catalog/default.toml}
 	$(BIN)/python manage.py collectstatic --no-input -v0
 	@echo "Tollgate (production set) serving http://$(HOST):$(PORT)/ with $(WEB_CONCURRENCY) web processes"
 	@# The web processes and the worker write their metrics to one directory, emptied here

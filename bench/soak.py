@@ -117,14 +117,19 @@ def main() -> int:
             rss.append((round(time.monotonic() - began), worker.memory_info().rss))
             time.sleep(10)
         time.sleep(2)  # the last calls' ledger writes
-        rows = manage(
-            env,
-            "shell",
-            "-c",
-            "from usage.models import UsageRecord as U; "
-            f"q = U.objects.filter(team__slug='{slug}'); "
-            "print(q.values('request_id').distinct().count(), q.count())",
-        ).strip().splitlines()[-1].split()
+        rows = (
+            manage(
+                env,
+                "shell",
+                "-c",
+                "from usage.models import UsageRecord as U; "
+                f"q = U.objects.filter(team__slug='{slug}'); "
+                "print(q.values('request_id').distinct().count(), q.count())",
+            )
+            .strip()
+            .splitlines()[-1]
+            .split()
+        )
     finally:
         for proc in (portal_proc, upstream_proc):
             proc.terminate()

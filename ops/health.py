@@ -16,6 +16,8 @@ from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from kombu import Connection
 
+from portal.logs import warn_at_most_every
+
 logger = logging.getLogger(__name__)
 
 # Each check's own bound, seconds: connect, ask, answer.
@@ -128,7 +130,9 @@ def _check_all() -> dict[str, str]:
             # /readyz is public: the reason names the kind of failure; the log says where
             # (hosts, users, ports), for the operator.
             results[name] = f"unreachable ({type(exc).__name__})"
-            logger.warning("readiness: %s is not ready", name, exc_info=exc)
+            warn_at_most_every(
+                60, logger, f"readiness-{name}", "readiness: %s is not ready: %r", name, exc
+            )
         else:
             results[name] = "ok"
     return results

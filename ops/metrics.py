@@ -44,16 +44,32 @@ class InFlightCollector(Collector):
     (/readyz says so)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from django.db import connection
+
         from usage.models import MeteredCall
 
         try:
             count = MeteredCall.objects.in_flight().count()
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(xact_start)), 0) "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND backend_type = 'client backend' AND xact_start IS NOT NULL "
+                    "AND pid <> pg_backend_pid()"
+                )
+                oldest = float(cursor.fetchone()[0])
         except DatabaseError:
             return
         yield GaugeMetricFamily(
             "tollgate_calls_in_flight",
             "Calls opened (budget reserved) and not yet recorded, in every gateway process",
             value=count,
+        )
+        yield GaugeMetricFamily(
+            "tollgate_database_oldest_transaction_seconds",
+            "Age of the oldest open transaction in the database: the rollups and usage events "
+            "wait behind it (usage.horizon); alert when it stays over a minute",
+            value=oldest,
         )
 
 

@@ -290,7 +290,24 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # nor a production process needs `collectstatic` first.
 WHITENOISE_USE_FINDERS = True
 
-EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# Mail: printed to the console in development; in production sent by SMTP (EMAIL_URL, e.g.
+# smtp+tls://user:password@mail.example.com:587, default a local relay on port 25), never
+# printed: the mail holds password-reset and invitation links.
+if DEBUG:
+    EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+else:
+    _mail = env.email_url("EMAIL_URL", default="smtp://localhost:25")
+    EMAIL_HOST, EMAIL_PORT = _mail["EMAIL_HOST"], _mail["EMAIL_PORT"]
+    EMAIL_HOST_USER = _mail["EMAIL_HOST_USER"] or ""
+    EMAIL_HOST_PASSWORD = _mail["EMAIL_HOST_PASSWORD"] or ""
+    EMAIL_USE_TLS = bool(_mail.get("EMAIL_USE_TLS"))
+    EMAIL_USE_SSL = bool(_mail.get("EMAIL_USE_SSL"))
+    EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+    if EMAIL_BACKEND == "django.core.mail.backends.console.EmailBackend":
+        raise environ.ImproperlyConfigured(
+            "With DEBUG off, EMAIL_BACKEND may not be the console backend: it would print "
+            "password-reset links into the log. Set EMAIL_URL to your SMTP server instead."
+        )
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="tollgate@localhost")
 
 # --- REST framework -------------------------------------------------------

@@ -203,3 +203,24 @@ def upstream_error(body: object, *, fallback: str) -> dict:
         "param": word(error.get("param")),
         "code": word(error.get("code")),
     }
+
+
+def log_listing(*, request_id: str, path: str, key_prefix: str, team_id: int | None) -> None:
+    """The line and the count for a /v1 request that is not a call (the model list): no
+    model, tokens or cost, but its request id, key and team, like every other request."""
+    from usage.metrics import requests
+
+    endpoint = _endpoint_of(path)
+    requests.labels(endpoint, "", "", "ok").inc()
+    if not call_logger.isEnabledFor(logging.INFO):
+        return
+    fields = {
+        "request_id": request_id,
+        "team_id": team_id,
+        "key_prefix": key_prefix,
+        "path": path[:200],
+        "endpoint": endpoint,
+        "status": "ok",
+        "http_status": 200,
+    }
+    call_logger.info("listed %(request_id)s path=%(path)s key=%(key_prefix)s", fields, extra=fields)

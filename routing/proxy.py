@@ -40,6 +40,7 @@ from routing.calls import (
 )
 from routing.errors import (
     ProxyError,
+    log_listing,
     log_refusal,
     openai_error_response,
     proxy_exception_handler,
@@ -125,8 +126,15 @@ class ProxyView(APIView):
         # Each /v1 request has one log line, the meter's or log_refusal's: Django's request
         # logger must not add a second for a 4xx or 5xx.
         response._has_been_logged = True
-        if response.status_code >= 400 and not self.metered and self.call_opened() is None:
-            principal = getattr(request, "_user", None)
+        principal = getattr(request, "_user", None)
+        if response.status_code < 400 and self.call_opened() is None:
+            log_listing(
+                request_id=self.request_id,
+                path=request.path,
+                key_prefix=getattr(principal, "prefix", ""),
+                team_id=getattr(principal, "team_id", None),
+            )
+        elif response.status_code >= 400 and not self.metered and self.call_opened() is None:
             log_refusal(
                 request_id=self.request_id,
                 http_status=response.status_code,

@@ -171,3 +171,20 @@ def test_a_call_the_sweeper_records_has_its_line_too(team, caplog):
         "interrupted",
         key.prefix,
     )
+
+
+def test_the_model_list_is_one_line_with_its_request_id_and_key(
+    catalog, inference_key, live_portal, caplog
+):
+    key, secret = inference_key
+    caplog.set_level(logging.INFO)
+    answer = httpx2.get(
+        f"{live_portal.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert answer.status_code == 200
+    [line] = [r for r in caplog.records if r.name == "tollgate.calls"]
+    assert (line.request_id, line.key_prefix, line.endpoint) == (
+        answer.headers["x-request-id"],
+        key.prefix,
+        "models",
+    )

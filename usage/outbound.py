@@ -153,5 +153,7 @@ def _loop() -> asyncio.AbstractEventLoop:
 def _client() -> httpx2.AsyncClient:
     loop = asyncio.get_running_loop()
     if loop not in _clients:
-        _clients[loop] = httpx2.AsyncClient(follow_redirects=False)
+        _clients[loop] = httpx2.AsyncClient(
+            follow_redirects=False, headers={"User-Agent": "Tollgate-Webhooks/1"}
+        )
     return _clients[loop]

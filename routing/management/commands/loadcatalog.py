@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.progress import Progress
+from routing.models import CatalogModel
 from routing.services import CatalogError, catalog_load
 
 
@@ -17,8 +18,20 @@ class Command(BaseCommand):
             metavar="PATH",
             help="catalog files (TOML), loaded in order; see README, 'Catalog file'",
         )
+        parser.add_argument(
+            "--if-empty",
+            action="store_true",
+            help="load only into a gateway with no catalog yet (a first start): a restart must "
+            "not put back prices or providers an operator has changed since",
+        )
 
-    def handle(self, *args, paths, **options):
+    def handle(self, *args, paths, if_empty, **options):
+        if if_empty and CatalogModel.objects.exists():
+            self.stdout.write(
+                "The catalog is already loaded; nothing changed (--if-empty). Run loadcatalog "
+                "without it to apply a file."
+            )
+            return
         meter = Progress(self.stdout, verbosity=options["verbosity"])
         for path in paths:
             try:

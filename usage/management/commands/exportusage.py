@@ -1,6 +1,10 @@
+import contextlib
+import os
+import tempfile
 from datetime import UTC, datetime, time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import InterfaceError, OperationalError
 
 from accounts.models import Team
 from accounts.selectors import team_not_found_message
@@ -63,7 +67,19 @@ class Command(BaseCommand):
             help="the file to write; - for stdout (default)",
         )
 
-    def handle(self, *args, month, team, format, output, **options):
+    def handle(self, *args, **options):
+        try:
+            self._export(**options)
+        except (OperationalError, InterfaceError) as exc:
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
+            raise CommandError(
+                f"The database does not answer ({first_line}); check DATABASE_URL and that "
+                "PostgreSQL is up, then run the export again. No file was changed."
+            ) from None
+
+    def _export(self, *, month, team, format, output, **options):
         try:
             first, after = month_bounds(month_of(month))
         except InvoiceError as exc:
@@ -96,12 +112,21 @@ class Command(BaseCommand):
                 self.stdout.write(chunk, ending="")
             meter.clear()
             return
+        # Written beside the target and renamed over it once whole: a run that fails half-way
+        # leaves the previous export as it was, never a truncated one.
+        folder = os.path.dirname(os.path.abspath(output))
         try:
-            target = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            handle, partial = tempfile.mkstemp(prefix=".exportusage-", dir=folder)
         except OSError as exc:
             raise CommandError(f"Cannot write {output}: {exc.strerror}.") from None
-        with target:
-            for chunk in lines:
-                target.write(chunk)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8", newline="") as target:
+                for chunk in lines:
+                    target.write(chunk)
+            os.replace(partial, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
         meter.clear()
         self.stderr.write(f"Wrote {month}'s usage ({format}) to {output}")
