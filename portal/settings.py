@@ -179,6 +179,16 @@ DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
 }
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 2)
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# Optional: a read replica for the reports (portal.replica); tests read the primary for it.
+if env("DATABASE_REPLICA_URL", default=""):
+    DATABASES["replica"] = env.db("DATABASE_REPLICA_URL")
+    DATABASES["replica"].setdefault("OPTIONS", {})["pool"] = dict(
+        DATABASES["default"]["OPTIONS"]["pool"]
+    )
+    DATABASES["replica"]["OPTIONS"].setdefault("connect_timeout", 2)
+    DATABASES["replica"]["CONN_MAX_AGE"] = 0
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["portal.replica.ReportsRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Redis ------------------------------------------------------

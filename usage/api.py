@@ -22,6 +22,7 @@ from accounts.permissions import (
     require_team,
 )
 from accounts.selectors import api_key_get
+from portal.replica import report
 from usage.budgets import budget_set
 from usage.exports import invoice_csv, invoice_json, invoice_pdf, ledger_csv_lines
 from usage.filters import MomentField, UsageFilter
@@ -191,6 +192,7 @@ class UsageSummaryApi(APIView):
         ],
         responses=UsageSummarySerializer(many=True),
     )
+    @report
     def get(self, request, slug):
         team = require_team(request, slug)
         group_by = request.query_params.get("group_by", "day")

@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
+from portal.replica import reports_database
 from usage.models import UsageRecord
 
 GROUPINGS = ("day", "model", "key")
@@ -21,7 +22,12 @@ def usage_rows(
     status: str | None = None,
 ) -> QuerySet[UsageRecord]:
     """Ledger rows of a team, newest first, in [start, end)."""
-    rows = UsageRecord.objects.filter(team_id=team_id).select_related("api_key")
+    # A report: from the read replica when there is one (portal.replica).
+    rows = (
+        UsageRecord.objects.using(reports_database())
+        .filter(team_id=team_id)
+        .select_related("api_key")
+    )
     if start is not None:
         rows = rows.filter(created_at__gte=start)
     if end is not None:

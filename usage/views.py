@@ -18,6 +18,7 @@ from django.utils.safestring import mark_safe
 from accounts.permissions import BILLING_READERS, BUDGET_MANAGERS, require_team_page
 from accounts.selectors import api_key_list, teams_for
 from accounts.services import team_settings_update
+from portal.replica import report
 from usage.alerts import DeliveryFailed, alert_webhook_test
 from usage.budgets import budget_set
 from usage.charts import spend_chart_svg, stacked_series
@@ -62,6 +63,7 @@ def home(request):
 
 
 @login_required
+@report
 def dashboard(request, slug):
     """The overview: spend against budget this month, and for any range (kept in the URL)
     spend per day stacked by model or key, the top models and keys, and call health."""
@@ -266,6 +268,7 @@ SORTS = {
 
 
 @login_required
+@report
 def usage_explorer(request, slug):
     """The ledger, filtered as the API filters it and sorted, a page at a time by keyset:
     `after=<sort value>,<id>` continues past the last row shown, at any depth, without

@@ -9,6 +9,7 @@ from django.db import InterfaceError, OperationalError
 from accounts.models import Team
 from accounts.selectors import team_not_found_message
 from portal.progress import Progress
+from portal.replica import reports_database
 from usage.exports import ledger_csv_lines, ledger_ndjson_lines
 from usage.invoices import InvoiceError, month_bounds, month_of
 from usage.models import UsageRecord
@@ -84,7 +85,7 @@ class Command(BaseCommand):
             first, after = month_bounds(month_of(month))
         except InvoiceError as exc:
             raise CommandError(str(exc)) from None
-        rows = UsageRecord.objects.filter(
+        rows = UsageRecord.objects.using(reports_database()).filter(
             created_at__gte=datetime.combine(first, time.min, tzinfo=UTC),
             created_at__lt=datetime.combine(after, time.min, tzinfo=UTC),
         )
