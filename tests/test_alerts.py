@@ -218,3 +218,22 @@ def test_deliveries_stuck_in_pending_are_sent_by_the_periodic_check(
 
     assert set(AlertDelivery.objects.values_list("status", flat=True)) == {"sent"}
     assert len(mailoutbox) == 3
+
+
+def test_a_team_named_with_markup_and_line_breaks_mails_as_text(staff, inference_key, mailoutbox):
+    """Escaped for each medium: the HTML part shows the name as text, and a header never
+    holds a line break (no header injection)."""
+    staff.name = "<img src=x onerror=alert(1)>\r\nBcc: victim@example.com"
+    staff.save()
+    key, _ = inference_key
+    budget = budget_set(team=staff, amount_usd=Decimal("10"), thresholds=[80])
+    spend(staff, key, "8.5", datetime.now(UTC), "req_markup")
+    check_all(datetime.now(UTC))
+    for delivery in AlertEvent.objects.get(budget=budget).deliveries.all():
+        alerts.alert_deliver(delivery_id=delivery.id)
+
+    message = mailoutbox[0]
+    html = message.alternatives[0][0]
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "\n" not in message.subject and "\r" not in message.subject
+    assert "victim@example.com" not in message.to + message.cc + message.bcc
