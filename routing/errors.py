@@ -172,17 +172,44 @@ _SECRETISH = re.compile(
     r"|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"
     r"|(?<=://)[^/\s:@]+:[^/\s@]+@"
     r"|[A-Za-z0-9+/=_]{32,}"
+    r"|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+    r"|(?i:password|passwd|pwd)\s*[=:]\s*\S+"
 )
-_WORD = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# An error's type and code are identifiers (invalid_api_key, rate_limit_exceeded): lower
+# case, no digits first, no hyphens, short. A param names a field (messages[0].content).
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 UPSTREAM_MESSAGE_MAX = 500
 
 
+def provider_secrets() -> list[str]:
+    """The provider secrets this gateway holds (the catalog's api_key_env variables): an
+    upstream that echoes one, in any shape, has it removed by its exact value."""
+    import os
+
+    from routing.selectors import catalog_snapshot
+
+    names = {m.provider.api_key_env for m in catalog_snapshot().models.values()}
+    return sorted(
+        (value for name in names if name and len(value := os.environ.get(name, "")) >= 6),
+        key=len,
+        reverse=True,
+    )
+
+
 def sanitized(text: str) -> str:
-    """An upstream's words made fit for a tenant, a log or the ledger: anything key-shaped
-    replaced, control characters dropped, at most UPSTREAM_MESSAGE_MAX characters."""
+    """An upstream's words made fit for a tenant, a log or the ledger: the gateway's own
+    provider secrets and anything key-shaped replaced, control characters dropped, at most
+    UPSTREAM_MESSAGE_MAX characters."""
+    for secret in provider_secrets():
+        text = text.replace(secret, "[redacted]")
     text = _CONTROL.sub("", _SECRETISH.sub("[redacted]", text))
     return text[:UPSTREAM_MESSAGE_MAX]
+
+
+def _holds_secret(value: str) -> bool:
+    return any(secret in value for secret in provider_secrets()) or bool(_SECRETISH.search(value))
 
 
 def upstream_error(body: object, *, fallback: str) -> dict:
@@ -193,15 +220,17 @@ def upstream_error(body: object, *, fallback: str) -> dict:
     if not isinstance(error, dict):
         error = body if isinstance(body, dict) and "message" in body else {}
 
-    def word(value):
-        return value if isinstance(value, str) and _WORD.match(value) else None
+    def kept(value, pattern):
+        if isinstance(value, str) and pattern.match(value) and not _holds_secret(value):
+            return value
+        return None
 
     message = error.get("message")
     return {
         "message": sanitized(message) if isinstance(message, str) and message else fallback,
-        "type": word(error.get("type")) or "upstream_error",
-        "param": word(error.get("param")),
-        "code": word(error.get("code")),
+        "type": kept(error.get("type"), _IDENTIFIER) or "upstream_error",
+        "param": kept(error.get("param"), _PARAM),
+        "code": kept(error.get("code"), _IDENTIFIER),
     }
 
 

@@ -126,3 +126,27 @@ def test_an_error_event_in_a_stream_is_sanitised_too(catalog, sdk, inference_key
     with pytest.raises(openai.APIStatusError) as caught:
         list(sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
     assert "sk-upstream" not in str(caught.value.body) and "sk-upstream" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["3f2a9c1e-4b7d-4e2a-9f1c-8d7e6b5a4c3d", "gsk_short1", "ab12-cd34-ef56-gh78"],
+    ids=["uuid", "short-prefixed", "hyphen-segmented"],
+)
+@pytest.mark.parametrize("where", ["code", "message", "type", "param"])
+def test_the_gateways_own_provider_secret_is_removed_whatever_its_shape_and_place(
+    catalog, live_portal, inference_key, team, upstream, monkeypatch, secret, where
+):
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", secret)
+    _, tenant_secret = inference_key
+    error = {"message": "bad key", "type": "invalid_request_error", "code": None, "param": None}
+    error[where] = secret if where != "message" else f"Incorrect API key provided: {secret}"
+    upstream.script("gpt-4o", Fail(401, body={"error": error}))
+    response = httpx2.post(
+        f"{live_portal.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {tenant_secret}"},
+        json={"model": "gpt-4o", "messages": MESSAGES},
+        timeout=30,
+    )
+    assert response.status_code >= 400 and secret not in response.text
+    assert secret not in UsageRecord.objects.get(team=team).error_message
