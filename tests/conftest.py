@@ -38,6 +38,20 @@ def _required_services():
         pytest.exit(f"Redis at {settings.REDIS_URL} is not reachable: {exc}", returncode=3)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The test database may empty its audit log between tests (its TRUNCATE is refused
+    elsewhere: accounts migration 0008); connections made from now on carry the setting."""
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            name = connection.settings_dict["NAME"]
+            cursor.execute(f"ALTER DATABASE \"{name}\" SET tollgate.audit_reset = 'allowed'")
+        connection.close()
+        connection.close_pool()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_background_sweeps():
     # Tests sweep explicitly, with the clock they choose; the portals they start

@@ -28,6 +28,7 @@ def actions(team):
 def test_the_database_refuses_to_change_or_remove_an_entry(team):
     api_key_create(team=team, name="app")
     event = AuditEvent.objects.get(team=team, action="key.create")
+
     for attempt in (
         lambda: AuditEvent.objects.filter(id=event.id).update(action="nothing"),
         lambda: AuditEvent.objects.filter(id=event.id).delete(),
@@ -36,6 +37,17 @@ def test_the_database_refuses_to_change_or_remove_an_entry(team):
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
             attempt()
     assert AuditEvent.objects.get(id=event.id).action == "key.create"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_refuses_to_truncate_the_log(team):
+    api_key_create(team=team, name="app")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        with connection.cursor() as cursor:
+            # As in production: this session has not been allowed to reset the log.
+            cursor.execute("SET LOCAL tollgate.audit_reset = ''")
+            cursor.execute("TRUNCATE accounts_auditevent")
+    assert AuditEvent.objects.filter(team=team).exists()
 
 
 def test_changes_through_the_pages_and_the_api_name_who_and_from_where(catalog, team, owner, admin):
