@@ -8,6 +8,7 @@ then hand the call to routing.calls.
 import asyncio
 import json
 import math
+import re
 import threading
 
 from adrf.views import APIView
@@ -61,7 +62,7 @@ class JSONBodyParser(BaseParser):
         if len(raw) > limit:
             raise request_too_large()
         try:
-            return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+            parsed = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyError(
                 400,
@@ -74,6 +75,26 @@ class JSONBodyParser(BaseParser):
                 "We could not parse the JSON body of your request: it is nested too deeply.",
                 code="invalid_json",
             ) from None
+        if _LONE_SURROGATE.search(raw) and not _encodable(parsed):
+            raise ProxyError(
+                400,
+                "The JSON body holds text that is not valid Unicode (a lone surrogate escape).",
+                code="invalid_json",
+            )
+        return parsed
+
+
+# A \uD800-\uDFFF escape: valid JSON, but alone (not half of a pair) it is no character,
+# and no upstream request can carry it.
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _no_constant(name: str):
@@ -173,9 +194,18 @@ def _check_common(body) -> dict:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("'user' must be a string.", param="user", code="invalid_type")
+    # Both are kept on the ledger row, and PostgreSQL text cannot hold a NUL: refused here,
+    # before any upstream is called, rather than failing the ledger write after.
+    for name in ("model", "user"):
+        if "\x00" in (body.get(name) or ""):
+            raise _bad(
+                f"'{name}' may not contain a NUL character.", param=name, code="invalid_value"
+            )
     return body
 
 
+# Inputs of one embeddings request, as OpenAI bounds them.
+MAX_EMBEDDING_INPUTS = 2048
 # The ranges providers accept (OpenAI's API reference): integers as [low, high], numbers too.
 INT32_MAX, INT64 = 2**31 - 1, 2**63
 INTEGER_RANGES = {
@@ -184,7 +214,7 @@ INTEGER_RANGES = {
     "n": (1, 128),
     "top_logprobs": (0, 20),
     "seed": (-INT64, INT64 - 1),
-    "dimensions": (1, 65536),
+    "dimensions": (1, 8192),
 }
 NUMBER_RANGES = {
     "temperature": (0, 2),
@@ -288,6 +318,14 @@ def validate_embeddings_body(body) -> dict:
             "'input' must be a non-empty string, array of strings, or array of token arrays.",
             param="input",
             code="invalid_type",
+        )
+    if isinstance(value, list) and not all(isinstance(t, int) for t in value) and (
+        len(value) > MAX_EMBEDDING_INPUTS
+    ):
+        raise _bad(
+            f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items; it holds {len(value)}.",
+            param="input",
+            code="invalid_value",
         )
     return body
 

@@ -152,3 +152,44 @@ def test_a_team_name_made_of_markup_prints_as_text_on_its_invoice(catalog, team,
     pdf = client.get(f"/api/teams/acme/invoices/{month}/?preview=1&format=pdf")
     assert pdf.status_code == 200, pdf.content[:300]
     assert pdf.content.startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("field", ["user", "model"])
+def test_a_nul_in_what_the_ledger_keeps_is_400_before_any_upstream_call(
+    catalog, live_portal, inference_key, upstream, field
+):
+    _, secret = inference_key
+    body = {"model": "gpt-4o", "messages": MESSAGES, "user": "x", field: "bad\x00value"}
+    response = chat(live_portal, secret, json.dumps(body).encode())
+    assert_openai_error(response, 400, code="invalid_value", param=field)
+    assert upstream.received == []
+
+
+def test_a_lone_surrogate_is_400_not_an_upstream_failure(
+    catalog, live_portal, inference_key, upstream
+):
+    _, secret = inference_key
+    raw = b'{"model":"gpt-4o","messages":[{"role":"user","content":"\\ud800"}]}'
+    assert_openai_error(chat(live_portal, secret, raw), 400, code="invalid_json")
+    # A proper pair, escaped, is a character like any other.
+    paired = b'{"model":"gpt-4o","messages":[{"role":"user","content":"\\ud83d\\ude00"}]}'
+    assert chat(live_portal, secret, paired).status_code == 200
+
+
+def test_an_embeddings_request_holds_at_most_2048_inputs(catalog, live_portal, inference_key):
+    _, secret = inference_key
+    response = httpx2.post(
+        f"{live_portal.url}/v1/embeddings",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "text-embedding-3-small", "input": ["x"] * 2049},
+    )
+    assert_openai_error(response, 400, code="invalid_value", param="input")
+
+
+def test_api_json_nested_too_deeply_is_400_in_drfs_shape(team, owner):
+    client = APIClient()
+    client.force_login(owner)
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    for body in (deep, "[" * 100_000 + "]" * 100_000):
+        answer = client.post("/api/teams/acme/keys/", body, content_type="application/json")
+        assert answer.status_code == 400 and "nested too deeply" in answer.json()["detail"]
