@@ -68,7 +68,9 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
             return self._chat(body)
         if request.method == "POST" and path.endswith("/embeddings"):
             body = json.loads(await request.aread())
-            return self._embeddings(body)
+            # Thousands of vectors are seconds of work: off the event loop, which serves
+            # every other request of the process meanwhile.
+            return await asyncio.to_thread(self._embeddings, body)
         return _error(404, f"Unknown request URL: {request.method} {path}")
 
     def _chat(self, body: dict) -> httpx2.Response:
