@@ -153,7 +153,9 @@ def _loop() -> asyncio.AbstractEventLoop:
 def _client() -> httpx2.AsyncClient:
     loop = asyncio.get_running_loop()
     if loop not in _clients:
+        # trust_env off: no HTTPS_PROXY or .netrc may send a tenant's webhook elsewhere than
+        # the address checked.
         _clients[loop] = httpx2.AsyncClient(
-            follow_redirects=False, headers={"User-Agent": "Tollgate-Webhooks/1"}
+            follow_redirects=False, trust_env=False, headers={"User-Agent": "Tollgate-Webhooks/1"}
         )
     return _clients[loop]
