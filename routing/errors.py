@@ -190,7 +190,13 @@ def provider_secrets() -> list[str]:
 
     from routing.selectors import catalog_snapshot
 
-    names = {m.provider.api_key_env for m in catalog_snapshot().models.values()}
+    # Every variable that looks like a key, and (when the catalog can be read) every one
+    # the catalog names: an error path must not depend on the database answering.
+    names = {name for name in os.environ if name.endswith(("_API_KEY", "_KEY", "_TOKEN"))}
+    try:
+        names |= {m.provider.api_key_env for m in catalog_snapshot().models.values()}
+    except Exception:  # noqa: BLE001 - the database may be what failed
+        pass
     return sorted(
         (value for name in names if name and len(value := os.environ.get(name, "")) >= 6),
         key=len,

@@ -150,3 +150,21 @@ def test_the_gateways_own_provider_secret_is_removed_whatever_its_shape_and_plac
     )
     assert response.status_code >= 400 and secret not in response.text
     assert secret not in UsageRecord.objects.get(team=team).error_message
+
+
+def test_a_provider_secret_is_removed_even_when_the_catalog_cannot_be_read(monkeypatch):
+    """No database here (as in an outage): the environment's keys are known all the same."""
+    monkeypatch.setenv("LEAKY_API_KEY", "3f2a9c1e-4b7d-4e2a-9f1c-8d7e6b5a4c3d")
+    monkeypatch.setenv("OTHER_PROVIDER_KEY", "plainsecretvalue")
+    error = upstream_error(
+        {
+            "error": {
+                "message": "keys 3f2a9c1e-4b7d-4e2a-9f1c-8d7e6b5a4c3d and plainsecretvalue",
+                "type": "sk-upstreamSECRETabc123def456ghi789jkl",
+                "code": "plainsecretvalue",
+            }
+        },
+        fallback="fallback",
+    )
+    text = json.dumps(error)
+    assert "3f2a9c1e" not in text and "plainsecretvalue" not in text and "sk-upstream" not in text
