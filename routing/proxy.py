@@ -319,8 +319,10 @@ def validate_embeddings_body(body) -> dict:
             param="input",
             code="invalid_type",
         )
-    if isinstance(value, list) and not all(isinstance(t, int) for t in value) and (
-        len(value) > MAX_EMBEDDING_INPUTS
+    if (
+        isinstance(value, list)
+        and not all(isinstance(t, int) for t in value)
+        and (len(value) > MAX_EMBEDDING_INPUTS)
     ):
         raise _bad(
             f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items; it holds {len(value)}.",
