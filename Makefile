@@ -69,7 +69,7 @@ lint: $(STAMP)
 # The benchmark makes its own database (BENCH_DATABASE_URL) next to DATABASE_URL's.
 bench: $(STAMP)
 	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
-		exec $(BIN)/python -m bench.proxy_overhead'
+		exec $(BIN)/python -m bench.harness'
 
 # A bounded soak (10 minutes; BENCH_SOAK_S to change): mixed load, an upstream failing 10% of
 # the time; checks memory, 5xx and ledger == calls (bench/soak.py). Not part of `make test`.

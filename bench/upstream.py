@@ -1,7 +1,8 @@
 """A minimal OpenAI-compatible upstream for the benchmark: fixed answers, no work.
 
 BENCH_UPSTREAM_FAIL_RATE (0..1) answers that share of requests with a 500, and
-BENCH_UPSTREAM_DELAY_S waits before answering: the soak's unreliable upstream."""
+BENCH_UPSTREAM_DELAY_S waits before answering: the soak's unreliable upstream.
+BENCH_UPSTREAM_CHUNKS and BENCH_UPSTREAM_CHUNK_DELAY_S shape a stream (the harness's)."""
 
 import asyncio
 import json
@@ -9,6 +10,9 @@ import os
 import random
 
 FAIL_RATE = float(os.environ.get("BENCH_UPSTREAM_FAIL_RATE", "0"))
+CHUNK_DELAY_S = float(os.environ.get("BENCH_UPSTREAM_CHUNK_DELAY_S", "0"))
+# Content chunks of a stream (then one with the usage), each one token.
+STREAM_CHUNKS = int(os.environ.get("BENCH_UPSTREAM_CHUNKS", "3"))
 DELAY_S = float(os.environ.get("BENCH_UPSTREAM_DELAY_S", "0"))
 FAILURE = json.dumps(
     {"error": {"message": "upstream overloaded", "type": "server_error", "code": None}}
@@ -38,7 +42,7 @@ CHUNKS = [
             "usage": None,
         }
     )
-    for w in ("one", " two", " three")
+    for w in [" w"] * STREAM_CHUNKS
 ] + [
     json.dumps(
         {
@@ -47,7 +51,11 @@ CHUNKS = [
             "created": 1,
             "model": "bench",
             "choices": [],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+            "usage": {
+                "prompt_tokens": 12,
+                "completion_tokens": STREAM_CHUNKS,
+                "total_tokens": 12 + STREAM_CHUNKS,
+            },
         }
     )
 ]
@@ -83,6 +91,8 @@ async def app(scope, receive, send):
             }
         )
         for chunk in CHUNKS:
+            if CHUNK_DELAY_S:
+                await asyncio.sleep(CHUNK_DELAY_S)
             await send(
                 {
                     "type": "http.response.body",
