@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import secrets
 import string
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -186,6 +187,7 @@ def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
             key.revoked_at = now or timezone.now()
             key.save(update_fields=["revoked_at"])
             audit(team=key.team, action="key.revoke", target=key.prefix, changes={"name": key.name})
+    _local_principals.pop(key.prefix, None)
     cache.delete(_principal_cache_key(key.prefix))
     return key
 
@@ -222,6 +224,32 @@ def _principal_cache_key(prefix: str) -> str:
 
 _last_used_written: dict[int, datetime] = {}
 
+# In front of the shared cache, each process keeps the principals it met in the last
+# TOLLGATE_KEY_LOCAL_CACHE_S seconds: most calls then need no round trip at all to check
+# their key. The price is bounded staleness: a key revoked in another process stops working
+# here within that many seconds (at once in the process that revoked it).
+_local_principals: dict[str, tuple[float, "KeyPrincipal"]] = {}
+_LOCAL_PRINCIPALS_MAX = 10_000
+
+
+def _local_principal(prefix: str) -> "KeyPrincipal | None":
+    held = _local_principals.get(prefix)
+    if held is None:
+        return None
+    if held[0] <= time.monotonic():
+        _local_principals.pop(prefix, None)
+        return None
+    return held[1]
+
+
+def _local_principal_keep(principal: "KeyPrincipal") -> None:
+    ttl = settings.TOLLGATE_KEY_LOCAL_CACHE_S
+    if ttl <= 0:
+        return
+    if len(_local_principals) >= _LOCAL_PRINCIPALS_MAX:
+        _local_principals.clear()  # bounded memory; refilled from the shared cache
+    _local_principals[principal.prefix] = (time.monotonic() + ttl, principal)
+
 
 def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrincipal:
     """Return the principal for a bearer secret, or raise InvalidKey saying why not.
@@ -237,7 +265,7 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
         or prefix[:4] not in KEY_PREFIXES.values()
     ):
         raise InvalidKey("Incorrect API key provided.")
-    principal = cache.get(_principal_cache_key(prefix))
+    principal = _local_principal(prefix) or cache.get(_principal_cache_key(prefix))
     if principal is None:
         key = ApiKey.objects.select_related("team").filter(prefix=prefix).first()
         if key is None:
@@ -259,6 +287,8 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
         )
         cache.set(_principal_cache_key(prefix), principal, settings.TOLLGATE_KEY_CACHE_S)
     matched = _key_pepper_matched(stored=principal.secret_hash, secret=secret)
+    if matched is not None and prefix not in _local_principals:
+        _local_principal_keep(principal)
     if matched is None:
         raise InvalidKey("Incorrect API key provided.")
     if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:
@@ -278,6 +308,7 @@ def _key_rehash(principal: KeyPrincipal, *, secret_hash: str) -> None:
     ApiKey.objects.filter(id=principal.key_id, secret_hash=principal.secret_hash).update(
         secret_hash=secret_hash
     )
+    _local_principals.pop(principal.prefix, None)
     cache.delete(_principal_cache_key(principal.prefix))
 
 

@@ -396,6 +396,9 @@ TOLLGATE_DRAIN_S = env.int("TOLLGATE_DRAIN_S", default=30)
 TOLLGATE_CALL_JOURNAL_DAYS = env.int("TOLLGATE_CALL_JOURNAL_DAYS", default=100)
 # How long an authenticated key stays cached, in seconds; revocation clears it.
 TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
+# Each process also keeps the keys it met this long (no round trip to check them); a key
+# revoked in another process stops working here within it. 0: always ask the cache.
+TOLLGATE_KEY_LOCAL_CACHE_S = env.float("TOLLGATE_KEY_LOCAL_CACHE_S", default=2.0)
 
 # Budget-alert webhooks may be plain http and point at private addresses (loopback, LAN):
 # for local runs and tests only; in production a webhook must be https and public.

@@ -60,6 +60,17 @@ def _no_background_sweeps():
 
 
 @pytest.fixture(autouse=True)
+def _no_keys_remembered_from_another_test():
+    """Each process remembers the keys it met for 2 s (accounts.services); a test starts
+    with none, as a fresh process would."""
+    from accounts import services
+
+    services._local_principals.clear()
+    yield
+    services._local_principals.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     # The standing cast signs in with passwords; the default hasher is slow by design.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -207,3 +207,27 @@ def test_issuekey_refuses_a_model_the_catalog_does_not_have(team, catalog):
     with pytest.raises(CommandError, match="not a model or route in the catalog: gtp-4o"):
         call_command("issuekey", "acme", "--name", "typo", "--models", "gpt-4o,gtp-4o")
     assert not ApiKey.objects.filter(name="typo").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_revoked_in_one_process_stops_working_in_every_process_within_2_s(
+    catalog, team, live_portal, second_portal
+):
+    """Each process keeps the keys it met for TOLLGATE_KEY_LOCAL_CACHE_S (2 s) to skip a
+    round trip; a revocation made elsewhere reaches it within that bound."""
+    import time
+
+    import httpx2
+
+    from accounts.services import api_key_create, api_key_revoke
+
+    key, secret = api_key_create(team=team, name="app")
+    headers = {"Authorization": f"Bearer {secret}"}
+    for url in (live_portal.url, second_portal):  # both processes now hold the key
+        assert httpx2.get(f"{url}/v1/models", headers=headers).status_code == 200
+    revoked_at = time.monotonic()
+    api_key_revoke(key=key)  # in this process (which serves live_portal)
+    assert httpx2.get(f"{live_portal.url}/v1/models", headers=headers).status_code == 401
+    while httpx2.get(f"{second_portal}/v1/models", headers=headers).status_code != 401:
+        assert time.monotonic() - revoked_at < 2.5, "the other process still takes the key"
+        time.sleep(0.1)
