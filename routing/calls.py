@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import httpx2
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
@@ -30,7 +29,7 @@ from routing.ratelimits import RateCheck, ratelimit_check, ratelimit_settle
 from routing.selectors import ModelInfo, catalog_snapshot
 from routing.strategies import order_targets, request_needs
 from routing.tokens import TokenBounds
-from routing.upstream import upstream_client
+from routing.upstream import upstream_post
 from usage.metering import (
     CallFacts,
     Endpoint,
@@ -489,15 +488,14 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
     async for model, timeout in plan:
         started = time.monotonic()
         try:
-            client = upstream_client(model.provider)
-            # The SDK's generic post: its pooled client, auth and error mapping,
-            # without re-validating a body that is passed through as sent.
+            # Straight through the provider's pooled HTTP client: the body as sent (the
+            # model renamed), no SDK request building on the hot path.
             async with asyncio.timeout_at(call.deadline_at):
-                raw = await client.post(
+                raw = await upstream_post(
+                    model.provider,
                     _PATHS[call.endpoint],
-                    body=upstream_body(body, model, call.endpoint),
-                    cast_to=httpx2.Response,
-                    options={"timeout": timeout},
+                    json_bytes(upstream_body(body, model, call.endpoint)),
+                    timeout=timeout,
                 )
                 payload = raw.json()
             if not isinstance(payload, dict):

@@ -1,8 +1,11 @@
-"""One pooled `openai` client per provider (and event loop), built on demand."""
+"""One pooled HTTP client per provider (and event loop), built on demand: JSON calls go
+through it directly (`upstream_post`), streams through the `openai` SDK built on it (its
+SSE parsing), so both share one connection pool."""
 
 import asyncio
 import os
 import weakref
+from dataclasses import dataclass
 
 import httpx2
 import openai
@@ -13,38 +16,71 @@ from routing.selectors import ProviderInfo
 
 OFFLINE_BASE_URL = "offline:"
 
+
+@dataclass(frozen=True)
+class Upstream:
+    http: httpx2.AsyncClient
+    sdk: openai.AsyncOpenAI
+    base_url: str
+    headers: dict[str, str]
+
+
 # An httpx client belongs to the event loop it was made on.
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
 
 
-def upstream_client(provider: ProviderInfo) -> openai.AsyncOpenAI:
+def _upstream(provider: ProviderInfo) -> Upstream:
     loop = asyncio.get_running_loop()
     per_loop = _clients.setdefault(loop, {})
-    client = per_loop.get(provider)
-    if client is None:
-        client = _make_client(provider)
-        per_loop[provider] = client
-    return client
+    upstream = per_loop.get(provider)
+    if upstream is None:
+        upstream = _make_upstream(provider)
+        per_loop[provider] = upstream
+    return upstream
 
 
-def _make_client(provider: ProviderInfo) -> openai.AsyncOpenAI:
+def upstream_client(provider: ProviderInfo) -> openai.AsyncOpenAI:
+    return _upstream(provider).sdk
+
+
+async def upstream_post(
+    provider: ProviderInfo, path: str, content: bytes, *, timeout: float
+) -> httpx2.Response:
+    """POST a JSON body to the provider as is (no SDK request building or re-validation);
+    an error status raises openai.APIStatusError, as the SDK would, for classify_failure."""
+    upstream = _upstream(provider)
+    response = await upstream.http.post(
+        upstream.base_url + path, content=content, headers=upstream.headers, timeout=timeout
+    )
+    if response.status_code >= 400:
+        await response.aread()
+        raise openai.APIStatusError(
+            f"The upstream answered HTTP {response.status_code}", response=response, body=None
+        )
+    return response
+
+
+def _make_upstream(provider: ProviderInfo) -> Upstream:
     timeout = httpx2.Timeout(provider.timeout_s, connect=min(10, provider.timeout_s))
     if provider.base_url.startswith(OFFLINE_BASE_URL):
-        return openai.AsyncOpenAI(
-            base_url="http://offline.invalid/v1",
-            api_key="offline",
-            max_retries=0,
+        base_url, api_key = "http://offline.invalid/v1", "offline"
+        http = httpx2.AsyncClient(transport=OfflineTransport(), timeout=timeout)
+    else:
+        api_key = os.environ.get(provider.api_key_env, "") if provider.api_key_env else ""
+        if provider.api_key_env and not api_key:
+            raise ProxyError(
+                503,
+                f"The provider '{provider.name}' is not configured: its secret {provider.api_key_env} is not set.",
+                code="provider_not_configured",
+            )
+        base_url, api_key = provider.base_url.rstrip("/"), api_key or "none"
+        http = httpx2.AsyncClient(
             timeout=timeout,
-            http_client=httpx2.AsyncClient(transport=OfflineTransport()),
-        )
-    api_key = os.environ.get(provider.api_key_env, "") if provider.api_key_env else ""
-    if provider.api_key_env and not api_key:
-        raise ProxyError(
-            503,
-            f"The provider '{provider.name}' is not configured: its secret {provider.api_key_env} is not set.",
-            code="provider_not_configured",
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
         )
     # Retries are the proxy's own decision (fallbacks), never the SDK's.
-    return openai.AsyncOpenAI(
-        base_url=provider.base_url, api_key=api_key or "none", max_retries=0, timeout=timeout
+    sdk = openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http
     )
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    return Upstream(http=http, sdk=sdk, base_url=base_url, headers=headers)
