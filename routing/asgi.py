@@ -16,7 +16,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
 from portal.logs import new_request_id
-from routing.errors import ProxyError, log_refusal, request_too_large
+from routing.errors import ProxyError, log_unmetered, request_too_large
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ async def refuse_early(scope, send, error: ProxyError, *, close: bool = False):
     if close:
         headers.append((b"connection", b"close"))
     # Logged first: once the answer is out, the client may act on it at once.
-    log_refusal(
+    log_unmetered(
         request_id=request_id, http_status=error.status, path=scope["path"], payload=payload
     )
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -13,7 +13,7 @@ from django.http import JsonResponse
 from rest_framework import exceptions as drf_exceptions
 
 logger = logging.getLogger(__name__)
-# The meter's logger: a call that never reached it gets its one line here (log_refusal).
+# The meter's logger: a call that never reached it gets its one line here (log_unmetered).
 call_logger = logging.getLogger("tollgate.calls")
 
 # OpenAI's `type` for each status we answer with.
@@ -111,24 +111,31 @@ def request_too_large():
     return ProxyError(413, "The request body is too large.", code="request_too_large")
 
 
-def log_refusal(
+def log_unmetered(
     *,
     request_id: str,
     http_status: int,
     path: str,
-    payload: object,
+    payload: object = None,
     key_prefix: str = "",
     team_id: int | None = None,
 ) -> None:
-    """One line for a /v1 request answered before the meter saw it (no key, a bad key, a
-    body that does not parse, over a rate limit, too large, not HTTPS): the same logger and
-    fields as a call's line, so every request has exactly one; and counted in
-    tollgate_proxy_rejected_total."""
-    from usage.metrics import rejected
+    """The one line, and the count, for a /v1 request the meter did not see: a refusal
+    before it (no key, a bad key, a body that does not parse, over a rate limit, too large,
+    not HTTPS: tollgate_proxy_rejected_total) or a request that is not a call (the model
+    list: tollgate_proxy_requests_total). The same logger and fields as a call's line, so
+    every request has exactly one."""
+    from usage.metrics import rejected, requests
 
+    endpoint = _endpoint_of(path)
+    refused = http_status >= 400
     error = payload.get("error") if isinstance(payload, dict) else None
     code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
-    rejected.labels(_endpoint_of(path), str(http_status), str(code or "")[:64]).inc()
+    code = str(code or "")[:64]
+    if refused:
+        rejected.labels(endpoint, str(http_status), code).inc()
+    else:
+        requests.labels(endpoint, "", "", "ok").inc()
     if not call_logger.isEnabledFor(logging.INFO):
         return
     fields = {
@@ -136,12 +143,13 @@ def log_refusal(
         "team_id": team_id,
         "key_prefix": key_prefix,
         "path": path[:200],
-        "status": "refused",
+        "endpoint": endpoint,
+        "status": "refused" if refused else "ok",
         "http_status": http_status,
-        "code": str(code or "")[:64],
+        "code": code,
     }
     call_logger.info(
-        "refused %(request_id)s status=%(http_status)s code=%(code)s path=%(path)s "
+        "%(status)s %(request_id)s status=%(http_status)s code=%(code)s path=%(path)s "
         "key=%(key_prefix)s",
         fields,
         extra=fields,
@@ -159,7 +167,7 @@ _ENDPOINTS = {
 def _endpoint_of(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "models"
-    return _ENDPOINTS.get(path.rstrip("/") if path != "/" else path, "other")
+    return _ENDPOINTS.get(path.rstrip("/"), "other")
 
 
 # What an upstream's error may carry that a tenant must never see: its provider key (OpenAI
@@ -204,18 +212,14 @@ def provider_secrets() -> list[str]:
     )
 
 
-def sanitized(text: str) -> str:
+def sanitized(text: str, secrets: list[str] | None = None) -> str:
     """An upstream's words made fit for a tenant, a log or the ledger: the gateway's own
     provider secrets and anything key-shaped replaced, control characters dropped, at most
     UPSTREAM_MESSAGE_MAX characters."""
-    for secret in provider_secrets():
+    for secret in provider_secrets() if secrets is None else secrets:
         text = text.replace(secret, "[redacted]")
     text = _CONTROL.sub("", _SECRETISH.sub("[redacted]", text))
     return text[:UPSTREAM_MESSAGE_MAX]
-
-
-def _holds_secret(value: str) -> bool:
-    return any(secret in value for secret in provider_secrets()) or bool(_SECRETISH.search(value))
 
 
 def upstream_error(body: object, *, fallback: str) -> dict:
@@ -225,37 +229,24 @@ def upstream_error(body: object, *, fallback: str) -> dict:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         error = body if isinstance(body, dict) and "message" in body else {}
+    secrets = provider_secrets()
 
     def kept(value, pattern):
-        if isinstance(value, str) and pattern.match(value) and not _holds_secret(value):
+        if (
+            isinstance(value, str)
+            and pattern.match(value)
+            and not _SECRETISH.search(value)
+            and not any(secret in value for secret in secrets)
+        ):
             return value
         return None
 
     message = error.get("message")
     return {
-        "message": sanitized(message) if isinstance(message, str) and message else fallback,
+        "message": sanitized(message, secrets)
+        if isinstance(message, str) and message
+        else fallback,
         "type": kept(error.get("type"), _IDENTIFIER) or "upstream_error",
         "param": kept(error.get("param"), _PARAM),
         "code": kept(error.get("code"), _IDENTIFIER),
     }
-
-
-def log_listing(*, request_id: str, path: str, key_prefix: str, team_id: int | None) -> None:
-    """The line and the count for a /v1 request that is not a call (the model list): no
-    model, tokens or cost, but its request id, key and team, like every other request."""
-    from usage.metrics import requests
-
-    endpoint = _endpoint_of(path)
-    requests.labels(endpoint, "", "", "ok").inc()
-    if not call_logger.isEnabledFor(logging.INFO):
-        return
-    fields = {
-        "request_id": request_id,
-        "team_id": team_id,
-        "key_prefix": key_prefix,
-        "path": path[:200],
-        "endpoint": endpoint,
-        "status": "ok",
-        "http_status": 200,
-    }
-    call_logger.info("listed %(request_id)s path=%(path)s key=%(key_prefix)s", fields, extra=fields)

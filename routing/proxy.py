@@ -41,8 +41,7 @@ from routing.calls import (
 )
 from routing.errors import (
     ProxyError,
-    log_listing,
-    log_refusal,
+    log_unmetered,
     openai_error_response,
     proxy_exception_handler,
     request_too_large,
@@ -144,23 +143,20 @@ class ProxyView(APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         response["x-request-id"] = self.request_id
-        # Each /v1 request has one log line, the meter's or log_refusal's: Django's request
+        # Each /v1 request has one log line, the meter's or log_unmetered's: Django's request
         # logger must not add a second for a 4xx or 5xx.
         response._has_been_logged = True
-        principal = getattr(request, "_user", None)
-        if response.status_code < 400 and self.call_opened() is None:
-            log_listing(
-                request_id=self.request_id,
-                path=request.path,
-                key_prefix=getattr(principal, "prefix", ""),
-                team_id=getattr(principal, "team_id", None),
-            )
-        elif response.status_code >= 400 and not self.metered and self.call_opened() is None:
-            log_refusal(
+        # A call's meter logs it (its refusals too); anything else is logged here.
+        if not self.metered and self.call_opened() is None:
+            principal = getattr(request, "_user", None)
+            refused = response.status_code >= 400
+            log_unmetered(
                 request_id=self.request_id,
                 http_status=response.status_code,
                 path=request.path,
-                payload=getattr(response, "data", None) or _json_payload(response),
+                payload=(getattr(response, "data", None) or _json_payload(response))
+                if refused
+                else None,
                 key_prefix=getattr(principal, "prefix", ""),
                 team_id=getattr(principal, "team_id", None),
             )
@@ -535,7 +531,7 @@ async def unknown_endpoint(request, path=""):
     )
     response["x-request-id"] = request_id = new_request_id()
     response._has_been_logged = True
-    log_refusal(
+    log_unmetered(
         request_id=request_id, http_status=404, path=request.path, payload=_json_payload(response)
     )
     return response
