@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from accounts.models import Team
 from usage.alerts import DeliveryFailed
-from usage.exports import ledger_ndjson_lines
+from usage.exports import LEDGER_FIELDS, ledger_ndjson_lines
 from usage.horizon import ledger_horizon
 from usage.models import UsageEventMark, UsageRecord
 from usage.outbound import OutboundFailed, OutboundRefused, webhook_post
@@ -55,30 +55,8 @@ LEASE = timedelta(seconds=60)
 CHUNK = 200
 # The pause after the n-th consecutive failure: 15 s doubling, at most an hour, jittered.
 BACKOFF_S, BACKOFF_MAX_S = 15, 3600
-EVENT_FIELDS = {
-    "request_id": "request_id",
-    "attempt": "attempt",
-    "created_at": "created_at",
-    "recorded_at": "recorded_at",
-    "key": "api_key__prefix",
-    "endpoint": "endpoint",
-    "requested_model": "requested_model",
-    "route": "route",
-    "model": "model",
-    "provider": "provider",
-    "status": "status",
-    "prompt_tokens": "prompt_tokens",
-    "cached_tokens": "cached_tokens",
-    "completion_tokens": "completion_tokens",
-    "reasoning_tokens": "reasoning_tokens",
-    "tokens_estimated": "tokens_estimated",
-    "input_per_mtok": "input_per_mtok",
-    "cached_input_per_mtok": "cached_input_per_mtok",
-    "output_per_mtok": "output_per_mtok",
-    "cost_usd": "cost_usd",
-    "latency_ms": "latency_ms",
-    "end_user": "end_user",
-}
+# An event's data: the ledger row as exports give it, less the team (named beside it).
+EVENT_FIELDS = {name: source for name, source in LEDGER_FIELDS.items() if name != "team"}
 
 
 def _pending(mark: UsageEventMark, until: datetime):

@@ -246,6 +246,38 @@ FORMULA_STARTS = ("=", "+", "-", "@", "|", "\t", "\r")
 CHUNK = 64 * 1024
 
 
+# A ledger row as other systems get it (exportusage, the usage webhook's events): the name
+# each field goes by, and where it comes from. Money as decimal strings.
+LEDGER_FIELDS = {
+    "team": "team__slug",
+    "request_id": "request_id",
+    "attempt": "attempt",
+    "created_at": "created_at",
+    "recorded_at": "recorded_at",
+    "key": "api_key__prefix",
+    "endpoint": "endpoint",
+    "requested_model": "requested_model",
+    "route": "route",
+    "model": "model",
+    "provider": "provider",
+    "status": "status",
+    "http_status": "http_status",
+    "prompt_tokens": "prompt_tokens",
+    "cached_tokens": "cached_tokens",
+    "completion_tokens": "completion_tokens",
+    "reasoning_tokens": "reasoning_tokens",
+    "tokens_estimated": "tokens_estimated",
+    "input_per_mtok": "input_per_mtok",
+    "cached_input_per_mtok": "cached_input_per_mtok",
+    "output_per_mtok": "output_per_mtok",
+    "cost_usd": "cost_usd",
+    "streamed": "streamed",
+    "latency_ms": "latency_ms",
+    "ttft_ms": "ttft_ms",
+    "end_user": "end_user",
+}
+
+
 def ledger_csv_lines(rows: Iterable[Sequence], fields: Sequence[str]) -> Iterator[str]:
     """CSV text of ledger rows (tuples in `fields` order), a header first, in chunks."""
     buffer = io.StringIO()

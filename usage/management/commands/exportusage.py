@@ -10,40 +10,13 @@ from accounts.models import Team
 from accounts.selectors import team_not_found_message
 from portal.progress import Progress
 from portal.replica import reports_database
-from usage.exports import ledger_csv_lines, ledger_ndjson_lines
+from usage.exports import LEDGER_FIELDS, ledger_csv_lines, ledger_ndjson_lines
 from usage.invoices import InvoiceError, month_bounds, month_of
 from usage.models import UsageRecord
 
 # The columns, for other systems: the team and key by their public names, every figure the
 # ledger holds, money as decimal strings. (A row is one attempt; request_id + attempt is
 # unique, the idempotency key for a consumer.)
-FIELDS = {
-    "team": "team__slug",
-    "request_id": "request_id",
-    "attempt": "attempt",
-    "created_at": "created_at",
-    "key": "api_key__prefix",
-    "endpoint": "endpoint",
-    "requested_model": "requested_model",
-    "route": "route",
-    "model": "model",
-    "provider": "provider",
-    "status": "status",
-    "http_status": "http_status",
-    "prompt_tokens": "prompt_tokens",
-    "cached_tokens": "cached_tokens",
-    "completion_tokens": "completion_tokens",
-    "reasoning_tokens": "reasoning_tokens",
-    "tokens_estimated": "tokens_estimated",
-    "input_per_mtok": "input_per_mtok",
-    "cached_input_per_mtok": "cached_input_per_mtok",
-    "output_per_mtok": "output_per_mtok",
-    "cost_usd": "cost_usd",
-    "streamed": "streamed",
-    "latency_ms": "latency_ms",
-    "ttft_ms": "ttft_ms",
-    "end_user": "end_user",
-}
 # How often the terminal's row count is redrawn.
 ROWS_PER_UPDATE = 1000
 
@@ -94,7 +67,7 @@ class Command(BaseCommand):
             if found is None:
                 raise CommandError(team_not_found_message(slug=team))
             rows = rows.filter(team=found)
-        values = rows.order_by("created_at", "id").values_list(*FIELDS.values())
+        values = rows.order_by("created_at", "id").values_list(*LEDGER_FIELDS.values())
         # Rows counted on stderr, and on a terminal only: stdout may be the export itself.
         meter = Progress(self.stderr, verbosity=options["verbosity"])
         total = rows.count() if meter.live else 0
@@ -106,7 +79,7 @@ class Command(BaseCommand):
                 yield row
 
         lines = (ledger_csv_lines if format == "csv" else ledger_ndjson_lines)(
-            counted(values.iterator(chunk_size=5000)), list(FIELDS)
+            counted(values.iterator(chunk_size=5000)), list(LEDGER_FIELDS)
         )
         if output == "-":
             for chunk in lines:
