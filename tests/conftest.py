@@ -137,48 +137,12 @@ def live_portal(django_db_setup):
 @pytest.fixture(scope="session")
 def second_portal(django_db_setup, live_portal):
     """Another portal in its own OS process, on the same test database and Redis."""
-    import subprocess
-    import sys
+    from tests.processes import database_url_of_tests, start_portal, stop
 
-    import httpx2
-    from django.db import connection
-
-    db = connection.settings_dict
-    database_url = (
-        f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portal.asgi:application",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx2.get(f"{url}/v1/models", timeout=1)
-            break
-        except httpx2.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the second portal did not start")
-            time.sleep(0.2)
+    env = {**os.environ, "DATABASE_URL": database_url_of_tests(), "REDIS_URL": settings.REDIS_URL}
+    process, url = start_portal(env, "--log-level", "warning")
     yield url
-    process.terminate()
-    process.wait(timeout=10)
+    stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -293,3 +257,40 @@ def async_sdk(live_portal):
         return openai.AsyncOpenAI(base_url=f"{live_portal.url}/v1", api_key=secret, **kwargs)
 
     return make
+
+
+# --- Servers of a test's own, to stop and start at will (tests/test_dependencies_down.py)
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL cluster of the test's own (devservices' embedded one), to stop at will."""
+    import shutil
+
+    from devservices import STATE_DIR, EmbeddedPostgres
+
+    workdir = STATE_DIR / f"faults-{os.getpid()}"
+    server = EmbeddedPostgres(workdir / "pgdata", durable=False)
+    server.start()
+    try:
+        server.create_database("tollgate")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis():
+    import shutil
+
+    from devservices import STATE_DIR, EmbeddedRedis
+
+    workdir = STATE_DIR / f"faults-redis-{os.getpid()}"
+    server = EmbeddedRedis(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -11,7 +11,6 @@ stops: PostgreSQL (its own throwaway cluster), Redis and the broker.
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,96 +20,54 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from tests.conftest import ROOT
+from tests.processes import ROOT, manage, start_portal, stop
 
 pytestmark = pytest.mark.faults
 
 CALL = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def other_redis_db(url: str, offset: int) -> str:
     return re.sub(r"/(\d+)$", lambda m: f"/{(int(m.group(1)) + offset) % 16}", url)
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL cluster of the test's own (devservices' embedded one), to stop at will."""
-    import shutil
-
-    from devservices import STATE_DIR, EmbeddedPostgres
-
-    workdir = STATE_DIR / f"faults-{os.getpid()}"
-    server = EmbeddedPostgres(workdir / "pgdata", durable=False)
-    server.start()
-    try:
-        server.create_database("tollgate")
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def manage(env, *args) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def ok(env, *args) -> str:
+    """A manage.py command that must succeed; its output."""
+    done = manage(*args, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
+def issued(env, *args) -> str:
+    """The secret `issuekey acme …` printed (alone, on its last line)."""
+    return ok(env, "issuekey", "acme", *args).strip().splitlines()[-1]
+
+
+def gateway_on(server, database="tollgate", owner=None, **settings_env) -> dict:
+    """The environment of a gateway on a database of the throwaway cluster, migrated, with
+    the offline catalog and team acme (`owner` its owner's email, if given)."""
+    env = {**os.environ, "DATABASE_URL": server.url(database), **settings_env}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    ok(env, "migrate", "--no-input", "-v0")
+    ok(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
+    ok(env, "createteam", "acme", "--name", "Acme", *(["--owner", owner] if owner else []))
+    return env
+
+
 @pytest.fixture
 def portal_on_own_postgres(own_postgres, tmp_path):
-    """A portal process on the throwaway cluster, with a team, an inference key and a
-    management key; the offline provider answers the calls."""
-    redis_url = other_redis_db(settings.REDIS_URL, 2)
-    env = {
-        **os.environ,
-        "DATABASE_URL": own_postgres.url("tollgate"),
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": "",
-        "PROMETHEUS_MULTIPROC_DIR": "",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR")
-    manage(env, "migrate", "--no-input", "-v0")
-    manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
-    manage(env, "createteam", "acme", "--name", "Acme")
-    inference = manage(env, "issuekey", "acme", "--name", "app").strip().splitlines()[-1]
-    management = (
-        manage(env, "issuekey", "acme", "--name", "ops", "--management").strip().splitlines()[-1]
+    """A portal process on the throwaway cluster, with an inference key and a management
+    key of team acme; the offline provider answers the calls."""
+    env = gateway_on(
+        own_postgres, REDIS_URL=other_redis_db(settings.REDIS_URL, 2), CELERY_BROKER_URL=""
     )
-    port = free_port()
-    log = (tmp_path / "portal.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    inference, management = (
+        issued(env, "--name", "app"),
+        issued(env, "--name", "ops", "--management"),
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        assert time.monotonic() < deadline and process.poll() is None, "the portal did not start"
-        time.sleep(0.2)
+    process, url = start_portal(env, log=tmp_path / "portal.log")
     yield url, inference, management
-    process.terminate()
-    process.wait(timeout=15)
+    stop(process)
 
 
 def chat(url, secret):
@@ -163,43 +120,6 @@ def test_postgresql_down_is_a_quick_503_and_service_resumes_by_itself(
     assert ledger_rows(own_postgres) == (2, 0)
 
 
-@pytest.fixture
-def own_redis():
-    import shutil
-
-    from devservices import STATE_DIR, EmbeddedRedis
-
-    workdir = STATE_DIR / f"faults-redis-{os.getpid()}"
-    server = EmbeddedRedis(workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def start_portal(env, log_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx2.TransportError:
-            pass
-        assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
-        time.sleep(0.2)
-
-
 def fresh_minute():
     """Wait, if need be, so the next few seconds fall in one rate-limit window."""
     into = time.time() % 60
@@ -210,25 +130,18 @@ def fresh_minute():
 def test_redis_down_calls_are_served_limits_hold_per_process_one_warning_a_minute(
     own_postgres, own_redis, tmp_path
 ):
-    env = {
-        **os.environ,
-        "DATABASE_URL": own_postgres.url("tollgate"),
-        "REDIS_URL": own_redis.url(),
-        "CELERY_BROKER_URL": "",
-        "DEBUG": "false",
-        "SECRET_KEY": "faults-" + "s3cr3t-" * 8,
-        "TOLLGATE_PLAIN_HTTP": "1",
-        "LOG_FORMAT": "json",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    manage(env, "migrate", "--no-input", "-v0")
-    manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
-    manage(env, "createteam", "acme", "--name", "Acme")
-    limited = (
-        manage(env, "issuekey", "acme", "--name", "app", "--rpm", "3").strip().splitlines()[-1]
+    env = gateway_on(
+        own_postgres,
+        REDIS_URL=own_redis.url(),
+        CELERY_BROKER_URL="",
+        DEBUG="false",
+        SECRET_KEY="faults-" + "s3cr3t-" * 8,
+        TOLLGATE_PLAIN_HTTP="1",
+        LOG_FORMAT="json",
     )
+    limited = issued(env, "--name", "app", "--rpm", "3")
     log = tmp_path / "portal.log"
-    process, url = start_portal(env, log)
+    process, url = start_portal(env, log=log)
     try:
         fresh_minute()
         assert [chat(url, limited).status_code for _ in range(4)] == [200, 200, 200, 429]
@@ -246,8 +159,7 @@ def test_redis_down_calls_are_served_limits_hold_per_process_one_warning_a_minut
             assert time.monotonic() < deadline, answer.text
             time.sleep(0.5)
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop(process)
     lines = [line for line in log.read_text().splitlines() if "Redis" in line or "redis" in line]
     warnings = [
         line for line in lines if '"level": "WARNING"' in line or '"level": "ERROR"' in line
@@ -259,24 +171,20 @@ def test_redis_down_calls_are_served_limits_hold_per_process_one_warning_a_minut
 def test_broker_down_calls_do_not_wait_and_the_alert_is_sent_when_it_returns(
     own_postgres, own_redis, tmp_path
 ):
-    env = {
-        **os.environ,
-        "DATABASE_URL": own_postgres.url("tollgate"),
-        "REDIS_URL": other_redis_db(settings.REDIS_URL, 3),
-        "CELERY_BROKER_URL": own_redis.url(),
-        "CELERY_RESULT_BACKEND": "",
-        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "LOG_FORMAT": "json",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    manage(env, "migrate", "--no-input", "-v0")
-    manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
-    manage(env, "createteam", "acme", "--name", "Acme", "--owner", "owner@acme.test")
-    manage(env, "setbudget", "acme", "0.000001", "--soft")
-    secret = manage(env, "issuekey", "acme", "--name", "app").strip().splitlines()[-1]
+    env = gateway_on(
+        own_postgres,
+        owner="owner@acme.test",
+        REDIS_URL=other_redis_db(settings.REDIS_URL, 3),
+        CELERY_BROKER_URL=own_redis.url(),
+        CELERY_RESULT_BACKEND="",
+        EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+        LOG_FORMAT="json",
+    )
+    ok(env, "setbudget", "acme", "0.000001", "--soft")
+    secret = issued(env, "--name", "app")
     log = tmp_path / "portal.log"
     own_redis.stop()
-    process, url = start_portal(env, log)
+    process, url = start_portal(env, log=log)
     try:
         timings = []
         for _ in range(5):
@@ -285,8 +193,7 @@ def test_broker_down_calls_do_not_wait_and_the_alert_is_sent_when_it_returns(
             timings.append(time.monotonic() - started)
         assert max(timings) < 3, timings
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop(process)
     warnings = [line for line in log.read_text().splitlines() if "broker" in line]
     assert 1 <= len(warnings) <= 2, "\n".join(warnings)
 
@@ -301,7 +208,7 @@ def test_broker_down_calls_do_not_wait_and_the_alert_is_sent_when_it_returns(
         stderr=subprocess.STDOUT,
     )
     try:
-        manage(
+        ok(
             env,
             "shell",
             "-c",

@@ -589,58 +589,27 @@ def test_a_sigkilled_worker_has_its_calls_settled_within_a_minute(
     its reservation."""
     import os
     import signal
-    import socket
-    import subprocess
-    import sys
     from datetime import timedelta
 
     import httpx2
-    from django.db import connection
     from django.utils import timezone
 
-    from tests.conftest import ROOT
+    from tests.processes import database_url_of_tests, start_portal
     from usage.metering import inflight_sweep
     from usage.models import WorkerLease
 
     _, secret = api_key_create(team=team, name="app")
     budget = budget_set(team=team, amount_usd=Decimal("10"))
     upstream.script("gpt-4o", Answer(content="w " * 100, chunk_delay=0.2))
-    db = connection.settings_dict
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {
         **os.environ,
         "REDIS_URL": settings.REDIS_URL,
         "TOLLGATE_WEB_SWEEPS": "0",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": database_url_of_tests(),
     }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portal.asgi:application",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
+    worker, base = start_portal(env, "--log-level", "warning")
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-                break
-            except httpx2.TransportError:
-                assert time.monotonic() < deadline and worker.poll() is None, (
-                    "the worker did not start"
-                )
-                time.sleep(0.1)
+        url = f"{base}/v1/chat/completions"
         with httpx2.stream(
             "POST",
             url,

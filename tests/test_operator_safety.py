@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import manage as run_manage
+
 ROOT = Path(__file__).resolve().parent.parent
 STRONG = "k" * 20 + "Z9-a_" * 8
 # A port nothing listens on: a database that does not answer.
@@ -19,14 +21,7 @@ DEAD_DATABASE = "postgres://postgres@127.0.0.1:8698/nothing"
 def manage(*args, timeout=120, **env):
     environment = {k: v for k, v in os.environ.items() if k != "TOLLGATE_PLAIN_HTTP"}
     environment.update(env)
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_manage(*args, env=environment, timeout=timeout)
 
 
 def test_a_failed_export_does_not_destroy_the_previous_export_file(tmp_path):

@@ -2,8 +2,6 @@
 
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import httpx2
@@ -15,8 +13,8 @@ from django.db.migrations.recorder import MigrationRecorder
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.health import readiness_forget
-from tests.conftest import ROOT
 from tests.fake_upstream import Fail
+from tests.processes import database_url_of_tests, start_portal, stop
 from tests.test_routing import set_route
 from usage.models import UsageRecord
 from usage.tasks import budget_alerts_check, inflight_sweep
@@ -337,40 +335,22 @@ def test_a_burst_of_probes_against_a_silent_database_costs_one_round(live_portal
 # --- Several worker processes
 
 
-def start_portal(port: int, metrics_dir) -> subprocess.Popen:
-    db = connection.settings_dict
+def start_metered_portal(metrics_dir):
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": database_url_of_tests(),
         "REDIS_URL": django_settings.REDIS_URL,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "TOLLGATE_WEB_SWEEPS": "0",
     }
-    command = [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port)]
-    return subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
-
-
-def wait_ready(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx2.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError(f"the portal at {url} did not start")
-        time.sleep(0.2)
+    return start_portal(env, "--log-level", "warning")
 
 
 def test_metrics_sum_calls_across_worker_processes(catalog, inference_key, sdk, tmp_path):
     _, secret = inference_key
-    ports = [closed_port(), closed_port()]
-    processes = [start_portal(port, tmp_path) for port in ports]
+    started = [start_metered_portal(tmp_path) for _ in range(2)]
+    processes, urls = [p for p, _ in started], [u for _, u in started]
     try:
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
-        for url, process in zip(urls, processes):
-            wait_ready(url, process)
         for url, calls in zip(urls, (2, 3)):
             client = sdk(secret).with_options(base_url=f"{url}/v1")
             for _ in range(calls):
@@ -384,9 +364,7 @@ def test_metrics_sum_calls_across_worker_processes(catalog, inference_key, sdk, 
             assert sample(samples, "tollgate_calls_in_flight") == 0
     finally:
         for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
+            stop(process)
     # One file per process, named by host and pid: unique across containers sharing the
     # directory (compose.yaml), where two processes can have the same pid.
     files = sorted(path.name for path in tmp_path.glob("counter_*.db"))

@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import manage as run_manage
 
 ROOT = Path(__file__).resolve().parent.parent
 STRONG = "k" * 20 + "Z9-a_" * 8
@@ -18,14 +18,7 @@ def manage(*args, **env):
         k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "TOLLGATE_PLAIN_HTTP")
     }
     environment.update(DEBUG="false", **env)
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_manage(*args, env=environment)
 
 
 @pytest.mark.parametrize(
@@ -89,27 +82,13 @@ def test_help_needs_no_database_and_a_missing_one_is_named_without_a_traceback()
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
 
     def run(*args):
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_manage(*args, env=environment)
 
     helped = run("closemonth", "--help")
     assert helped.returncode == 0 and "usage: manage.py closemonth" in helped.stdout
     # With DEBUG off and no SECRET_KEY either: help still signs nothing.
     bare = {k: v for k, v in environment.items() if k != "SECRET_KEY"}
-    production_help = subprocess.run(
-        [sys.executable, "manage.py", "closemonth", "--help"],
-        cwd=ROOT,
-        env={**bare, "DEBUG": "false"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    production_help = run_manage("closemonth", "--help", env={**bare, "DEBUG": "false"})
     assert production_help.returncode == 0, production_help.stderr
     assert "closemonth" in run("help").stdout
     refused = run("check")

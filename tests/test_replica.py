@@ -2,13 +2,12 @@
 keys, budgets and the ledger write stay on the primary. Here the "replica" is a database of
 its own holding a ledger row the primary does not, so where each read went shows."""
 
-import os
-
 import httpx2
 import psycopg
 import pytest
 
-from tests.test_dependencies_down import chat, manage, own_postgres, start_portal  # noqa: F401
+from tests.processes import start_portal, stop
+from tests.test_dependencies_down import chat, gateway_on, issued, ok
 
 pytestmark = pytest.mark.faults
 
@@ -22,25 +21,17 @@ INSERT_ROW = (
 )
 
 
-def test_reports_read_the_replica_and_calls_write_the_primary(own_postgres, tmp_path):  # noqa: F811
+def test_reports_read_the_replica_and_calls_write_the_primary(own_postgres, tmp_path):
     own_postgres.create_database("replica")
-    base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    base.update(CELERY_BROKER_URL="", REDIS_URL="")
-    primary = {**base, "DATABASE_URL": own_postgres.url("tollgate")}
-    replica = {**base, "DATABASE_URL": own_postgres.url("replica")}
-    for env in (primary, replica):  # the same team in both, as replication would have it
-        manage(env, "migrate", "--no-input", "-v0")
-        manage(env, "loadcatalog", "catalog/default.toml", "catalog/offline.toml")
-        manage(env, "createteam", "acme", "--name", "Acme")
-    manage(replica, "shell", "-c", INSERT_ROW)
-    inference = manage(primary, "issuekey", "acme", "--name", "app").strip().splitlines()[-1]
-    management = (
-        manage(primary, "issuekey", "acme", "--name", "ops", "--management")
-        .strip()
-        .splitlines()[-1]
-    )
+    # The same team in both, as replication would have it.
+    primary = gateway_on(own_postgres, CELERY_BROKER_URL="", REDIS_URL="")
+    replica = gateway_on(own_postgres, "replica", CELERY_BROKER_URL="", REDIS_URL="")
+    ok(replica, "shell", "-c", INSERT_ROW)
+    inference = issued(primary, "--name", "app")
+    management = issued(primary, "--name", "ops", "--management")
     process, url = start_portal(
-        {**primary, "DATABASE_REPLICA_URL": own_postgres.url("replica")}, tmp_path / "portal.log"
+        {**primary, "DATABASE_REPLICA_URL": own_postgres.url("replica")},
+        log=tmp_path / "portal.log",
     )
     try:
         assert chat(url, inference).status_code == 200  # written to the primary
@@ -50,8 +41,7 @@ def test_reports_read_the_replica_and_calls_write_the_primary(own_postgres, tmp_
             f"{url}/api/teams/acme/usage/summary/?group_by=model", headers=headers, timeout=10
         ).json()
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop(process)
     assert [row["request_id"] for row in listed["results"]] == ["only-on-the-replica"]
     assert [group["cost_usd"] for group in summary] == ["7.770000000000"]
     with psycopg.connect(own_postgres.url("tollgate"), autocommit=True) as conn:
