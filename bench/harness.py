@@ -30,14 +30,12 @@ import httpx2
 import psutil
 
 from bench.proxy_overhead import (
-    DB_URL,
-    REDIS_URL,
     ROOT,
-    ensure_database,
     free_port,
     manage,
     wait_for,
 )
+from bench.setup import bench_team, catalog_at, production_env
 
 CASE_S = float(os.environ.get("BENCH_CASE_S", "8"))
 WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "2"))
@@ -156,40 +154,14 @@ def start(command: list[str], env: dict) -> subprocess.Popen:
 
 
 def main() -> int:
-    ensure_database()
-    metrics_dir = tempfile.mkdtemp(prefix="tollgate-bench-metrics-")
-    env = {
-        **os.environ,
-        "DATABASE_URL": DB_URL,
-        "REDIS_URL": REDIS_URL,
-        "CELERY_BROKER_URL": "",
-        "DEBUG": "false",
-        "TOLLGATE_PLAIN_HTTP": "1",
-        "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789abcdef012345",
-        "TOLLGATE_KEY_PEPPER": "bench-pepper-0123456789abcdef",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-        "BENCH_UPSTREAM_KEY": "sk-bench",
-        "BENCH_UPSTREAM_CHUNKS": os.environ.get("BENCH_UPSTREAM_CHUNKS", "20"),
-    }
+    env = production_env(
+        PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="tollgate-bench-metrics-"),
+        BENCH_UPSTREAM_CHUNKS=os.environ.get("BENCH_UPSTREAM_CHUNKS", "20"),
+    )
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
-    manage(env, "migrate", "--no-input")
-    manage(env, "loadcatalog", "catalog/default.toml")
-    catalog = ROOT / "bench" / "results" / "harness-catalog.toml"
-    catalog.parent.mkdir(exist_ok=True)
-    catalog.write_text(
-        f'[[provider]]\nname = "global"\nbase_url = "{upstream}"\napi_key_env = "BENCH_UPSTREAM_KEY"\n'
-    )
-    manage(env, "loadcatalog", str(catalog))
-    slug = f"bench-{int(time.time())}"
-    manage(env, "createteam", slug, "--name", "Bench")
-    manage(env, "setbudget", slug, "1000000")
-    secret = (
-        manage(env, "issuekey", slug, "--name", "bench", "--rpm", "10000000")
-        .strip()
-        .splitlines()[-1]
-    )
+    catalog_at(env, upstream, "harness")
+    slug, secret = bench_team(env, "bench", budget="1000000", rpm="10000000")
     uvicorn = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
     upstream_proc = start([*uvicorn, "bench.upstream:app", "--port", str(up_port)], env)
     results = []

@@ -23,14 +23,12 @@ import httpx2
 import psutil
 
 from bench.proxy_overhead import (
-    DB_URL,
-    REDIS_URL,
     ROOT,
-    ensure_database,
     free_port,
     manage,
     wait_for,
 )
+from bench.setup import bench_team, catalog_at, production_env
 
 DURATION_S = float(os.environ.get("BENCH_SOAK_S", "600"))
 WARMUP_S = min(60.0, DURATION_S / 5)
@@ -39,39 +37,19 @@ MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken."}]
 
 
 def main() -> int:
-    ensure_database()
-    env = {
-        **os.environ,
-        "DATABASE_URL": DB_URL,
-        "REDIS_URL": REDIS_URL,
-        "CELERY_BROKER_URL": "",
-        "DEBUG": "false",
-        "TOLLGATE_PLAIN_HTTP": "1",
-        "SECRET_KEY": "soak-secret-key-0123456789abcdef0123456789abcdef012345",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "BENCH_UPSTREAM_KEY": "sk-bench",
-        "BENCH_UPSTREAM_FAIL_RATE": os.environ.get("BENCH_UPSTREAM_FAIL_RATE", "0.1"),
-        "BENCH_UPSTREAM_DELAY_S": os.environ.get("BENCH_UPSTREAM_DELAY_S", "0.02"),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = production_env(
+        LOG_LEVEL="WARNING",
+        BENCH_UPSTREAM_FAIL_RATE=os.environ.get("BENCH_UPSTREAM_FAIL_RATE", "0.1"),
+        BENCH_UPSTREAM_DELAY_S=os.environ.get("BENCH_UPSTREAM_DELAY_S", "0.02"),
+    )
     up_port, portal_port = free_port(), free_port()
-    upstream = f"http://127.0.0.1:{up_port}/v1"
-    manage(env, "migrate", "--no-input")
-    manage(env, "loadcatalog", "catalog/default.toml")
-    catalog = ROOT / "bench" / "results" / "soak-catalog.toml"
-    catalog.parent.mkdir(exist_ok=True)
-    catalog.write_text(
-        f'[[provider]]\nname = "global"\nbase_url = "{upstream}"\napi_key_env = "BENCH_UPSTREAM_KEY"\n'
-        '\n[[route]]\nname = "soak"\ntargets = ["deepseek-v4-flash", "qwen3-32b"]\nretries = 2\n'
+    catalog_at(
+        env,
+        f"http://127.0.0.1:{up_port}/v1",
+        "soak",
+        '\n[[route]]\nname = "soak"\ntargets = ["deepseek-v4-flash", "qwen3-32b"]\nretries = 2\n',
     )
-    manage(env, "loadcatalog", str(catalog))
-    slug = f"soak-{int(time.time())}"
-    manage(env, "createteam", slug, "--name", "Soak")
-    manage(env, "setbudget", slug, "100000")
-    secret = (
-        manage(env, "issuekey", slug, "--name", "soak", "--rpm", "1000000").strip().splitlines()[-1]
-    )
+    slug, secret = bench_team(env, "soak", budget="100000", rpm="1000000")
 
     uvicorn = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
     upstream_proc = subprocess.Popen(
