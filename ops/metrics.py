@@ -44,22 +44,17 @@ class InFlightCollector(Collector):
     (/readyz says so)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from django.db import connection
+        from django.utils import timezone
 
+        from usage.horizon import oldest_transaction_start
         from usage.models import MeteredCall
 
         try:
             count = MeteredCall.objects.in_flight().count()
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(xact_start)), 0) "
-                    "FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND backend_type = 'client backend' AND xact_start IS NOT NULL "
-                    "AND pid <> pg_backend_pid()"
-                )
-                oldest = float(cursor.fetchone()[0])
+            began = oldest_transaction_start()
         except DatabaseError:
             return
+        oldest = (timezone.now() - began).total_seconds() if began else 0.0
         yield GaugeMetricFamily(
             "tollgate_calls_in_flight",
             "Calls opened (budget reserved) and not yet recorded, in every gateway process",

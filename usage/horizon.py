@@ -22,15 +22,20 @@ from django.db import connection
 MARGIN = timedelta(seconds=2)
 
 
-def ledger_horizon(*, now: datetime, lag: timedelta) -> datetime:
-    """The latest `recorded_at` up to which every ledger row has committed."""
+def oldest_transaction_start() -> datetime | None:
+    """When the oldest transaction open in this database (other than this session's) began."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT min(xact_start) FROM pg_stat_activity "
             "WHERE datname = current_database() AND backend_type = 'client backend' "
             "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
         )
-        oldest = cursor.fetchone()[0]
+        return cursor.fetchone()[0]
+
+
+def ledger_horizon(*, now: datetime, lag: timedelta) -> datetime:
+    """The latest `recorded_at` up to which every ledger row has committed."""
+    oldest = oldest_transaction_start()
     horizon = now - lag
     if oldest is not None:
         horizon = min(horizon, oldest - MARGIN)
