@@ -46,3 +46,22 @@ def test_an_open_transaction_holds_the_horizon_and_the_rollups_back_until_it_end
     assert ledger_horizon(now=far, lag=timedelta(seconds=30)) == far - timedelta(seconds=30)
     rollup_advance(now=far)
     assert rollup_through() == far - timedelta(seconds=60)
+
+
+def test_metrics_show_how_long_the_oldest_transaction_has_been_open():
+    from ops.metrics import InFlightCollector
+
+    def oldest() -> float:
+        families = {f.name: f for f in InFlightCollector().collect()}
+        return families["tollgate_database_oldest_transaction_seconds"].samples[0].value
+
+    other = open_transaction()
+    try:
+        import time
+
+        time.sleep(1.1)
+        assert oldest() >= 1.0
+    finally:
+        other.rollback()
+        other.close()
+    assert oldest() < 1.0
