@@ -2,16 +2,17 @@
 
 import hashlib
 import hmac
+import json
+import logging
 import secrets
 import string
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.template.loader import render_to_string
@@ -19,7 +20,10 @@ from django.utils import timezone
 
 from accounts.audit import audit, diff, webhook_shown
 from accounts.models import ApiKey, Invitation, Membership, Team
+from portal.logs import warn_at_most_every
 from usage.budgets import budget_set
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIXES = {ApiKey.Kind.INFERENCE: "tgk_", ApiKey.Kind.MANAGEMENT: "tgm_"}
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
@@ -187,8 +191,7 @@ def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
             key.revoked_at = now or timezone.now()
             key.save(update_fields=["revoked_at"])
             audit(team=key.team, action="key.revoke", target=key.prefix, changes={"name": key.name})
-    _local_principals.pop(key.prefix, None)
-    cache.delete(_principal_cache_key(key.prefix))
+    _principal_forget(key.prefix)
     return key
 
 
@@ -217,19 +220,23 @@ class KeyPrincipal:
         return not self.allowed_models or model_name in self.allowed_models
 
 
-def _principal_cache_key(prefix: str) -> str:
-    # v2: principals carry the key's role; entries cached before it existed are not read.
-    return f"apikey:v2:{prefix}"
-
-
 _last_used_written: dict[int, datetime] = {}
 
-# In front of the shared cache, each process keeps the principals it met in the last
-# TOLLGATE_KEY_LOCAL_CACHE_S seconds: most calls then need no round trip at all to check
-# their key. The price is bounded staleness: a key revoked in another process stops working
-# here within that many seconds (at once in the process that revoked it).
+# How a key is checked, fastest first:
+#   1. each process keeps the principals it met in the last TOLLGATE_KEY_LOCAL_CACHE_S
+#      seconds: most calls need no round trip at all. The price is bounded staleness: a key
+#      revoked in another process stops working here within that many seconds (at once in
+#      the process that revoked it);
+#   2. Redis keeps them TOLLGATE_KEY_CACHE_S seconds for every process (one GET);
+#   3. the database.
+# /v1 checks keys on the event loop (`api_key_authenticate_async`, portal.aio), the rest of
+# the site synchronously (`api_key_authenticate`); both read and write the same entries.
 _local_principals: dict[str, tuple[float, "KeyPrincipal"]] = {}
 _LOCAL_PRINCIPALS_MAX = 10_000
+
+
+def _shared_key(prefix: str) -> str:
+    return f"tollgate:apikey:v3:{prefix}"
 
 
 def _local_principal(prefix: str) -> "KeyPrincipal | None":
@@ -251,13 +258,64 @@ def _local_principal_keep(principal: "KeyPrincipal") -> None:
     _local_principals[principal.prefix] = (time.monotonic() + ttl, principal)
 
 
-def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrincipal:
-    """Return the principal for a bearer secret, or raise InvalidKey saying why not.
+def _principal_dumps(principal: "KeyPrincipal") -> str:
+    fields = asdict(principal)
+    fields["allowed_models"] = list(principal.allowed_models)
+    fields["expires_at"] = principal.expires_at.isoformat() if principal.expires_at else None
+    return json.dumps(fields)
 
-    Active keys are cached for TOLLGATE_KEY_CACHE_S seconds so a call costs
-    one cache read, not a query; revoking a key clears its cache entry.
-    """
-    now = now or timezone.now()
+
+def _principal_loads(raw: bytes | str | None) -> "KeyPrincipal | None":
+    if raw is None:
+        return None
+    try:
+        fields = json.loads(raw)
+        fields["allowed_models"] = tuple(fields["allowed_models"])
+        if fields["expires_at"]:
+            fields["expires_at"] = datetime.fromisoformat(fields["expires_at"])
+        return KeyPrincipal(**fields)
+    except (ValueError, TypeError, KeyError):
+        return None  # an entry from another version: read the database
+
+
+def _redis_failed(exc: Exception) -> None:
+    warn_at_most_every(
+        60, logger, "keys-redis", "API keys are checked against the database: Redis fails: %s", exc
+    )
+
+
+def _sync_redis():
+    if not settings.REDIS_URL:
+        return None
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+def _principal_forget(prefix: str) -> None:
+    """Drop a key's cached principal here and in Redis (revoked, re-hashed)."""
+    _local_principals.pop(prefix, None)
+    client = _sync_redis()
+    if client is not None:
+        try:
+            client.delete(_shared_key(prefix))
+        except Exception as exc:
+            _redis_failed(exc)
+
+
+async def _principal_forget_async(prefix: str) -> None:
+    from portal import aio
+
+    _local_principals.pop(prefix, None)
+    client = aio.redis_client()
+    if client is not None:
+        try:
+            await client.delete(_shared_key(prefix))
+        except Exception as exc:
+            _redis_failed(exc)
+
+
+def _key_prefix(secret: str) -> str:
     prefix = secret[:PREFIX_LEN]
     if (
         len(secret) < PREFIX_LEN + 2
@@ -265,61 +323,151 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
         or prefix[:4] not in KEY_PREFIXES.values()
     ):
         raise InvalidKey("Incorrect API key provided.")
-    principal = _local_principal(prefix) or cache.get(_principal_cache_key(prefix))
-    if principal is None:
-        key = ApiKey.objects.select_related("team").filter(prefix=prefix).first()
-        if key is None:
-            raise InvalidKey("Incorrect API key provided.")
-        if key.revoked_at is not None:
-            raise InvalidKey("This API key has been revoked.")
-        principal = KeyPrincipal(
-            key_id=key.id,
-            prefix=key.prefix,
-            kind=key.kind,
-            role=key.role,
-            team_id=key.team_id,
-            team_slug=key.team.slug,
-            allowed_models=tuple(key.allowed_models),
-            rpm_limit=key.rpm_limit,
-            tpm_limit=key.tpm_limit,
-            expires_at=key.expires_at,
-            secret_hash=key.secret_hash,
-        )
-        cache.set(_principal_cache_key(prefix), principal, settings.TOLLGATE_KEY_CACHE_S)
-    matched = _key_pepper_matched(stored=principal.secret_hash, secret=secret)
-    if matched is not None and prefix not in _local_principals:
-        _local_principal_keep(principal)
-    if matched is None:
+    return prefix
+
+
+_PRINCIPAL_COLUMNS = (
+    "id",
+    "prefix",
+    "kind",
+    "role",
+    "team_id",
+    "team__slug",
+    "allowed_models",
+    "rpm_limit",
+    "tpm_limit",
+    "expires_at",
+    "secret_hash",
+    "revoked_at",
+)
+
+
+def _principal_of_row(row: tuple | None) -> "KeyPrincipal":
+    if row is None:
         raise InvalidKey("Incorrect API key provided.")
+    (key_id, prefix, kind, role, team_id, slug, allowed, rpm, tpm, expires, hashed, revoked) = row
+    if revoked is not None:
+        raise InvalidKey("This API key has been revoked.")
+    if isinstance(allowed, str):  # the ORM hands jsonb over as text
+        allowed = json.loads(allowed)
+    return KeyPrincipal(
+        key_id=key_id,
+        prefix=prefix,
+        kind=kind,
+        role=role,
+        team_id=team_id,
+        team_slug=slug,
+        allowed_models=tuple(allowed or ()),
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        expires_at=expires,
+        secret_hash=hashed,
+    )
+
+
+def _principal_query(prefix: str):
+    return ApiKey.objects.filter(prefix=prefix).values_list(*_PRINCIPAL_COLUMNS)
+
+
+def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrincipal:
+    """Return the principal for a bearer secret, or raise InvalidKey saying why not."""
+    now = now or timezone.now()
+    prefix = _key_prefix(secret)
+    principal = _local_principal(prefix)
+    client = _sync_redis() if principal is None else None
+    if principal is None and client is not None:
+        try:
+            principal = _principal_loads(client.get(_shared_key(prefix)))
+        except Exception as exc:
+            _redis_failed(exc)
+    if principal is None:
+        principal = _principal_of_row(_principal_query(prefix).first())
+        if client is not None:
+            try:
+                client.set(
+                    _shared_key(prefix),
+                    _principal_dumps(principal),
+                    ex=settings.TOLLGATE_KEY_CACHE_S,
+                )
+            except Exception as exc:
+                _redis_failed(exc)
+    matched = _principal_matched(principal, secret, now)
     if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:
-        _key_rehash(principal, secret_hash=key_hash(secret))
-    if principal.expires_at is not None and principal.expires_at <= now:
-        raise InvalidKey("This API key has expired.")
-    _touch_last_used(principal.key_id, now)
+        ApiKey.objects.filter(id=principal.key_id, secret_hash=principal.secret_hash).update(
+            secret_hash=key_hash(secret)
+        )
+        _principal_forget(principal.prefix)
+    if _last_used_due(principal.key_id, now):
+        ApiKey.objects.filter(id=principal.key_id).update(last_used_at=now)
     return principal
 
 
-def _key_rehash(principal: KeyPrincipal, *, secret_hash: str) -> None:
-    # The key matched an earlier pepper: store its hash under the current one, so that
-    # pepper can be dropped from the fallbacks. Only if the stored hash is still the one
-    # that matched (another process may have re-hashed it first). The cache entry is
-    # dropped, not rewritten: a revocation that cleared it meanwhile must not be undone,
-    # so the next call reads the key (and its revoked_at) from the database again.
-    ApiKey.objects.filter(id=principal.key_id, secret_hash=principal.secret_hash).update(
-        secret_hash=secret_hash
-    )
-    _local_principals.pop(principal.prefix, None)
-    cache.delete(_principal_cache_key(principal.prefix))
+async def api_key_authenticate_async(*, secret: str, now: datetime | None = None) -> KeyPrincipal:
+    """`api_key_authenticate` on the event loop (portal.aio), for /v1: from this process's
+    memory on most calls, else one Redis GET, else one query."""
+    from portal import aio
+
+    now = now or timezone.now()
+    prefix = _key_prefix(secret)
+    principal = _local_principal(prefix)
+    client = aio.redis_client() if principal is None else None
+    if principal is None and client is not None:
+        try:
+            principal = _principal_loads(await client.get(_shared_key(prefix)))
+        except Exception as exc:
+            _redis_failed(exc)
+    if principal is None:
+        query = _principal_query(prefix)[:1].query
+        sql, params = query.get_compiler("default").as_sql()
+        rows = await aio.fetch(sql, params)
+        principal = _principal_of_row(rows[0] if rows else None)
+        if client is not None:
+            try:
+                await client.set(
+                    _shared_key(prefix),
+                    _principal_dumps(principal),
+                    ex=settings.TOLLGATE_KEY_CACHE_S,
+                )
+            except Exception as exc:
+                _redis_failed(exc)
+    matched = _principal_matched(principal, secret, now)
+    if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:
+        await aio.fetch(
+            "UPDATE accounts_apikey SET secret_hash = %s WHERE id = %s AND secret_hash = %s",
+            [key_hash(secret), principal.key_id, principal.secret_hash],
+        )
+        await _principal_forget_async(principal.prefix)
+    if _last_used_due(principal.key_id, now):
+        await aio.fetch(
+            "UPDATE accounts_apikey SET last_used_at = %s WHERE id = %s", [now, principal.key_id]
+        )
+    return principal
 
 
-def _touch_last_used(key_id: int, now: datetime) -> None:
+def _principal_matched(principal: "KeyPrincipal", secret: str, now: datetime) -> int:
+    """Which pepper the secret matched (0: the current one), else InvalidKey. A key that
+    matched an earlier pepper is re-hashed under the current one by the caller, only if
+    its stored hash is still the one that matched (another process may have done it first);
+    its cached entries are then dropped, not rewritten, so a revocation that cleared them
+    meanwhile is not undone."""
+    matched = _key_pepper_matched(stored=principal.secret_hash, secret=secret)
+    if matched is None:
+        raise InvalidKey("Incorrect API key provided.")
+    if principal.prefix not in _local_principals:
+        _local_principal_keep(principal)
+    if principal.expires_at is not None and principal.expires_at <= now:
+        raise InvalidKey("This API key has expired.")
+    return matched
+
+
+def _last_used_due(key_id: int, now: datetime) -> bool:
     # At most one write a minute per key and process: last_used_at is for
     # humans spotting idle keys, not worth a query on every call.
     last = _last_used_written.get(key_id)
     if last is not None and now - last < timedelta(seconds=60):
-        return
+        return False
     _last_used_written[key_id] = now
-    ApiKey.objects.filter(id=key_id).update(last_used_at=now)
+    return True
 
 
 def team_settings_update(*, team: Team, **fields) -> Team:

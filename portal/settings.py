@@ -399,6 +399,11 @@ TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
 # Each process also keeps the keys it met this long (no round trip to check them); a key
 # revoked in another process stops working here within it. 0: always ask the cache.
 TOLLGATE_KEY_LOCAL_CACHE_S = env.float("TOLLGATE_KEY_LOCAL_CACHE_S", default=2.0)
+# The /v1 hot path's own connections (portal.aio), per web process: PostgreSQL (async
+# pool, waits DB_POOL_TIMEOUT_S for a free one) and Redis (waits this long for a free one).
+TOLLGATE_ASYNC_DB_POOL_MAX = env.int("TOLLGATE_ASYNC_DB_POOL_MAX", default=20)
+TOLLGATE_REDIS_POOL_MAX = env.int("TOLLGATE_REDIS_POOL_MAX", default=50)
+TOLLGATE_REDIS_POOL_TIMEOUT_S = env.float("TOLLGATE_REDIS_POOL_TIMEOUT_S", default=1.0)
 
 # Budget-alert webhooks may be plain http and point at private addresses (loopback, LAN):
 # for local runs and tests only; in production a webhook must be https and public.

@@ -6,14 +6,17 @@ synchronous middleware costs two thread hops per request under ASGI, a
 large share of the proxy's own latency, so /v1 gets a handler without them.
 """
 
+import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.urls import set_script_prefix, set_urlconf
 
 from portal.logs import new_request_id
 from routing.errors import ProxyError, log_unmetered, request_too_large
@@ -24,9 +27,10 @@ logger = logging.getLogger(__name__)
 class ProxyHandler(ASGIHandler):
     """Django's ASGI handler without settings.MIDDLEWARE; URL routing and views as usual.
 
-    Django gives every request a new thread for its synchronous work and
-    joins it at the end; here each request borrows a single-thread executor
-    from a free list and gives it back, so threads are made once, not per call.
+    A call's path makes no thread hop (portal.aio, routing.proxy). What still runs
+    synchronously (the model list, a key's rare database read) would get a new thread
+    per request from Django; here each request borrows a single-thread executor from a
+    free list and gives it back, so threads are made once, not per call.
     """
 
     MAX_IDLE_EXECUTORS = 64
@@ -49,6 +53,67 @@ class ProxyHandler(ASGIHandler):
                 self._idle_executors.append(executor)
             else:
                 executor.shutdown(wait=False)
+
+    async def handle(self, scope, receive, send):
+        """Django's ASGIHandler.handle without its two thread hops per request: the
+        request_started / request_finished signals (their receivers tidy the ORM
+        connections of the thread they run on; /v1 makes its queries on the event
+        loop, portal.aio) and the response's close, called here directly."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request(request, send):
+            response = await self.get_response_async(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client left while it was sent
+            return response
+
+        # As Django does: a client that disconnects cancels the view (routing.proxy).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            pass
+        else:
+            response.close()
+        body_file.close()
+
+    async def get_response_async(self, request):
+        # Django's, without the hop to log a 4xx/5xx: /v1 logs each request itself, once.
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        return response
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []
@@ -98,6 +163,9 @@ async def _lifespan(receive, send):
                 logger.warning(
                     "%d call(s) still running at shutdown; the sweeper records them", left
                 )
+            from portal import aio
+
+            await aio.close_pools()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import httpx2
 import openai
-from asgiref.sync import sync_to_async
 
 from routing.cooldowns import cooldown_note_failure
 from routing.errors import ProxyError, sanitized, upstream_error
@@ -164,9 +163,7 @@ class AttemptPlan:
             self.retry_at[model.name] = time.monotonic() + failure.retry_after
         # Shared with every worker; a cache failure must not fail the call.
         try:
-            await sync_to_async(cooldown_note_failure, thread_sensitive=False)(
-                model.name, retry_after=failure.retry_after
-            )
+            await cooldown_note_failure(model.name, retry_after=failure.retry_after)
         except Exception:
             logger.exception("could not record a cooldown for %s", model.name)
 

@@ -26,7 +26,7 @@ from routing.attempts import AttemptFailure, AttemptPlan, UpstreamStreamError, c
 from routing.cooldowns import cooling
 from routing.errors import ProxyError
 from routing.ratelimits import RateCheck, ratelimit_check, ratelimit_settle
-from routing.selectors import ModelInfo, catalog_snapshot
+from routing.selectors import ModelInfo, catalog_snapshot_async
 from routing.strategies import order_targets, request_needs
 from routing.tokens import TokenBounds
 from routing.upstream import upstream_post
@@ -37,8 +37,8 @@ from usage.metering import (
     Outcome,
     OverBudget,
     Status,
-    meter_open,
-    meter_refuse,
+    meter_open_async,
+    meter_refuse_async,
     observed_latencies,
 )
 from usage.pricing import Tokens, unpriced_direction
@@ -130,7 +130,7 @@ class Call:
         # sweeper and is logged with what it would have written; the client,
         # whose work was done, still gets its answer.
         try:
-            await asyncio.shield(sync_to_async(_record, thread_sensitive=False)(self))
+            await asyncio.shield(_record(self))
         except Exception:
             outcomes = [(o.status, o.model, str(o.tokens), str(c)) for o, c in self.meter.outcomes]
             logger.exception("could not record %s: %s", self.request_id, outcomes)
@@ -139,11 +139,11 @@ class Call:
         """Before the upstream is called: a client already gone gets no upstream call; the
         call is recorded as never sent, and the caller stops."""
         if self.client_gone:
-            await sync_to_async(call_abandon_unsent, thread_sensitive=False)(self)
+            await call_abandon_unsent(self)
             raise asyncio.CancelledError
 
 
-def call_abandon_unsent(call: Call) -> None:
+async def call_abandon_unsent(call: Call) -> None:
     """The client left before its call was sent upstream: record it, at no cost, at once."""
     model = call.candidates[0]
     call.meter.attempt(
@@ -156,19 +156,13 @@ def call_abandon_unsent(call: Call) -> None:
             error_message="The client disconnected before the call was sent upstream.",
         )
     )
-    try:
-        call.meter.close()
-    finally:
-        connection.close()
+    await call.meter.close_async()
 
 
-def _record(call: Call) -> None:
-    try:
-        call.meter.close()
-        counted = sum(o.tokens.total for o, _ in call.meter.outcomes)
-        ratelimit_settle(call.rate, tokens=counted)
-    finally:
-        connection.close()  # back to the pool; this thread serves other calls
+async def _record(call: Call) -> None:
+    await call.meter.close_async()
+    counted = sum(o.tokens.total for o, _ in call.meter.outcomes)
+    await ratelimit_settle(call.rate, tokens=counted)
 
 
 def counted_tokens(
@@ -223,19 +217,27 @@ class RecentLatencies:
     def __init__(self):
         self._fetched_at, self._values = float("-inf"), {}
 
-    def get(self) -> dict[str, dict]:
+    async def get(self) -> dict[str, dict]:
+        """The latencies as they are, while one task reads them afresh (in a thread, from
+        the ledger) every REFRESH_S; only the first call of a process waits for them."""
         if time.monotonic() - self._fetched_at >= self.REFRESH_S:
-            # No lock, for the same reason as the catalog snapshot: never wait on a
-            # lock while holding a pooled connection another lock holder may need.
-            self._values = observed_latencies(since=timezone.now() - self.WINDOW)
             self._fetched_at = time.monotonic()
+            refresh = asyncio.ensure_future(sync_to_async(self._read, thread_sensitive=False)())
+            if not self._values:
+                await asyncio.shield(refresh)
         return self._values
+
+    def _read(self) -> None:
+        try:
+            self._values = observed_latencies(since=timezone.now() - self.WINDOW)
+        finally:
+            connection.close()
 
 
 recent_latencies = RecentLatencies()
 
 
-def call_prepare(
+async def call_prepare(
     *, principal: KeyPrincipal, endpoint: str, body: dict, request_id: str, now: datetime
 ) -> Call:
     """Resolve the requested model or route to the models that may serve it, and open the call.
@@ -245,7 +247,7 @@ def call_prepare(
     call's meter is open (budgets reserved, in-flight record written) before
     any upstream is contacted.
     """
-    catalog = catalog_snapshot()
+    catalog = await catalog_snapshot_async()
     name = body["model"]
     bounds = TokenBounds.of_chat(body) if endpoint == CHAT else TokenBounds.of_embeddings(body)
     # A model's name always means the model: a route can never shadow it.
@@ -264,8 +266,8 @@ def call_prepare(
     )
     call = Call(facts=facts, principal=principal, candidates=[], bounds=bounds)
 
-    def refuse(error: ProxyError, refused_model: ModelInfo | None = None):
-        meter_refuse(
+    async def refuse(error: ProxyError, refused_model: ModelInfo | None = None):
+        await meter_refuse_async(
             facts=facts,
             now=now,
             outcome=Outcome(
@@ -286,7 +288,7 @@ def call_prepare(
     global_deadline = settings.TOLLGATE_CALL_DEADLINE_S
     if route is not None:
         if not route_allowed(principal, route):
-            refuse(
+            await refuse(
                 ProxyError(
                     403,
                     f"This API key is not allowed to use the route `{name}`.",
@@ -304,15 +306,15 @@ def call_prepare(
             targets=targets,
             bounds=bounds,
             needs=request_needs(body) if endpoint == CHAT else set(),
-            latencies=recent_latencies.get() if route.strategy == "fastest" else {},
+            latencies=await recent_latencies.get() if route.strategy == "fastest" else {},
             stream=bool(body.get("stream")),
         )
-        cold = cooling([m.name for m in ordered])
+        cold = await cooling([m.name for m in ordered])
         # Cooling targets sit out unless nothing else is left.
         call.candidates = [m for m in ordered if m.name not in cold] or ordered
         call.deadline_s, call.retries = min(route.deadline_s, global_deadline), route.retries
         if not call.candidates:
-            refuse(
+            await refuse(
                 ProxyError(
                     400,
                     f"No model of the route `{name}` can serve this request (capabilities, context window, "
@@ -323,7 +325,7 @@ def call_prepare(
             )
     else:
         if model is None:
-            refuse(
+            await refuse(
                 ProxyError(
                     404,
                     f"The model `{name}` does not exist or you do not have access to it.",
@@ -332,7 +334,7 @@ def call_prepare(
                 )
             )
         if not principal.may_use(name):
-            refuse(
+            await refuse(
                 ProxyError(
                     403,
                     f"This API key is not allowed to use the model `{name}`.",
@@ -342,7 +344,7 @@ def call_prepare(
                 model,
             )
         if not model.can(capability):
-            refuse(
+            await refuse(
                 ProxyError(
                     400,
                     f"The model `{name}` does not support {capability}.",
@@ -353,7 +355,7 @@ def call_prepare(
             )
         direction = unpriced_direction(model.prices, needs_output=needs_output)
         if direction is not None:
-            refuse(
+            await refuse(
                 ProxyError(
                     400,
                     f"The model `{name}` has no {direction} price in this gateway's catalog, so its calls "
@@ -369,7 +371,7 @@ def call_prepare(
     # TPM counts the most the call can use, as budgets do; what it did not use
     # is given back when it is recorded.
     ceilings = [(m.prices, bounds.ceiling(m)) for m in call.candidates]
-    rate = ratelimit_check(
+    rate = await ratelimit_check(
         key_id=principal.key_id,
         rpm=principal.rpm_limit,
         tpm=principal.tpm_limit,
@@ -388,12 +390,12 @@ def call_prepare(
         )
     call.rate = rate
     try:
-        call.meter = meter_open(
+        call.meter = await meter_open_async(
             facts=facts, worst_case=ceilings, deadline_s=call.deadline_s, now=now
         )
     except OverBudget as exc:
-        ratelimit_settle(rate, tokens=0)
-        refuse(
+        await ratelimit_settle(rate, tokens=0)
+        await refuse(
             ProxyError(
                 429,
                 str(exc),

@@ -196,15 +196,13 @@ def provider_secrets() -> list[str]:
     upstream that echoes one, in any shape, has it removed by its exact value."""
     import os
 
-    from routing.selectors import catalog_snapshot
+    from routing.selectors import catalog_snapshot_held
 
-    # Every variable that looks like a key, and (when the catalog can be read) every one
-    # the catalog names: an error path must not depend on the database answering.
+    # Every variable that looks like a key, and every one the catalog this process holds
+    # names: an error path must not depend on the database answering, nor block the loop.
     names = {name for name in os.environ if name.endswith(("_API_KEY", "_KEY", "_TOKEN"))}
-    try:
-        names |= {m.provider.api_key_env for m in catalog_snapshot().models.values()}
-    except Exception:  # noqa: BLE001 - the database may be what failed
-        pass
+    if (catalog := catalog_snapshot_held()) is not None:
+        names |= {m.provider.api_key_env for m in catalog.models.values()}
     return sorted(
         (value for name in names if name and len(value := os.environ.get(name, "")) >= 6),
         key=len,

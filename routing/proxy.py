@@ -9,17 +9,15 @@ import asyncio
 import json
 import math
 import re
-import threading
 
 from adrf.views import APIView
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import APIException
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import IsAuthenticated
@@ -46,7 +44,7 @@ from routing.errors import (
     proxy_exception_handler,
     request_too_large,
 )
-from routing.selectors import catalog_snapshot
+from routing.selectors import catalog_snapshot_async
 from routing.streaming import RelayBody, abandon_relay, call_stream
 
 
@@ -139,6 +137,49 @@ class ProxyView(APIView):
         # A refusal the meter recorded was logged with the call's line.
         self.metered = self.metered or getattr(exc, "recorded", False)
         return super().handle_exception(exc)
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        """adrf's dispatch without its thread hop for `initial`: the key check, the body and
+        the call's preparation are awaited on the event loop (portal.aio)."""
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            await self.initial_async(request, *args, **kwargs)
+            method = request.method.lower()
+            handler = getattr(self, method, None) if method in self.http_method_names else None
+            if handler is None:
+                self.http_method_not_allowed(request, *args, **kwargs)  # raises
+            response = await handler(request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+    async def initial_async(self, request, *args, **kwargs):
+        """DRF's `initial` (negotiation, versioning, authentication, permissions; /v1 has
+        no throttles: its limits are the call's), with the key checked asynchronously."""
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(
+            request
+        )
+        request.version, request.versioning_scheme = self.determine_version(
+            request, *args, **kwargs
+        )
+        for authenticator in request.authenticators:
+            try:
+                principal = await authenticator.authenticate_async(request)
+            except APIException:
+                request._not_authenticated()
+                raise
+            if principal is not None:
+                request._authenticator = authenticator
+                request.user, request.auth = principal
+                break
+        else:
+            request._not_authenticated()
+        self.check_permissions(request)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -345,14 +386,13 @@ def _json_response(call, payload, model, cost) -> HttpResponse:
 
 
 class ProxyCallView(ProxyView):
-    """A metered call. Everything synchronous before the upstream call (key
-    check, body validation, catalog, access, prices, in-flight record) runs
-    in adrf's one thread hop for `initial`; the handler then only awaits.
+    """A metered call. Everything before the upstream call (key check, body validation,
+    catalog, access, limits, prices, reservation) is awaited in `initial_async`; the
+    handler then hands the call to `detached`, which owns it from there.
 
-    A client can leave at any moment. Once the handler hands the call to
-    `detached`, that task owns it; before, the call may have been opened in
-    `initial`'s thread while the client was leaving, and whichever of the two
-    sides learns last (under `_handoff`) records it as never sent upstream.
+    A client can leave at any moment. If it leaves while the call is being prepared, the
+    preparation still finishes (shielded), and a call it opened is recorded at once as
+    never sent upstream.
     """
 
     endpoint: str
@@ -362,47 +402,39 @@ class ProxyCallView(ProxyView):
         return self.call
 
     def initialize_request(self, request, *args, **kwargs):
-        self._handoff = threading.Lock()
-        self._client_gone = self._handed_off = False
         self.call = None
         return super().initialize_request(request, *args, **kwargs)
 
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
+    async def initial_async(self, request, *args, **kwargs):
+        await super().initial_async(request, *args, **kwargs)
         if request.method == "POST":
             self.body = type(self).validate(request.data)
-            try:
-                call = call_prepare(
+            preparing = asyncio.ensure_future(
+                call_prepare(
                     principal=request.user,
                     endpoint=self.endpoint,
                     body=self.body,
                     request_id=self.request_id,
                     now=timezone.now(),
                 )
-                with self._handoff:
-                    self.call, orphaned = call, self._client_gone
-                if orphaned:
-                    call_abandon_unsent(call)
-            finally:
-                # Back to the pool before the upstream call: a long stream must
-                # not hold a database connection it does not use.
-                connection.close()
-
-    async def async_dispatch(self, request, *args, **kwargs):
-        try:
-            return await super().async_dispatch(request, *args, **kwargs)
-        except asyncio.CancelledError:
-            with self._handoff:
-                self._client_gone = True
-                call = None if self._handed_off else self.call
-            if call is not None:
-                detached.spawn(sync_to_async(call_abandon_unsent, thread_sensitive=False)(call))
-            raise
+            )
+            try:
+                self.call = await asyncio.shield(preparing)
+            except asyncio.CancelledError:
+                preparing.add_done_callback(_abandon_if_opened)
+                raise
 
     def hand_off(self, coroutine, **kwargs):
         """Give the call to a task that outlives the client (routing.calls.detached)."""
-        self._handed_off = True
         return detached.run(self.call, coroutine, **kwargs)
+
+
+def _abandon_if_opened(preparing: asyncio.Future) -> None:
+    """Done-callback of a preparation whose client left: a call it opened is recorded as
+    never sent; a refusal it raised was recorded already."""
+    if preparing.cancelled() or preparing.exception() is not None:
+        return
+    detached.spawn(call_abandon_unsent(preparing.result()))
 
 
 class ChatCompletionsView(ProxyCallView):
@@ -451,8 +483,7 @@ class EmbeddingsView(ProxyCallView):
         return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
 
 
-def _model_entries(principal):
-    catalog = catalog_snapshot()
+def _model_entries(principal, catalog):
     entries = []
     for model in sorted(catalog.models.values(), key=lambda m: m.name):
         if principal.may_use(model.name):
@@ -486,7 +517,7 @@ class ModelListView(ProxyView):
         parameters=[openapi.REQUEST_ID],
     )
     async def get(self, request):
-        entries = await sync_to_async(_model_entries)(request.user)
+        entries = _model_entries(request.user, await catalog_snapshot_async())
         return JsonResponse({"object": "list", "data": entries})
 
 
@@ -512,7 +543,7 @@ class ModelDetailView(ProxyView):
         ],
     )
     async def get(self, request, model_id):
-        entries = await sync_to_async(_model_entries)(request.user)
+        entries = _model_entries(request.user, await catalog_snapshot_async())
         for entry in entries:
             if entry["id"] == model_id:
                 return JsonResponse(entry)

@@ -1,7 +1,7 @@
 """Per-key requests and tokens per minute, in fixed one-minute windows.
 
 Counted in Redis when REDIS_URL is set, so every worker shares the count
-(one pipelined round trip per call: INCRBY and EXPIRE for each limit);
+(one pipelined round trip per call, on the event loop: INCRBY and EXPIRE for each limit);
 in process memory otherwise, and while Redis does not answer: then each process
 enforces the limits on its own (a key may get up to the limit from each process
 until Redis is back), with one warning a minute in the log. A request's tokens are the most it can use
@@ -17,8 +17,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-
-from django.conf import settings
 
 from portal.logs import warn_at_most_every
 
@@ -65,19 +63,22 @@ class _MemoryCounter:
 _memory = _MemoryCounter()
 
 
-def _incr(amounts: dict[str, int], window: int, *, local: bool = False) -> tuple[list[int], bool]:
+async def _incr(
+    amounts: dict[str, int], window: int, *, local: bool = False
+) -> tuple[list[int], bool]:
     """The counts after adding `amounts`, and whether they were counted locally."""
-    if local or not settings.REDIS_URL:
-        return _memory.incr(amounts, window), True
-    from django_redis import get_redis_connection
+    from portal import aio
 
+    client = None if local else aio.redis_client()
+    if client is None:
+        return _memory.incr(amounts, window), True
     try:
-        pipe = get_redis_connection("default").pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for key, amount in amounts.items():
             pipe.incrby(key, amount)
             pipe.expire(key, WINDOW_S * 2)
-        return pipe.execute()[::2], False
-    except Exception as exc:  # any failure of Redis: connection, timeout, a full pool
+        return (await pipe.execute())[::2], False
+    except Exception as exc:  # any failure of Redis: connection, timeout, no free connection
         warn_at_most_every(
             60,
             logger,
@@ -93,7 +94,7 @@ def _duration(seconds: float) -> str:
     return f"{math.ceil(seconds)}s" if seconds >= 1 else f"{max(1, int(seconds * 1000))}ms"
 
 
-def ratelimit_check(
+async def ratelimit_check(
     *, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None
 ) -> RateCheck:
     if not rpm and not tpm:
@@ -106,7 +107,7 @@ def ratelimit_check(
         limits["requests"] = (f"tollgate:rl:{key_id}:{window}:r", rpm, 1)
     if tpm:
         limits["tokens"] = (f"tollgate:rl:{key_id}:{window}:t", tpm, tokens)
-    counts, local = _incr({key: amount for key, _, amount in limits.values()}, window)
+    counts, local = await _incr({key: amount for key, _, amount in limits.values()}, window)
     check = RateCheck(allowed=True, window=window, local=local)
     if "tokens" in limits:
         check.tokens_key, check.tokens_counted = limits["tokens"][0], tokens
@@ -120,7 +121,7 @@ def ratelimit_check(
             )
     if not check.allowed:
         # A refused request does not count: give its amounts back.
-        _incr({key: -amount for key, _, amount in limits.values()}, window, local=local)
+        await _incr({key: -amount for key, _, amount in limits.values()}, window, local=local)
         counts = [used - amount for (_, _, amount), used in zip(limits.values(), counts)]
         check.tokens_key, check.tokens_counted = "", 0
         check.retry_after = math.ceil(reset_in)
@@ -132,11 +133,11 @@ def ratelimit_check(
     return check
 
 
-def ratelimit_settle(check: RateCheck | None, *, tokens: int) -> None:
+async def ratelimit_settle(check: RateCheck | None, *, tokens: int) -> None:
     """Count what an admitted call really used instead of what it was admitted at: unused
     tokens go back, and an upstream's overproduction is charged to the window."""
     if check is None or not check.tokens_key or tokens == check.tokens_counted:
         return
     delta, check.tokens_counted = tokens - check.tokens_counted, tokens
     # Where it was counted (Redis down meanwhile: this process's memory takes it).
-    _incr({check.tokens_key: delta}, check.window, local=check.local)
+    await _incr({check.tokens_key: delta}, check.window, local=check.local)

@@ -9,12 +9,15 @@ about a second, and the process that made it at once. CATALOG_MAX_AGE_S
 bounds staleness when there is no shared cache.
 """
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -168,6 +171,38 @@ def catalog_snapshot() -> Catalog:
     catalog = _build_catalog(timezone.now())
     _snapshot, _snapshot_version, _snapshot_monotonic = catalog, version, time.monotonic()
     return catalog
+
+
+_refreshing: "asyncio.Task | None" = None
+
+
+def catalog_snapshot_held() -> Catalog | None:
+    """The catalog this process holds, as it is (None before its first call): no I/O."""
+    return _snapshot
+
+
+async def catalog_snapshot_async() -> Catalog:
+    """The catalog for the /v1 hot path, without blocking the event loop: the snapshot as
+    it is while one task (per process) checks it in a thread once a second; only a
+    process with no snapshot yet waits for it."""
+    global _refreshing
+    snapshot = _snapshot
+    if snapshot is not None and time.monotonic() - _checked_monotonic < CATALOG_CHECK_S:
+        return snapshot
+    if _refreshing is None or _refreshing.done():
+        _refreshing = asyncio.ensure_future(
+            sync_to_async(_snapshot_checked, thread_sensitive=False)()
+        )
+    if snapshot is None:
+        return await asyncio.shield(_refreshing)
+    return snapshot
+
+
+def _snapshot_checked() -> Catalog:
+    try:
+        return catalog_snapshot()
+    finally:
+        connection.close()  # back to the pool: this thread serves other work
 
 
 def catalog_changed() -> None:

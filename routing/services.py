@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -444,7 +444,12 @@ def compare_run(
         body["temperature"] = temperature
 
     async def run():
-        return await asyncio.gather(*[_compare_one(principal, body, m) for m in models])
+        from portal import aio
+
+        try:
+            return await asyncio.gather(*[_compare_one(principal, body, m) for m in models])
+        finally:
+            await aio.close_pools()  # this event loop ends here
 
     return list(async_to_sync(run)())
 
@@ -471,7 +476,7 @@ async def _compare_one(principal: KeyPrincipal, body: dict, model_name: str) -> 
         request_id=request_id,
     )
     try:
-        call = await sync_to_async(call_prepare)(
+        call = await call_prepare(
             principal=principal,
             endpoint=CHAT,
             body={**body, "model": model_name},

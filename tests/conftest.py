@@ -106,7 +106,7 @@ class LivePortal:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         # As `make run` serves: a client's X-Forwarded-For is not its address.
         config = uvicorn.Config(
-            "portal.asgi:application", log_level="warning", lifespan="off", proxy_headers=False
+            "portal.asgi:application", log_level="warning", lifespan="on", proxy_headers=False
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

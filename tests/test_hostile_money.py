@@ -743,7 +743,7 @@ def test_an_overlong_model_name_is_a_400(catalog, team, sdk):
         sdk(secret).chat.completions.create(model="m" * 300, messages=MESSAGES)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_compare_passes_an_odd_answer_on_without_a_500(catalog, team, owner, upstream):
     from rest_framework.test import APIClient
 

@@ -1,5 +1,7 @@
 """Per-key RPM and TPM limits, shared by every server process through Redis, in OpenAI's style."""
 
+import asyncio
+
 import openai
 import pytest
 from django.test import override_settings
@@ -115,18 +117,18 @@ def test_local_memory_counts_without_redis(monkeypatch):
     from routing import ratelimits
 
     monkeypatch.setattr(ratelimits, "_memory", ratelimits._MemoryCounter())  # a fresh process
-    results = [
-        ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=120.0).allowed
-        for _ in range(3)
-    ]
-    assert results == [True, True, False]
-    assert ratelimit_check(
-        key_id=999_999, rpm=2, tpm=None, tokens=1, now=180.0
-    ).allowed  # next window
+
+    def check(now):
+        return asyncio.run(
+            ratelimit_check(key_id=999_999, rpm=2, tpm=None, tokens=1, now=now)
+        ).allowed
+
+    assert [check(120.0) for _ in range(3)] == [True, True, False]
+    assert check(180.0)  # next window
 
 
 def test_keys_without_limits_skip_counting():
-    check = ratelimit_check(key_id=1, rpm=None, tpm=None, tokens=10)
+    check = asyncio.run(ratelimit_check(key_id=1, rpm=None, tpm=None, tokens=10))
     assert check.allowed and check.headers == {}
 
 

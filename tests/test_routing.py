@@ -1,5 +1,6 @@
 """Routes: strategies, fallback, retries, deadlines, cooldowns, team overrides and access."""
 
+import asyncio
 import random
 import time
 from decimal import Decimal
@@ -9,6 +10,7 @@ import pytest
 from django.test import override_settings
 
 from accounts.services import api_key_create
+from portal import aio
 from routing.cooldowns import cooling
 from routing.models import CatalogModel, Provider
 from routing.selectors import catalog_changed, catalog_snapshot
@@ -325,8 +327,15 @@ def test_cooldown_skips_a_failing_target_then_restores_it(
     assert cooled.model == "qwen3-32b" and skipped_models == ["qwen3-32b"]
     # The cooldown ends after TOLLGATE_COOLDOWN_S, on the clock the routes read.
     now = time.time()
-    assert cooling(["deepseek-v4-flash"], now=now) == {"deepseek-v4-flash"}
-    assert cooling(["deepseek-v4-flash"], now=now + 3.01) == set()
+
+    async def cooling_at(moment):
+        try:
+            return await cooling(["deepseek-v4-flash"], now=moment)
+        finally:
+            await aio.close_pools()
+
+    assert asyncio.run(cooling_at(now)) == {"deepseek-v4-flash"}
+    assert asyncio.run(cooling_at(now + 3.01)) == set()
 
 
 @live

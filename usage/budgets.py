@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 from django.db.models import F, Sum
@@ -38,12 +38,11 @@ DEFAULT_THRESHOLDS = [50, 80, 100]
 class OverBudget(Exception):
     """A call does not fit in a hard budget."""
 
-    def __init__(self, budget: Budget, resets_at: datetime):
-        self.budget = budget
+    def __init__(self, *, amount_usd: Decimal, key_prefix: str | None, resets_at: datetime):
         self.resets_at = resets_at
-        scope = f"the key {budget.api_key.prefix}" if budget.api_key_id else "the team"
+        scope = f"the key {key_prefix}" if key_prefix else "the team"
         super().__init__(
-            f"This call would exceed the monthly budget of ${budget.amount_usd.normalize():f} for {scope} "
+            f"This call would exceed the monthly budget of ${amount_usd.normalize():f} for {scope} "
             f"(hard limit). The budget resets on {resets_at:%Y-%m-%d} 00:00 UTC."
         )
 
@@ -150,23 +149,80 @@ def budget_reserve(*, call: MeteredCall, amount: Decimal, now: datetime) -> Rese
 
     Raises OverBudget (and writes nothing) if a hard budget lacks room.
     """
-    rows = _reserve(call, amount, now)
-    refused = [budget_id for budget_id, hard, counter_id in rows if counter_id is None and hard]
-    counter_ids = tuple(counter_id for _, _, counter_id in rows if counter_id is not None)
-    if refused:
-        budget_release(counter_ids=counter_ids, amount=amount)
-        # Refused calls are recorded as refused ledger rows, not as metered calls.
-        MeteredCall.objects.filter(request_id=call.request_id).delete()
-        budget = Budget.objects.select_related("api_key").get(id=refused[0])
-        raise OverBudget(budget, next_month_start(now))
-    return Reservation(amount=amount, counter_ids=counter_ids)
+    rows = _fetch(*_reserve_statement(call, amount, now))
+    refused, reservation = _reserve_result(rows, amount)
+    if refused is not None:
+        raise OverBudget(**_refuse(_fetch, refused, call, reservation, now))
+    return reservation
+
+
+async def budget_reserve_async(*, call: MeteredCall, amount: Decimal, now: datetime) -> Reservation:
+    """budget_reserve on the event loop (portal.aio): the /v1 hot path's."""
+    from portal import aio
+
+    rows = await aio.fetch(*_reserve_statement(call, amount, now))
+    refused, reservation = _reserve_result(rows, amount)
+    if refused is not None:
+        raise OverBudget(**await _refuse_async(refused, call, reservation, now))
+    return reservation
 
 
 # A reservation's result per applicable budget: (budget id, hard, counter id or None if refused).
 ReserveRow = tuple[int, bool, int | None]
 
 
-def _reserve(call: MeteredCall, amount: Decimal, now: datetime) -> list[ReserveRow]:
+def _fetch(sql: str, params: list[Any]) -> list[Any]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _reserve_result(rows: list[ReserveRow], amount: Decimal) -> tuple[int | None, Reservation]:
+    """The first hard budget that refused (or None), and what was reserved."""
+    refused = [budget_id for budget_id, hard, counter_id in rows if counter_id is None and hard]
+    counter_ids = tuple(counter_id for _, _, counter_id in rows if counter_id is not None)
+    return (refused[0] if refused else None), Reservation(amount=amount, counter_ids=counter_ids)
+
+
+def _refuse_statement(
+    budget_id: int, call: MeteredCall, reservation: Reservation
+) -> tuple[str, list[Any]]:
+    # Undo what the reservation took on the budgets that had room, and drop the call's
+    # record (refused calls are recorded as refused ledger rows, not as metered calls),
+    # reading what the refusal says about the budget that lacked it: one statement.
+    sql = """
+        WITH released AS (
+            UPDATE usage_budgetcounter SET reserved_usd = reserved_usd - %s WHERE id = ANY(%s)
+        ), dropped AS (
+            DELETE FROM usage_meteredcall WHERE request_id = %s
+        )
+        SELECT b.amount_usd, k.prefix FROM usage_budget b
+        LEFT JOIN accounts_apikey k ON k.id = b.api_key_id WHERE b.id = %s
+    """
+    return sql, [reservation.amount, list(reservation.counter_ids), call.request_id, budget_id]
+
+
+def _refuse(
+    fetch: Callable[..., list[Any]],
+    budget_id: int,
+    call: MeteredCall,
+    reservation: Reservation,
+    now: datetime,
+) -> dict[str, Any]:
+    ((amount_usd, prefix),) = fetch(*_refuse_statement(budget_id, call, reservation))
+    return {"amount_usd": amount_usd, "key_prefix": prefix, "resets_at": next_month_start(now)}
+
+
+async def _refuse_async(
+    budget_id: int, call: MeteredCall, reservation: Reservation, now: datetime
+) -> dict[str, Any]:
+    from portal import aio
+
+    ((amount_usd, prefix),) = await aio.fetch(*_refuse_statement(budget_id, call, reservation))
+    return {"amount_usd": amount_usd, "key_prefix": prefix, "resets_at": next_month_start(now)}
+
+
+def _reserve_statement(call: MeteredCall, amount: Decimal, now: datetime) -> tuple[str, list[Any]]:
     # One statement, atomic on its own: the conditional upsert re-checks each
     # locked counter row, so parallel calls cannot both take the last dollar.
     fields = [
@@ -201,10 +257,7 @@ def _reserve(call: MeteredCall, amount: Decimal, now: datetime) -> list[ReserveR
     call.reserved_usd = amount
     params = [call.team_id, call.api_key_id, _month(now), amount, amount]
     params += [f.get_db_prep_save(f.pre_save(call, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows: list[ReserveRow] = cursor.fetchall()
-        return rows
+    return sql, params
 
 
 def budget_release(*, counter_ids: Iterable[int], amount: Decimal) -> None:

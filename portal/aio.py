@@ -1,0 +1,121 @@
+"""PostgreSQL and Redis for the /v1 hot path, native async: no thread hops.
+
+Django's ORM is synchronous; under ASGI every query it makes costs two thread hops
+and a connection from a pool shared with threads. The proxy's few statements on a
+call's path (the reservation, the ledger write, a key read on a cache miss) run here
+instead, on psycopg's async connection pool and redis-py's asyncio client, awaited
+on the event loop that serves the request. Everything else (pages, /api, Celery)
+keeps the ORM.
+
+Both belong to the event loop they were made on (one per process under uvicorn; the
+tests' live portal has its own), so each loop gets its own, made on first use from
+settings.DATABASES["default"] and settings.REDIS_URL.
+
+Errors keep the ORM's types: a connection that fails (refused, reset, the pool empty
+past DB_POOL_TIMEOUT_S) raises django.db.OperationalError, so the 503 handling and the
+retries written for the ORM apply unchanged.
+"""
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import redis.asyncio
+from django.conf import settings
+from django.db import IntegrityError, InterfaceError, OperationalError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+logger = logging.getLogger(__name__)
+
+_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool]" = (
+    weakref.WeakKeyDictionary()
+)
+_redis: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _connect_kwargs() -> dict[str, Any]:
+    db = settings.DATABASES["default"]
+    options = {k: v for k, v in db.get("OPTIONS", {}).items() if k not in ("pool",)}
+    kwargs: dict[str, Any] = {"dbname": db["NAME"], **options, "autocommit": True}
+    for name, key in (("user", "USER"), ("password", "PASSWORD"), ("host", "HOST")):
+        if db.get(key):
+            kwargs[name] = db[key]
+    if db.get("PORT"):
+        kwargs["port"] = db["PORT"]
+    return kwargs
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    # As Django's connections: times in UTC.
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+def _pool() -> AsyncConnectionPool:
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        options = settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {})
+        pool = AsyncConnectionPool(
+            kwargs=_connect_kwargs(),
+            configure=_configure,
+            min_size=1,
+            max_size=settings.TOLLGATE_ASYNC_DB_POOL_MAX,
+            timeout=options.get("timeout", 1.5),
+            open=False,
+            name="tollgate-hot-path",
+        )
+        _pools[loop] = pool
+    return pool
+
+
+async def fetch(sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """Run one statement (autocommit: atomic on its own) and return its rows, if any."""
+    pool = _pool()
+    try:
+        if pool.closed:
+            await pool.open(wait=False)
+        async with pool.connection() as conn, conn.cursor() as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchall() if cursor.description else []
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError(*exc.args) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise OperationalError(*exc.args) from exc
+    except psycopg.InterfaceError as exc:
+        raise InterfaceError(*exc.args) from exc
+
+
+async def close_pools() -> None:
+    """At shutdown: close this loop's connections."""
+    loop = asyncio.get_running_loop()
+    pool = _pools.pop(loop, None)
+    if pool is not None:
+        await pool.close()
+    client = _redis.pop(loop, None)
+    if client is not None:
+        await client.aclose()
+
+
+def redis_client() -> redis.asyncio.Redis | None:
+    """This loop's Redis client, or None without REDIS_URL. Its pool waits (up to
+    REDIS_POOL_TIMEOUT_S) for a free connection rather than failing when all are busy."""
+    if not settings.REDIS_URL:
+        return None
+    loop = asyncio.get_running_loop()
+    client = _redis.get(loop)
+    if client is None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.TOLLGATE_REDIS_POOL_MAX,
+            timeout=settings.TOLLGATE_REDIS_POOL_TIMEOUT_S,
+            socket_connect_timeout=1,
+            socket_timeout=1,
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        _redis[loop] = client
+    return client
