@@ -1,9 +1,16 @@
-"""Streaming chat: open the upstream stream (falling back before the first byte), relay it, record it."""
+"""Streaming chat: open the upstream stream (falling back before the first byte), relay it, record it.
+
+The relay passes each upstream event on as the bytes that came, with only the model's
+name changed to the gateway's (a byte replacement) and the usage dropped when the client
+did not ask for it; each event is parsed once, for what metering needs (its usage and
+the text produced), never encoded again.
+"""
 
 import asyncio
 import json
 import time
 
+import httpx2
 import openai
 from django.conf import settings
 
@@ -12,7 +19,7 @@ from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
 from routing.calls import _PATHS, CHAT, Call, counted_tokens, detached, json_bytes, upstream_body
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo
-from routing.upstream import upstream_client
+from routing.upstream import sse_events, upstream_stream
 from usage.metering import Status
 
 # The watchdog ends a stream this long after its deadline when the relay itself could
@@ -36,9 +43,9 @@ class StreamRelay:
         self,
         call: Call,
         model: ModelInfo,
-        stream: openai.AsyncStream,
+        stream: httpx2.Response,
         chunks,
-        first: dict,
+        first: "Event",
         started: float,
         client_wants_usage: bool,
     ):
@@ -50,19 +57,43 @@ class StreamRelay:
         self.started = started
         self.client_wants_usage = client_wants_usage
         self.ttft_ms = int((time.monotonic() - started) * 1000)
+        # The upstream's model name, its field's spellings as bytes, the client's field.
+        self._renamed: tuple[str, tuple[bytes, bytes], bytes] | None = None
         self.status, self.error, self.usage, self.produced = Status.OK, None, None, []
         self.ended = False
         self._pending: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
         self._watchdog = loop.call_at(call.deadline_at + WATCHDOG_GRACE_S, self._deadline_passed)
 
-    def _client_event(self, chunk: dict) -> bytes | None:
-        chunk["model"] = self.model.name
+    def _client_event(self, chunk: dict, raw: bytes) -> bytes:
+        """The event for the client: the upstream's bytes with the gateway's model name, or
+        (usage to drop, a model field not found as such) the chunk encoded afresh."""
         if not self.client_wants_usage and "usage" in chunk:
             if not chunk.get("choices"):
-                return None
+                return b""
             del chunk["usage"]
+        elif (renamed := self._rename(chunk.get("model"), raw)) is not None:
+            return b"data: " + renamed + b"\n\n"
+        chunk["model"] = self.model.name
         return b"data: " + json_bytes(chunk) + b"\n\n"
+
+    def _rename(self, upstream_model: object, raw: bytes) -> bytes | None:
+        if not isinstance(upstream_model, str):
+            return None
+        if self._renamed is None or self._renamed[0] != upstream_model:
+            quoted = json_bytes(upstream_model)
+            self._renamed = (
+                upstream_model,
+                (b'"model":' + quoted, b'"model": ' + quoted),
+                b'"model":' + json_bytes(self.model.name),
+            )
+        _, spellings, name = self._renamed
+        # Only where the field is unambiguous: the one "model" of the event, as its key.
+        if raw.count(b'"model"') == 1:
+            for field in spellings:
+                if field in raw:
+                    return raw.replace(field, name)
+        return None
 
     async def run(self):
         """The client's event stream; the call is recorded before the final event is sent."""
@@ -84,10 +115,8 @@ class StreamRelay:
         else:
             yield b"data: [DONE]\n\n"
 
-    def _note(self, chunk) -> None:
+    def _note(self, chunk: dict) -> None:
         """Keep what metering needs from an upstream event: its usage, and the text produced."""
-        if not isinstance(chunk, dict):
-            return
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -104,17 +133,17 @@ class StreamRelay:
                     self.produced.append(str(function.get("arguments") or ""))
 
     async def _relay(self):
-        chunk = self.first
-        while chunk is not None and not self.ended:
+        event = self.first
+        while event is not None and not self.ended:
+            chunk, raw = event
             self._note(chunk)
-            event = self._client_event(chunk) if isinstance(chunk, dict) else None
-            if event is not None:
-                yield event
+            if sent := self._client_event(chunk, raw):
+                yield sent
             if self.ended:  # the watchdog ended the call while the client was not reading
                 return
             # The deadline bounds each wait for the upstream; the watchdog, the client's reads.
             async with asyncio.timeout_at(self.call.deadline_at):
-                chunk = await self._read()
+                event = await self._read()
 
     async def _read(self):
         """The next upstream event, read in a task of its own: a client who leaves cancels the
@@ -150,8 +179,8 @@ class StreamRelay:
             until = min(self.call.deadline_at, loop.time() + settings.TOLLGATE_DRAIN_S)
             try:
                 async with asyncio.timeout_at(until):
-                    while self.usage is None and (chunk := await self._read()) is not None:
-                        self._note(chunk)
+                    while self.usage is None and (event := await self._read()) is not None:
+                        self._note(event[0])
             except Exception:  # cut or timed out: bill the estimate
                 pass
         await self._record()
@@ -189,7 +218,7 @@ class StreamRelay:
             )
         )
         try:
-            await self.stream.close()
+            await self.stream.aclose()
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
         await self.call.record()
@@ -219,6 +248,30 @@ class RelayBody:
         self.loop.call_soon_threadsafe(self.relay.abandon)
 
 
+# An upstream event: its JSON object, and its data as the bytes that came.
+Event = tuple[dict, bytes]
+
+
+async def _events(response: httpx2.Response):
+    """The upstream's events, each parsed once; an error event raises as the SDK would."""
+    async for data in sse_events(response):
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamStreamError(
+                ProxyError(
+                    502, "The upstream sent a malformed stream event.", code="upstream_error"
+                )
+            ) from None
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("error") and "choices" not in chunk:
+            raise openai.APIError(
+                "An error occurred during streaming", response.request, body=chunk["error"]
+            )
+        yield chunk, data
+
+
 async def call_stream(call: Call, body: dict) -> StreamRelay:
     """Open the upstream stream, falling back until one yields its first chunk.
 
@@ -233,23 +286,16 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
         started = time.monotonic()
         stream = None
         try:
-            client = upstream_client(model.provider)
             sent = {
                 **upstream_body(body, model, CHAT),
                 "stream": True,
                 "stream_options": {**client_options, "include_usage": True},
             }
             async with asyncio.timeout_at(call.deadline_at):
-                # AsyncStream[object] decodes each SSE event to a plain dict and raises on error events.
-                stream = await client.post(
-                    _PATHS[CHAT],
-                    body=sent,
-                    cast_to=object,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[object],
-                    options={"timeout": timeout},
+                stream = await upstream_stream(
+                    model.provider, _PATHS[CHAT], json_bytes(sent), timeout=timeout
                 )
-                chunks = aiter(stream)
+                chunks = _events(stream)
                 first = await asyncio.wait_for(anext(chunks, None), timeout)
             if first is None:
                 raise UpstreamStreamError(
@@ -260,7 +306,7 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
         except Exception as exc:
             if stream is not None:
                 try:
-                    await stream.close()
+                    await stream.aclose()
                 except Exception:
                     pass
             failure = classify_failure(exc, model)

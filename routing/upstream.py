@@ -1,6 +1,8 @@
-"""One pooled HTTP client per provider (and event loop), built on demand: JSON calls go
-through it directly (`upstream_post`), streams through the `openai` SDK built on it (its
-SSE parsing), so both share one connection pool."""
+"""One pooled HTTP client per provider (and event loop), built on demand. Calls go through
+it directly, with no SDK request building on the hot path: JSON calls by `upstream_post`,
+streams by `upstream_stream`, whose server-sent events `sse_events` splits into their
+data, as bytes, for the relay to pass on as they came (routing.streaming). The `openai`
+SDK built on the same client serves the rest (e.g. the compare page's calls)."""
 
 import asyncio
 import os
@@ -58,6 +60,57 @@ async def upstream_post(
             f"The upstream answered HTTP {response.status_code}", response=response, body=None
         )
     return response
+
+
+async def upstream_stream(
+    provider: ProviderInfo, path: str, content: bytes, *, timeout: float
+) -> httpx2.Response:
+    """POST a JSON body asking for a stream; the open response, its body unread. An error
+    status raises openai.APIStatusError (its body read, the response closed)."""
+    upstream = _upstream(provider)
+    request = upstream.http.build_request(
+        "POST", upstream.base_url + path, content=content, headers=upstream.headers, timeout=timeout
+    )
+    response = await upstream.http.send(request, stream=True)
+    if response.status_code >= 400:
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        raise openai.APIStatusError(
+            f"The upstream answered HTTP {response.status_code}", response=response, body=None
+        )
+    return response
+
+
+async def sse_events(response: httpx2.Response):
+    """The data of each server-sent event of `response`, as the bytes that came (data lines
+    joined by newlines), until `[DONE]` or the end of the body. Fields other than data
+    (event, id, retry, comments) carry nothing the gateway uses."""
+    buffer = b""
+    data: list[bytes] = []
+    async for piece in response.aiter_bytes():
+        buffer = buffer + piece if buffer else piece
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    event = data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
+                    if event == b"[DONE]":
+                        return
+                    yield event
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+        buffer = buffer[start:]
+    if buffer.startswith(b"data:"):
+        data.append(buffer[6:] if buffer[5:6] == b" " else buffer[5:])
+    if data and (event := b"\n".join(data)) != b"[DONE]":
+        yield event
 
 
 def _make_upstream(provider: ProviderInfo) -> Upstream:
