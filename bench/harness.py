@@ -11,9 +11,16 @@ first token (streams) and what the gateway adds, calls/s, CPU ms per call (the p
 processes' own CPU counters), peak RSS per worker, errors, and ledger rows vs calls made.
 Prints a table and writes bench/results/harness.json.
 
+Then, on one worker: BENCH_SLOW_STREAMS (1,000) concurrent streams whose 20 chunks come
+500 ms apart, opened over 5 s and then all open together (time to first byte p50/p99,
+errors, ledger rows, and every log line about an exhausted pool), and the same number
+of concurrent calls on a key limited to 60% of them per minute, which must get exactly
+that many (the rest: 429).
+
 Knobs: BENCH_CASE_S (seconds measured per case, default 8), BENCH_WARMUP_S (2),
 BENCH_CONCURRENCY ("1,32,64"), BENCH_WORKERS ("1,2"), BENCH_UPSTREAM_DELAY_S (0),
-BENCH_UPSTREAM_CHUNKS (20), BENCH_UPSTREAM_CHUNK_DELAY_S (0).
+BENCH_UPSTREAM_CHUNKS (20), BENCH_UPSTREAM_CHUNK_DELAY_S (0), BENCH_SLOW_STREAMS (1000;
+0 skips the slow case).
 """
 
 import asyncio
@@ -41,6 +48,7 @@ CASE_S = float(os.environ.get("BENCH_CASE_S", "8"))
 WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "2"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,32,64").split(",")]
 WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
+SLOW_STREAMS = int(os.environ.get("BENCH_SLOW_STREAMS", "1000"))
 BODY = {
     "model": "deepseek-v4-flash",
     "messages": [{"role": "user", "content": "Classify: the parcel arrived broken."}],
@@ -136,6 +144,98 @@ class Sampler:
         return round(max(peaks or [0]) / 2**20, 1)
 
 
+async def burst(url: str, headers: dict, stream: bool, calls: int, ramp_s: float = 0) -> dict:
+    """`calls` calls, each on its own connection, all at once or started evenly over
+    `ramp_s` seconds: the status of each, and the time to the first byte of its body."""
+    body = {**BODY, "stream": stream}
+    limits = httpx2.Limits(max_connections=calls, max_keepalive_connections=0)
+    statuses: list[int] = []
+    ttfbs: list[float] = []
+    gate = asyncio.Event()
+    async with httpx2.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(index: int):
+            await gate.wait()
+            if ramp_s:
+                await asyncio.sleep(ramp_s * index / calls)
+            started = time.monotonic()
+            try:
+                async with client.stream("POST", url, headers=headers, json=body) as answer:
+                    first = None
+                    async for _ in answer.aiter_raw():
+                        first = first or time.monotonic()
+                    statuses.append(answer.status_code)
+                    if answer.status_code == 200 and first is not None:
+                        ttfbs.append(first - started)
+            except httpx2.HTTPError:
+                statuses.append(0)
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(calls)]
+        await asyncio.sleep(0.2)
+        gate.set()
+        await asyncio.gather(*tasks)
+    return {
+        "ok": statuses.count(200),
+        "refused_429": statuses.count(429),
+        "errors": len(statuses) - statuses.count(200) - statuses.count(429),
+        "ttfb_p50_ms": round(statistics.median(ttfbs) * 1000, 1) if ttfbs else None,
+        "ttfb_p99_ms": round(percentile(ttfbs, 0.99) * 1000, 1) if ttfbs else None,
+    }
+
+
+def slow_streams(env: dict, slow_upstream: str) -> dict:
+    """One worker under SLOW_STREAMS concurrent slow streams, then a burst against a key
+    limited to 60% of it per minute."""
+    catalog_at(env, slow_upstream, "harness-slow")
+    slug, secret = bench_team(env, "slow", budget="1000000", rpm="10000000")
+    allowed = SLOW_STREAMS * 6 // 10
+    limited_slug, limited = bench_team(env, "limited", budget="1000000", rpm=str(allowed))
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="tollgate-bench-slow-", suffix=".log")
+    uvicorn = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
+    portal = subprocess.Popen(
+        [*uvicorn, "portal.asgi:application", "--port", str(port), "--backlog", "4096"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v1/models")
+        asyncio.run(drive(url, {"Authorization": f"Bearer {secret}"}, True, 8, WARMUP_S))
+        before = ledger_calls(env, slug)
+        with Sampler(portal.pid) as sampler:
+            # Started over 5 s; each lasts about 10 s, so all are open at once from then on.
+            streams = asyncio.run(
+                burst(url, {"Authorization": f"Bearer {secret}"}, True, SLOW_STREAMS, ramp_s=5)
+            )
+        time.sleep(1)
+        streams["ledger_calls"] = ledger_calls(env, slug) - before
+        streams["peak_rss_mb"] = sampler.peak_worker_rss_mb()
+        # The limited burst, early in a minute's window so that it falls in one.
+        if time.time() % 60 > 45:
+            time.sleep(60 - time.time() % 60 + 0.5)
+        limited_result = asyncio.run(
+            burst(url, {"Authorization": f"Bearer {limited}"}, False, SLOW_STREAMS)
+        )
+        limited_result["limit_rpm"] = allowed
+        limited_result["ledger_calls"] = ledger_calls(env, limited_slug)
+    finally:
+        portal.terminate()
+        portal.wait(timeout=60)
+    log.seek(0)
+    lines = log.read().splitlines()
+    exhausted = [line for line in lines if "pool" in line.lower() or '"ERROR"' in line]
+    return {
+        "streams": SLOW_STREAMS,
+        **streams,
+        "pool_exhaustion_or_error_lines": len(exhausted),
+        "first_such_line": exhausted[0][:300] if exhausted else None,
+        "rate_limited_burst": limited_result,
+    }
+
+
 def ledger_calls(env: dict, slug: str) -> int:
     out = manage(
         env,
@@ -165,6 +265,7 @@ def main() -> int:
     uvicorn = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
     upstream_proc = start([*uvicorn, "bench.upstream:app", "--port", str(up_port)], env)
     results = []
+    slow: dict | None = None
     try:
         wait_for(f"http://127.0.0.1:{up_port}/")
         direct: dict[tuple[str, int], tuple] = {}
@@ -243,6 +344,16 @@ def main() -> int:
             finally:
                 portal.terminate()
                 portal.wait(timeout=30)
+        if SLOW_STREAMS:
+            slow_port = free_port()
+            slow_env = {**env, "BENCH_UPSTREAM_CHUNK_DELAY_S": "0.5"}
+            slow_proc = start([*uvicorn, "bench.upstream:app", "--port", str(slow_port)], slow_env)
+            try:
+                wait_for(f"http://127.0.0.1:{slow_port}/")
+                slow = slow_streams(env, f"http://127.0.0.1:{slow_port}/v1")
+            finally:
+                slow_proc.terminate()
+                slow_proc.wait(timeout=10)
     finally:
         upstream_proc.terminate()
         upstream_proc.wait(timeout=10)
@@ -266,8 +377,28 @@ def main() -> int:
     print(" ".join(f"{label:>8}" for _, label in columns))
     for row in results:
         print(" ".join(f"{'-' if row[key] is None else row[key]!s:>8}" for key, _ in columns))
-    (ROOT / "bench" / "results" / "harness.json").write_text(json.dumps(results, indent=2))
+    if slow is not None:
+        limited = slow["rate_limited_burst"]
+        print(
+            f"\n{slow['streams']} concurrent slow streams, 1 worker: "
+            f"first byte p50 {slow['ttfb_p50_ms']} ms, p99 {slow['ttfb_p99_ms']} ms; "
+            f"{slow['ok']} served, {slow['errors']} errors, {slow['ledger_calls']} in the ledger; "
+            f"{slow['pool_exhaustion_or_error_lines']} pool-exhaustion or error log lines; "
+            f"peak RSS {slow['peak_rss_mb']} MB"
+        )
+        print(
+            f"{slow['streams']} concurrent calls on a key limited to {limited['limit_rpm']} RPM: "
+            f"{limited['ok']} served, {limited['refused_429']} refused (429), "
+            f"{limited['errors']} errors, {limited['ledger_calls']} in the ledger"
+        )
+    (ROOT / "bench" / "results" / "harness.json").write_text(
+        json.dumps({"cases": results, "slow_streams": slow}, indent=2)
+    )
     lost = [r for r in results if r["ledger_calls"] != r["calls"]]
+    if slow is not None:
+        limited = slow["rate_limited_burst"]
+        if slow["ledger_calls"] != slow["streams"] or limited["ok"] != limited["limit_rpm"]:
+            lost.append(slow)
     return 1 if lost else 0
 
 

@@ -90,8 +90,8 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        for chunk in CHUNKS:
-            if CHUNK_DELAY_S:
+        for index, chunk in enumerate(CHUNKS):
+            if CHUNK_DELAY_S and index:  # the first at once, then CHUNK_DELAY_S apart
                 await asyncio.sleep(CHUNK_DELAY_S)
             await send(
                 {

@@ -50,6 +50,17 @@ def django_db_setup(django_db_setup, django_db_blocker):
             cursor.execute(f"ALTER DATABASE \"{name}\" SET tollgate.audit_reset = 'allowed'")
         connection.close()
         connection.close_pool()
+    yield
+    # Connections the hot path's pools (portal.aio) left open on event loops that ended
+    # with their test: closed here, so the test database can be dropped.
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        connection.close()
+        connection.close_pool()
 
 
 @pytest.fixture(scope="session", autouse=True)

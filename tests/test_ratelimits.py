@@ -47,6 +47,39 @@ def test_rpm_is_shared_by_two_server_processes(catalog, team, live_portal, secon
 
 
 @live
+def test_a_burst_of_concurrent_calls_gets_exactly_the_limit(
+    catalog, team, live_portal, second_portal
+):
+    # Admitted on the event loop of two processes at once: the shared count must still
+    # let exactly rpm through, and refused calls never reach the ledger.
+    from usage.models import UsageRecord
+
+    _, secret = api_key_create(team=team, name="burst", rpm_limit=30)
+
+    async def burst():
+        clients = [
+            openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+            for url in (live_portal.url, second_portal)
+        ]
+
+        async def one(i):
+            try:
+                await clients[i % 2].chat.completions.create(
+                    model="deepseek-v4-flash", messages=MESSAGES
+                )
+                return 200
+            except openai.RateLimitError:
+                return 429
+
+        return await asyncio.gather(*(one(i) for i in range(50)))
+
+    statuses = asyncio.run(burst())
+
+    assert statuses.count(200) == 30 and statuses.count(429) == 20
+    assert UsageRecord.objects.filter(team=team).values("request_id").distinct().count() == 30
+
+
+@live
 def test_successful_responses_carry_the_ratelimit_headers(catalog, team, sdk):
     _, secret = api_key_create(team=team, name="limited", rpm_limit=10, tpm_limit=1000)
 
