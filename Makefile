@@ -13,7 +13,7 @@ CATALOGS := catalog/default.toml $(if $(filter 1,$(OFFLINE)),catalog/offline.tom
 # REDIS_URL leave unset, runs the command after --, then stops them.
 SERVICES := $(BIN)/python devservices.py
 
-.PHONY: run serve test lint browser install bench soak clean
+.PHONY: run serve test lint browser install bench profile soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench: $(STAMP)
 
 # A bounded soak (10 minutes; BENCH_SOAK_S to change): mixed load, an upstream failing 10% of
 # the time; checks memory, 5xx and ledger == calls (bench/soak.py). Not part of `make test`.
+# Where one worker's time goes under load: py-spy's top frames (BENCH_PROFILE_KIND=json|stream).
+profile: $(STAMP)
+	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
+		exec $(BIN)/python -m bench.profile'
+
 soak: $(STAMP)
 	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
 		exec $(BIN)/python -m bench.soak'

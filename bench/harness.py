@@ -46,8 +46,8 @@ from bench.setup import bench_team, catalog_at, production_env
 
 CASE_S = float(os.environ.get("BENCH_CASE_S", "8"))
 WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "2"))
-CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,32,64").split(",")]
-WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,32,64").split(",") if c]
+WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",") if w]
 SLOW_STREAMS = int(os.environ.get("BENCH_SLOW_STREAMS", "1000"))
 BODY = {
     "model": "deepseek-v4-flash",

@@ -73,13 +73,16 @@ def _pool() -> AsyncConnectionPool:
     return pool
 
 
-async def fetch(sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-    """Run one statement (autocommit: atomic on its own) and return its rows, if any."""
+async def fetch(
+    sql: str, params: Sequence[Any] = (), *, wait_s: float | None = None
+) -> list[tuple]:
+    """Run one statement (autocommit: atomic on its own) and return its rows, if any.
+    `wait_s`: how long to wait for a free connection (default DB_POOL_TIMEOUT_S)."""
     pool = _pool()
     try:
         if pool.closed:
             await pool.open(wait=False)
-        async with pool.connection() as conn, conn.cursor() as cursor:
+        async with pool.connection(timeout=wait_s) as conn, conn.cursor() as cursor:
             await cursor.execute(sql, params)
             return await cursor.fetchall() if cursor.description else []
     except psycopg.errors.IntegrityError as exc:

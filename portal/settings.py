@@ -404,6 +404,9 @@ TOLLGATE_KEY_LOCAL_CACHE_S = env.float("TOLLGATE_KEY_LOCAL_CACHE_S", default=2.0
 TOLLGATE_ASYNC_DB_POOL_MAX = env.int("TOLLGATE_ASYNC_DB_POOL_MAX", default=20)
 TOLLGATE_REDIS_POOL_MAX = env.int("TOLLGATE_REDIS_POOL_MAX", default=50)
 TOLLGATE_REDIS_POOL_TIMEOUT_S = env.float("TOLLGATE_REDIS_POOL_TIMEOUT_S", default=1.0)
+# Seconds a finished call's ledger write waits for a free connection of that pool before
+# it is retried (a new call waits DB_POOL_TIMEOUT_S, then gets a 503).
+TOLLGATE_LEDGER_WAIT_S = env.float("TOLLGATE_LEDGER_WAIT_S", default=30.0)
 
 # Budget-alert webhooks may be plain http and point at private addresses (loopback, LAN):
 # for local runs and tests only; in production a webhook must be https and public.

@@ -10,6 +10,7 @@ last dollar. The same statement writes the call's in-flight record.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -144,8 +145,8 @@ def _month(now: datetime) -> date:
     return month_start(now).date()
 
 
-def budget_reserve(*, call: MeteredCall, amount: Decimal, now: datetime) -> Reservation:
-    """Write the call's metered-call record holding `amount` USD on each applicable budget.
+def budget_reserve(*, call: dict[str, Any], amount: Decimal, now: datetime) -> Reservation:
+    """Write the call's metered-call record (its values by attribute) holding `amount` USD on each applicable budget.
 
     Raises OverBudget (and writes nothing) if a hard budget lacks room.
     """
@@ -156,7 +157,9 @@ def budget_reserve(*, call: MeteredCall, amount: Decimal, now: datetime) -> Rese
     return reservation
 
 
-async def budget_reserve_async(*, call: MeteredCall, amount: Decimal, now: datetime) -> Reservation:
+async def budget_reserve_async(
+    *, call: dict[str, Any], amount: Decimal, now: datetime
+) -> Reservation:
     """budget_reserve on the event loop (portal.aio): the /v1 hot path's."""
     from portal import aio
 
@@ -185,7 +188,7 @@ def _reserve_result(rows: list[ReserveRow], amount: Decimal) -> tuple[int | None
 
 
 def _refuse_statement(
-    budget_id: int, call: MeteredCall, reservation: Reservation
+    budget_id: int, call: dict[str, Any], reservation: Reservation
 ) -> tuple[str, list[Any]]:
     # Undo what the reservation took on the budgets that had room, and drop the call's
     # record (refused calls are recorded as refused ledger rows, not as metered calls),
@@ -199,13 +202,13 @@ def _refuse_statement(
         SELECT b.amount_usd, k.prefix FROM usage_budget b
         LEFT JOIN accounts_apikey k ON k.id = b.api_key_id WHERE b.id = %s
     """
-    return sql, [reservation.amount, list(reservation.counter_ids), call.request_id, budget_id]
+    return sql, [reservation.amount, list(reservation.counter_ids), call["request_id"], budget_id]
 
 
 def _refuse(
     fetch: Callable[..., list[Any]],
     budget_id: int,
-    call: MeteredCall,
+    call: dict[str, Any],
     reservation: Reservation,
     now: datetime,
 ) -> dict[str, Any]:
@@ -214,7 +217,7 @@ def _refuse(
 
 
 async def _refuse_async(
-    budget_id: int, call: MeteredCall, reservation: Reservation, now: datetime
+    budget_id: int, call: dict[str, Any], reservation: Reservation, now: datetime
 ) -> dict[str, Any]:
     from portal import aio
 
@@ -222,7 +225,17 @@ async def _refuse_async(
     return {"amount_usd": amount_usd, "key_prefix": prefix, "resets_at": next_month_start(now)}
 
 
-def _reserve_statement(call: MeteredCall, amount: Decimal, now: datetime) -> tuple[str, list[Any]]:
+def _reserve_statement(
+    call: dict[str, Any], amount: Decimal, now: datetime
+) -> tuple[str, list[Any]]:
+    call["reserved_usd"] = amount
+    params = [call["team_id"], call["api_key_id"], _month(now), amount, amount]
+    names, sql = _reserve_sql()
+    return sql, params + [call[name] for name in names]
+
+
+@functools.cache
+def _reserve_sql() -> tuple[tuple[str, ...], str]:
     # One statement, atomic on its own: the conditional upsert re-checks each
     # locked counter row, so parallel calls cannot both take the last dollar.
     fields = [
@@ -254,10 +267,7 @@ def _reserve_statement(call: MeteredCall, amount: Decimal, now: datetime) -> tup
         )
         SELECT b.id, b.hard, r.id FROM b LEFT JOIN r ON r.budget_id = b.id
     """
-    call.reserved_usd = amount
-    params = [call.team_id, call.api_key_id, _month(now), amount, amount]
-    params += [f.get_db_prep_save(f.pre_save(call, True), connection) for f in fields]
-    return sql, params
+    return tuple(f.attname for f in fields), sql
 
 
 def budget_release(*, counter_ids: Iterable[int], amount: Decimal) -> None:

@@ -18,6 +18,7 @@ call is still billed once, at its real cost.
 """
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -80,6 +81,8 @@ Endpoint = UsageRecord.Endpoint
 SWEPT_ATTEMPT = 1000
 # Past its deadline plus this margin a call is dead, whatever its worker says.
 INFLIGHT_MARGIN = timedelta(minutes=2)
+# A ledger row's values by attribute name, as the close statement writes them.
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -149,57 +152,54 @@ class Meter:
     def close(self, *, now: datetime | None = None) -> list[UsageRecord]:
         """Write the call's rows, close its in-flight record and settle its budgets, in one
         statement. Safe to call once; a second call is a programming error."""
-        records, now = self._closing(now)
+        rows, now = self._closing(now)
         writing = time.monotonic()
-        settled = _close_with_retries(self.facts, records, self.reservation, self.total, now)
-        for counter_id in self._closed(records, settled, writing):
+        settled = _close_with_retries(self.facts, rows, self.reservation, self.total, now)
+        for counter_id in self._closed(rows, settled, writing):
             transaction.on_commit(lambda c=counter_id: budget_alerts_enqueue(c))
-        return records
+        return [UsageRecord(**row) for row in rows]
 
-    async def close_async(self, *, now: datetime | None = None) -> list[UsageRecord]:
+    async def close_async(self, *, now: datetime | None = None) -> None:
         """`close` on the event loop (portal.aio): the /v1 hot path's."""
-        records, now = self._closing(now)
+        rows, now = self._closing(now)
         writing = time.monotonic()
         settled = await _close_with_retries_async(
-            self.facts, records, self.reservation, self.total, now
+            self.facts, rows, self.reservation, self.total, now
         )
-        for counter_id in self._closed(records, settled, writing):
+        for counter_id in self._closed(rows, settled, writing):
             # Rare (a threshold crossed), and the broker client is synchronous.
             from asgiref.sync import sync_to_async
 
             from routing.calls import detached
 
             detached.spawn(sync_to_async(budget_alerts_enqueue, thread_sensitive=False)(counter_id))
-        return records
 
-    def _closing(self, now: datetime | None) -> tuple[list[UsageRecord], datetime]:
+    def _closing(self, now: datetime | None) -> tuple[list[Row], datetime]:
         if self.closed:
             raise RuntimeError(f"{self.facts.request_id} is already recorded")
         self.closed = True
         now = now or timezone.now()
-        records = [
-            _record(self.facts, outcome, charge, attempt, now)
+        rows = [
+            _row(self.facts, outcome, charge, attempt, now)
             for attempt, (outcome, charge) in enumerate(self.outcomes)
         ]
-        return records, now
+        return rows, now
 
-    def _closed(
-        self, records: list[UsageRecord], settled: list[SettledRow], writing: float
-    ) -> list[int]:
+    def _closed(self, rows: list[Row], settled: list[SettledRow], writing: float) -> list[int]:
         """Once the ledger holds the call: count and log it; the counters whose alert
         thresholds it crossed."""
         written = time.monotonic()
         metrics.call_observe(
             self.facts, self.outcomes, duration_s=written - self.opened, ledger_s=written - writing
         )
-        _log_call(self.facts, records, self.total)
+        _log_call(self.facts, rows, self.total)
         return crossed_counters(settled, self.total)
 
 
 call_logger = logging.getLogger("tollgate.calls")
 
 
-def _log_call(facts: CallFacts, records: list[UsageRecord], total: Decimal) -> None:
+def _log_call(facts: CallFacts, records: list[Row], total: Decimal) -> None:
     """One line per call, once it is in the ledger: who, what, how it went, what it cost.
     Never a secret and never prompt text: only ids, names and numbers."""
     if not call_logger.isEnabledFor(logging.INFO) or not records:
@@ -211,14 +211,14 @@ def _log_call(facts: CallFacts, records: list[UsageRecord], total: Decimal) -> N
         "key_prefix": facts.key_prefix,
         "endpoint": facts.endpoint,
         "requested_model": facts.requested_model[:100],
-        "model": last.model,
-        "status": last.status,
-        "http_status": last.http_status,
+        "model": last["model"],
+        "status": last["status"],
+        "http_status": last["http_status"],
         "attempts": len(records),
-        "prompt_tokens": sum(r.prompt_tokens for r in records),
-        "completion_tokens": sum(r.completion_tokens for r in records),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(r["completion_tokens"] for r in records),
         "cost_usd": str(total),
-        "latency_ms": sum(r.latency_ms or 0 for r in records),
+        "latency_ms": sum(r["latency_ms"] or 0 for r in records),
     }
     call_logger.info(
         "call %(request_id)s team=%(team_id)s key=%(key_prefix)s model=%(model)s "
@@ -236,7 +236,7 @@ CLOSE_BACKOFF_S = 0.05
 
 def _close_with_retries(
     facts: CallFacts,
-    records: list[UsageRecord],
+    rows: list[Row],
     reservation: Reservation,
     total: Decimal,
     now: datetime,
@@ -244,7 +244,7 @@ def _close_with_retries(
     # A pooled connection the database dropped (a restart, a failover) fails the first
     # try; the statement is atomic, so it is tried again on a fresh connection. If a try
     # committed but its answer was lost, the next one meets its rows by their key.
-    statement = _close_statement(facts, records, reservation, total, now)
+    statement = _close_statement(facts, rows, reservation, total, now)
     for attempt in range(CLOSE_TRIES):
         try:
             with connection.cursor() as cursor:
@@ -266,7 +266,7 @@ def _close_with_retries(
 
 async def _close_with_retries_async(
     facts: CallFacts,
-    records: list[UsageRecord],
+    rows: list[Row],
     reservation: Reservation,
     total: Decimal,
     now: datetime,
@@ -274,10 +274,13 @@ async def _close_with_retries_async(
     # As _close_with_retries, on portal.aio's pool (which replaces a broken connection).
     from portal import aio
 
-    statement = _close_statement(facts, records, reservation, total, now)
+    statement = _close_statement(facts, rows, reservation, total, now)
     for attempt in range(CLOSE_TRIES):
         try:
-            return await aio.fetch(*statement)
+            # A call whose upstream answered is written however busy the pool is: it waits
+            # for a connection as long as TOLLGATE_LEDGER_WAIT_S, not the 1.5 s a new call
+            # waits before it is refused with a 503.
+            return await aio.fetch(*statement, wait_s=settings.TOLLGATE_LEDGER_WAIT_S)
         except IntegrityError:
             already = "SELECT 1 FROM usage_usagerecord WHERE request_id = %s LIMIT 1"
             if attempt and await aio.fetch(already, [facts.request_id]):
@@ -291,68 +294,75 @@ async def _close_with_retries_async(
     raise AssertionError("unreachable")
 
 
+def _row(facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int, now: datetime) -> Row:
+    price = outcome.price or Price(None, None, None)
+    return {
+        "request_id": facts.request_id,
+        "attempt": attempt,
+        "team_id": facts.team_id,
+        "api_key_id": facts.key_id,
+        "endpoint": facts.endpoint,
+        "requested_model": facts.requested_model,
+        "route": facts.route,
+        "end_user": facts.end_user,
+        "created_at": facts.created_at,
+        "recorded_at": now,
+        "model": outcome.model,
+        "provider": outcome.provider,
+        "input_per_mtok": price.input,
+        "cached_input_per_mtok": price.cached_input,
+        "output_per_mtok": price.output,
+        "cost_usd": charge,
+        "prompt_tokens": outcome.tokens.prompt,
+        "cached_tokens": outcome.tokens.cached,
+        "completion_tokens": outcome.tokens.completion,
+        "reasoning_tokens": outcome.tokens.reasoning,
+        "tokens_estimated": outcome.estimated,
+        "streamed": outcome.streamed,
+        "status": outcome.status,
+        "http_status": outcome.http_status,
+        "error_type": outcome.error_type[:64],
+        "error_message": outcome.error_message[:500],
+        "latency_ms": outcome.latency_ms,
+        "ttft_ms": outcome.ttft_ms,
+    }
+
+
 def _record(
     facts: CallFacts, outcome: Outcome, charge: Decimal, attempt: int, now: datetime
 ) -> UsageRecord:
-    price = outcome.price or Price(None, None, None)
-    return UsageRecord(
-        request_id=facts.request_id,
-        attempt=attempt,
-        team_id=facts.team_id,
-        api_key_id=facts.key_id,
-        endpoint=facts.endpoint,
-        requested_model=facts.requested_model,
-        route=facts.route,
-        end_user=facts.end_user,
-        created_at=facts.created_at,
-        recorded_at=now,
-        model=outcome.model,
-        provider=outcome.provider,
-        input_per_mtok=price.input,
-        cached_input_per_mtok=price.cached_input,
-        output_per_mtok=price.output,
-        cost_usd=charge,
-        prompt_tokens=outcome.tokens.prompt,
-        cached_tokens=outcome.tokens.cached,
-        completion_tokens=outcome.tokens.completion,
-        reasoning_tokens=outcome.tokens.reasoning,
-        tokens_estimated=outcome.estimated,
-        streamed=outcome.streamed,
-        status=outcome.status,
-        http_status=outcome.http_status,
-        error_type=outcome.error_type[:64],
-        error_message=outcome.error_message[:500],
-        latency_ms=outcome.latency_ms,
-        ttft_ms=outcome.ttft_ms,
-    )
+    return UsageRecord(**_row(facts, outcome, charge, attempt, now))
 
 
-def _close_statement(
-    facts: CallFacts,
-    records: list[UsageRecord],
-    reservation: Reservation,
-    total: Decimal,
-    now: datetime,
-) -> tuple[str, list[Any]]:
+@functools.cache
+def _ledger_columns() -> tuple[tuple[str, ...], str]:
+    """The ledger's written attributes (every field but the id, checked against `_row`) and
+    their quoted column list."""
+    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+    names = tuple(f.attname for f in fields)
+    assert set(names) == set(_row(SWEPT_FACTS, SWEPT, Decimal(0), 0, SWEPT_FACTS.created_at))
+    return names, ", ".join(connection.ops.quote_name(f.column) for f in fields)
+
+
+@functools.cache
+def _close_sql(rows: int) -> str:
     # One statement, so one round trip on the hot path, atomic on its own. The
     # spend goes on every budget of the call's team and key for the month it
     # started in — also one set while it was in flight — and the reservation
     # comes off the counters it was held on. If the sweeper closed the call
     # first (`closed` is then empty) it already released the reservation: only
     # the spend is added, as overrun, being covered by no reservation any more.
-    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
-    quote = connection.ops.quote_name
-    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    names, columns = _ledger_columns()
+    row_sql = "(" + ", ".join(["%s"] * len(names)) + ")"
     inserted = ""
-    if records:
+    if rows:
         inserted = (
-            f", inserted AS (INSERT INTO {quote(UsageRecord._meta.db_table)} "
-            f"({', '.join(quote(f.column) for f in fields)}) "
-            f"VALUES {', '.join([row_sql] * len(records))})"
+            f", inserted AS (INSERT INTO {UsageRecord._meta.db_table} ({columns}) "
+            f"VALUES {', '.join([row_sql] * rows)})"
         )
-    sql = f"""
+    return f"""
         WITH closed AS (
-            UPDATE {quote(MeteredCall._meta.db_table)} SET closed_at = %s
+            UPDATE {MeteredCall._meta.db_table} SET closed_at = %s
             WHERE request_id = %s AND closed_at IS NULL RETURNING reserved_usd
         ), held AS (
             SELECT COALESCE((SELECT reserved_usd FROM closed), 0) AS amount
@@ -369,6 +379,15 @@ def _close_statement(
         ){inserted}
         SELECT id, spent_usd, limit_usd, thresholds FROM settled
     """
+
+
+def _close_statement(
+    facts: CallFacts,
+    rows: list[Row],
+    reservation: Reservation,
+    total: Decimal,
+    now: datetime,
+) -> tuple[str, list[Any]]:
     reserved_on = list(reservation.counter_ids)
     params = [
         now,
@@ -381,8 +400,9 @@ def _close_statement(
         facts.team_id,
         facts.key_id,
     ]
-    params += [f.get_db_prep_save(f.pre_save(r, True), connection) for r in records for f in fields]
-    return sql, params
+    names, _ = _ledger_columns()
+    params += [row[name] for row in rows for name in names]
+    return _close_sql(len(rows)), params
 
 
 def meter_open(
@@ -405,20 +425,24 @@ async def meter_open_async(
 
 def _opening(
     facts: CallFacts, worst_case: list[tuple[Price, Tokens]], deadline_s: float, now: datetime
-) -> tuple[MeteredCall, Decimal]:
+) -> tuple[dict[str, Any], Decimal]:
+    """The call's MeteredCall values (by attribute) and the amount it reserves."""
     reserve = max((cost(price, tokens) for price, tokens in worst_case), default=Decimal(0))
-    call = MeteredCall(
-        request_id=facts.request_id,
-        team_id=facts.team_id,
-        api_key_id=facts.key_id,
-        endpoint=facts.endpoint,
-        requested_model=facts.requested_model,
-        route=facts.route,
-        end_user=facts.end_user,
-        started_at=now,
-        worker=heartbeat.worker(),
-        expires_at=now + timedelta(seconds=deadline_s) + INFLIGHT_MARGIN,
-    )
+    call = {
+        "request_id": facts.request_id,
+        "team_id": facts.team_id,
+        "api_key_id": facts.key_id,
+        "endpoint": facts.endpoint,
+        "requested_model": facts.requested_model,
+        "route": facts.route,
+        "end_user": facts.end_user,
+        "started_at": now,
+        "worker": heartbeat.worker(),
+        "expires_at": now + timedelta(seconds=deadline_s) + INFLIGHT_MARGIN,
+        "reserved_usd": reserve,
+        "closed_at": None,
+        "swept": False,
+    }
     return call, reserve
 
 
@@ -490,7 +514,7 @@ def inflight_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             duration_s=(now - call.started_at).total_seconds(),
             ledger_s=None,
         )
-        _log_call(facts, [_record(facts, SWEPT, Decimal(0), SWEPT_ATTEMPT, now)], Decimal(0))
+        _log_call(facts, [_row(facts, SWEPT, Decimal(0), SWEPT_ATTEMPT, now)], Decimal(0))
     return len(stale)
 
 
@@ -500,6 +524,17 @@ SWEPT = Outcome(
     estimated=True,
     error_type="interrupted",
     error_message="The gateway worker serving this call stopped before it finished.",
+)
+
+
+# Facts of no call: what `_ledger_columns` checks `_row`'s names with.
+SWEPT_FACTS = CallFacts(
+    request_id="",
+    team_id=0,
+    key_id=None,
+    endpoint="",
+    requested_model="",
+    created_at=datetime(2000, 1, 1, tzinfo=UTC),
 )
 
 
