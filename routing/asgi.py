@@ -164,8 +164,10 @@ async def _lifespan(receive, send):
                     "%d call(s) still running at shutdown; the sweeper records them", left
                 )
             from portal import aio
+            from routing.upstream import upstream_close
 
             await aio.close_pools()
+            await upstream_close()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

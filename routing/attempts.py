@@ -6,12 +6,13 @@ import random
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import httpx2
-import openai
 
 from routing.cooldowns import cooldown_note_failure
 from routing.errors import ProxyError, sanitized, upstream_error
 from routing.selectors import ModelInfo
+from routing.upstream import UpstreamEventError, UpstreamStatusError
 from usage.metering import Status
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,10 @@ class AttemptFailure:
     retry_after: float | None = None
 
 
-def _upstream_body(response) -> object:
-    try:
-        return response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
     if isinstance(exc, ProxyError):
         return AttemptFailure(Status.UPSTREAM_ERROR, exc, retryable=True)
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, asyncio.TimeoutError)):
+    if isinstance(exc, (TimeoutError, httpx2.TimeoutException)):
         return AttemptFailure(
             Status.TIMEOUT,
             ProxyError(
@@ -50,11 +44,9 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
             ),
             retryable=True,
         )
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        error = upstream_error(
-            _upstream_body(exc.response), fallback=f"The upstream answered HTTP {status}."
-        )
+    if isinstance(exc, UpstreamStatusError):
+        status = exc.status
+        error = upstream_error(exc.json(), fallback=f"The upstream answered HTTP {status}.")
         message, body = error["message"], {"error": error}
         if status in CLIENT_FAULT_STATUSES:
             return AttemptFailure(
@@ -62,8 +54,8 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
             )
         if status == 429:
             headers, retry_after = {}, None
-            if exc.response.headers.get("retry-after"):
-                headers["Retry-After"] = exc.response.headers["retry-after"]
+            if exc.headers.get("retry-after"):
+                headers["Retry-After"] = exc.headers["retry-after"]
                 try:
                     retry_after = max(0.0, float(headers["Retry-After"]))
                 except ValueError:
@@ -91,7 +83,7 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
             ),
             retryable=True,
         )
-    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+    if isinstance(exc, (aiohttp.ClientError, httpx2.TransportError)):
         return AttemptFailure(
             Status.UPSTREAM_ERROR,
             ProxyError(
@@ -103,9 +95,9 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
         )
     if isinstance(exc, UpstreamStreamError):
         return AttemptFailure(Status.UPSTREAM_ERROR, exc.error, retryable=True)
-    if isinstance(exc, openai.APIError):
+    if isinstance(exc, UpstreamEventError):
         # An error event inside an SSE stream.
-        error = upstream_error(exc.body, fallback=sanitized(exc.message or "no message"))
+        error = upstream_error(exc.body, fallback=sanitized(str(exc)))
         message = f"The upstream for `{model.name}` failed: {error['message']}"
         return AttemptFailure(
             Status.UPSTREAM_ERROR,

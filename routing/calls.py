@@ -499,7 +499,7 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
                     json_bytes(upstream_body(body, model, call.endpoint)),
                     timeout=timeout,
                 )
-                payload = raw.json()
+                payload = json.loads(raw)
             if not isinstance(payload, dict):
                 raise UpstreamStreamError(
                     ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error")

@@ -445,11 +445,14 @@ def compare_run(
 
     async def run():
         from portal import aio
+        from routing.upstream import upstream_close
 
         try:
             return await asyncio.gather(*[_compare_one(principal, body, m) for m in models])
         finally:
-            await aio.close_pools()  # this event loop ends here
+            # This event loop ends here, and its connections with it.
+            await aio.close_pools()
+            await upstream_close()
 
     return list(async_to_sync(run)())
 

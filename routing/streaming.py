@@ -10,8 +10,6 @@ import asyncio
 import json
 import time
 
-import httpx2
-import openai
 from django.conf import settings
 
 from routing import tokens
@@ -19,7 +17,7 @@ from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
 from routing.calls import _PATHS, CHAT, Call, counted_tokens, detached, json_bytes, upstream_body
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo
-from routing.upstream import sse_events, upstream_stream
+from routing.upstream import Answer, UpstreamEventError, sse_events, upstream_stream
 from usage.metering import Status
 
 # The watchdog ends a stream this long after its deadline when the relay itself could
@@ -43,7 +41,7 @@ class StreamRelay:
         self,
         call: Call,
         model: ModelInfo,
-        stream: httpx2.Response,
+        stream: Answer,
         chunks,
         first: "Event",
         started: float,
@@ -218,7 +216,7 @@ class StreamRelay:
             )
         )
         try:
-            await self.stream.aclose()
+            await self.stream.close()
         except Exception:  # closing a broken upstream connection may fail; nothing to do
             pass
         await self.call.record()
@@ -252,7 +250,7 @@ class RelayBody:
 Event = tuple[dict, bytes]
 
 
-async def _events(response: httpx2.Response):
+async def _events(response: Answer):
     """The upstream's events, each parsed once; an error event raises as the SDK would."""
     async for data in sse_events(response):
         try:
@@ -266,9 +264,7 @@ async def _events(response: httpx2.Response):
         if not isinstance(chunk, dict):
             continue
         if chunk.get("error") and "choices" not in chunk:
-            raise openai.APIError(
-                "An error occurred during streaming", response.request, body=chunk["error"]
-            )
+            raise UpstreamEventError(chunk["error"])
         yield chunk, data
 
 
@@ -306,7 +302,7 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
         except Exception as exc:
             if stream is not None:
                 try:
-                    await stream.aclose()
+                    await stream.close()
                 except Exception:
                     pass
             failure = classify_failure(exc, model)

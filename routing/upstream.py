@@ -1,16 +1,23 @@
-"""One pooled HTTP client per provider (and event loop), built on demand. Calls go through
-it directly, with no SDK request building on the hot path: JSON calls by `upstream_post`,
-streams by `upstream_stream`, whose server-sent events `sse_events` splits into their
-data, as bytes, for the relay to pass on as they came (routing.streaming). The `openai`
-SDK built on the same client serves the rest (e.g. the compare page's calls)."""
+"""How calls reach a provider: one pooled aiohttp session per provider (and event loop),
+built on demand, with no SDK request building on the hot path. JSON calls go through
+`upstream_post`, streams through `upstream_stream`, whose server-sent events `sse_events`
+splits into their data, as bytes, for the relay to pass on as they came
+(routing.streaming). The built-in offline provider answers through the same two
+functions from its in-process transport (routing.offline), without a network.
+
+Failures raise what routing.attempts classifies: UpstreamStatusError for an error status,
+UpstreamEventError for an error event in a stream, aiohttp's ClientError for a connection
+that failed, TimeoutError for one that took too long.
+"""
 
 import asyncio
+import json
 import os
 import weakref
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 
+import aiohttp
 import httpx2
-import openai
 
 from routing.errors import ProxyError
 from routing.offline import OfflineTransport
@@ -19,77 +26,179 @@ from routing.selectors import ProviderInfo
 OFFLINE_BASE_URL = "offline:"
 
 
-@dataclass(frozen=True)
-class Upstream:
-    http: httpx2.AsyncClient
-    sdk: openai.AsyncOpenAI
-    base_url: str
-    headers: dict[str, str]
+class UpstreamStatusError(Exception):
+    """The upstream answered an error status; its headers and body (bytes) as they came."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes):
+        super().__init__(f"The upstream answered HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> object:
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
 
 
-# An httpx client belongs to the event loop it was made on.
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+class UpstreamEventError(Exception):
+    """An error event inside a stream; `body` is its `error` member."""
+
+    def __init__(self, body: object):
+        message = body.get("message") if isinstance(body, dict) else None
+        super().__init__(message if isinstance(message, str) else "no message")
+        self.body = body
 
 
-def _upstream(provider: ProviderInfo) -> Upstream:
-    loop = asyncio.get_running_loop()
-    per_loop = _clients.setdefault(loop, {})
+class Answer:
+    """An upstream's answer, whichever client carried it: status, headers, and the body as
+    it comes."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class _HttpAnswer(Answer):
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response = response
+        self.status = response.status
+        self.headers = response.headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.content.iter_any()
+
+    async def read(self) -> bytes:
+        return await self.response.read()
+
+    async def close(self) -> None:
+        self.response.release()
+
+
+class _OfflineAnswer(Answer):
+    def __init__(self, response: httpx2.Response):
+        self.response = response
+        self.status = response.status_code
+        self.headers = response.headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.aiter_bytes()
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+class _Upstream:
+    def __init__(self, provider: ProviderInfo):
+        self.offline = provider.base_url.startswith(OFFLINE_BASE_URL)
+        self.session: aiohttp.ClientSession | None = None
+        if self.offline:
+            self.base_url, api_key = "http://offline.invalid/v1", "offline"
+            self.transport = OfflineTransport()
+        else:
+            api_key = os.environ.get(provider.api_key_env, "") if provider.api_key_env else ""
+            if provider.api_key_env and not api_key:
+                raise ProxyError(
+                    503,
+                    f"The provider '{provider.name}' is not configured: its secret "
+                    f"{provider.api_key_env} is not set.",
+                    code="provider_not_configured",
+                )
+            self.base_url, api_key = provider.base_url.rstrip("/"), api_key or "none"
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300),
+                # Proxies from the environment are not followed: the provider is called as set.
+                trust_env=False,
+                raise_for_status=False,
+            )
+        self.timeout_s = provider.timeout_s
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+
+    async def post(self, path: str, content: bytes, *, timeout: float) -> Answer:
+        """POST `content`; the answer with its body unread. An error status raises
+        UpstreamStatusError (its body read, the answer closed)."""
+        if self.session is None:
+            request = httpx2.Request(
+                "POST", self.base_url + path, content=content, headers=self.headers
+            )
+            answer: Answer = _OfflineAnswer(await self.transport.handle_async_request(request))
+        else:
+            # As httpx's timeouts: each connect and each read within `timeout` (the call's
+            # deadline bounds the whole).
+            limit = min(timeout, self.timeout_s)
+            response = await self.session.post(
+                self.base_url + path,
+                data=content,
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=min(10, limit), sock_read=limit
+                ),
+            )
+            answer = _HttpAnswer(response)
+        if answer.status >= 400:
+            try:
+                body = await answer.read()
+            finally:
+                await answer.close()
+            raise UpstreamStatusError(answer.status, answer.headers, body)
+        return answer
+
+
+# A session belongs to the event loop it was made on.
+_upstreams: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _upstream(provider: ProviderInfo) -> _Upstream:
+    per_loop = _upstreams.setdefault(asyncio.get_running_loop(), {})
     upstream = per_loop.get(provider)
     if upstream is None:
-        upstream = _make_upstream(provider)
-        per_loop[provider] = upstream
+        upstream = per_loop[provider] = _Upstream(provider)
     return upstream
-
-
-def upstream_client(provider: ProviderInfo) -> openai.AsyncOpenAI:
-    return _upstream(provider).sdk
 
 
 async def upstream_post(
     provider: ProviderInfo, path: str, content: bytes, *, timeout: float
-) -> httpx2.Response:
-    """POST a JSON body to the provider as is (no SDK request building or re-validation);
-    an error status raises openai.APIStatusError, as the SDK would, for classify_failure."""
-    upstream = _upstream(provider)
-    response = await upstream.http.post(
-        upstream.base_url + path, content=content, headers=upstream.headers, timeout=timeout
-    )
-    if response.status_code >= 400:
-        await response.aread()
-        raise openai.APIStatusError(
-            f"The upstream answered HTTP {response.status_code}", response=response, body=None
-        )
-    return response
+) -> bytes:
+    """POST a JSON body to the provider as is; the answer's body."""
+    answer = await _upstream(provider).post(path, content, timeout=timeout)
+    try:
+        return await answer.read()
+    finally:
+        await answer.close()
 
 
 async def upstream_stream(
     provider: ProviderInfo, path: str, content: bytes, *, timeout: float
-) -> httpx2.Response:
-    """POST a JSON body asking for a stream; the open response, its body unread. An error
-    status raises openai.APIStatusError (its body read, the response closed)."""
-    upstream = _upstream(provider)
-    request = upstream.http.build_request(
-        "POST", upstream.base_url + path, content=content, headers=upstream.headers, timeout=timeout
-    )
-    response = await upstream.http.send(request, stream=True)
-    if response.status_code >= 400:
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        raise openai.APIStatusError(
-            f"The upstream answered HTTP {response.status_code}", response=response, body=None
-        )
-    return response
+) -> Answer:
+    """POST a JSON body asking for a stream; the open answer, its body unread."""
+    return await _upstream(provider).post(path, content, timeout=timeout)
 
 
-async def sse_events(response: httpx2.Response):
-    """The data of each server-sent event of `response`, as the bytes that came (data lines
+async def upstream_close() -> None:
+    """Close this event loop's sessions (at shutdown, or when a short-lived loop ends)."""
+    for upstream in _upstreams.pop(asyncio.get_running_loop(), {}).values():
+        if upstream.session is not None:
+            await upstream.session.close()
+
+
+async def sse_events(answer: Answer) -> AsyncIterator[bytes]:
+    """The data of each server-sent event of `answer`, as the bytes that came (data lines
     joined by newlines), until `[DONE]` or the end of the body. Fields other than data
     (event, id, retry, comments) carry nothing the gateway uses."""
     buffer = b""
     data: list[bytes] = []
-    async for piece in response.aiter_bytes():
+    async for piece in answer.chunks():
         buffer = buffer + piece if buffer else piece
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
@@ -111,29 +220,3 @@ async def sse_events(response: httpx2.Response):
         data.append(buffer[6:] if buffer[5:6] == b" " else buffer[5:])
     if data and (event := b"\n".join(data)) != b"[DONE]":
         yield event
-
-
-def _make_upstream(provider: ProviderInfo) -> Upstream:
-    timeout = httpx2.Timeout(provider.timeout_s, connect=min(10, provider.timeout_s))
-    if provider.base_url.startswith(OFFLINE_BASE_URL):
-        base_url, api_key = "http://offline.invalid/v1", "offline"
-        http = httpx2.AsyncClient(transport=OfflineTransport(), timeout=timeout)
-    else:
-        api_key = os.environ.get(provider.api_key_env, "") if provider.api_key_env else ""
-        if provider.api_key_env and not api_key:
-            raise ProxyError(
-                503,
-                f"The provider '{provider.name}' is not configured: its secret {provider.api_key_env} is not set.",
-                code="provider_not_configured",
-            )
-        base_url, api_key = provider.base_url.rstrip("/"), api_key or "none"
-        http = httpx2.AsyncClient(
-            timeout=timeout,
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
-        )
-    # Retries are the proxy's own decision (fallbacks), never the SDK's.
-    sdk = openai.AsyncOpenAI(
-        base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http
-    )
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-    return Upstream(http=http, sdk=sdk, base_url=base_url, headers=headers)
