@@ -1,7 +1,8 @@
 """Per-key requests and tokens per minute, in fixed one-minute windows.
 
 Counted in Redis when REDIS_URL is set, so every worker shares the count
-(one pipelined round trip per call, on the event loop: INCRBY and EXPIRE for each limit);
+(one round trip per call, on the event loop: INCRBY for each limit, pipelined when there
+are two, and EXPIRE when a window's key is made);
 in process memory otherwise, and while Redis does not answer: then each process
 enforces the limits on its own (a key may get up to the limit from each process
 until Redis is back), with one warning a minute in the log. A request's tokens are the most it can use
@@ -73,6 +74,14 @@ async def _incr(
     if client is None:
         return _memory.incr(amounts, window), True
     try:
+        if len(amounts) == 1:
+            # The usual case (one limit, or a settlement): one command. A window's key is
+            # given its expiry by whoever made it (its count is then its amount).
+            ((key, amount),) = amounts.items()
+            count = await client.incrby(key, amount)
+            if count == amount:
+                await client.expire(key, WINDOW_S * 2)
+            return [count], False
         pipe = client.pipeline(transaction=False)
         for key, amount in amounts.items():
             pipe.incrby(key, amount)
