@@ -73,24 +73,46 @@ def _pool() -> AsyncConnectionPool:
     return pool
 
 
+# The event loops that serve requests for the life of the process (uvicorn's, registered at
+# lifespan startup): they get the pool. Any other loop (asgiref's async_to_sync makes one
+# per call from synchronous code) gets a connection of its own per statement, so nothing
+# of it outlives the loop; a pool's background tasks would hold that loop's end forever.
+_serving: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+
+
+def serve_here() -> None:
+    """Mark the running loop as one that serves for the life of the process."""
+    _serving.add(asyncio.get_running_loop())
+
+
 async def fetch(
     sql: str, params: Sequence[Any] = (), *, wait_s: float | None = None
 ) -> list[tuple]:
     """Run one statement (autocommit: atomic on its own) and return its rows, if any.
     `wait_s`: how long to wait for a free connection (default DB_POOL_TIMEOUT_S)."""
-    pool = _pool()
     try:
+        if asyncio.get_running_loop() not in _serving:
+            conn = await psycopg.AsyncConnection.connect(**_connect_kwargs())
+            async with conn:
+                await _configure(conn)
+                return await _run(conn, sql, params)
+        pool = _pool()
         if pool.closed:
             await pool.open(wait=False)
-        async with pool.connection(timeout=wait_s) as conn, conn.cursor() as cursor:
-            await cursor.execute(sql, params)
-            return await cursor.fetchall() if cursor.description else []
+        async with pool.connection(timeout=wait_s) as conn:
+            return await _run(conn, sql, params)
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(*exc.args) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise OperationalError(*exc.args) from exc
     except psycopg.InterfaceError as exc:
         raise InterfaceError(*exc.args) from exc
+
+
+async def _run(conn: psycopg.AsyncConnection, sql: str, params: Sequence[Any]) -> list[tuple]:
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql, params)
+        return await cursor.fetchall() if cursor.description else []
 
 
 async def close_pools() -> None:
@@ -106,7 +128,7 @@ async def close_pools() -> None:
 
 def redis_client() -> redis.asyncio.Redis | None:
     """This loop's Redis client, or None without REDIS_URL. Its pool waits (up to
-    REDIS_POOL_TIMEOUT_S) for a free connection rather than failing when all are busy."""
+    TOLLGATE_REDIS_TIMEOUT_S) for a free connection rather than failing when all are busy."""
     if not settings.REDIS_URL:
         return None
     loop = asyncio.get_running_loop()
@@ -115,9 +137,9 @@ def redis_client() -> redis.asyncio.Redis | None:
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             max_connections=settings.TOLLGATE_REDIS_POOL_MAX,
-            timeout=settings.TOLLGATE_REDIS_POOL_TIMEOUT_S,
+            timeout=settings.TOLLGATE_REDIS_TIMEOUT_S,
             socket_connect_timeout=1,
-            socket_timeout=1,
+            socket_timeout=settings.TOLLGATE_REDIS_TIMEOUT_S,
         )
         client = redis.asyncio.Redis(connection_pool=pool)
         _redis[loop] = client

@@ -400,10 +400,14 @@ TOLLGATE_KEY_CACHE_S = env.int("TOLLGATE_KEY_CACHE_S", default=60)
 # revoked in another process stops working here within it. 0: always ask the cache.
 TOLLGATE_KEY_LOCAL_CACHE_S = env.float("TOLLGATE_KEY_LOCAL_CACHE_S", default=2.0)
 # The /v1 hot path's own connections (portal.aio), per web process: PostgreSQL (async
-# pool, waits DB_POOL_TIMEOUT_S for a free one) and Redis (waits this long for a free one).
+# pool, waits DB_POOL_TIMEOUT_S for a free one) and Redis. A Redis command waits up to
+# TOLLGATE_REDIS_TIMEOUT_S for a free connection and for its answer before the rate limits
+# fall back to per-process counts: a busy worker (a burst of calls) must not pass for a
+# Redis outage, or its limits would fail open under the very load they exist for. A Redis
+# that refuses connections is detected at once (1 s to connect).
 TOLLGATE_ASYNC_DB_POOL_MAX = env.int("TOLLGATE_ASYNC_DB_POOL_MAX", default=20)
 TOLLGATE_REDIS_POOL_MAX = env.int("TOLLGATE_REDIS_POOL_MAX", default=50)
-TOLLGATE_REDIS_POOL_TIMEOUT_S = env.float("TOLLGATE_REDIS_POOL_TIMEOUT_S", default=1.0)
+TOLLGATE_REDIS_TIMEOUT_S = env.float("TOLLGATE_REDIS_TIMEOUT_S", default=5.0)
 # Seconds a finished call's ledger write waits for a free connection of that pool before
 # it is retried (a new call waits DB_POOL_TIMEOUT_S, then gets a 503).
 TOLLGATE_LEDGER_WAIT_S = env.float("TOLLGATE_LEDGER_WAIT_S", default=30.0)

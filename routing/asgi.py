@@ -156,6 +156,9 @@ async def _lifespan(receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            from portal import aio
+
+            aio.serve_here()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             left = await detached.finish(timeout=settings.TOLLGATE_SHUTDOWN_GRACE_S)
