@@ -246,6 +246,8 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-advance": {"task": "usage.tasks.rollup_advance", "schedule": 300.0},
     # Hand newly recorded ledger rows to the teams' usage webhooks.
     "usage-events": {"task": "usage.tasks.usage_events_dispatch", "schedule": 15.0},
+    # Create the ledger's monthly partitions ahead (usage.partitions); a no-op once they exist.
+    "ledger-partitions": {"task": "usage.tasks.ledger_partitions_ensure", "schedule": 86400.0},
     # Close last month's invoices once the grace period after month end has passed.
     "invoices-close": {"task": "usage.tasks.invoices_close_due", "schedule": 3600.0},
 }

@@ -75,9 +75,14 @@ class UsageRecord(models.Model):
     recorded_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        # Partitioned by month of created_at (usage.partitions): PostgreSQL wants the
+        # partition key in every unique constraint, and every row of a call carries the
+        # call's created_at, so this still holds each attempt of a request once. The
+        # database's primary key is (id, created_at); `id` alone is unique by its sequence.
         constraints = [
             models.UniqueConstraint(
-                fields=["request_id", "attempt"], name="usage_unique_request_attempt"
+                fields=["request_id", "attempt", "created_at"],
+                name="usage_unique_request_attempt",
             )
         ]
         indexes = [
