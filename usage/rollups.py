@@ -15,7 +15,9 @@ from django.utils import timezone
 from usage.horizon import ledger_horizon
 from usage.models import DailyUsage, RollupMark, UsageRecord
 
-LAG = timedelta(seconds=60)
+# Behind now as the usage events are (usage.events), and run every 30 s (settings), so a
+# row is in the rollups within about a minute of being recorded.
+LAG = timedelta(seconds=30)
 MARK = "daily"
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 GROUP = (
