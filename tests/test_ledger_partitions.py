@@ -230,3 +230,41 @@ def test_the_migration_partitions_a_ledger_that_already_holds_rows_and_back():
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_the_ledger_list_pages_by_keyset_across_partitions_without_counting():
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    from tests.factories import MembershipFactory, UserFactory
+
+    team, other = TeamFactory(slug="keyset"), TeamFactory()
+    key, _ = api_key_create(team=team, name="k")
+    others_key, _ = api_key_create(team=other, name="k")
+    ledger_partitions_ensure(now=datetime(2033, 1, 1, tzinfo=UTC), ahead=1)
+    written = []
+    for when in (
+        datetime(2033, 1, 5, tzinfo=UTC),  # a month partition
+        datetime(2033, 2, 5, tzinfo=UTC),  # the next one
+        datetime(2034, 6, 5, tzinfo=UTC),  # the default partition
+    ):
+        for _ in range(2):
+            record = row(team, when)
+            UsageRecord.objects.filter(id=record.id).update(api_key=key)
+            written.append(record.request_id)
+    row(team, datetime(2033, 1, 6, tzinfo=UTC))  # no key
+    user = UserFactory()
+    MembershipFactory(team=team, user=user, role="admin")
+    client = APIClient()
+    client.force_login(user)
+
+    seen, url = [], f"/api/teams/keyset/usage/?key={key.prefix}&page_size=2"
+    with CaptureQueriesContext(connection) as queries:
+        while url:
+            page = client.get(url).json()
+            seen += [r["request_id"] for r in page["results"]]
+            url = page["next"]
+    assert seen == written[::-1]
+    assert not any("COUNT(" in q["sql"].upper() for q in queries.captured_queries)
+    foreign = client.get(f"/api/teams/keyset/usage/?key={others_key.prefix}").json()
+    assert foreign["results"] == []
