@@ -91,6 +91,8 @@ def partition_create(cursor, start: datetime) -> bool:
     start = month_start(start)
     end = next_month_start(start)
     name = partition_name(start.date())
+    # Two runs at once (a beat task and an operator's command) take turns.
+    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [TABLE])
     if _attached(cursor, name):
         return False
     quote = connection.ops.quote_name
