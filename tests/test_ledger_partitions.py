@@ -268,3 +268,27 @@ def test_the_ledger_list_pages_by_keyset_across_partitions_without_counting():
     assert not any("COUNT(" in q["sql"].upper() for q in queries.captured_queries)
     foreign = client.get(f"/api/teams/keyset/usage/?key={others_key.prefix}").json()
     assert foreign["results"] == []
+
+
+def test_every_row_of_a_call_carries_its_created_at_even_across_a_month_end(team, inference_key):
+    """The unique key includes created_at, so it holds each attempt once only if every row of
+    one call has the same created_at: the sweep row and the real rows of a slow worker alike,
+    even when the call opened in one month and was recorded in the next."""
+    from datetime import timedelta
+
+    from tests.factories import finish_call, open_call
+    from usage.metering import inflight_sweep
+    from usage.models import MeteredCall
+
+    key, _ = inference_key
+    opened = datetime(2035, 1, 31, 23, 59, 50, tzinfo=UTC)
+    ledger_partitions_ensure(now=opened, ahead=1)
+    meter = open_call(team, key, "req_month_end", opened)
+    # The worker is slow: its lease lapses and the call is swept, then it records its rows.
+    MeteredCall.objects.filter(request_id="req_month_end").update(worker="dead-host:1:gone")
+    assert inflight_sweep(now=opened + timedelta(minutes=2)) == 1
+    finish_call(meter, "0.01", now=opened + timedelta(minutes=3))
+
+    rows = UsageRecord.objects.filter(request_id="req_month_end")
+    assert {r.created_at for r in rows} == {opened} and rows.count() == 2
+    assert {partition_of(r) for r in rows} == {"usage_usagerecord_y2035m01"}
