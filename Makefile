@@ -13,7 +13,7 @@ CATALOGS := catalog/default.toml $(if $(filter 1,$(OFFLINE)),catalog/offline.tom
 # REDIS_URL leave unset, runs the command after --, then stops them.
 SERVICES := $(BIN)/python devservices.py
 
-.PHONY: run serve test lint browser install bench profile soak clean
+.PHONY: run serve test lint browser install bench bench-ledger profile soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_bench}" \
 		exec $(BIN)/python -m bench.harness'
+
+# The ledger at scale (bench/ledger_scale.py): 10,000,000 rows (BENCH_ROWS) loaded once through
+# COPY into their own database, then reports, the ledger list and closemonth timed. Minutes.
+bench-ledger: $(STAMP)
+	$(SERVICES) test --durable -- sh -c 'BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$${DATABASE_URL%/*}/tollgate_ledger10m}" \
+		exec $(BIN)/python -m bench.ledger_scale'
 
 # A bounded soak (10 minutes; BENCH_SOAK_S to change): mixed load, an upstream failing 10% of
 # the time; checks memory, 5xx and ledger == calls (bench/soak.py). Not part of `make test`.

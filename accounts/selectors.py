@@ -38,6 +38,12 @@ def api_key_list(*, team: Team) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(team=team).order_by("-created_at")
 
 
+def api_key_id_query(*, prefix: str) -> QuerySet:
+    """The id of the key with this prefix (none if there is none), as a query to filter other
+    rows by: it runs inside theirs as a scalar subquery, so the planner sees one key id."""
+    return ApiKey.objects.filter(prefix=prefix).values("id")[:1]
+
+
 def api_key_get(*, team: Team, prefix: str) -> ApiKey | None:
     return ApiKey.objects.filter(team=team, prefix=prefix).first()
 

@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from usage.horizon import MARGIN, ledger_horizon
-from usage.rollups import rollup_advance, rollup_through
+from usage.rollups import LAG, rollup_advance, rollup_through
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,7 +45,7 @@ def test_an_open_transaction_holds_the_horizon_and_the_rollups_back_until_it_end
         other.close()
     assert ledger_horizon(now=far, lag=timedelta(seconds=30)) == far - timedelta(seconds=30)
     rollup_advance(now=far)
-    assert rollup_through() == far - timedelta(seconds=60)
+    assert rollup_through() == far - LAG
 
 
 def test_metrics_show_how_long_the_oldest_transaction_has_been_open():

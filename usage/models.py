@@ -34,7 +34,10 @@ class UsageRecord(models.Model):
 
     request_id = models.CharField(max_length=64)
     attempt = models.PositiveSmallIntegerField(default=0)
-    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
+    # No index of its own: every ledger index begins with the team.
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     api_key = models.ForeignKey(
         "accounts.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -75,14 +78,24 @@ class UsageRecord(models.Model):
     recorded_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        # Partitioned by month of created_at (usage.partitions): PostgreSQL wants the
+        # partition key in every unique constraint, and every row of a call carries the
+        # call's created_at, so this still holds each attempt of a request once. The
+        # database's primary key is (id, created_at); `id` alone is unique by its sequence.
         constraints = [
             models.UniqueConstraint(
-                fields=["request_id", "attempt"], name="usage_unique_request_attempt"
+                fields=["request_id", "attempt", "created_at"],
+                name="usage_unique_request_attempt",
             )
         ]
         indexes = [
-            models.Index(fields=["team", "created_at"]),
-            models.Index(fields=["team", "api_key", "created_at"]),
+            # The ledger list's keyset order, newest first (usage.api.UsagePagination), all of
+            # a team's rows or one key's: walked backwards partition by partition, a page stops
+            # after its rows, at any depth.
+            models.Index(fields=["team", "created_at", "id"], name="usage_team_created_idx"),
+            models.Index(
+                fields=["team", "api_key", "created_at", "id"], name="usage_team_key_created_idx"
+            ),
             models.Index(fields=["recorded_at"]),
             # The explorer's other orders, paged by keyset at any depth: costliest first, and
             # slowest first with a missing latency as -1 (usage.views.SORTS).

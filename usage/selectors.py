@@ -33,7 +33,9 @@ def usage_rows(
     if end is not None:
         rows = rows.filter(created_at__lt=end)
     if key_prefix:
-        rows = rows.filter(api_key__prefix=key_prefix)
+        from usage.filters import key_id
+
+        rows = rows.filter(api_key_id=key_id(key_prefix))
     if model:
         rows = rows.filter(model=model)
     if status:

@@ -53,6 +53,16 @@ def rollup_advance():
 
 
 @shared_task
+def ledger_partitions_ensure():
+    """Create the ledger's partitions for this month and the months ahead (idempotent)."""
+    from django.utils import timezone
+
+    from usage import partitions
+
+    return partitions.ledger_partitions_ensure(now=timezone.now())
+
+
+@shared_task
 def invoices_close_due():
     """Close the previous month for every team once its grace period is over (idempotent).
 
