@@ -154,6 +154,9 @@ async def burst(url: str, headers: dict, stream: bool, calls: int, ramp_s: float
     headers = {**headers, "Content-Type": "application/json"}
     statuses: list[int] = []
     ttfbs: list[float] = []
+    failures: list[str] = []
+    # Time to first byte by the second it started in (of the ramp): where the tail is.
+    by_second: dict[int, list[float]] = {}
     gate = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(
@@ -173,8 +176,11 @@ async def burst(url: str, headers: dict, stream: bool, calls: int, ramp_s: float
                     statuses.append(answer.status)
                     if answer.status == 200 and first is not None:
                         ttfbs.append(first - started)
-            except (aiohttp.ClientError, TimeoutError):
+                        second = int(ramp_s * index / calls) if ramp_s else 0
+                        by_second.setdefault(second, []).append(first - started)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 statuses.append(0)
+                failures.append(type(exc).__name__)
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(calls)]
         await asyncio.sleep(0.2)
@@ -184,8 +190,14 @@ async def burst(url: str, headers: dict, stream: bool, calls: int, ramp_s: float
         "ok": statuses.count(200),
         "refused_429": statuses.count(429),
         "errors": len(statuses) - statuses.count(200) - statuses.count(429),
+        "error_statuses": sorted({s for s in statuses if s not in (200, 429)}),
+        "client_failures": sorted(set(failures)),
         "ttfb_p50_ms": round(statistics.median(ttfbs) * 1000, 1) if ttfbs else None,
         "ttfb_p99_ms": round(percentile(ttfbs, 0.99) * 1000, 1) if ttfbs else None,
+        "ttfb_p99_ms_by_second_started": {
+            second: round(percentile(values, 0.99) * 1000, 1)
+            for second, values in sorted(by_second.items())
+        },
     }
 
 

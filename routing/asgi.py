@@ -7,6 +7,7 @@ large share of the proxy's own latency, so /v1 gets a handler without them.
 """
 
 import asyncio
+import gc
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +160,12 @@ async def _lifespan(receive, send):
             from portal import aio
 
             aio.serve_here()
+            # What the process holds once started (Django, the URL conf, the schema: some
+            # 140,000 objects) stays for its life: frozen out of the garbage collector, so
+            # a full collection no longer walks it (78 ms here, a pause for every call in
+            # flight) and only the calls' own objects are collected.
+            gc.collect()
+            gc.freeze()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             left = await detached.finish(timeout=settings.TOLLGATE_SHUTDOWN_GRACE_S)
