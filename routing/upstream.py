@@ -101,6 +101,7 @@ class _Upstream:
     def __init__(self, provider: ProviderInfo):
         self.offline = provider.base_url.startswith(OFFLINE_BASE_URL)
         self.session: aiohttp.ClientSession | None = None
+        self.fresh: aiohttp.ClientSession | None = None
         if self.offline:
             self.base_url, api_key = "http://offline.invalid/v1", "offline"
             self.transport = OfflineTransport()
@@ -123,6 +124,14 @@ class _Upstream:
         self.timeout_s = provider.timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
+    def _fresh(self) -> aiohttp.ClientSession:
+        """A session whose every request gets a new connection (closed after it)."""
+        if self.fresh is None:
+            self.fresh = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0), trust_env=False
+            )
+        return self.fresh
+
     async def post(self, path: str, content: bytes, *, timeout: float) -> Answer:
         """POST `content`; the answer with its body unread. An error status raises
         UpstreamStatusError (its body read, the answer closed)."""
@@ -135,14 +144,20 @@ class _Upstream:
             # As httpx's timeouts: each connect and each read within `timeout` (the call's
             # deadline bounds the whole).
             limit = min(timeout, self.timeout_s)
-            response = await self.session.post(
-                self.base_url + path,
-                data=content,
-                headers=self.headers,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=min(10, limit), sock_read=limit
-                ),
+            timeouts = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10, limit), sock_read=limit
             )
+            try:
+                response = await self.session.post(
+                    self.base_url + path, data=content, headers=self.headers, timeout=timeouts
+                )
+            except aiohttp.ServerDisconnectedError:
+                # A kept-alive connection the server closed as the request went out (its
+                # idle timeout: uvicorn's is 5 s) fails before any answer: tried once more,
+                # on a new connection. A server that is down fails this second try too.
+                response = await self._fresh().post(
+                    self.base_url + path, data=content, headers=self.headers, timeout=timeouts
+                )
             answer = _HttpAnswer(response)
         if answer.status >= 400:
             try:
@@ -188,8 +203,9 @@ async def upstream_stream(
 async def upstream_close() -> None:
     """Close this event loop's sessions (at shutdown, or when a short-lived loop ends)."""
     for upstream in _upstreams.pop(asyncio.get_running_loop(), {}).values():
-        if upstream.session is not None:
-            await upstream.session.close()
+        for session in (upstream.session, upstream.fresh):
+            if session is not None:
+                await session.close()
 
 
 async def sse_events(answer: Answer) -> AsyncIterator[bytes]:
