@@ -46,7 +46,9 @@ class Fail:
 
 @dataclass
 class Reset:
-    """Close the connection without answering."""
+    """Close the connection without answering. The gateway tries a request whose connection
+    was closed this way once more, on a new connection (a kept-alive connection's idle
+    timeout closes it so), so an upstream that resets every request takes two of these."""
 
 
 @dataclass

@@ -285,13 +285,26 @@ def test_upstream_timeout_is_504(catalog, sdk, inference_key, team, upstream):
 
 def test_connection_reset_is_502(catalog, sdk, inference_key, team, upstream):
     _, secret = inference_key
-    upstream.script("gpt-4o", Reset())
+    upstream.script("gpt-4o", Reset(), Reset())
 
     with pytest.raises(openai.APIStatusError) as caught:
         sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES)
 
     assert caught.value.status_code == 502
     assert rows(team)[0].status == "upstream_error"
+    # Tried once more on a new connection, then given up: one attempt in the ledger.
+    assert len(upstream.received) == 2 and len(rows(team)) == 1
+
+
+def test_one_reset_is_tried_again_on_a_new_connection(catalog, sdk, inference_key, team, upstream):
+    _, secret = inference_key
+    upstream.script("gpt-4o", Reset())
+
+    completion = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    assert completion.choices[0].message.content
+    assert len(upstream.received) == 2
+    assert [(r.status, r.attempt) for r in rows(team)] == [("ok", 0)]
 
 
 def test_route_falls_back_to_next_target_when_first_fails(
