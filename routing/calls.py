@@ -47,7 +47,14 @@ logger = logging.getLogger(__name__)
 
 CHAT = Endpoint.CHAT
 EMBEDDINGS = Endpoint.EMBEDDINGS
-_CAPABILITY = {CHAT: "chat", EMBEDDINGS: "embeddings"}
+# The path each endpoint is called on, as clients and upstreams know it.
+ENDPOINT_PATHS = {
+    "chat": "/v1/chat/completions",
+    "responses": "/v1/responses",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+    "moderations": "/v1/moderations",
+}
 
 
 def json_bytes(value: object) -> bytes:
@@ -283,7 +290,6 @@ async def call_prepare(
         error.recorded = True
         raise error
 
-    capability = _CAPABILITY[endpoint]
     needs_output = endpoint == CHAT
     global_deadline = settings.TOLLGATE_CALL_DEADLINE_S
     if route is not None:
@@ -299,7 +305,8 @@ async def call_prepare(
         targets = [
             m
             for m in targets
-            if m.can(capability) and unpriced_direction(m.prices, needs_output=needs_output) is None
+            if m.serves(endpoint)
+            and unpriced_direction(m.prices, needs_output=needs_output) is None
         ]
         ordered = order_targets(
             route=route,
@@ -343,11 +350,12 @@ async def call_prepare(
                 ),
                 model,
             )
-        if not model.can(capability):
+        if not model.serves(endpoint):
             await refuse(
                 ProxyError(
                     400,
-                    f"The model `{name}` does not support {capability}.",
+                    f"The model `{name}` is not served on {ENDPOINT_PATHS[endpoint]}; it is "
+                    f"served on {', '.join(ENDPOINT_PATHS[e] for e in model.served)}.",
                     param="model",
                     code="model_not_supported",
                 ),

@@ -38,6 +38,8 @@ class CatalogModel(models.Model):
     # Observed output speed in tokens per second, as published.
     output_tokens_per_s = models.PositiveIntegerField(null=True, blank=True)
     capabilities = models.JSONField(default=list)
+    # The /v1 endpoints its upstream serves (Endpoint values); empty: from its capabilities.
+    endpoints = models.JSONField(default=list, blank=True)
     benchmarks = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

@@ -263,6 +263,15 @@ SCHEMAS = {
                 "type": "string",
                 "description": "The model's provider, or `tollgate-route` for a route.",
             },
+            "endpoints": {
+                "type": "array",
+                "items": {
+                    "type": "string",
+                    "enum": ["chat", "responses", "completions", "embeddings", "moderations"],
+                },
+                "description": "A catalog model's /v1 endpoints (not OpenAI's field; absent "
+                "for a route). `responses` on a chat-only upstream is bridged to chat.",
+            },
         },
     },
     "ModelList": {

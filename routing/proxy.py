@@ -493,6 +493,8 @@ def _model_entries(principal, catalog):
                     "object": "model",
                     "created": model.created,
                     "owned_by": model.provider.name,
+                    # Beyond OpenAI's fields (the SDKs keep unknown ones): where it is served.
+                    "endpoints": list(model.served),
                 }
             )
     for route in catalog.routes_for(team_id=principal.team_id):

@@ -51,9 +51,22 @@ class ModelInfo:
     # The price charged now (usage.pricing.Price); None when the model has none.
     prices: Price | None
     created: int
+    # The /v1 endpoints its upstream serves itself (the catalog's `endpoints`).
+    endpoints: frozenset = frozenset()
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """The /v1 endpoints a call may use this model on: its upstream's own, and the
+        Responses API bridged to chat for a model whose upstream speaks only chat."""
+        bridged = {"responses"} if "chat" in self.endpoints else set()
+        order = ("chat", "responses", "completions", "embeddings", "moderations")
+        return tuple(e for e in order if e in self.endpoints | bridged)
+
+    def serves(self, endpoint: str) -> bool:
+        return endpoint in self.served
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,11 @@ class Catalog:
         return [merged[name] for name in sorted(merged)]
 
 
+def endpoints_of(capabilities) -> list[str]:
+    """The endpoints a model serves when its catalog entry names none: its capabilities'."""
+    return [e for e in ("chat", "embeddings") if e in capabilities]
+
+
 def _build_catalog(now: datetime) -> Catalog:
     providers = {
         p.id: ProviderInfo(
@@ -126,6 +144,7 @@ def _build_catalog(now: datetime) -> Catalog:
             benchmarks=dict(m.benchmarks),
             prices=current_prices.get(m.id),
             created=int(m.created_at.timestamp()),
+            endpoints=frozenset(m.endpoints or endpoints_of(m.capabilities)),
         )
         for m in CatalogModel.objects.all()
     }

@@ -20,9 +20,11 @@ from portal.logs import new_request_id
 from routing.calls import CHAT, call_json, call_prepare
 from routing.errors import ProxyError
 from routing.models import CatalogModel, ModelPrice, Provider, Route, RouteChange
-from routing.selectors import catalog_snapshot
+from routing.selectors import catalog_snapshot, endpoints_of
+from usage.metering import Endpoint
 
 CAPABILITIES = set(CatalogModel.Capability.values)
+ENDPOINTS = set(Endpoint.values)
 STRATEGIES = set(Route.Strategy.values)
 PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 
@@ -191,6 +193,7 @@ def _model_fields(entry, index):
         "max_output_tokens",
         "output_tokens_per_s",
         "capabilities",
+        "endpoints",
         "benchmarks",
         *PRICE_KEYS,
     }
@@ -201,6 +204,11 @@ def _model_fields(entry, index):
     if not isinstance(capabilities, list) or not set(capabilities) <= CAPABILITIES:
         raise CatalogError(
             f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}"
+        )
+    endpoints = entry.get("endpoints", endpoints_of(capabilities))
+    if not isinstance(endpoints, list) or not set(endpoints) <= ENDPOINTS:
+        raise CatalogError(
+            f"{where}: endpoints must be a list drawn from {', '.join(sorted(ENDPOINTS))}"
         )
     benchmarks = entry.get("benchmarks", {})
     if not isinstance(benchmarks, dict) or not all(
@@ -217,6 +225,7 @@ def _model_fields(entry, index):
         "max_output_tokens": _optional_int(entry, "max_output_tokens", where),
         "output_tokens_per_s": _optional_int(entry, "output_tokens_per_s", where),
         "capabilities": sorted(set(capabilities)),
+        "endpoints": sorted(set(endpoints)),
         "benchmarks": benchmarks,
         "prices": {key: parse_price(entry.get(key), f"{where} {key}") for key in PRICE_KEYS},
     }

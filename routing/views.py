@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from accounts.permissions import ROUTE_MANAGERS, USAGE_READERS, require_team_page
+from routing.calls import ENDPOINT_PATHS
 from routing.forms import CompareForm, RouteForm
 from routing.models import Route
 from routing.savings import PERIODS, savings_period, savings_report
@@ -78,6 +79,7 @@ def _model_columns(benchmarks: list[str]) -> list[Column]:
             numeric=True,
         ),
         Column("capabilities", "Capabilities", lambda m: ", ".join(sorted(m.capabilities))),
+        Column("endpoints", "Served on", lambda m: ", ".join(m.served)),
     ]
     taken = {c.key for c in columns}
     columns += [
@@ -155,6 +157,7 @@ def models(request, slug):
                 "model": model,
                 "prices": prices,
                 "capabilities": sorted(model.capabilities),
+                "endpoints": [ENDPOINT_PATHS[e] for e in model.served],
                 "benchmarks": [c.value(model) for c in columns if c.benchmark],
             }
         )

@@ -109,6 +109,11 @@ def test_changed_price_starts_a_new_price_and_keeps_the_old_one():
             {"model": [{"id": "m", "provider": "global", "capabilities": ["telepathy"]}]},
             "capabilities",
         ),
+        (
+            {"model": [{"id": "m", "provider": "global", "endpoints": ["chat", "images"]}]},
+            "endpoints must be a list drawn from chat, completions, embeddings, moderations, "
+            "responses",
+        ),
         ({"route": [{"name": "r", "targets": ["ghost"]}]}, "unknown targets"),
         ({"route": [{"name": "r", "strategy": "random", "targets": ["gpt-4o"]}]}, "strategy"),
         (
@@ -171,3 +176,25 @@ def test_loadcatalog_of_a_big_file_shows_progress_on_a_terminal_only(tmp_path):
         )
     )
     assert log.getvalue() == f"{path}: 1 providers, 300 models, 0 routes; prices unchanged\n"
+
+
+def test_a_models_endpoints_are_declared_or_follow_from_its_capabilities():
+    catalog_load(path=DEFAULT)
+    catalog_load_data(
+        data={
+            "model": [
+                {"id": "native", "provider": "global", "endpoints": ["chat", "responses"]},
+                {"id": "legacy", "provider": "global", "endpoints": ["completions"]},
+                {"id": "guard", "provider": "global", "endpoints": ["moderations"]},
+            ]
+        }
+    )
+    catalog_changed()
+    models = catalog_snapshot().models
+
+    assert models["native"].served == ("chat", "responses")
+    assert models["legacy"].served == ("completions",)  # no chat: nothing to bridge
+    assert models["guard"].served == ("moderations",)
+    # None declared: from the capabilities, with the Responses API bridged to chat.
+    assert models["gpt-4o"].served == ("chat", "responses")
+    assert models["text-embedding-3-small"].served == ("embeddings",)

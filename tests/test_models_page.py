@@ -97,9 +97,19 @@ def test_benchmarks_are_shown_with_a_dash_where_none_is_published(catalog, clien
     client.force_login(member)
     table = model_table(client.get("/t/acme/models/"))
 
-    assert table[0][7:] == ["MMLU", "HumanEval", "C-Eval"]
-    assert row_of(table, "gpt-4o-mini")[7:] == ["—", "—", "—"]
-    assert row_of(table, "Claude")[7:] == ["89.0", "93.0", "—"]
+    assert table[0][8:] == ["MMLU", "HumanEval", "C-Eval"]
+    assert row_of(table, "gpt-4o-mini")[8:] == ["—", "—", "—"]
+    assert row_of(table, "Claude")[8:] == ["89.0", "93.0", "—"]
+
+
+def test_each_model_shows_the_endpoints_it_is_served_on(catalog, client, member):
+    client.force_login(member)
+    table = model_table(client.get("/t/acme/models/"))
+
+    assert table[0][7] == "Served on"
+    # A chat model serves the Responses API too (bridged to chat when its upstream has none).
+    assert row_of(table, "gpt-4o-mini")[7] == "/v1/chat/completions /v1/responses"
+    assert row_of(table, "text-embedding-3-small")[7] == "/v1/embeddings"
 
 
 def test_default_baseline_is_the_teams_most_used_model(catalog, client, member, team, other_team):

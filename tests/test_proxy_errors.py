@@ -156,6 +156,18 @@ def test_chat_call_to_an_embeddings_model_is_400(catalog, sdk, inference_key):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(secret).chat.completions.create(model="text-embedding-3-small", messages=MESSAGES)
     assert caught.value.code == "model_not_supported"
+    assert caught.value.body["message"] == (
+        "The model `text-embedding-3-small` is not served on /v1/chat/completions; "
+        "it is served on /v1/embeddings."
+    )
+
+
+def test_the_model_list_says_where_each_model_is_served(catalog, sdk, inference_key):
+    _, secret = inference_key
+    models = {m.id: m for m in sdk(secret).models.list()}
+
+    assert models["gpt-4o"].endpoints == ["chat", "responses"]
+    assert models["text-embedding-3-small"].endpoints == ["embeddings"]
 
 
 # --- 400 and 413 ---------------------------------------------------------------------

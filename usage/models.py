@@ -30,7 +30,10 @@ class UsageRecord(models.Model):
 
     class Endpoint(models.TextChoices):
         CHAT = "chat"
+        RESPONSES = "responses"
+        COMPLETIONS = "completions"
         EMBEDDINGS = "embeddings"
+        MODERATIONS = "moderations"
 
     request_id = models.CharField(max_length=64)
     attempt = models.PositiveSmallIntegerField(default=0)
