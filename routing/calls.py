@@ -46,7 +46,10 @@ from usage.pricing import Tokens, unpriced_direction
 logger = logging.getLogger(__name__)
 
 CHAT = Endpoint.CHAT
+COMPLETIONS = Endpoint.COMPLETIONS
 EMBEDDINGS = Endpoint.EMBEDDINGS
+# The endpoints whose calls produce output (billed, bounded by the request's limits).
+GENERATING = {CHAT, COMPLETIONS}
 # The path each endpoint is called on, as clients and upstreams know it.
 ENDPOINT_PATHS = {
     "chat": "/v1/chat/completions",
@@ -178,7 +181,7 @@ def counted_tokens(
     """The tokens to bill: the upstream's `usage` when it is sane, else the gateway's own
     count (the prompt estimate plus what was produced), flagged as estimated. Neither may
     pass the request's ceiling: an upstream's overproduction is its own to bear."""
-    chat = call.endpoint == CHAT
+    chat = call.endpoint in GENERATING
     ceiling = call.bounds.ceiling(model)
     allowance = tokens.output_allowance(call.bounds.body, model) if chat else 0
     reported = tokens.reported_tokens(
@@ -256,7 +259,11 @@ async def call_prepare(
     """
     catalog = await catalog_snapshot_async()
     name = body["model"]
-    bounds = TokenBounds.of_chat(body) if endpoint == CHAT else TokenBounds.of_embeddings(body)
+    bounds = {
+        CHAT: TokenBounds.of_chat,
+        COMPLETIONS: TokenBounds.of_completions,
+        EMBEDDINGS: TokenBounds.of_embeddings,
+    }[endpoint](body)
     # A model's name always means the model: a route can never shadow it.
     model = catalog.models.get(name)
     route = catalog.route(team_id=principal.team_id, name=name) if model is None else None
@@ -290,7 +297,7 @@ async def call_prepare(
         error.recorded = True
         raise error
 
-    needs_output = endpoint == CHAT
+    needs_output = endpoint in GENERATING
     global_deadline = settings.TOLLGATE_CALL_DEADLINE_S
     if route is not None:
         if not route_allowed(principal, route):
@@ -458,7 +465,7 @@ detached = DetachedCalls()
 # --- JSON calls (chat without stream, embeddings) -------------------------
 
 
-_PATHS = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
+_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"}
 
 
 def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
@@ -466,7 +473,7 @@ def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
     A chat request that names no output limit gets the one its reservation assumed, so
     that no honest upstream can produce more than was reserved."""
     sent = {**body, "model": model.upstream_id}
-    if endpoint == CHAT and tokens.output_unbounded(body):
+    if endpoint in GENERATING and tokens.output_unbounded(body):
         sent["max_tokens"] = tokens.output_cap(body, model.max_output_tokens)
     if endpoint == EMBEDDINGS:
         # The SDK asks for base64 unless told otherwise; a raw client expects floats.
@@ -480,6 +487,8 @@ def _produced_tokens(payload: dict) -> int:
     choices = payload.get("choices")
     produced = []
     for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            produced.append(choice["text"])  # a legacy completion
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             produced.extend(v for k, v in message.items() if k != "role" and isinstance(v, str))
@@ -517,7 +526,7 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
             call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
-        produced = _produced_tokens(payload) if call.endpoint == CHAT else 0
+        produced = _produced_tokens(payload) if call.endpoint in GENERATING else 0
         counted, estimated = counted_tokens(
             model, call, payload.get("usage"), completion_estimate=produced
         )

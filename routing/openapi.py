@@ -191,6 +191,50 @@ SCHEMAS = {
             ),
         },
     },
+    "CompletionRequest": {
+        "type": "object",
+        "required": ["model", "prompt"],
+        "description": (
+            "OpenAI's legacy text completion request, for models whose catalog entry lists "
+            "`completions`. Fields not listed (temperature, suffix, echo, logprobs, …) are "
+            "passed to the upstream unchanged; best_of completions are reserved and billed."
+        ),
+        "additionalProperties": True,
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 200},
+            "prompt": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                    _TOKEN_IDS,
+                    {"type": "array", "minItems": 1, "items": _TOKEN_IDS},
+                ]
+            },
+            "max_tokens": _nullable({"type": "integer", "minimum": 1}),
+            "n": _nullable({"type": "integer", "minimum": 1, "maximum": 128}),
+            "best_of": _nullable({"type": "integer", "minimum": 1, "maximum": 128}),
+            "stream": _nullable({"type": "boolean"}),
+        },
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["object", "choices"],
+        "additionalProperties": True,
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["text_completion"]},
+            "model": {"type": "string", "description": "The catalog model that served it."},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": True,
+                    "properties": {"text": {"type": "string"}, "index": {"type": "integer"}},
+                },
+            },
+            "usage": {"type": "object", "additionalProperties": True},
+        },
+    },
     "EmbeddingRequest": {
         "type": "object",
         "required": ["model", "input"],
@@ -367,6 +411,19 @@ CALL_ERRORS = {
     502: _error("Every upstream tried failed, could not be reached or answered malformed."),
     503: _error("The serving model's provider is not configured (code provider_not_configured)."),
     504: _error("No upstream answered within the call's deadline."),
+}
+
+COMPLETION_RESPONSES = {
+    (200, "application/json"): OpenApiResponse(
+        response=ref("Completion"),
+        description="The completion as JSON; with `stream: true`, server-sent events.",
+    ),
+    (200, "text/event-stream"): {
+        "type": "string",
+        "description": "With `stream: true`: events `data: <Completion chunk>` and a final "
+        "`data: [DONE]`.",
+    },
+    **CALL_ERRORS,
 }
 
 CHAT_RESPONSES = {

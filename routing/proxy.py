@@ -28,6 +28,7 @@ from portal.logs import current_request_id, new_request_id
 from routing import openapi
 from routing.calls import (
     CHAT,
+    COMPLETIONS,
     EMBEDDINGS,
     call_abandon_unsent,
     call_json,
@@ -249,6 +250,7 @@ INTEGER_RANGES = {
     "max_tokens": (1, INT32_MAX),
     "max_completion_tokens": (1, INT32_MAX),
     "n": (1, 128),
+    "best_of": (1, 128),
     "top_logprobs": (0, 20),
     "seed": (-INT64, INT64 - 1),
     "dimensions": (1, 8192),
@@ -323,6 +325,49 @@ def validate_chat_body(body) -> dict:
         )
     _in_ranges(body, CHAT_BOUNDED)
     return body
+
+
+def validate_completions_body(body) -> dict:
+    _check_common(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad(
+            "You must provide a prompt parameter.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
+    if not _prompt_shaped(prompt):
+        raise _bad(
+            "'prompt' must be a non-empty string, array of strings, array of token ids, or "
+            "array of token-id arrays.",
+            param="prompt",
+            code="invalid_type",
+        )
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    _in_ranges(body, (*CHAT_BOUNDED, "best_of"))
+    return body
+
+
+def _prompt_shaped(prompt) -> bool:
+    def token_ids(value):
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+        )
+
+    if isinstance(prompt, str):
+        return prompt != ""
+    return (
+        isinstance(prompt, list)
+        and 0 < len(prompt) <= MAX_EMBEDDING_INPUTS
+        and (
+            all(isinstance(p, str) for p in prompt)
+            or token_ids(prompt)
+            or all(token_ids(p) for p in prompt)
+        )
+    )
 
 
 def validate_embeddings_body(body) -> dict:
@@ -453,14 +498,37 @@ class ChatCompletionsView(ProxyCallView):
         parameters=openapi.CALL_HEADERS,
     )
     async def post(self, request):
-        body, call = self.body, self.call
-        if body.get("stream"):
-            relay = await self.hand_off(call_stream(call, body), on_abandon=abandon_relay)
-            response = StreamingHttpResponse(RelayBody(relay), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            return _call_headers(response, call, relay.model)
-        return _json_response(call, *await self.hand_off(call_json(call, body)))
+        return await _generate(self)
+
+
+class CompletionsView(ProxyCallView):
+    endpoint = COMPLETIONS
+    validate = validate_completions_body
+
+    @extend_schema(
+        operation_id="createCompletion",
+        summary="Legacy text completion (JSON or streamed)",
+        description="OpenAI's legacy completions, for models whose catalog entry lists "
+        "`completions`; metered and billed to the key's team like chat.",
+        tags=openapi.TAGS,
+        request={"application/json": openapi.ref("CompletionRequest")},
+        responses=openapi.COMPLETION_RESPONSES,
+        parameters=openapi.CALL_HEADERS,
+    )
+    async def post(self, request):
+        return await _generate(self)
+
+
+async def _generate(view: ProxyCallView):
+    """A call that produces output (chat, legacy completions): streamed or as JSON."""
+    body, call = view.body, view.call
+    if body.get("stream"):
+        relay = await view.hand_off(call_stream(call, body), on_abandon=abandon_relay)
+        response = StreamingHttpResponse(RelayBody(relay), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return _call_headers(response, call, relay.model)
+    return _json_response(call, *await view.hand_off(call_json(call, body)))
 
 
 class EmbeddingsView(ProxyCallView):

@@ -1,4 +1,5 @@
-"""Streaming chat: open the upstream stream (falling back before the first byte), relay it, record it.
+"""Streaming (chat, legacy completions): open the upstream stream (falling back before the
+first byte), relay it, record it.
 
 The relay passes each upstream event on as the bytes that came, with only the model's
 name changed to the gateway's (a byte replacement) and the usage dropped when the client
@@ -14,7 +15,7 @@ from django.conf import settings
 
 from routing import tokens
 from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
-from routing.calls import _PATHS, CHAT, Call, counted_tokens, detached, json_bytes, upstream_body
+from routing.calls import _PATHS, Call, counted_tokens, detached, json_bytes, upstream_body
 from routing.errors import ProxyError
 from routing.selectors import ModelInfo
 from routing.upstream import Answer, UpstreamEventError, sse_events, upstream_stream
@@ -119,6 +120,8 @@ class StreamRelay:
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else []:
+            if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                self.produced.append(choice["text"])  # a legacy completion's chunk
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
                 continue
@@ -283,13 +286,13 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
         stream = None
         try:
             sent = {
-                **upstream_body(body, model, CHAT),
+                **upstream_body(body, model, call.endpoint),
                 "stream": True,
                 "stream_options": {**client_options, "include_usage": True},
             }
             async with asyncio.timeout_at(call.deadline_at):
                 stream = await upstream_stream(
-                    model.provider, _PATHS[CHAT], json_bytes(sent), timeout=timeout
+                    model.provider, _PATHS[call.endpoint], json_bytes(sent), timeout=timeout
                 )
                 chunks = _events(stream)
                 first = await asyncio.wait_for(anext(chunks, None), timeout)

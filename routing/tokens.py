@@ -194,9 +194,14 @@ def _inline_image_size(url: object) -> tuple[int, int] | None:
 
 
 def choices(body: Body) -> int:
-    """How many completions the request asks for."""
-    n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    """How many completions the request has made: `n`, or (legacy completions) `best_of`,
+    which the upstream generates, and bills, to return the best `n` of."""
+    made = [
+        v
+        for v in (body.get("n"), body.get("best_of"))
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0
+    ]
+    return max(made, default=1)
 
 
 def _asked_output(body: Body) -> int | None:
@@ -273,6 +278,13 @@ class TokenBounds:
     @classmethod
     def of_chat(cls, body: Body) -> "TokenBounds":
         return cls(chat_prompt_estimate(body), chat_prompt_ceiling(body), body, True)
+
+    @classmethod
+    def of_completions(cls, body: Body) -> "TokenBounds":
+        # A legacy prompt takes the shapes of an embeddings input: text, texts, token ids.
+        value = body["prompt"]
+        estimate = embedding_input_estimate(value) + REPLY_PRIMING
+        return cls(estimate, embedding_input_ceiling(value), body, True)
 
     @classmethod
     def of_embeddings(cls, body: Body) -> "TokenBounds":

@@ -4,6 +4,7 @@ from routing import proxy
 
 urlpatterns = [
     path("chat/completions", proxy.ChatCompletionsView.as_view()),
+    path("completions", proxy.CompletionsView.as_view()),
     path("embeddings", proxy.EmbeddingsView.as_view()),
     path("models", proxy.ModelListView.as_view()),
     path("models/<path:model_id>", proxy.ModelDetailView.as_view()),

@@ -196,21 +196,26 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
+        legacy = self.path.endswith("/completions") and not self.path.endswith("/chat/completions")
         if body.get("stream"):
-            self._stream(body, behaviour)
+            self._stream(body, behaviour, legacy=legacy)
             return
         n = _choices(body, behaviour)
         behaviour = _billing_honestly(body, behaviour)
         payload = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
+            "id": "cmpl-fake" if legacy else "chatcmpl-fake",
+            "object": "text_completion" if legacy else "chat.completion",
             "created": 1764000000,
             "model": body["model"],
             "system_fingerprint": "fp_fake",
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": behaviour.content},
+                    **(
+                        {"text": behaviour.content}
+                        if legacy
+                        else {"message": {"role": "assistant", "content": behaviour.content}}
+                    ),
                     "finish_reason": "stop",
                     "logprobs": None,
                 }
@@ -239,14 +244,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _stream(self, body, behaviour: Answer):
+    def _stream(self, body, behaviour: Answer, *, legacy: bool = False):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         base = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
+            "id": "cmpl-fake" if legacy else "chatcmpl-fake",
+            "object": "text_completion" if legacy else "chat.completion.chunk",
             "created": 1764000000,
             "model": body["model"],
             "system_fingerprint": "fp_fake",
@@ -259,17 +264,21 @@ class _Handler(BaseHTTPRequestHandler):
         for i, word in enumerate(words):
             delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
             for index in range(n):
+                piece = (
+                    {"text": delta["content"]} if legacy else {"delta": delta}
+                )  # a legacy chunk carries its text, a chat chunk a delta
                 events.append(
                     {
                         **base,
-                        "choices": [{"index": index, "delta": delta, "finish_reason": None}],
+                        "choices": [{"index": index, **piece, "finish_reason": None}],
                         **({"usage": None} if include_usage else {}),
                     }
                 )
+        end = {"text": ""} if legacy else {"delta": {}}
         events.append(
             {
                 **base,
-                "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)],
+                "choices": [{"index": i, **end, "finish_reason": "stop"} for i in range(n)],
                 **({"usage": None} if include_usage else {}),
             }
         )

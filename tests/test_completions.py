@@ -1,0 +1,138 @@
+"""POST /v1/completions: OpenAI's legacy text completions, for models whose catalog entry
+lists them, metered like chat (JSON and streamed), with the official SDK."""
+
+from decimal import Decimal
+
+import openai
+import pytest
+
+from routing.selectors import catalog_changed
+from routing.services import catalog_load_data
+from tests.fake_upstream import Answer
+from usage.models import UsageRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# deepseek-v4-flash: $0.18 in, $0.25 out per million tokens; the fake upstream reports
+# 12 prompt and 34 completion tokens.
+COST = (12 * Decimal("0.18") + 34 * Decimal("0.25")) / 10**6
+
+
+@pytest.fixture
+def legacy(catalog):
+    catalog_load_data(
+        data={
+            "model": [
+                {
+                    "id": "deepseek-v4-flash",
+                    "provider": "global",
+                    "input_per_mtok": "0.18",
+                    "output_per_mtok": "0.25",
+                    "endpoints": ["chat", "completions"],
+                }
+            ]
+        }
+    )
+    catalog_changed()
+
+
+def rows(team):
+    return list(UsageRecord.objects.filter(team=team).order_by("id"))
+
+
+def test_a_completion_is_served_and_billed_exactly(legacy, sdk, inference_key, team, upstream):
+    _, secret = inference_key
+
+    raw = sdk(secret).completions.with_raw_response.create(
+        model="deepseek-v4-flash", prompt="Say hello", max_tokens=50
+    )
+    completion = raw.parse()
+
+    assert completion.choices[0].text == "Hello from the fake upstream"
+    assert completion.model == "deepseek-v4-flash"
+    assert upstream.received[-1].path == "/v1/completions"
+    assert upstream.received[-1].body["prompt"] == "Say hello"
+    [row] = rows(team)
+    assert (row.endpoint, row.status, row.prompt_tokens, row.completion_tokens) == (
+        "completions",
+        "ok",
+        12,
+        34,
+    )
+    assert row.cost_usd == COST == Decimal(raw.headers["x-tollgate-cost"])
+
+
+def test_a_streamed_completion_is_relayed_and_billed_once(
+    legacy, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+
+    stream = sdk(secret).completions.create(
+        model="deepseek-v4-flash", prompt="Say hello", max_tokens=50, stream=True
+    )
+    text = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+
+    assert text == "Hello from the fake upstream"
+    [row] = rows(team)
+    assert (row.endpoint, row.streamed, row.cost_usd) == ("completions", True, COST)
+
+
+def test_without_usage_the_completion_is_billed_on_the_gateways_count(
+    legacy, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+    upstream.script("deepseek-v4-flash", Answer(content="word " * 40, usage=None))
+
+    sdk(secret).completions.create(model="deepseek-v4-flash", prompt="Say hello", max_tokens=100)
+
+    [row] = rows(team)
+    assert row.tokens_estimated and row.completion_tokens == 50  # 200 characters / 4
+
+
+def test_a_model_not_served_on_completions_is_a_400_naming_where_it_is(
+    catalog, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(secret).completions.create(model="gpt-4o", prompt="hi")
+
+    assert caught.value.code == "model_not_supported"
+    assert caught.value.body["message"] == (
+        "The model `gpt-4o` is not served on /v1/completions; "
+        "it is served on /v1/chat/completions, /v1/responses."
+    )
+    assert upstream.received == []
+    assert [(r.endpoint, r.status) for r in rows(team)] == [("completions", "refused")]
+
+
+@pytest.mark.parametrize(
+    "prompt", ["", [], [""] * 0, [1, "a"], {"text": "hi"}, [[1, 2], "x"], True]
+)
+def test_a_prompt_of_the_wrong_shape_is_a_400(legacy, sdk, inference_key, upstream, prompt):
+    _, secret = inference_key
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(secret).completions.create(model="deepseek-v4-flash", prompt=prompt)
+
+    assert caught.value.body["param"] == "prompt"
+    assert upstream.received == []
+
+
+def test_best_of_is_reserved_as_the_completions_the_upstream_makes(
+    legacy, sdk, inference_key, team, upstream
+):
+    # best_of=20 completions of up to 100,000 tokens: $0.50 at $0.25 per million, past a
+    # $0.10 hard budget even though only one comes back.
+    from usage.budgets import budget_set
+
+    budget_set(team=team, amount_usd=Decimal("0.10"), hard=True)
+    _, secret = inference_key
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret).completions.create(
+            model="deepseek-v4-flash", prompt="hi", max_tokens=100_000, best_of=20
+        )
+
+    assert caught.value.code == "insufficient_quota"
+    assert upstream.received == []
