@@ -191,8 +191,7 @@ def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
             key.revoked_at = now or timezone.now()
             key.save(update_fields=["revoked_at"])
             audit(team=key.team, action="key.revoke", target=key.prefix, changes={"name": key.name})
-    _principal_forget(key.prefix)
-    return key
+    return key  # every process forgets it (accounts.signals)
 
 
 @dataclass(frozen=True)
@@ -266,7 +265,7 @@ def _principal_dumps(principal: "KeyPrincipal") -> str:
 
 
 def _principal_loads(raw: bytes | str | None) -> "KeyPrincipal | None":
-    if raw is None:
+    if raw is None or raw in (_STALE, _STALE.decode()):
         return None
     try:
         fields = json.loads(raw)
@@ -292,15 +291,35 @@ def _sync_redis():
     return get_redis_connection("default")
 
 
+# What a key's Redis entry holds once its key changed (revoked, re-hashed, edited): "read
+# the database". A reader that met the key before the change writes its principal only
+# where no entry is (SET NX), so it can never put back what the change cleared.
+_STALE = b"-"
+_FORGET_TRIES = 3
+
+
 def _principal_forget(prefix: str) -> None:
-    """Drop a key's cached principal here and in Redis (revoked, re-hashed)."""
+    """Drop a key's cached principal here and, for every process, in Redis (revoked,
+    re-hashed, edited). If Redis does not take it, the change is still in the database,
+    but other processes may use their entry until it expires: that is logged as an error."""
     _local_principals.pop(prefix, None)
     client = _sync_redis()
-    if client is not None:
+    if client is None:
+        return
+    for attempt in range(_FORGET_TRIES):
         try:
-            client.delete(_shared_key(prefix))
+            client.set(_shared_key(prefix), _STALE, ex=settings.TOLLGATE_KEY_CACHE_S)
+            return
         except Exception as exc:
-            _redis_failed(exc)
+            if attempt == _FORGET_TRIES - 1:
+                logger.error(
+                    "the change to key %s is saved, but Redis did not take it (%s): other "
+                    "processes may accept the key as it was for up to %s s",
+                    prefix,
+                    exc,
+                    settings.TOLLGATE_KEY_CACHE_S,
+                )
+            time.sleep(0.2 * (attempt + 1))
 
 
 async def _principal_forget_async(prefix: str) -> None:
@@ -310,8 +329,9 @@ async def _principal_forget_async(prefix: str) -> None:
     client = aio.redis_client()
     if client is not None:
         try:
-            await client.delete(_shared_key(prefix))
+            await client.set(_shared_key(prefix), _STALE, ex=settings.TOLLGATE_KEY_CACHE_S)
         except Exception as exc:
+            aio.redis_failed(exc)
             _redis_failed(exc)
 
 
@@ -388,6 +408,7 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
                     _shared_key(prefix),
                     _principal_dumps(principal),
                     ex=settings.TOLLGATE_KEY_CACHE_S,
+                    nx=True,
                 )
             except Exception as exc:
                 _redis_failed(exc)
@@ -415,6 +436,8 @@ async def api_key_authenticate_async(*, secret: str, now: datetime | None = None
         try:
             principal = _principal_loads(await client.get(_shared_key(prefix)))
         except Exception as exc:
+            aio.redis_failed(exc)
+            client = None
             _redis_failed(exc)
     if principal is None:
         query = _principal_query(prefix)[:1].query
@@ -427,8 +450,10 @@ async def api_key_authenticate_async(*, secret: str, now: datetime | None = None
                     _shared_key(prefix),
                     _principal_dumps(principal),
                     ex=settings.TOLLGATE_KEY_CACHE_S,
+                    nx=True,
                 )
             except Exception as exc:
+                aio.redis_failed(exc)
                 _redis_failed(exc)
     matched = _principal_matched(principal, secret, now)
     if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:

@@ -18,6 +18,7 @@ retries written for the ORM apply unchanged.
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -126,10 +127,23 @@ async def close_pools() -> None:
         await client.aclose()
 
 
+# After a Redis command fails, the hot path does without Redis for this long (per-process
+# limits, keys from the database) instead of waiting on a Redis that may be frozen.
+REDIS_BACKOFF_S = 5.0
+_redis_down_until = 0.0
+
+
+def redis_failed(exc: BaseException) -> None:
+    """A Redis command failed (refused, timed out): skip Redis for REDIS_BACKOFF_S."""
+    global _redis_down_until
+    _redis_down_until = time.monotonic() + REDIS_BACKOFF_S
+
+
 def redis_client() -> redis.asyncio.Redis | None:
-    """This loop's Redis client, or None without REDIS_URL. Its pool waits (up to
-    TOLLGATE_REDIS_TIMEOUT_S) for a free connection rather than failing when all are busy."""
-    if not settings.REDIS_URL:
+    """This loop's Redis client, or None without REDIS_URL or for REDIS_BACKOFF_S after a
+    command failed. Its pool waits (up to TOLLGATE_REDIS_TIMEOUT_S) for a free connection
+    rather than failing when all are busy."""
+    if not settings.REDIS_URL or time.monotonic() < _redis_down_until:
         return None
     loop = asyncio.get_running_loop()
     client = _redis.get(loop)

@@ -47,6 +47,7 @@ _memory = _MemoryCooldowns()
 
 
 def _redis_failed(exc: Exception) -> None:
+    aio.redis_failed(exc)
     warn_at_most_every(
         60, logger, "cooldowns-redis", "cooldowns are kept per process while Redis fails: %s", exc
     )

@@ -88,6 +88,7 @@ async def _incr(
             pipe.expire(key, WINDOW_S * 2)
         return (await pipe.execute())[::2], False
     except Exception as exc:  # any failure of Redis: connection, timeout, no free connection
+        aio.redis_failed(exc)
         warn_at_most_every(
             60,
             logger,

@@ -10,7 +10,13 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from accounts.models import ApiKey
-from accounts.services import InvalidKey, api_key_authenticate, api_key_create, key_hash
+from accounts.services import (
+    InvalidKey,
+    api_key_authenticate,
+    api_key_create,
+    api_key_revoke,
+    key_hash,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -231,3 +237,36 @@ def test_a_key_revoked_in_one_process_stops_working_in_every_process_within_2_s(
     while httpx2.get(f"{second_portal}/v1/models", headers=headers).status_code != 401:
         assert time.monotonic() - revoked_at < 2.5, "the other process still takes the key"
         time.sleep(0.1)
+
+
+def test_a_call_that_read_the_key_before_its_revocation_cannot_cache_it_after(team):
+    # The race: a process reads the key from the database (valid), the key is revoked and
+    # its cache entry cleared, then that process writes what it read. Its write (SET NX)
+    # meets the revocation's marker and is dropped, so no process can accept the key again.
+    from accounts import services
+
+    key, secret = api_key_create(team=team, name="app")
+    prefix = secret[: services.PREFIX_LEN]
+    read_before = services._principal_of_row(services._principal_query(prefix).first())
+
+    api_key_revoke(key=key)
+    services._sync_redis().set(
+        services._shared_key(prefix), services._principal_dumps(read_before), ex=60, nx=True
+    )
+    services._local_principals.clear()  # another process
+
+    with pytest.raises(InvalidKey, match="revoked"):
+        api_key_authenticate(secret=secret)
+
+
+def test_a_key_edited_anywhere_is_read_afresh_by_every_process(team):
+    from accounts import services
+
+    key, secret = api_key_create(team=team, name="app", rpm_limit=10)
+    assert api_key_authenticate(secret=secret).rpm_limit == 10  # cached in Redis
+
+    key.rpm_limit = 3
+    key.save(update_fields=["rpm_limit"])  # as the admin site saves it
+    services._local_principals.clear()  # another process
+
+    assert api_key_authenticate(secret=secret).rpm_limit == 3
