@@ -174,3 +174,23 @@ def test_leases_are_renewed_in_place(settings):
     assert WorkerLease.objects.get(worker="w1").expires_at == now + timedelta(
         seconds=10 + settings.TOLLGATE_LEASE_S
     )
+
+
+@pytest.mark.django_db
+def test_a_key_with_a_call_in_flight_cannot_be_deleted_and_the_call_is_still_billed(team):
+    # Deleting a key (the admin allows it for a key with no ledger rows) while its first
+    # call runs would take the call's record and reservation with it: refused instead.
+    from django.db.models import ProtectedError
+
+    from accounts.services import api_key_create
+    from tests.factories import finish_call, open_call
+    from usage.models import UsageRecord
+
+    key, _ = api_key_create(team=team, name="app")
+    meter = open_call(team, key, "req-delete", timezone.now(), reserve="0.01")
+
+    with pytest.raises(ProtectedError):
+        key.delete()
+    finish_call(meter, cost="0.004")
+
+    assert UsageRecord.objects.filter(api_key=key).count() == 1

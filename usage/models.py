@@ -134,9 +134,12 @@ class MeteredCall(models.Model):
     """
 
     request_id = models.CharField(max_length=64, unique=True)
-    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    # PROTECT, as the ledger's: a key or team deleted while one of its calls is in flight
+    # would take the call's record (and its budget reservation) with it, and its ledger
+    # write would then fail.
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="+")
     api_key = models.ForeignKey(
-        "accounts.ApiKey", null=True, on_delete=models.CASCADE, related_name="+"
+        "accounts.ApiKey", null=True, on_delete=models.PROTECT, related_name="+"
     )
     endpoint = models.CharField(max_length=16)
     requested_model = models.CharField(max_length=200)
