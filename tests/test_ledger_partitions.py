@@ -292,3 +292,49 @@ def test_every_row_of_a_call_carries_its_created_at_even_across_a_month_end(team
     rows = UsageRecord.objects.filter(request_id="req_month_end")
     assert {r.created_at for r in rows} == {opened} and rows.count() == 2
     assert {partition_of(r) for r in rows} == {"usage_usagerecord_y2035m01"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_to_the_month_still_in_progress_holds_the_detach_off(monkeypatch):
+    # A call that started in the month may still be writing its row when the month is
+    # detached. The detach waits for it (briefly) and gives up, detaching nothing: were it
+    # to go ahead, the row would leave with the partition without ever being rolled up.
+    import threading
+
+    from django.db import connections
+
+    from usage import partitions
+
+    team = TeamFactory()
+    ledger_partitions_ensure(now=datetime(2033, 1, 1, tzinfo=UTC), ahead=1)
+    rollup_advance(now=datetime(2033, 2, 10, tzinfo=UTC))
+    monkeypatch.setattr(partitions, "DETACH_LOCK_TIMEOUT_S", 0.3)
+    written, done = threading.Event(), threading.Event()
+
+    def late_writer():
+        try:
+            with transaction.atomic():
+                row(
+                    team,
+                    datetime(2033, 1, 31, 23, 59, tzinfo=UTC),
+                    recorded=datetime(2033, 2, 28, tzinfo=UTC),
+                )
+                written.set()
+                done.wait(10)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    assert written.wait(10)
+    try:
+        with pytest.raises(PartitionError, match="busy"):
+            ledger_partition_detach(month=date(2033, 1, 1), now=datetime(2033, 3, 1, tzinfo=UTC))
+    finally:
+        done.set()
+        writer.join()
+
+    assert "usage_usagerecord_y2033m01" in names()
+    # Once it committed, the row is not rolled up yet: the detach says so.
+    with pytest.raises(PartitionError, match="rollups"):
+        ledger_partition_detach(month=date(2033, 1, 1), now=datetime(2033, 3, 1, tzinfo=UTC))

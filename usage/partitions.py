@@ -21,7 +21,7 @@ each attempt once.
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from usage.months import month_start, next_month_start
 
@@ -160,6 +160,10 @@ def ledger_partitions_ensure(*, now: datetime, ahead: int = AHEAD) -> list[str]:
     return created
 
 
+# How long a detach waits for each lock it needs before giving up, seconds.
+DETACH_LOCK_TIMEOUT_S = 3.0
+
+
 def ledger_partition_detach(*, month: date, now: datetime) -> str:
     """Detach a past month's partition from the ledger, for archiving; returns its name.
 
@@ -177,18 +181,33 @@ def ledger_partition_detach(*, month: date, now: datetime) -> str:
     end = next_month_start(start)
     if end > month_start(now):
         raise PartitionError(f"{start:%Y-%m} is not over yet.")
-    through = rollup_through()
     name = partition_name(month)
     quote = connection.ops.quote_name
-    with transaction.atomic(), connection.cursor() as cursor:
-        if not _attached(cursor, name):
-            raise PartitionError(f"The ledger has no partition {name}.")
-        cursor.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {quote(name)} WHERE recorded_at > %s)", [through]
-        )
-        if cursor.fetchone()[0]:
-            raise PartitionError(
-                f"Rows of {start:%Y-%m} are not in the daily rollups yet; run the rollup first."
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            if not _attached(cursor, name):
+                raise PartitionError(f"The ledger has no partition {name}.")
+            # Every lock below is waited for DETACH_LOCK_TIMEOUT_S at most: a detach queued
+            # behind a long reader would otherwise hold up every ledger write behind it.
+            cursor.execute(f"SET LOCAL lock_timeout = '{int(DETACH_LOCK_TIMEOUT_S * 1000)}ms'")
+            # No row may reach the month from here on, and a write still in progress must
+            # commit (or not) before the check: a row committed between the check and the
+            # detach would leave with the partition without ever being rolled up.
+            cursor.execute(f"LOCK TABLE {quote(name)} IN SHARE ROW EXCLUSIVE MODE")
+            through = rollup_through()
+            cursor.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {quote(name)} WHERE recorded_at > %s)", [through]
             )
-        cursor.execute(f"ALTER TABLE {quote(TABLE)} DETACH PARTITION {quote(name)}")
+            if cursor.fetchone()[0]:
+                raise PartitionError(
+                    f"Rows of {start:%Y-%m} are not in the daily rollups yet; run the rollup first."
+                )
+            cursor.execute(f"ALTER TABLE {quote(TABLE)} DETACH PARTITION {quote(name)}")
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise PartitionError(
+            f"The ledger was busy ({DETACH_LOCK_TIMEOUT_S:g} s waiting for a lock, held by a "
+            f"write to {start:%Y-%m} or a long read): nothing was detached; try again."
+        ) from None
     return name

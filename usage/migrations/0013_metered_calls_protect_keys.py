@@ -5,21 +5,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0008_audit_log_no_truncate'),
-        ('usage', '0012_endpoints'),
+        ("accounts", "0008_audit_log_no_truncate"),
+        ("usage", "0012_endpoints"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='meteredcall',
-            name='api_key',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.apikey'),
+            model_name="meteredcall",
+            name="api_key",
+            field=models.ForeignKey(
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="accounts.apikey",
+            ),
         ),
         migrations.AlterField(
-            model_name='meteredcall',
-            name='team',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.team'),
+            model_name="meteredcall",
+            name="team",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="+", to="accounts.team"
+            ),
         ),
     ]
