@@ -17,6 +17,7 @@ retries written for the ORM apply unchanged.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -87,10 +88,17 @@ def serve_here() -> None:
 
 
 async def fetch(
-    sql: str, params: Sequence[Any] = (), *, wait_s: float | None = None
+    sql: str,
+    params: Sequence[Any] = (),
+    *,
+    wait_s: float | None = None,
+    tenant: int | None = None,
 ) -> list[tuple]:
     """Run one statement (autocommit: atomic on its own) and return its rows, if any.
-    `wait_s`: how long to wait for a free connection (default DB_POOL_TIMEOUT_S)."""
+    `wait_s`: how long to wait for a free connection (default DB_POOL_TIMEOUT_S). A
+    `tenant`'s statements hold at most half the pool at once, so one team whose rows are
+    locked (its budget counter held by a long transaction) cannot take every connection
+    and stop the other teams' calls."""
     try:
         if asyncio.get_running_loop() not in _serving:
             conn = await psycopg.AsyncConnection.connect(**_connect_kwargs())
@@ -100,14 +108,47 @@ async def fetch(
         pool = _pool()
         if pool.closed:
             await pool.open(wait=False)
-        async with pool.connection(timeout=wait_s) as conn:
-            return await _run(conn, sql, params)
+        async with _tenant_share(tenant, pool.timeout if wait_s is None else wait_s):
+            async with pool.connection(timeout=wait_s) as conn:
+                return await _run(conn, sql, params)
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(*exc.args) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise OperationalError(*exc.args) from exc
     except psycopg.InterfaceError as exc:
         raise InterfaceError(*exc.args) from exc
+
+
+# Per loop, each tenant's share of the pool: {tenant: [semaphore, statements waiting or running]}.
+_shares: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _tenant_share(tenant: int | None, wait_s: float):
+    if tenant is None:
+        yield
+        return
+    shares = _shares.setdefault(asyncio.get_running_loop(), {})
+    share = shares.get(tenant)
+    if share is None:
+        limit = max(1, settings.TOLLGATE_ASYNC_DB_POOL_MAX // 2)
+        share = shares[tenant] = [asyncio.Semaphore(limit), 0]
+    share[1] += 1
+    try:
+        try:
+            await asyncio.wait_for(share[0].acquire(), wait_s)
+        except TimeoutError:
+            raise PoolTimeout(
+                f"this team's statements hold their share of the pool for over {wait_s:g} s"
+            ) from None
+        try:
+            yield
+        finally:
+            share[0].release()
+    finally:
+        share[1] -= 1
+        if not share[1]:
+            shares.pop(tenant, None)
 
 
 async def _run(conn: psycopg.AsyncConnection, sql: str, params: Sequence[Any]) -> list[tuple]:

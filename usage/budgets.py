@@ -163,7 +163,7 @@ async def budget_reserve_async(
     """budget_reserve on the event loop (portal.aio): the /v1 hot path's."""
     from portal import aio
 
-    rows = await aio.fetch(*_reserve_statement(call, amount, now))
+    rows = await aio.fetch(*_reserve_statement(call, amount, now), tenant=call["team_id"])
     refused, reservation = _reserve_result(rows, amount)
     if refused is not None:
         raise OverBudget(**await _refuse_async(refused, call, reservation, now))

@@ -280,7 +280,9 @@ async def _close_with_retries_async(
             # A call whose upstream answered is written however busy the pool is: it waits
             # for a connection as long as TOLLGATE_LEDGER_WAIT_S, not the 1.5 s a new call
             # waits before it is refused with a 503.
-            return await aio.fetch(*statement, wait_s=settings.TOLLGATE_LEDGER_WAIT_S)
+            return await aio.fetch(
+                *statement, wait_s=settings.TOLLGATE_LEDGER_WAIT_S, tenant=facts.team_id
+            )
         except IntegrityError:
             already = "SELECT 1 FROM usage_usagerecord WHERE request_id = %s LIMIT 1"
             if attempt and await aio.fetch(already, [facts.request_id]):
