@@ -87,8 +87,9 @@ class StreamRelay:
                 b'"model":' + json_bytes(self.model.name),
             )
         _, spellings, name = self._renamed
-        # Only where the field is unambiguous: the one "model" of the event, as its key.
-        if raw.count(b'"model"') == 1:
+        # Only where the field is unambiguous (the one "model" of the event, as its key), and
+        # the event is one line (an event sent over several data lines is encoded afresh).
+        if raw.count(b'"model"') == 1 and b"\n" not in raw:
             for field in spellings:
                 if field in raw:
                     return raw.replace(field, name)

@@ -215,13 +215,13 @@ async def sse_events(answer: Answer) -> AsyncIterator[bytes]:
     buffer = b""
     data: list[bytes] = []
     async for piece in answer.chunks():
+        if b"\r" in piece:  # CRLF or CR line ends, as SSE allows: read as LF
+            piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = buffer + piece if buffer else piece
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
             line = buffer[start:end]
             start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if not line:
                 if data:
                     event = data[0] if len(data) == 1 else b"\n".join(data)

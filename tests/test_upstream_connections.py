@@ -122,3 +122,76 @@ def test_a_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_on
     assert closing_upstream.answered == 3 and closing_upstream.dropped == 1
     rows = UsageRecord.objects.filter(team=team)
     assert rows.count() == 3 and {r.status for r in rows} == {"ok"}
+
+
+class RawStreamServer(ClosingServer):
+    """Answers every request with the same server-sent events, written as given."""
+
+    def __init__(self, events: bytes):
+        self.events = events
+        super().__init__()
+
+    def _connection(self, conn):
+        with conn:
+            if not self._read_request(conn):
+                return
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                + f"Content-Length: {len(self.events)}\r\nConnection: close\r\n\r\n".encode()
+                + self.events
+            )
+
+
+def _chunk(text, **more):
+    return json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "upstream-name",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            **more,
+        }
+    )
+
+
+USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+SPLIT_OVER_LINES = (
+    # One event's JSON over two data lines (valid SSE: joined by a newline).
+    b'data: {"id": "c1", "object": "chat.completion.chunk", "created": 0,\n'
+    b'data:  "model": "upstream-name", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+    + f"data: {_chunk('lo', usage=USAGE)}\n\ndata: [DONE]\n\n".encode()
+)
+CR_LINE_ENDS = (
+    f"data: {_chunk('Hel')}\r\rdata: {_chunk('lo', usage=USAGE)}\r\rdata: [DONE]\r\r".encode()
+)
+
+
+@pytest.mark.parametrize("events", [SPLIT_OVER_LINES, CR_LINE_ENDS], ids=["multiline", "cr"])
+@pytest.mark.django_db(transaction=True)
+def test_valid_but_unusual_event_framing_is_relayed_as_sse_the_sdk_reads(
+    catalog, team, sdk, events
+):
+    server = RawStreamServer(events)
+    catalog_load_data(
+        data={
+            "provider": [
+                {"name": "global", "base_url": server.url, "api_key_env": "FAKE_UPSTREAM_KEY"}
+            ]
+        }
+    )
+    catalog_changed()
+    _, secret = api_key_create(team=team, name="app")
+    try:
+        chunks = list(
+            sdk(secret).chat.completions.create(
+                model="deepseek-v4-flash", messages=MESSAGES, stream=True
+            )
+        )
+    finally:
+        server.stop()
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+    assert {c.model for c in chunks} == {"deepseek-v4-flash"}
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 5, 2)
