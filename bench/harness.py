@@ -245,11 +245,13 @@ def slow_streams(env: dict, slow_upstream: str) -> dict:
     log.seek(0)
     lines = log.read().splitlines()
     exhausted = [line for line in lines if "pool" in line.lower() or '"ERROR"' in line]
+    warnings = sorted({line[:300] for line in lines if '"WARNING"' in line})
     return {
         "streams": SLOW_STREAMS,
         **streams,
         "pool_exhaustion_or_error_lines": len(exhausted),
         "first_such_line": exhausted[0][:300] if exhausted else None,
+        "warnings": warnings[:10],
         "rate_limited_burst": limited_result,
     }
 

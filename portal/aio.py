@@ -175,9 +175,12 @@ _redis_down_until = 0.0
 
 
 def redis_failed(exc: BaseException) -> None:
-    """A Redis command failed (refused, timed out): skip Redis for REDIS_BACKOFF_S."""
+    """A Redis command failed: if Redis could not be reached or did not answer in time, skip
+    it for REDIS_BACKOFF_S. An error Redis answered with (a command it refused) says Redis
+    is up, and must not send every process's limits to per-process counts."""
     global _redis_down_until
-    _redis_down_until = time.monotonic() + REDIS_BACKOFF_S
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        _redis_down_until = time.monotonic() + REDIS_BACKOFF_S
 
 
 def redis_client() -> redis.asyncio.Redis | None:

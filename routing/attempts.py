@@ -88,7 +88,7 @@ def classify_failure(exc: BaseException, model: ModelInfo) -> AttemptFailure:
             Status.UPSTREAM_ERROR,
             ProxyError(
                 502,
-                f"Could not reach the upstream for `{model.name}`.",
+                f"Could not reach the upstream for `{model.name}` ({type(exc).__name__}).",
                 code="upstream_unreachable",
             ),
             retryable=True,

@@ -79,10 +79,11 @@ async def cooldown_note_failure(
     failures = None
     if client is not None:
         try:
+            # The window starts with the first failure (SET NX EX: Redis 6 has no EXPIRE NX).
             pipe = client.pipeline(transaction=False)
+            pipe.set(_failures_key(model), 0, ex=settings.TOLLGATE_COOLDOWN_WINDOW_S, nx=True)
             pipe.incr(_failures_key(model))
-            pipe.expire(_failures_key(model), settings.TOLLGATE_COOLDOWN_WINDOW_S, nx=True)
-            failures, _ = await pipe.execute()
+            _, failures = await pipe.execute()
         except Exception as exc:
             _redis_failed(exc)
     if failures is None:

@@ -182,3 +182,22 @@ def test_a_redis_outage_lets_calls_through_and_keys_still_work(
     completion = sdk(secret).chat.completions.create(model="deepseek-v4-flash", messages=MESSAGES)
 
     assert completion.choices[0].message.content
+
+
+def test_only_a_redis_that_cannot_be_reached_is_skipped_for_a_while(monkeypatch):
+    # A Redis that refuses or times out is skipped for REDIS_BACKOFF_S (not waited on by
+    # every call); one that answers with an error is up, and the limits keep counting in it.
+    import redis
+
+    from portal import aio
+
+    async def client_after(exc):
+        monkeypatch.setattr(aio, "_redis_down_until", 0.0)
+        aio.redis_failed(exc)
+        client = aio.redis_client()
+        await aio.close_pools()
+        return client
+
+    assert asyncio.run(client_after(redis.exceptions.ResponseError("unknown command")))
+    assert asyncio.run(client_after(redis.exceptions.ConnectionError("refused"))) is None
+    assert asyncio.run(client_after(redis.exceptions.TimeoutError("timed out"))) is None
