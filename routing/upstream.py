@@ -151,10 +151,11 @@ class _Upstream:
                 response = await self.session.post(
                     self.base_url + path, data=content, headers=self.headers, timeout=timeouts
                 )
-            except aiohttp.ServerDisconnectedError:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                 # A kept-alive connection the server closed as the request went out (its
-                # idle timeout: uvicorn's is 5 s) fails before any answer: tried once more,
-                # on a new connection. A server that is down fails this second try too.
+                # idle timeout: uvicorn's is 5 s) fails before any answer, as a disconnect
+                # or a reset: tried once more, on a new connection. A server that is down
+                # fails this second try too.
                 response = await self._fresh().post(
                     self.base_url + path, data=content, headers=self.headers, timeout=timeouts
                 )

@@ -132,7 +132,7 @@ def test_unknown_model_is_404(catalog, sdk, inference_key, team):
 def test_unknown_endpoint_is_404_in_openai_shape(catalog, live_portal, inference_key):
     _, secret = inference_key
     assert_openai_error(
-        post(live_portal, "completions", secret=secret, json={}), 404, code="unknown_url"
+        post(live_portal, "images/generations", secret=secret, json={}), 404, code="unknown_url"
     )
 
 
