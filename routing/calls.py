@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 CHAT = Endpoint.CHAT
 COMPLETIONS = Endpoint.COMPLETIONS
 EMBEDDINGS = Endpoint.EMBEDDINGS
+MODERATIONS = Endpoint.MODERATIONS
 # The endpoints whose calls produce output (billed, bounded by the request's limits).
 GENERATING = {CHAT, COMPLETIONS}
 # The path each endpoint is called on, as clients and upstreams know it.
@@ -263,6 +264,7 @@ async def call_prepare(
         CHAT: TokenBounds.of_chat,
         COMPLETIONS: TokenBounds.of_completions,
         EMBEDDINGS: TokenBounds.of_embeddings,
+        MODERATIONS: TokenBounds.of_moderations,
     }[endpoint](body)
     # A model's name always means the model: a route can never shadow it.
     model = catalog.models.get(name)
@@ -465,7 +467,12 @@ detached = DetachedCalls()
 # --- JSON calls (chat without stream, embeddings) -------------------------
 
 
-_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"}
+_PATHS = {
+    CHAT: "/chat/completions",
+    COMPLETIONS: "/completions",
+    EMBEDDINGS: "/embeddings",
+    MODERATIONS: "/moderations",
+}
 
 
 def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:

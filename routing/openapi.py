@@ -235,6 +235,37 @@ SCHEMAS = {
             "usage": {"type": "object", "additionalProperties": True},
         },
     },
+    "ModerationRequest": {
+        "type": "object",
+        "required": ["input"],
+        "description": "OpenAI's moderation request; other fields are passed to the upstream.",
+        "additionalProperties": True,
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": "A catalog model listing `moderations`; without it, the first.",
+            },
+            "input": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                    {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                ]
+            },
+        },
+    },
+    "ModerationResult": {
+        "type": "object",
+        "required": ["results"],
+        "additionalProperties": True,
+        "properties": {
+            "id": {"type": "string"},
+            "model": {"type": "string", "description": "The catalog model that served it."},
+            "results": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "EmbeddingRequest": {
         "type": "object",
         "required": ["model", "input"],

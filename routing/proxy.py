@@ -30,6 +30,7 @@ from routing.calls import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    MODERATIONS,
     call_abandon_unsent,
     call_json,
     call_prepare,
@@ -370,6 +371,35 @@ def _prompt_shaped(prompt) -> bool:
     )
 
 
+def validate_moderations_body(body) -> dict:
+    _check_common(body)
+    value = body.get("input")
+    if value is None:
+        raise _bad(
+            "You must provide an input parameter.", param="input", code="missing_required_parameter"
+        )
+
+    def part(item):
+        return isinstance(item, dict) and (
+            (item.get("type") == "text" and isinstance(item.get("text"), str))
+            or (item.get("type") == "image_url" and isinstance(item.get("image_url"), dict))
+        )
+
+    shaped = (isinstance(value, str) and value != "") or (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_EMBEDDING_INPUTS
+        and (all(isinstance(v, str) for v in value) or all(part(v) for v in value))
+    )
+    if not shaped:
+        raise _bad(
+            "'input' must be a non-empty string, an array of strings, or an array of text and "
+            "image_url parts.",
+            param="input",
+            code="invalid_type",
+        )
+    return body
+
+
 def validate_embeddings_body(body) -> dict:
     _check_common(body)
     _in_ranges(body, ("dimensions",))
@@ -453,7 +483,7 @@ class ProxyCallView(ProxyView):
     async def initial_async(self, request, *args, **kwargs):
         await super().initial_async(request, *args, **kwargs)
         if request.method == "POST":
-            self.body = type(self).validate(request.data)
+            self.body = type(self).validate(await self.completed(request.data))
             preparing = asyncio.ensure_future(
                 call_prepare(
                     principal=request.user,
@@ -468,6 +498,10 @@ class ProxyCallView(ProxyView):
             except asyncio.CancelledError:
                 preparing.add_done_callback(_abandon_if_opened)
                 raise
+
+    async def completed(self, body):
+        """The body with what the gateway fills in before checking it (nothing, here)."""
+        return body
 
     def hand_off(self, coroutine, **kwargs):
         """Give the call to a task that outlives the client (routing.calls.detached)."""
@@ -549,6 +583,39 @@ class EmbeddingsView(ProxyCallView):
     )
     async def post(self, request):
         return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
+
+
+class ModerationsView(ProxyCallView):
+    endpoint = MODERATIONS
+    validate = validate_moderations_body
+
+    @extend_schema(
+        operation_id="createModeration",
+        summary="Moderation",
+        description="OpenAI's moderations, passed to a catalog model that lists "
+        "`moderations` (without `model`: the first such model by id) and recorded in the "
+        "ledger at its catalog price (which may be zero), on the input's estimated tokens.",
+        tags=openapi.TAGS,
+        request={"application/json": openapi.ref("ModerationRequest")},
+        responses={
+            200: OpenApiResponse(
+                response=openapi.ref("ModerationResult"), description="The verdicts."
+            ),
+            **openapi.CALL_ERRORS,
+        },
+        parameters=openapi.CALL_HEADERS,
+    )
+    async def post(self, request):
+        return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
+
+    async def completed(self, body):
+        # OpenAI's SDKs send no model unless told: the catalog's moderation model serves.
+        if isinstance(body, dict) and body.get("model") is None:
+            catalog = await catalog_snapshot_async()
+            serving = sorted(m.name for m in catalog.models.values() if m.serves(MODERATIONS))
+            if serving:
+                body["model"] = serving[0]
+        return body
 
 
 def _model_entries(principal, catalog):

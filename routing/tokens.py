@@ -287,6 +287,14 @@ class TokenBounds:
         return cls(estimate, embedding_input_ceiling(value), body, True)
 
     @classmethod
+    def of_moderations(cls, body: Body) -> "TokenBounds":
+        # Text, texts, or multimodal parts (text and images), as OpenAI takes them.
+        value = body["input"]
+        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            return cls(sum(_part_estimate(v) for v in value), _bytes(value), body, False)
+        return cls(embedding_input_estimate(value), embedding_input_ceiling(value), body, False)
+
+    @classmethod
     def of_embeddings(cls, body: Body) -> "TokenBounds":
         value = body["input"]
         return cls(embedding_input_estimate(value), embedding_input_ceiling(value), body, False)

@@ -176,6 +176,19 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._json(behaviour.status, payload, behaviour.headers)
             return
+        if self.path.endswith("/moderations"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            self._json(
+                200,
+                {
+                    "id": "modr-fake",
+                    "model": body.get("model"),
+                    "results": [
+                        {"flagged": False, "categories": {}, "category_scores": {}} for _ in inputs
+                    ],
+                },
+            )
+            return
         if self.path.endswith("/embeddings"):
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             usage = behaviour.usage or {}

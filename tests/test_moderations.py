@@ -1,0 +1,80 @@
+"""POST /v1/moderations: passed to a catalog model that offers it, recorded in the ledger at
+its catalog price (zero here, as OpenAI charges), on the input's estimated tokens."""
+
+from decimal import Decimal
+
+import openai
+import pytest
+
+from routing.selectors import catalog_changed
+from routing.services import catalog_load_data
+from usage.models import UsageRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def moderation(catalog):
+    catalog_load_data(
+        data={
+            "model": [
+                {
+                    "id": "omni-moderation-latest",
+                    "provider": "openai",
+                    "input_per_mtok": "0",
+                    "endpoints": ["moderations"],
+                },
+                {
+                    "id": "priced-moderation",
+                    "provider": "openai",
+                    "input_per_mtok": "1.00",
+                    "endpoints": ["moderations"],
+                },
+            ]
+        }
+    )
+    catalog_changed()
+
+
+def test_a_moderation_is_passed_on_and_recorded_at_its_price(
+    moderation, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+
+    raw = sdk(secret).moderations.with_raw_response.create(
+        model="priced-moderation", input=["a" * 400, "b" * 400]
+    )
+
+    assert [r.flagged for r in raw.parse().results] == [False, False]
+    assert upstream.received[-1].path == "/v1/moderations"
+    [row] = UsageRecord.objects.filter(team=team)
+    # No usage in a moderation answer: 800 characters, counted as 200 tokens at $1 per 1M.
+    assert (row.endpoint, row.status, row.prompt_tokens, row.tokens_estimated) == (
+        "moderations",
+        "ok",
+        200,
+        True,
+    )
+    assert row.cost_usd == Decimal("0.0002") == Decimal(raw.headers["x-tollgate-cost"])
+
+
+def test_without_a_model_the_catalogs_moderation_model_serves(
+    moderation, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+
+    result = sdk(secret).moderations.create(input="is this fine?")
+
+    assert result.model == "omni-moderation-latest"
+    [row] = UsageRecord.objects.filter(team=team)
+    assert (row.model, row.cost_usd) == ("omni-moderation-latest", Decimal(0))
+
+
+def test_a_chat_model_is_not_a_moderation_model(catalog, sdk, inference_key, upstream):
+    _, secret = inference_key
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(secret).moderations.create(model="gpt-4o", input="hi")
+
+    assert caught.value.code == "model_not_supported"
+    assert upstream.received == []
