@@ -21,7 +21,7 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.services import KeyPrincipal
-from routing import tokens
+from routing import responses, tokens
 from routing.attempts import AttemptFailure, AttemptPlan, UpstreamStreamError, classify_failure
 from routing.cooldowns import cooling
 from routing.errors import ProxyError
@@ -47,10 +47,11 @@ logger = logging.getLogger(__name__)
 
 CHAT = Endpoint.CHAT
 COMPLETIONS = Endpoint.COMPLETIONS
+RESPONSES = Endpoint.RESPONSES
 EMBEDDINGS = Endpoint.EMBEDDINGS
 MODERATIONS = Endpoint.MODERATIONS
 # The endpoints whose calls produce output (billed, bounded by the request's limits).
-GENERATING = {CHAT, COMPLETIONS}
+GENERATING = {CHAT, COMPLETIONS, RESPONSES}
 # The path each endpoint is called on, as clients and upstreams know it.
 ENDPOINT_PATHS = {
     "chat": "/v1/chat/completions",
@@ -265,6 +266,8 @@ async def call_prepare(
         COMPLETIONS: TokenBounds.of_completions,
         EMBEDDINGS: TokenBounds.of_embeddings,
         MODERATIONS: TokenBounds.of_moderations,
+        # Reserved and limited on the chat request it is equivalent to (routing.responses).
+        RESPONSES: lambda b: TokenBounds.of_chat(responses.to_chat(b)),
     }[endpoint](body)
     # A model's name always means the model: a route can never shadow it.
     model = catalog.models.get(name)
@@ -472,6 +475,7 @@ _PATHS = {
     COMPLETIONS: "/completions",
     EMBEDDINGS: "/embeddings",
     MODERATIONS: "/moderations",
+    RESPONSES: "/responses",
 }
 
 
@@ -486,6 +490,38 @@ def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
         # The SDK asks for base64 unless told otherwise; a raw client expects floats.
         sent.setdefault("encoding_format", "float")
     return sent
+
+
+def bridged(call: Call, model: ModelInfo) -> bool:
+    """A Responses API call to a model whose upstream speaks only chat (routing.responses)."""
+    return call.endpoint == RESPONSES and "responses" not in model.endpoints
+
+
+def upstream_request(call: Call, body: dict, model: ModelInfo) -> tuple[str, dict]:
+    """The path and body an attempt sends `model`'s upstream."""
+    if bridged(call, model):
+        return _PATHS[CHAT], upstream_body(call.bounds.body, model, CHAT)
+    if call.endpoint == RESPONSES:
+        sent = {**body, "model": model.upstream_id}
+        if tokens.output_unbounded(call.bounds.body):
+            sent["max_output_tokens"] = tokens.output_cap(call.bounds.body, model.max_output_tokens)
+        return _PATHS[RESPONSES], sent
+    return _PATHS[call.endpoint], upstream_body(body, model, call.endpoint)
+
+
+def _answer(call: Call, body: dict, model: ModelInfo, payload: dict) -> tuple[dict, object, int]:
+    """The client's payload from an upstream's answer, the usage it reported (in chat's
+    names) and the output it holds (estimated tokens), for the meter."""
+    if bridged(call, model):
+        produced = _produced_tokens(payload)
+        return responses.from_chat(payload, body, model.name), payload.get("usage"), produced
+    if call.endpoint == RESPONSES:
+        payload["model"] = model.name
+        usage = responses.usage_as_chat(payload.get("usage"))
+        return payload, usage, tokens.text_tokens(responses.produced_text(payload))
+    produced = _produced_tokens(payload) if call.endpoint in GENERATING else 0
+    payload["model"] = model.name
+    return payload, payload.get("usage"), produced
 
 
 def _produced_tokens(payload: dict) -> int:
@@ -516,13 +552,9 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
         try:
             # Straight through the provider's pooled HTTP client: the body as sent (the
             # model renamed), no SDK request building on the hot path.
+            path, sent = upstream_request(call, body, model)
             async with asyncio.timeout_at(call.deadline_at):
-                raw = await upstream_post(
-                    model.provider,
-                    _PATHS[call.endpoint],
-                    json_bytes(upstream_body(body, model, call.endpoint)),
-                    timeout=timeout,
-                )
+                raw = await upstream_post(model.provider, path, json_bytes(sent), timeout=timeout)
                 payload = json.loads(raw)
             if not isinstance(payload, dict):
                 raise UpstreamStreamError(
@@ -533,10 +565,8 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
             call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
-        produced = _produced_tokens(payload) if call.endpoint in GENERATING else 0
-        counted, estimated = counted_tokens(
-            model, call, payload.get("usage"), completion_estimate=produced
-        )
+        payload, usage, produced = _answer(call, body, model, payload)
+        counted, estimated = counted_tokens(model, call, usage, completion_estimate=produced)
         call.meter.attempt(
             call.outcome(
                 model,
@@ -547,7 +577,6 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
                 estimated=estimated,
             )
         )
-        payload["model"] = model.name
         await call.record()
         return payload, model, call.meter.total
     await call.record()

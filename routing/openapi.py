@@ -235,6 +235,41 @@ SCHEMAS = {
             "usage": {"type": "object", "additionalProperties": True},
         },
     },
+    "ResponseRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "description": "OpenAI's Responses API request. Other fields are passed on to a "
+        "native upstream; the bridge reads those listed.",
+        "additionalProperties": True,
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 200},
+            "input": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                ]
+            },
+            "instructions": _nullable({"type": "string"}),
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "tool_choice": {},
+            "max_output_tokens": _nullable({"type": "integer", "minimum": 1}),
+            "text": {"type": "object"},
+            "stream": _nullable({"type": "boolean"}),
+        },
+    },
+    "Response": {
+        "type": "object",
+        "required": ["id", "object", "output"],
+        "additionalProperties": True,
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["response"]},
+            "status": {"type": "string"},
+            "model": {"type": "string", "description": "The catalog model that served it."},
+            "output": {"type": "array", "items": {"type": "object"}},
+            "usage": _nullable({"type": "object", "additionalProperties": True}),
+        },
+    },
     "ModerationRequest": {
         "type": "object",
         "required": ["input"],

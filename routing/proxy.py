@@ -25,12 +25,13 @@ from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import InferenceKeyAuthentication
 from portal.logs import current_request_id, new_request_id
-from routing import openapi
+from routing import openapi, responses
 from routing.calls import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
     MODERATIONS,
+    RESPONSES,
     call_abandon_unsent,
     call_json,
     call_prepare,
@@ -255,6 +256,7 @@ INTEGER_RANGES = {
     "top_logprobs": (0, 20),
     "seed": (-INT64, INT64 - 1),
     "dimensions": (1, 8192),
+    "max_output_tokens": (1, INT32_MAX),
 }
 NUMBER_RANGES = {
     "temperature": (0, 2),
@@ -369,6 +371,33 @@ def _prompt_shaped(prompt) -> bool:
             or all(token_ids(p) for p in prompt)
         )
     )
+
+
+def validate_responses_body(body) -> dict:
+    _check_common(body)
+    value = body.get("input")
+    if value is None:
+        raise _bad(
+            "You must provide an input parameter.", param="input", code="missing_required_parameter"
+        )
+    if not (
+        (isinstance(value, str) and value != "")
+        or (isinstance(value, list) and value and all(isinstance(i, dict) for i in value))
+    ):
+        raise _bad(
+            "'input' must be a non-empty string or an array of input items.",
+            param="input",
+            code="invalid_type",
+        )
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    for name in ("tools", "instructions"):
+        kind = list if name == "tools" else str
+        if body.get(name) is not None and not isinstance(body[name], kind):
+            raise _bad(f"'{name}' is not of the right type.", param=name, code="invalid_type")
+    _in_ranges(body, ("max_output_tokens", "temperature", "top_p"))
+    responses.to_chat(body)  # what cannot be bridged (or billed) is refused here
+    return body
 
 
 def validate_moderations_body(body) -> dict:
@@ -583,6 +612,63 @@ class EmbeddingsView(ProxyCallView):
     )
     async def post(self, request):
         return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
+
+
+class ResponsesView(ProxyCallView):
+    endpoint = RESPONSES
+    validate = validate_responses_body
+
+    @extend_schema(
+        operation_id="createResponse",
+        summary="Response (OpenAI's Responses API)",
+        description="Served natively by a model whose catalog entry lists `responses`, and "
+        "bridged to chat completions for the others (instructions, input items, text and "
+        "image content, function tools and their outputs, max_output_tokens, text.format); "
+        "metered and billed exactly like chat. Built-in tools and previous_response_id are "
+        "refused (400): their charges are not tokens, and the gateway stores no responses.",
+        tags=openapi.TAGS,
+        request={"application/json": openapi.ref("ResponseRequest")},
+        responses={
+            200: OpenApiResponse(response=openapi.ref("Response"), description="The response."),
+            **openapi.CALL_ERRORS,
+        },
+        parameters=openapi.CALL_HEADERS,
+    )
+    async def post(self, request):
+        if self.body.get("stream"):
+            raise ProxyError(
+                400,
+                "Streamed responses (stream: true) are not served by this gateway yet; call "
+                "without stream, or use /v1/chat/completions with stream.",
+                param="stream",
+                code="unsupported_parameter",
+            )
+        return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
+
+
+class StoredResponseView(ProxyView):
+    @extend_schema(
+        operation_id="retrieveResponse",
+        summary="A stored response (not kept by this gateway)",
+        description="The gateway stores no responses: always 404, saying so.",
+        tags=openapi.TAGS,
+        responses={401: openapi.UNAUTHORIZED, 404: openapi.CALL_ERRORS[404]},
+        parameters=[openapi.REQUEST_ID],
+    )
+    async def get(self, request, response_id):
+        raise _not_stored(response_id)
+
+    async def delete(self, request, response_id):
+        raise _not_stored(response_id)
+
+
+def _not_stored(response_id: str) -> ProxyError:
+    return ProxyError(
+        404,
+        f"No response `{response_id[:100]}`: this gateway does not store responses (they are "
+        "answered and billed, not kept); keep what you need from the answer itself.",
+        code="response_not_stored",
+    )
 
 
 class ModerationsView(ProxyCallView):

@@ -32,6 +32,8 @@ class Answer:
     # Answer `n` choices when asked (an honest upstream does; some ignore it),
     # reporting n times the completion tokens.
     honour_n: bool = True
+    # Chat answers: the message's tool calls (then its content is None).
+    tool_calls: list | None = None
 
 
 @dataclass
@@ -176,6 +178,41 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._json(behaviour.status, payload, behaviour.headers)
             return
+        if self.path.endswith("/responses"):
+            # A native Responses API upstream: usage in its own names.
+            self._json(
+                200,
+                {
+                    "id": "resp_fake",
+                    "object": "response",
+                    "created_at": 1764000000,
+                    "status": "completed",
+                    "model": body["model"],
+                    "output": [
+                        {
+                            "type": "message",
+                            "id": "msg_fake",
+                            "status": "completed",
+                            "role": "assistant",
+                            "content": [
+                                {
+                                    "type": "output_text",
+                                    "text": behaviour.content,
+                                    "annotations": [],
+                                }
+                            ],
+                        }
+                    ],
+                    "usage": {
+                        "input_tokens": 20,
+                        "input_tokens_details": {"cached_tokens": 8},
+                        "output_tokens": 30,
+                        "output_tokens_details": {"reasoning_tokens": 10},
+                        "total_tokens": 50,
+                    },
+                },
+            )
+            return
         if self.path.endswith("/moderations"):
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             self._json(
@@ -227,7 +264,17 @@ class _Handler(BaseHTTPRequestHandler):
                     **(
                         {"text": behaviour.content}
                         if legacy
-                        else {"message": {"role": "assistant", "content": behaviour.content}}
+                        else {
+                            "message": {
+                                "role": "assistant",
+                                "content": None if behaviour.tool_calls else behaviour.content,
+                                **(
+                                    {"tool_calls": behaviour.tool_calls}
+                                    if behaviour.tool_calls
+                                    else {}
+                                ),
+                            }
+                        }
                     ),
                     "finish_reason": "stop",
                     "logprobs": None,

@@ -1,0 +1,294 @@
+"""OpenAI's Responses API over chat completions: what the gateway bridges, and how.
+
+A model whose upstream speaks the Responses API (its catalog entry lists `responses`) gets
+the call as is. For the others (most OpenAI-compatible gateways to Chinese models speak
+only chat completions) the request is translated to chat (`to_chat`: instructions, input
+items, text and image content, function tools and their outputs, `max_output_tokens`,
+`text.format`) and the answer back into a Response object (`from_chat`), its usage carried
+over. Either way the call is reserved, limited and billed from the chat request it is
+equivalent to (`to_chat`), so both are metered exactly like chat.
+
+What cannot be bridged is refused with a 400 before any upstream is called: built-in tools
+(web search, file search, code interpreter, computer use, image generation, MCP), whose
+charges are not tokens and would escape the ledger, and `previous_response_id`, which needs
+responses the gateway does not store.
+"""
+
+import secrets
+import time
+
+from routing.errors import ProxyError
+
+BUILT_IN_TOOLS = {
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "code_interpreter",
+    "computer_use_preview",
+    "image_generation",
+    "mcp",
+    "local_shell",
+}
+
+
+def _bad(message: str, param: str | None = None, code: str = "invalid_value") -> ProxyError:
+    return ProxyError(400, message, param=param, code=code)
+
+
+def _text_part(part: dict, where: str) -> dict:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise _bad(
+                f"'{where}': an input_image is bridged by its image_url only (a file_id needs "
+                "the provider's own Responses API).",
+                param=where,
+            )
+        return {
+            "type": "image_url",
+            "image_url": {"url": url, "detail": part.get("detail", "auto")},
+        }
+    if kind == "refusal" and isinstance(part.get("refusal"), str):
+        return {"type": "text", "text": part["refusal"]}
+    raise _bad(f"'{where}' is a content part of type {kind!r}, which cannot be bridged.", where)
+
+
+def _content(content: object, where: str) -> str | list[dict]:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        parts = [_text_part(p, f"{where}[{i}]") for i, p in enumerate(content)]
+        if all(p["type"] == "text" for p in parts):
+            return "".join(p["text"] for p in parts)
+        return parts
+    raise _bad(f"'{where}' must be a string or an array of content parts.", where, "invalid_type")
+
+
+def _messages(body: dict) -> list[dict]:
+    messages: list[dict] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    items = body["input"]
+    if isinstance(items, str):
+        return [*messages, {"role": "user", "content": items}]
+    for index, item in enumerate(items):
+        where = f"input[{index}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise _bad(f"'{where}.role' must be user, assistant, system or developer.", where)
+            role = "system" if role == "developer" else role
+            messages.append({"role": role, "content": _content(item.get("content"), where)})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            }
+            last = messages[-1] if messages else None
+            if last and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)  # parallel calls: one assistant turn
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item.get("call_id"),
+                    "content": output if isinstance(output, str) else str(output),
+                }
+            )
+        elif kind == "reasoning":
+            continue  # the model's own earlier reasoning: nothing a chat upstream reads
+        else:
+            raise _bad(f"'{where}' is an input item of type {kind!r}, which cannot be bridged.")
+    return messages
+
+
+def _tools(tools: list) -> list[dict]:
+    bridged = []
+    for index, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise _bad(
+                f"'tools[{index}]' is the built-in tool {tool.get('type')!r}: its charges are not "
+                "tokens, so this gateway cannot bill them. Only function tools are served.",
+                f"tools[{index}]",
+                "unsupported_tool",
+            )
+        function = {"name": tool.get("name"), "parameters": tool.get("parameters") or {}}
+        for name in ("description", "strict"):
+            if tool.get(name) is not None:
+                function[name] = tool[name]
+        bridged.append({"type": "function", "function": function})
+    return bridged
+
+
+def to_chat(body: dict) -> dict:
+    """The chat completions request equivalent to a Responses request (ProxyError 400 when
+    it cannot be bridged). Its messages, tools and output limit are what the call is
+    reserved and limited on, whichever API serves it."""
+    if body.get("previous_response_id"):
+        raise _bad(
+            "'previous_response_id' needs responses stored by the server, and this gateway "
+            "stores none: send the conversation's items in 'input' instead.",
+            "previous_response_id",
+            "unsupported_parameter",
+        )
+    chat: dict = {"model": body["model"], "messages": _messages(body)}
+    if body.get("tools"):
+        chat["tools"] = _tools(body["tools"])
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        chat["tool_choice"] = choice
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    if body.get("max_output_tokens") is not None:
+        chat["max_tokens"] = body["max_output_tokens"]
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        chat["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        chat["response_format"] = {"type": "json_schema", "json_schema": schema}
+    for name in ("temperature", "top_p", "parallel_tool_calls", "user", "stream"):
+        if body.get(name) is not None:
+            chat[name] = body[name]
+    return chat
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def usage_of_chat(usage: object) -> dict | None:
+    """A chat answer's usage in the Responses API's names."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached or 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning or 0},
+        "total_tokens": usage.get("total_tokens"),
+    }
+
+
+def usage_as_chat(usage: object) -> object:
+    """A Response's usage in chat's names, for the meter (routing.tokens.reported_tokens)."""
+    if not isinstance(usage, dict):
+        return usage
+    return {
+        "prompt_tokens": usage.get("input_tokens"),
+        "completion_tokens": usage.get("output_tokens"),
+        "prompt_tokens_details": {
+            "cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens", 0)
+        },
+        "completion_tokens_details": {
+            "reasoning_tokens": (usage.get("output_tokens_details") or {}).get(
+                "reasoning_tokens", 0
+            )
+        },
+    }
+
+
+def from_chat(payload: dict, body: dict, model_name: str) -> dict:
+    """A Response object from a chat completion answering the bridged request `body`."""
+    choice = (payload.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    output: list[dict] = []
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        output.append(
+            {
+                "type": "message",
+                "id": _id("msg"),
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        output.append(
+            {
+                "type": "function_call",
+                "id": _id("fc"),
+                "call_id": call.get("id"),
+                "name": function.get("name"),
+                "arguments": function.get("arguments", ""),
+                "status": "completed",
+            }
+        )
+    cut = choice.get("finish_reason") == "length"
+    return response_object(
+        body,
+        model_name,
+        output=output,
+        status="incomplete" if cut else "completed",
+        usage=usage_of_chat(payload.get("usage")),
+        incomplete={"reason": "max_output_tokens"} if cut else None,
+    )
+
+
+def response_object(
+    body: dict,
+    model_name: str,
+    *,
+    output: list[dict],
+    status: str,
+    usage: dict | None,
+    incomplete: dict | None = None,
+    response_id: str | None = None,
+    created_at: int | None = None,
+) -> dict:
+    return {
+        "id": response_id or _id("resp"),
+        "object": "response",
+        "created_at": created_at or int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": incomplete,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": model_name,
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": body.get("temperature"),
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p"),
+        "truncation": "disabled",
+        "usage": usage,
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def produced_text(payload: dict) -> str:
+    """The text a Response holds (output text, refusals, function arguments), for metering
+    an answer whose usage is missing or unusable."""
+    produced = []
+    for item in payload.get("output") or []:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("arguments"), str):
+            produced.append(item["arguments"])
+        for part in item.get("content") or []:
+            if isinstance(part, dict):
+                produced.extend(
+                    v for k, v in part.items() if k in ("text", "refusal") and isinstance(v, str)
+                )
+    return "".join(produced)

@@ -1,0 +1,215 @@
+"""POST /v1/responses (OpenAI's Responses API) with the official SDK and LangChain: bridged to
+a chat-only upstream, or passed to one that speaks it; metered and billed exactly like chat."""
+
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+
+from routing.selectors import catalog_changed
+from routing.services import catalog_load_data
+from tests.fake_upstream import Answer
+from usage.budgets import budget_set
+from usage.models import UsageRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# deepseek-v4-flash: $0.18 in, $0.07 cached, $0.25 out per million; the fake upstream's chat
+# answers report 12 prompt and 34 completion tokens.
+CHAT_COST = (12 * Decimal("0.18") + 34 * Decimal("0.25")) / 10**6
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def rows(team):
+    return list(UsageRecord.objects.filter(team=team).order_by("id"))
+
+
+def test_a_chat_only_upstream_serves_a_response_through_the_bridge(
+    catalog, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+
+    raw = sdk(secret).responses.with_raw_response.create(
+        model="deepseek-v4-flash",
+        instructions="Answer briefly.",
+        input="Say hello",
+        max_output_tokens=100,
+    )
+    response = raw.parse()
+
+    assert response.output_text == "Hello from the fake upstream"
+    assert response.model == "deepseek-v4-flash" and response.status == "completed"
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 34)
+    sent = upstream.received[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["messages"] == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Say hello"},
+    ]
+    assert sent.body["max_tokens"] == 100
+    [row] = rows(team)
+    assert (row.endpoint, row.status, row.prompt_tokens, row.completion_tokens) == (
+        "responses",
+        "ok",
+        12,
+        34,
+    )
+    assert row.cost_usd == CHAT_COST == Decimal(raw.headers["x-tollgate-cost"])
+
+
+def test_function_calling_round_trips_through_the_bridge(
+    catalog, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+    client = sdk(secret)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    upstream.script("deepseek-v4-flash", Answer(tool_calls=[call]), Answer(content="Sunny."))
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+
+    first = client.responses.create(model="deepseek-v4-flash", input=question, tools=[WEATHER])
+    [function_call] = [item for item in first.output if item.type == "function_call"]
+    second = client.responses.create(
+        model="deepseek-v4-flash",
+        input=[
+            *question,
+            function_call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": function_call.call_id, "output": "18C"},
+        ],
+        tools=[WEATHER],
+    )
+
+    assert (function_call.name, json.loads(function_call.arguments)) == (
+        "get_weather",
+        {"city": "Paris"},
+    )
+    assert second.output_text == "Sunny."
+    first_sent, second_sent = (r.body for r in upstream.received[-2:])
+    assert first_sent["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER["parameters"],
+                "description": "The weather in a city.",
+            },
+        }
+    ]
+    assert second_sent["messages"][1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
+    assert [(r.endpoint, r.cost_usd) for r in rows(team)] == [("responses", CHAT_COST)] * 2
+
+
+def test_a_native_upstream_gets_the_call_as_is_and_its_usage_is_billed(
+    catalog, sdk, inference_key, team, upstream
+):
+    catalog_load_data(
+        data={
+            "model": [
+                {
+                    "id": "deepseek-v4-flash",
+                    "provider": "global",
+                    "input_per_mtok": "0.18",
+                    "cached_input_per_mtok": "0.07",
+                    "output_per_mtok": "0.25",
+                    "endpoints": ["chat", "responses"],
+                }
+            ]
+        }
+    )
+    catalog_changed()
+    _, secret = inference_key
+
+    raw = sdk(secret).responses.with_raw_response.create(
+        model="deepseek-v4-flash", input="Say hello", max_output_tokens=100
+    )
+
+    assert raw.parse().output_text == "Hello from the fake upstream"
+    sent = upstream.received[-1]
+    assert sent.path == "/v1/responses" and sent.body["input"] == "Say hello"
+    [row] = rows(team)
+    # 20 input tokens, 8 of them cached; 30 output tokens, 10 of them reasoning.
+    assert (row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.reasoning_tokens) == (
+        20,
+        8,
+        30,
+        10,
+    )
+    cost = (12 * Decimal("0.18") + 8 * Decimal("0.07") + 30 * Decimal("0.25")) / 10**6
+    assert row.cost_usd == cost == Decimal(raw.headers["x-tollgate-cost"])
+
+
+@pytest.mark.parametrize(
+    "fields, param, code",
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0]", "unsupported_tool"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "unsupported_parameter"),
+        ({"input": [{"type": "image_generation_call"}]}, None, "invalid_value"),
+    ],
+)
+def test_what_cannot_be_bridged_or_billed_is_a_clear_400(
+    catalog, sdk, inference_key, team, upstream, fields, param, code
+):
+    _, secret = inference_key
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(secret).responses.create(model="deepseek-v4-flash", **{"input": "hi", **fields})
+
+    assert caught.value.code == code and caught.value.body["param"] == param
+    assert upstream.received == []
+
+
+def test_stored_responses_are_not_kept_and_say_so(catalog, sdk, inference_key):
+    _, secret = inference_key
+
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk(secret).responses.retrieve("resp_123")
+
+    assert caught.value.code == "response_not_stored"
+
+
+def test_an_over_budget_response_is_refused_like_chat(catalog, sdk, inference_key, team, upstream):
+    budget_set(team=team, amount_usd=Decimal("0.001"), hard=True)
+    _, secret = inference_key
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret).responses.create(
+            model="deepseek-v4-flash", input="hi", max_output_tokens=100_000
+        )
+
+    assert caught.value.code == "insufficient_quota"
+    assert upstream.received == []
+    assert [(r.endpoint, r.status) for r in rows(team)] == [("responses", "refused")]
+
+
+def test_langchain_on_the_responses_api(catalog, inference_key, live_portal, team, upstream):
+    from langchain_openai import ChatOpenAI
+
+    _, secret = inference_key
+    chat = ChatOpenAI(
+        model="deepseek-v4-flash",
+        base_url=f"{live_portal.url}/v1",
+        api_key=secret,
+        use_responses_api=True,
+        max_retries=0,
+    )
+
+    answer = chat.invoke("Say hello")
+
+    assert "Hello from the fake upstream" in str(answer.content)
+    assert [r.endpoint for r in rows(team)] == ["responses"]
