@@ -646,18 +646,26 @@ class ResponsesView(ProxyCallView):
         return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
 
 
-class StoredResponseView(ProxyView):
-    @extend_schema(
-        operation_id="retrieveResponse",
-        summary="A stored response (not kept by this gateway)",
+def _stored_response_schema(operation_id: str, summary: str):
+    return extend_schema(
+        operation_id=operation_id,
+        summary=summary,
         description="The gateway stores no responses: always 404, saying so.",
         tags=openapi.TAGS,
         responses={401: openapi.UNAUTHORIZED, 404: openapi.CALL_ERRORS[404]},
-        parameters=[openapi.REQUEST_ID],
+        parameters=[
+            OpenApiParameter("response_id", OpenApiTypes.STR, OpenApiParameter.PATH),
+            openapi.REQUEST_ID,
+        ],
     )
+
+
+class StoredResponseView(ProxyView):
+    @_stored_response_schema("retrieveResponse", "A stored response (not kept by this gateway)")
     async def get(self, request, response_id):
         raise _not_stored(response_id)
 
+    @_stored_response_schema("deleteResponse", "Delete a stored response (none is kept)")
     async def delete(self, request, response_id):
         raise _not_stored(response_id)
 
