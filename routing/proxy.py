@@ -635,15 +635,7 @@ class ResponsesView(ProxyCallView):
         parameters=openapi.CALL_HEADERS,
     )
     async def post(self, request):
-        if self.body.get("stream"):
-            raise ProxyError(
-                400,
-                "Streamed responses (stream: true) are not served by this gateway yet; call "
-                "without stream, or use /v1/chat/completions with stream.",
-                param="stream",
-                code="unsupported_parameter",
-            )
-        return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
+        return await _generate(self)
 
 
 def _stored_response_schema(operation_id: str, summary: str):

@@ -15,8 +15,17 @@ from django.conf import settings
 
 from routing import tokens
 from routing.attempts import AttemptPlan, UpstreamStreamError, classify_failure
-from routing.calls import _PATHS, Call, counted_tokens, detached, json_bytes, upstream_body
+from routing.calls import (
+    _PATHS,
+    RESPONSES,
+    Call,
+    counted_tokens,
+    detached,
+    json_bytes,
+    upstream_request,
+)
 from routing.errors import ProxyError
+from routing.responses_stream import events_for
 from routing.selectors import ModelInfo
 from routing.upstream import Answer, UpstreamEventError, sse_events, upstream_stream
 from usage.metering import Status
@@ -47,6 +56,7 @@ class StreamRelay:
         first: "Event",
         started: float,
         client_wants_usage: bool,
+        shape=None,
     ):
         self.call = call
         self.model = model
@@ -55,6 +65,8 @@ class StreamRelay:
         self.first = first
         self.started = started
         self.client_wants_usage = client_wants_usage
+        # The events' shape for the client when it is not chat's (routing.responses_stream).
+        self.shape = shape
         self.ttft_ms = int((time.monotonic() - started) * 1000)
         # The upstream's model name, its field's spellings as bytes, the client's field.
         self._renamed: tuple[str, tuple[bytes, bytes], bytes] | None = None
@@ -67,6 +79,8 @@ class StreamRelay:
     def _client_event(self, chunk: dict, raw: bytes) -> bytes:
         """The event for the client: the upstream's bytes with the gateway's model name, or
         (usage to drop, a model field not found as such) the chunk encoded afresh."""
+        if self.shape is not None:
+            return self.shape.event(chunk, raw)
         if not self.client_wants_usage and "usage" in chunk:
             if not chunk.get("choices"):
                 return b""
@@ -110,13 +124,23 @@ class StreamRelay:
             failure = classify_failure(exc, self.model)
             status, error = failure.status, failure.error
         await self._end(status, error)
-        if self.error is not None:
+        if self.shape is not None:
+            if closing := self.shape.closing(self):
+                yield closing
+        elif self.error is not None:
             yield b"data: " + json.dumps(self.error.payload()).encode() + b"\n\n"
         else:
             yield b"data: [DONE]\n\n"
 
     def _note(self, chunk: dict) -> None:
-        """Keep what metering needs from an upstream event: its usage, and the text produced."""
+        """Keep what metering needs from an upstream event: its usage (in chat's names), and
+        the text produced."""
+        if self.shape is not None:
+            self.shape.note(chunk, self)
+        else:
+            self.note_chat(chunk)
+
+    def note_chat(self, chunk: dict) -> None:
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -135,6 +159,8 @@ class StreamRelay:
                     self.produced.append(str(function.get("arguments") or ""))
 
     async def _relay(self):
+        if self.shape is not None and (opening := self.shape.opening()):
+            yield opening
         event = self.first
         while event is not None and not self.ended:
             chunk, raw = event
@@ -286,14 +312,13 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
         started = time.monotonic()
         stream = None
         try:
-            sent = {
-                **upstream_body(body, model, call.endpoint),
-                "stream": True,
-                "stream_options": {**client_options, "include_usage": True},
-            }
+            path, sent = upstream_request(call, body, model)
+            sent["stream"] = True
+            if path != _PATHS[RESPONSES]:  # a Response's usage comes in its final event
+                sent["stream_options"] = {**client_options, "include_usage": True}
             async with asyncio.timeout_at(call.deadline_at):
                 stream = await upstream_stream(
-                    model.provider, _PATHS[call.endpoint], json_bytes(sent), timeout=timeout
+                    model.provider, path, json_bytes(sent), timeout=timeout
                 )
                 chunks = _events(stream)
                 first = await asyncio.wait_for(anext(chunks, None), timeout)
@@ -313,7 +338,10 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
             call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
-        return StreamRelay(call, model, stream, chunks, first, started, client_wants_usage)
+        shape = events_for(call, body, model) if call.endpoint == RESPONSES else None
+        return StreamRelay(
+            call, model, stream, chunks, first, started, client_wants_usage, shape=shape
+        )
     await call.record()
     raise plan.final_error()
 

@@ -180,6 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path.endswith("/responses"):
             # A native Responses API upstream: usage in its own names.
+            if body.get("stream"):
+                self._responses_stream(body, behaviour)
+                return
             self._json(
                 200,
                 {
@@ -205,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ],
                     "usage": {
                         "input_tokens": 20,
-                        "input_tokens_details": {"cached_tokens": 8},
+                        "input_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 0},
                         "output_tokens": 30,
                         "output_tokens_details": {"reasoning_tokens": 10},
                         "total_tokens": 50,
@@ -286,6 +289,63 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.usage is not None:
             payload["usage"] = _usage_for(behaviour.usage, n)
         self._json(200, payload)
+
+    def _responses_stream(self, body, behaviour: Answer):
+        """A native Responses API stream: typed events, the usage in the last."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        response = {
+            "id": "resp_fake",
+            "object": "response",
+            "created_at": 1764000000,
+            "status": "in_progress",
+            "model": body["model"],
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+        text = behaviour.content
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant"}
+        usage = {
+            "input_tokens": 20,
+            "input_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 0},
+            "output_tokens": 30,
+            "output_tokens_details": {"reasoning_tokens": 10},
+            "total_tokens": 50,
+        }
+        where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        events = [
+            ("response.created", {"response": response}),
+            ("response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
+            ("response.content_part.added", {**where, "part": {**part, "text": ""}}),
+            *(
+                ("response.output_text.delta", {**where, "delta": word, "logprobs": []})
+                for word in [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]]
+            ),
+            ("response.output_text.done", {**where, "text": text, "logprobs": []}),
+            ("response.content_part.done", {**where, "part": part}),
+            ("response.output_item.done", {"output_index": 0, "item": {**item, "content": [part]}}),
+            (
+                "response.completed",
+                {
+                    "response": {
+                        **response,
+                        "status": "completed",
+                        "output": [{**item, "content": [part]}],
+                        "usage": usage,
+                    }
+                },
+            ),
+        ]
+        for number, (kind, fields) in enumerate(events):
+            data = json.dumps({"type": kind, "sequence_number": number, **fields})
+            self._chunk(f"event: {kind}\ndata: {data}\n\n".encode())
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _json(self, status, payload, headers=None):
         data = json.dumps(payload).encode()

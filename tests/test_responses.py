@@ -213,3 +213,70 @@ def test_langchain_on_the_responses_api(catalog, inference_key, live_portal, tea
 
     assert "Hello from the fake upstream" in str(answer.content)
     assert [r.endpoint for r in rows(team)] == ["responses"]
+
+
+def _events(stream):
+    """The stream's events, each validated against OpenAI's published shapes (the SDK's
+    types are generated from OpenAI's OpenAPI specification)."""
+    import typing
+
+    from openai.types.responses import ResponseStreamEvent
+
+    (union, *_) = typing.get_args(ResponseStreamEvent)
+    shapes = {
+        typing.get_args(cls.model_fields["type"].annotation)[0]: cls
+        for cls in typing.get_args(union)
+    }
+    events = []
+    for event in stream:
+        shapes[event.type].model_validate(event.model_dump(exclude_unset=True))
+        events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["bridged", "native"])
+def test_a_streamed_response_sends_the_typed_events_and_is_billed_once(
+    catalog, sdk, inference_key, team, upstream, native
+):
+    if native:
+        catalog_load_data(
+            data={
+                "model": [
+                    {
+                        "id": "deepseek-v4-flash",
+                        "provider": "global",
+                        "input_per_mtok": "0.18",
+                        "cached_input_per_mtok": "0.07",
+                        "output_per_mtok": "0.25",
+                        "endpoints": ["chat", "responses"],
+                    }
+                ]
+            }
+        )
+        catalog_changed()
+    _, secret = inference_key
+
+    events = _events(
+        sdk(secret).responses.create(
+            model="deepseek-v4-flash", input="Say hello", max_output_tokens=100, stream=True
+        )
+    )
+
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds and "response.output_item.done" in kinds
+    assert [e.sequence_number for e in events] == sorted(e.sequence_number for e in events)
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "Hello from the fake upstream"
+    final = events[-1].response
+    assert final.output_text == text and final.model == "deepseek-v4-flash"
+    assert upstream.received[-1].path == ("/v1/responses" if native else "/v1/chat/completions")
+    [row] = rows(team)
+    assert (row.endpoint, row.streamed, row.status) == ("responses", True, "ok")
+    if native:
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (20, 30)
+        cost = (12 * Decimal("0.18") + 8 * Decimal("0.07") + 30 * Decimal("0.25")) / 10**6
+    else:
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 34)
+        cost = CHAT_COST
+    assert row.cost_usd == cost
