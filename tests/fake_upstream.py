@@ -381,6 +381,28 @@ class _Handler(BaseHTTPRequestHandler):
         n = _choices(body, behaviour)
         behaviour = _billing_honestly(body, behaviour)
         events = []
+        for number, call in enumerate(behaviour.tool_calls or []):
+            # A tool call streamed as chat does: its id and name, then its arguments in pieces.
+            function = call["function"]
+            head = {"index": number, "id": call["id"], "type": "function"}
+            pieces = [
+                {**head, "function": {"name": function["name"], "arguments": ""}},
+                *(
+                    {"index": number, "function": {"arguments": function["arguments"][i : i + 5]}}
+                    for i in range(0, len(function["arguments"]), 5)
+                ),
+            ]
+            for piece in pieces:
+                events.append(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}
+                        ],
+                    }
+                )
+        if behaviour.tool_calls:
+            words = []
         for i, word in enumerate(words):
             delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
             for index in range(n):

@@ -280,3 +280,37 @@ def test_a_streamed_response_sends_the_typed_events_and_is_billed_once(
         assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 34)
         cost = CHAT_COST
     assert row.cost_usd == cost
+
+
+def test_a_bridged_stream_carries_a_function_call_as_its_events(
+    catalog, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+    call = {
+        "id": "call_7",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    upstream.script("deepseek-v4-flash", Answer(tool_calls=[call]))
+
+    events = _events(
+        sdk(secret).responses.create(
+            model="deepseek-v4-flash", input="Weather in Paris?", tools=[WEATHER], stream=True
+        )
+    )
+
+    arguments = "".join(
+        e.delta for e in events if e.type == "response.function_call_arguments.delta"
+    )
+    assert json.loads(arguments) == {"city": "Paris"}
+    [item] = [e.item for e in events if e.type == "response.output_item.done"]
+    assert (item.type, item.call_id, item.name, item.arguments) == (
+        "function_call",
+        "call_7",
+        "get_weather",
+        '{"city": "Paris"}',
+    )
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output[0].call_id == "call_7"
+    [row] = rows(team)
+    assert (row.endpoint, row.streamed, row.cost_usd) == ("responses", True, CHAT_COST)
