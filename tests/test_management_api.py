@@ -350,3 +350,48 @@ def test_a_key_limit_beyond_the_column_is_refused(owner, team):
 def test_forged_cursors_months_and_offsets_get_a_clear_answer(owner, team, url, status):
     answer = as_user(owner).get(url)
     assert answer.status_code == status, answer.content[:300]
+
+
+def test_summary_by_endpoint_from_the_rollups_and_the_recent_rows(member, team):
+    # Usage and invoices break down by the /v1 endpoint each call was made on: the rolled-up
+    # days and the rows recorded since are summed per endpoint, agreeing with the ledger.
+    from usage.rollups import rollup_advance
+
+    def call(n, endpoint, cost, when):
+        UsageRecord.objects.create(
+            request_id=f"req_ep{n}",
+            team=team,
+            endpoint=endpoint,
+            requested_model="m",
+            model="m",
+            provider="p",
+            status="ok",
+            prompt_tokens=10,
+            input_per_mtok=Decimal("1"),
+            cached_input_per_mtok=Decimal("1"),
+            output_per_mtok=Decimal("1"),
+            cost_usd=Decimal(cost),
+            created_at=when,
+            recorded_at=when,
+        )
+
+    day = datetime(2026, 11, 2, 12, tzinfo=dt_timezone.utc)
+    call(1, "chat", "0.001", day)
+    call(2, "responses", "0.002", day)
+    call(3, "responses", "0.004", day)
+    rollup_advance(now=datetime(2026, 11, 3, tzinfo=dt_timezone.utc))
+    later = datetime(2026, 11, 3, 12, tzinfo=dt_timezone.utc)
+    call(4, "responses", "0.008", later)  # not rolled up yet
+    call(5, "moderations", "0", later)
+
+    summary = as_user(member).get(
+        "/api/teams/acme/usage/summary/?group_by=endpoint&start=2026-11-01&end=2026-11-04"
+    )
+
+    assert summary.status_code == 200
+    by_endpoint = {g["group"]: (g["requests"], Decimal(g["cost_usd"])) for g in summary.data}
+    assert by_endpoint == {
+        "chat": (1, Decimal("0.001")),
+        "responses": (3, Decimal("0.014")),
+        "moderations": (1, Decimal("0")),
+    }

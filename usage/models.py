@@ -317,6 +317,8 @@ class DailyUsage(models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     reasoning_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(**USD_FIELD, default=0)
+    # The /v1 endpoint the calls were made on (UsageRecord.Endpoint).
+    endpoint = models.CharField(max_length=16, default="chat")
 
     class Meta:
         constraints = [
@@ -324,6 +326,7 @@ class DailyUsage(models.Model):
                 fields=[
                     "team",
                     "api_key",
+                    "endpoint",
                     "model",
                     "input_per_mtok",
                     "cached_input_per_mtok",

@@ -23,6 +23,7 @@ EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 GROUP = (
     "team_id",
     "api_key_id",
+    "endpoint",
     "model",
     "input_per_mtok",
     "cached_input_per_mtok",

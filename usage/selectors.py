@@ -9,7 +9,7 @@ from django.db.models.functions import TruncDate
 from portal.replica import reports_database
 from usage.models import UsageRecord
 
-GROUPINGS = ("day", "model", "key")
+GROUPINGS = ("day", "model", "key", "endpoint")
 
 
 def usage_rows(
@@ -117,8 +117,14 @@ LEDGER_GROUPS = {
     "day": TruncDate("created_at", tzinfo=UTC),
     "model": F("model"),
     "key": F("api_key__prefix"),
+    "endpoint": F("endpoint"),
 }
-ROLLUP_GROUPS = {"day": F("day"), "model": F("model"), "key": F("api_key__prefix")}
+ROLLUP_GROUPS = {
+    "day": F("day"),
+    "model": F("model"),
+    "key": F("api_key__prefix"),
+    "endpoint": F("endpoint"),
+}
 
 
 def _grouped(rows, expressions: dict, labels: tuple[str, ...]) -> list[dict]:
