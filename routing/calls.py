@@ -267,7 +267,7 @@ async def call_prepare(
         EMBEDDINGS: TokenBounds.of_embeddings,
         MODERATIONS: TokenBounds.of_moderations,
         # Reserved and limited on the chat request it is equivalent to (routing.responses).
-        RESPONSES: lambda b: TokenBounds.of_chat(responses.to_chat(b)),
+        RESPONSES: lambda b: TokenBounds.of_responses(b, responses.to_chat(b)),
     }[endpoint](body)
     # A model's name always means the model: a route can never shadow it.
     model = catalog.models.get(name)

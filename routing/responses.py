@@ -67,6 +67,24 @@ def _content(content: object, where: str) -> str | list[dict]:
     raise _bad(f"'{where}' must be a string or an array of content parts.", where, "invalid_type")
 
 
+def _tool_output(output: object, where: str) -> str:
+    """A function's output as a chat tool message takes it: text. An output of parts is
+    bridged when every part is text (an image or a file there has no chat form)."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list) and all(
+        isinstance(p, dict) and p.get("type") == "input_text" and isinstance(p.get("text"), str)
+        for p in output
+    ):
+        return "".join(p["text"] for p in output)
+    raise _bad(
+        f"'{where}' must be text (a string, or input_text parts): tool outputs are bounded "
+        "and billed as text here.",
+        where,
+        "invalid_type",
+    )
+
+
 def _messages(body: dict) -> list[dict]:
     messages: list[dict] = []
     instructions = body.get("instructions")
@@ -85,6 +103,8 @@ def _messages(body: dict) -> list[dict]:
             role = "system" if role == "developer" else role
             messages.append({"role": role, "content": _content(item.get("content"), where)})
         elif kind == "function_call":
+            if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
+                raise _bad(f"'{where}' must carry its call_id and name.", where, "invalid_type")
             call = {
                 "id": item.get("call_id"),
                 "type": "function",
@@ -96,12 +116,11 @@ def _messages(body: dict) -> list[dict]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            output = item.get("output")
             messages.append(
                 {
                     "role": "tool",
                     "tool_call_id": item.get("call_id"),
-                    "content": output if isinstance(output, str) else str(output),
+                    "content": _tool_output(item.get("output"), f"{where}.output"),
                 }
             )
         elif kind == "reasoning":
@@ -114,6 +133,8 @@ def _messages(body: dict) -> list[dict]:
 def _tools(tools: list) -> list[dict]:
     bridged = []
     for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _bad(f"'tools[{index}]' must be an object.", f"tools[{index}]", "invalid_type")
         if tool.get("type") != "function":
             raise _bad(
                 f"'tools[{index}]' is the built-in tool {tool.get('type')!r}: its charges are not "
@@ -140,6 +161,20 @@ def to_chat(body: dict) -> dict:
             "previous_response_id",
             "unsupported_parameter",
         )
+    # What makes the upstream read or produce more than the request carries, where the
+    # gateway could not bound or meter it: refused, as previous_response_id is.
+    for name, why in (
+        ("conversation", "a conversation stored by the provider is read but not in the request"),
+        ("prompt", "a stored prompt template is read but not in the request"),
+        ("background", "a background response is produced after this call has been billed"),
+    ):
+        if body.get(name):
+            raise _bad(
+                f"'{name}' is not served by this gateway: {why}, so it could not be billed. "
+                "Send the content in 'input' and 'instructions' instead.",
+                name,
+                "unsupported_parameter",
+            )
     chat: dict = {"model": body["model"], "messages": _messages(body)}
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])

@@ -206,9 +206,9 @@ def _model_fields(entry, index):
             f"{where}: capabilities must be a list drawn from {', '.join(sorted(CAPABILITIES))}"
         )
     endpoints = entry.get("endpoints", endpoints_of(capabilities))
-    if not isinstance(endpoints, list) or not set(endpoints) <= ENDPOINTS:
+    if not isinstance(endpoints, list) or not endpoints or not set(endpoints) <= ENDPOINTS:
         raise CatalogError(
-            f"{where}: endpoints must be a list drawn from {', '.join(sorted(ENDPOINTS))}"
+            f"{where}: endpoints must be a non-empty list drawn from {', '.join(sorted(ENDPOINTS))}"
         )
     benchmarks = entry.get("benchmarks", {})
     if not isinstance(benchmarks, dict) or not all(

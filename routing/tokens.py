@@ -281,10 +281,26 @@ class TokenBounds:
 
     @classmethod
     def of_completions(cls, body: Body) -> "TokenBounds":
-        # A legacy prompt takes the shapes of an embeddings input: text, texts, token ids.
-        value = body["prompt"]
+        # A legacy prompt takes the shapes of an embeddings input: text, texts, token ids;
+        # a suffix is read too.
+        value, suffix = body["prompt"], body.get("suffix")
         estimate = embedding_input_estimate(value) + REPLY_PRIMING
-        return cls(estimate, embedding_input_ceiling(value), body, True)
+        ceiling = embedding_input_ceiling(value)
+        if suffix is not None:
+            estimate += text_tokens(suffix) if isinstance(suffix, str) else 0
+            ceiling += _bytes(suffix)
+        return cls(estimate, ceiling, body, True)
+
+    @classmethod
+    def of_responses(cls, body: Body, chat: Body) -> "TokenBounds":
+        """A Responses request's bounds: those of the chat request it is equivalent to
+        (`chat`, its output limit included), its prompt ceiling raised to everything the
+        request carries, since an upstream that speaks the Responses API reads all of it
+        (reasoning items, tool outputs of parts, fields the bridge has no use for): every
+        byte, each image at its ceiling and each file by reference at the window."""
+        bounds = cls.of_chat(chat)
+        carried = _bytes(body) + _referenced_parts(body)
+        return cls(bounds.prompt_estimate, max(bounds.prompt_ceiling, carried), chat, True)
 
     @classmethod
     def of_moderations(cls, body: Body) -> "TokenBounds":
@@ -320,6 +336,22 @@ class TokenBounds:
             output_cap(self.body, model.max_output_tokens if model else None) if self.chat else 0
         )
         return _clamped(self.prompt_estimate, output * choices(self.body) if self.chat else 0)
+
+
+def _referenced_parts(value: object) -> int:
+    """Tokens to reserve for the parts of a Responses request whose size it does not carry:
+    an image at its ceiling, a file or other media by id or URL at UNSIZED_PART_TOKENS."""
+    if isinstance(value, list):
+        return sum(_referenced_parts(v) for v in value)
+    if not isinstance(value, dict):
+        return 0
+    kind = value.get("type")
+    if kind in ("input_image", "image_url"):
+        url = value.get("image_url")
+        return image_ceiling(url if isinstance(url, dict) else {"url": url})
+    if kind in ("input_file", "input_audio", "input_video") and not value.get("file_data"):
+        return UNSIZED_PART_TOKENS
+    return sum(_referenced_parts(v) for v in value.values())
 
 
 def _clamped(prompt: int, completion: int) -> Tokens:

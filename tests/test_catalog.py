@@ -110,9 +110,13 @@ def test_changed_price_starts_a_new_price_and_keeps_the_old_one():
             "capabilities",
         ),
         (
+            {"model": [{"id": "m", "provider": "global", "endpoints": []}]},
+            "endpoints must be a non-empty list",
+        ),
+        (
             {"model": [{"id": "m", "provider": "global", "endpoints": ["chat", "images"]}]},
-            "endpoints must be a list drawn from chat, completions, embeddings, moderations, "
-            "responses",
+            "endpoints must be a non-empty list drawn from chat, completions, embeddings, "
+            "moderations, responses",
         ),
         ({"route": [{"name": "r", "targets": ["ghost"]}]}, "unknown targets"),
         ({"route": [{"name": "r", "strategy": "random", "targets": ["gpt-4o"]}]}, "strategy"),

@@ -136,3 +136,19 @@ def test_best_of_is_reserved_as_the_completions_the_upstream_makes(
 
     assert caught.value.code == "insufficient_quota"
     assert upstream.received == []
+
+
+def test_a_suffix_is_reserved_as_prompt(legacy, sdk, inference_key, team, upstream):
+    # 400 KB of suffix is read by the upstream like the prompt: it cannot slip past a budget.
+    from usage.budgets import budget_set
+
+    budget_set(team=team, amount_usd=Decimal("0.01"), hard=True)
+    _, secret = inference_key
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret).completions.create(
+            model="deepseek-v4-flash", prompt="hi", suffix="word " * 80_000, max_tokens=10
+        )
+
+    assert caught.value.code == "insufficient_quota"
+    assert upstream.received == []

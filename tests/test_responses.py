@@ -160,6 +160,24 @@ def test_a_native_upstream_gets_the_call_as_is_and_its_usage_is_billed(
         ({"tools": [{"type": "web_search"}]}, "tools[0]", "unsupported_tool"),
         ({"previous_response_id": "resp_1"}, "previous_response_id", "unsupported_parameter"),
         ({"input": [{"type": "image_generation_call"}]}, None, "invalid_value"),
+        ({"tools": ["x"]}, "tools[0]", "invalid_type"),
+        ({"prompt": {"id": "pmpt_1", "variables": {"x": "A"}}}, "prompt", "unsupported_parameter"),
+        ({"conversation": "conv_1"}, "conversation", "unsupported_parameter"),
+        ({"background": True}, "background", "unsupported_parameter"),
+        (
+            {
+                "input": [
+                    {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [{"type": "input_image", "image_url": "https://x.test/a.png"}],
+                    },
+                ]
+            },
+            "input[1].output",
+            "invalid_type",
+        ),
     ],
 )
 def test_what_cannot_be_bridged_or_billed_is_a_clear_400(
@@ -314,3 +332,43 @@ def test_a_bridged_stream_carries_a_function_call_as_its_events(
     assert events[-1].response.output[0].call_id == "call_7"
     [row] = rows(team)
     assert (row.endpoint, row.streamed, row.cost_usd) == ("responses", True, CHAT_COST)
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["bridged", "native"])
+def test_everything_a_response_request_carries_is_reserved(
+    catalog, sdk, inference_key, team, upstream, native
+):
+    # A reasoning item (which a native upstream reads, and the bridge drops) carries 240 KB:
+    # its bytes bound what it may cost, so a $0.01 hard budget refuses the call up front.
+    if native:
+        catalog_load_data(
+            data={
+                "model": [
+                    {
+                        "id": "deepseek-v4-flash",
+                        "provider": "global",
+                        "input_per_mtok": "0.18",
+                        "output_per_mtok": "0.25",
+                        "endpoints": ["chat", "responses"],
+                    }
+                ]
+            }
+        )
+        catalog_changed()
+    budget_set(team=team, amount_usd=Decimal("0.01"), hard=True)
+    _, secret = inference_key
+    reasoning = {
+        "type": "reasoning",
+        "id": "rs_1",
+        "summary": [{"type": "summary_text", "text": "A" * 240_000}],
+    }
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret).responses.create(
+            model="deepseek-v4-flash",
+            input=[reasoning, {"role": "user", "content": "hi"}],
+            max_output_tokens=10,
+        )
+
+    assert caught.value.code == "insufficient_quota"
+    assert upstream.received == []
