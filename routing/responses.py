@@ -179,16 +179,30 @@ def to_chat(body: dict) -> dict:
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     choice = body.get("tool_choice")
-    if isinstance(choice, str):
+    if choice in ("auto", "none", "required"):
         chat["tool_choice"] = choice
     elif isinstance(choice, dict) and choice.get("type") == "function":
         chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif choice is not None:
+        raise _bad(
+            "'tool_choice' must be auto, none, required or a function: built-in tools are not "
+            "served here.",
+            "tool_choice",
+        )
+    for name, kind, shape in (
+        ("parallel_tool_calls", bool, "a boolean"),
+        ("metadata", dict, "an object"),
+    ):
+        if body.get(name) is not None and not isinstance(body[name], kind):
+            raise _bad(f"'{name}' must be {shape}.", name, "invalid_type")
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
     fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         chat["response_format"] = {"type": "json_object"}
     elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if not isinstance(fmt.get("schema"), dict) or not isinstance(fmt.get("name"), str):
+            raise _bad("'text.format' of type json_schema needs a name and a schema.", "text")
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         chat["response_format"] = {"type": "json_schema", "json_schema": schema}
     for name in ("temperature", "top_p", "parallel_tool_calls", "user", "stream"):
