@@ -25,7 +25,7 @@ from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import InferenceKeyAuthentication
 from portal.logs import current_request_id, new_request_id
-from routing import openapi, responses
+from routing import openapi
 from routing.calls import (
     CHAT,
     COMPLETIONS,
@@ -303,13 +303,7 @@ CHAT_BOUNDED = (
 
 def validate_chat_body(body) -> dict:
     _check_common(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise _bad(
-            "You must provide a messages parameter.",
-            param="messages",
-            code="missing_required_parameter",
-        )
+    messages = _required(body, "messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array.", param="messages", code="invalid_type")
     for index, message in enumerate(messages):
@@ -319,8 +313,7 @@ def validate_chat_body(body) -> dict:
                 param=f"messages[{index}]",
                 code="invalid_type",
             )
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    _check_stream(body)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _bad(
@@ -330,15 +323,25 @@ def validate_chat_body(body) -> dict:
     return body
 
 
-def validate_completions_body(body) -> dict:
-    _check_common(body)
-    prompt = body.get("prompt")
-    if prompt is None:
+def _required(body: dict, name: str) -> object:
+    value = body.get(name)
+    if value is None:
         raise _bad(
-            "You must provide a prompt parameter.",
-            param="prompt",
+            f"You must provide a{'n' if name[0] in 'aeiou' else ''} {name} parameter.",
+            param=name,
             code="missing_required_parameter",
         )
+    return value
+
+
+def _check_stream(body: dict) -> None:
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+
+
+def validate_completions_body(body) -> dict:
+    _check_common(body)
+    prompt = _required(body, "prompt")
     if not _prompt_shaped(prompt):
         raise _bad(
             "'prompt' must be a non-empty string, array of strings, array of token ids, or "
@@ -346,8 +349,7 @@ def validate_completions_body(body) -> dict:
             param="prompt",
             code="invalid_type",
         )
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    _check_stream(body)
     _in_ranges(body, (*CHAT_BOUNDED, "best_of"))
     return body
 
@@ -375,11 +377,7 @@ def _prompt_shaped(prompt) -> bool:
 
 def validate_responses_body(body) -> dict:
     _check_common(body)
-    value = body.get("input")
-    if value is None:
-        raise _bad(
-            "You must provide an input parameter.", param="input", code="missing_required_parameter"
-        )
+    value = _required(body, "input")
     if not (
         (isinstance(value, str) and value != "")
         or (isinstance(value, list) and value and all(isinstance(i, dict) for i in value))
@@ -389,24 +387,20 @@ def validate_responses_body(body) -> dict:
             param="input",
             code="invalid_type",
         )
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    _check_stream(body)
     for name in ("tools", "instructions"):
         kind = list if name == "tools" else str
         if body.get(name) is not None and not isinstance(body[name], kind):
             raise _bad(f"'{name}' is not of the right type.", param=name, code="invalid_type")
     _in_ranges(body, ("max_output_tokens", "temperature", "top_p"))
-    responses.to_chat(body)  # what cannot be bridged (or billed) is refused here
+    # What cannot be bridged (or billed) is refused as the call is prepared, which translates
+    # the request once for its bounds (routing.calls.call_prepare), before any upstream call.
     return body
 
 
 def validate_moderations_body(body) -> dict:
     _check_common(body)
-    value = body.get("input")
-    if value is None:
-        raise _bad(
-            "You must provide an input parameter.", param="input", code="missing_required_parameter"
-        )
+    value = _required(body, "input")
 
     def part(item):
         return isinstance(item, dict) and (
@@ -432,11 +426,7 @@ def validate_moderations_body(body) -> dict:
 def validate_embeddings_body(body) -> dict:
     _check_common(body)
     _in_ranges(body, ("dimensions",))
-    value = body.get("input")
-    if value is None:
-        raise _bad(
-            "You must provide an input parameter.", param="input", code="missing_required_parameter"
-        )
+    value = _required(body, "input")
 
     def valid_item(item):
         return (isinstance(item, str) and item != "") or (
