@@ -52,14 +52,6 @@ EMBEDDINGS = Endpoint.EMBEDDINGS
 MODERATIONS = Endpoint.MODERATIONS
 # The endpoints whose calls produce output (billed, bounded by the request's limits).
 GENERATING = {CHAT, COMPLETIONS, RESPONSES}
-# The path each endpoint is called on, as clients and upstreams know it.
-ENDPOINT_PATHS = {
-    "chat": "/v1/chat/completions",
-    "responses": "/v1/responses",
-    "completions": "/v1/completions",
-    "embeddings": "/v1/embeddings",
-    "moderations": "/v1/moderations",
-}
 
 
 def json_bytes(value: object) -> bytes:
@@ -477,6 +469,8 @@ _PATHS = {
     MODERATIONS: "/moderations",
     RESPONSES: "/responses",
 }
+# The same as clients call them on the gateway (named in errors and on the models page).
+ENDPOINT_PATHS = {endpoint: f"/v1{path}" for endpoint, path in _PATHS.items()}
 
 
 def upstream_body(body: dict, model: ModelInfo, endpoint: str) -> dict:
