@@ -278,6 +278,9 @@ def _principal_loads(raw: bytes | str | None) -> "KeyPrincipal | None":
 
 
 def _redis_failed(exc: Exception) -> None:
+    from portal import aio
+
+    aio.redis_failed(exc)  # an unreachable Redis is skipped for a while on the hot path
     warn_at_most_every(
         60, logger, "keys-redis", "API keys are checked against the database: Redis fails: %s", exc
     )
@@ -331,7 +334,6 @@ async def _principal_forget_async(prefix: str) -> None:
         try:
             await client.set(_shared_key(prefix), _STALE, ex=settings.TOLLGATE_KEY_CACHE_S)
         except Exception as exc:
-            aio.redis_failed(exc)
             _redis_failed(exc)
 
 
@@ -436,7 +438,6 @@ async def api_key_authenticate_async(*, secret: str, now: datetime | None = None
         try:
             principal = _principal_loads(await client.get(_shared_key(prefix)))
         except Exception as exc:
-            aio.redis_failed(exc)
             client = None
             _redis_failed(exc)
     if principal is None:
@@ -453,7 +454,6 @@ async def api_key_authenticate_async(*, secret: str, now: datetime | None = None
                     nx=True,
                 )
             except Exception as exc:
-                aio.redis_failed(exc)
                 _redis_failed(exc)
     matched = _principal_matched(principal, secret, now)
     if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:
