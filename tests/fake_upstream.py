@@ -213,6 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "output_tokens_details": {"reasoning_tokens": 10},
                         "total_tokens": 50,
                     },
+                    **behaviour.extra,  # e.g. a lying usage
                 },
             )
             return

@@ -30,6 +30,25 @@ WEATHER = {
 }
 
 
+def serve_natively():
+    """deepseek-v4-flash's upstream speaks the Responses API itself."""
+    catalog_load_data(
+        data={
+            "model": [
+                {
+                    "id": "deepseek-v4-flash",
+                    "provider": "global",
+                    "input_per_mtok": "0.18",
+                    "cached_input_per_mtok": "0.07",
+                    "output_per_mtok": "0.25",
+                    "endpoints": ["chat", "responses"],
+                }
+            ]
+        }
+    )
+    catalog_changed()
+
+
 def rows(team):
     return list(UsageRecord.objects.filter(team=team).order_by("id"))
 
@@ -118,21 +137,7 @@ def test_function_calling_round_trips_through_the_bridge(
 def test_a_native_upstream_gets_the_call_as_is_and_its_usage_is_billed(
     catalog, sdk, inference_key, team, upstream
 ):
-    catalog_load_data(
-        data={
-            "model": [
-                {
-                    "id": "deepseek-v4-flash",
-                    "provider": "global",
-                    "input_per_mtok": "0.18",
-                    "cached_input_per_mtok": "0.07",
-                    "output_per_mtok": "0.25",
-                    "endpoints": ["chat", "responses"],
-                }
-            ]
-        }
-    )
-    catalog_changed()
+    serve_natively()
     _, secret = inference_key
 
     raw = sdk(secret).responses.with_raw_response.create(
@@ -261,21 +266,7 @@ def test_a_streamed_response_sends_the_typed_events_and_is_billed_once(
     catalog, sdk, inference_key, team, upstream, native
 ):
     if native:
-        catalog_load_data(
-            data={
-                "model": [
-                    {
-                        "id": "deepseek-v4-flash",
-                        "provider": "global",
-                        "input_per_mtok": "0.18",
-                        "cached_input_per_mtok": "0.07",
-                        "output_per_mtok": "0.25",
-                        "endpoints": ["chat", "responses"],
-                    }
-                ]
-            }
-        )
-        catalog_changed()
+        serve_natively()
     _, secret = inference_key
 
     events = _events(
@@ -345,20 +336,7 @@ def test_everything_a_response_request_carries_is_reserved(
     # A reasoning item (which a native upstream reads, and the bridge drops) carries 240 KB:
     # its bytes bound what it may cost, so a $0.01 hard budget refuses the call up front.
     if native:
-        catalog_load_data(
-            data={
-                "model": [
-                    {
-                        "id": "deepseek-v4-flash",
-                        "provider": "global",
-                        "input_per_mtok": "0.18",
-                        "output_per_mtok": "0.25",
-                        "endpoints": ["chat", "responses"],
-                    }
-                ]
-            }
-        )
-        catalog_changed()
+        serve_natively()
     budget_set(team=team, amount_usd=Decimal("0.01"), hard=True)
     _, secret = inference_key
     reasoning = {
@@ -376,3 +354,55 @@ def test_everything_a_response_request_carries_is_reserved(
 
     assert caught.value.code == "insufficient_quota"
     assert upstream.received == []
+
+
+def test_a_native_upstream_that_lies_about_its_usage_is_billed_on_the_gateways_count(
+    catalog, sdk, inference_key, team, upstream
+):
+    # Zero tokens reported for 200 characters of answer: not believed.
+    serve_natively()
+    upstream.script(
+        "deepseek-v4-flash",
+        Answer(content="word " * 40, extra={"usage": {"input_tokens": 0, "output_tokens": 0}}),
+    )
+    _, secret = inference_key
+
+    sdk(secret).responses.create(
+        model="deepseek-v4-flash", input="Say hello", max_output_tokens=100
+    )
+
+    [row] = rows(team)
+    assert row.tokens_estimated and row.completion_tokens == 50  # 200 characters / 4
+    assert row.prompt_tokens > 0 and row.cost_usd > 0
+
+
+def test_a_client_that_leaves_a_bridged_stream_is_billed_once_for_what_was_produced(
+    catalog, sdk, inference_key, team, upstream
+):
+    # The client reads the first events and goes; the gateway drains the upstream for its
+    # usage, records the call once and releases its reservation.
+    import time
+
+    from usage.models import BudgetCounter, MeteredCall
+
+    budget = budget_set(team=team, amount_usd=Decimal("10"))
+    upstream.script("deepseek-v4-flash", Answer(chunk_delay=0.05))
+    _, secret = inference_key
+
+    stream = sdk(secret).responses.create(model="deepseek-v4-flash", input="hi", stream=True)
+    assert next(iter(stream)).type == "response.created"
+    stream.close()
+
+    deadline = time.monotonic() + 15
+    while not UsageRecord.objects.filter(team=team).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [row] = rows(team)
+    assert (row.endpoint, row.status, row.prompt_tokens, row.completion_tokens) == (
+        "responses",
+        "client_closed",
+        12,
+        34,
+    )
+    counter = BudgetCounter.objects.get(budget=budget)
+    assert (counter.spent_usd, counter.reserved_usd) == (row.cost_usd, 0)
+    assert not MeteredCall.objects.in_flight().exists()
