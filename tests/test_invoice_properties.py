@@ -91,6 +91,7 @@ class Row:
     keyed: bool
     status: str
     model: str
+    endpoint: str
     prices: tuple
     prompt: int
     cached: int
@@ -117,7 +118,7 @@ class Row:
 
     @property
     def group(self) -> tuple:
-        return (self.model, *self.prices)
+        return (self.model, self.endpoint, *self.prices)
 
 
 @st.composite
@@ -142,6 +143,8 @@ def rows(draw, where, late: bool):
         keyed=draw(st.booleans()),
         status=status,
         model=model,
+        # The same model and prices billed through several endpoints: one line each.
+        endpoint=draw(st.sampled_from(["chat", "responses", "completions"])),
         prices=unit,
         prompt=prompt,
         cached=cached,
@@ -208,7 +211,7 @@ def insert(rows_, teams, keys, serial):
                 request_id=f"req_prop{next(serial)}",
                 team=teams[r.team],
                 api_key=keys[r.team] if r.keyed else None,
-                endpoint="chat",
+                endpoint=r.endpoint,
                 requested_model=r.model or "no-such-model",
                 model=r.model,
                 provider="p" if r.model else "",
@@ -230,7 +233,7 @@ def insert(rows_, teams, keys, serial):
 
 
 def line_group(line: InvoiceLine) -> tuple:
-    return (line.model, *(getattr(line, k) for k in PRICE_KEYS))
+    return (line.model, line.endpoint, *(getattr(line, k) for k in PRICE_KEYS))
 
 
 def describe(line: InvoiceLine) -> tuple:

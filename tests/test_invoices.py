@@ -26,7 +26,7 @@ from usage.invoices import (
     invoice_void,
     invoices_close_month,
 )
-from usage.models import Invoice, InvoiceLine, InvoiceSequence, UsageRecord
+from usage.models import DailyUsage, Invoice, InvoiceLine, InvoiceSequence, UsageRecord
 from usage.months import month_start
 from usage.reconcile import reconcile_month
 from usage.rollups import rollup_advance
@@ -44,7 +44,17 @@ PRICES = {
 }
 
 
-def call(team, key, when, model="gpt-4o", prompt=1000, completion=500, recorded=None, n=[0]):
+def call(
+    team,
+    key,
+    when,
+    model="gpt-4o",
+    prompt=1000,
+    completion=500,
+    recorded=None,
+    endpoint="chat",
+    n=[0],
+):
     """A ledger row as the proxy writes it: cost = tokens × the unit prices on the row."""
     n[0] += 1
     input_price, output_price = PRICES[model]
@@ -52,7 +62,7 @@ def call(team, key, when, model="gpt-4o", prompt=1000, completion=500, recorded=
         request_id=f"req_inv{n[0]}",
         team=team,
         api_key=key,
-        endpoint="chat",
+        endpoint=endpoint,
         requested_model=model,
         model=model,
         provider="p",
@@ -215,7 +225,7 @@ def test_late_usage_goes_on_the_next_invoice_once(team, key):
     october.refresh_from_db()
     assert october.lines.filter(kind="usage").get().requests == 1  # finalized: untouched
     [late_line] = november.lines.filter(kind="late_usage")
-    assert late_line.description == "Late usage for 2026-10: gpt-4o"
+    assert late_line.description == "Late usage for 2026-10: gpt-4o · Chat completions"
     assert (late_line.usage_month, late_line.requests, late_line.exact_usd) == (
         OCT,
         1,
@@ -352,6 +362,20 @@ def test_reconcile_fails_when_a_ledger_row_is_tampered_with(team, key):
     assert any("ledger" in p and "rollups" in p for p in report.problems)
     with pytest.raises(CommandError):
         call_command("reconcile", "2026-10")
+
+
+def test_reconcile_fails_when_the_rollups_put_spend_on_the_wrong_endpoint(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC), endpoint="responses")
+    invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+    DailyUsage.objects.filter(team=team).update(endpoint="chat")
+
+    problems = reconcile_month(month=OCT, now=AFTER_OCT).problems
+    assert [p for p in problems if " chat: " in p or " responses: " in p] == [
+        f"{team.slug} 2026-10 chat: ledger 0 != rollups 0.007500000000",
+        f"{team.slug} 2026-10 responses: ledger 0.007500000000 != rollups 0",
+    ]
 
 
 def test_invoice_downloads_are_for_owner_and_billing_only(team, key, owner, member, outsider):
@@ -526,12 +550,12 @@ def test_a_month_with_one_refused_call_closes(team, key):
     invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
 
     lines = {line.description: line for line in invoice.lines.all()}
-    refused_line = lines["Refused calls"]
+    refused_line = lines["Refused calls · Chat completions"]
     assert (refused_line.requests, refused_line.amount_usd) == (1, Decimal("0.00"))
     assert refused_line.input_per_mtok is None and refused_line.model == ""
     assert (
         invoice.total_usd
-        == lines["gpt-4o"].amount_usd
+        == lines["gpt-4o · Chat completions"].amount_usd
         == invoices.to_cents(UsageRecord.objects.get(status="ok").cost_usd)
     )
     assert reconcile_month(month=OCT, now=AFTER_OCT).ok
@@ -627,8 +651,8 @@ def test_closemonth_closes_a_month_with_a_refused_call_and_one_with_only_that(
     assert "[2/2] globex" in out and globex.number in out
     assert "2 teams, 2 invoices finalized" in out and "0 failed" in out
     assert [(line.description, line.requests, line.amount_usd) for line in acme.lines.all()] == [
-        ("Refused calls", 1, Decimal("0.00")),
-        ("gpt-4o", 1, invoices.to_cents(served.cost_usd)),
+        ("Refused calls · Chat completions", 1, Decimal("0.00")),
+        ("gpt-4o · Chat completions", 1, invoices.to_cents(served.cost_usd)),
     ]
     assert acme.total_usd == invoices.to_cents(served.cost_usd)
     assert [(li.requests, li.amount_usd) for li in globex.lines.all()] == [(1, Decimal("0.00"))]
@@ -797,7 +821,7 @@ def test_refused_calls_preview_and_download_for_the_owner_not_for_others(
         lines = [
             (li["description"], li["requests"], li["amount_usd"]) for li in draft.json()["lines"]
         ]
-        assert lines == [("Refused calls", 1, "0.00")]
+        assert lines == [("Refused calls · Chat completions", 1, "0.00")]
         pdf = get(owner, f"/api/teams/acme/invoices/{month_label}/?preview=1&format=pdf")
         assert pdf.status_code == 200 and pdf.content[:4] == b"%PDF"
     assert get(member, f"/api/teams/acme/invoices/{label}/?preview=1").status_code == 403
@@ -858,3 +882,126 @@ def test_an_adjustment_added_after_its_month_closed_goes_on_the_next_invoice(tea
     assert credit.invoice_line.invoice == november and credit.invoice_line.amount_usd == Decimal(
         "-0.40"
     )
+
+
+def test_each_endpoint_of_a_model_is_its_own_line_and_the_exports_carry_it(team, key):
+    chat = [call(team, key, datetime(2026, 10, d, tzinfo=UTC)) for d in (3, 4)]
+    responses = call(team, key, datetime(2026, 10, 5, tzinfo=UTC), prompt=7, endpoint="responses")
+    completions = call(team, key, datetime(2026, 10, 6, tzinfo=UTC), endpoint="completions")
+
+    invoice = invoice_close(team=team, month=OCT, now=AFTER_OCT)
+
+    usage = [
+        (line.model, line.endpoint, line.description, line.requests, line.exact_usd)
+        for line in invoice.lines.filter(kind="usage")
+    ]
+    assert usage == [
+        ("gpt-4o", "chat", "gpt-4o · Chat completions", 2, sum(r.cost_usd for r in chat)),
+        ("gpt-4o", "completions", "gpt-4o · Completions", 1, completions.cost_usd),
+        ("gpt-4o", "responses", "gpt-4o · Responses", 1, responses.cost_usd),
+    ]
+    by_endpoint = {
+        g["endpoint"]: g["cost_usd"]
+        for g in usage_summary(
+            team_id=team.id,
+            group_by="endpoint",
+            start=datetime(2026, 10, 1, tzinfo=UTC),
+            end=AFTER_OCT,
+        )
+    }
+    assert {line.endpoint: line.exact_usd for line in invoice.lines.all()} == by_endpoint
+    rows = list(csv.DictReader(io.StringIO(invoice_csv(invoice))))
+    assert [(r["endpoint"], r["requests"]) for r in rows] == [
+        ("chat", "2"),
+        ("completions", "1"),
+        ("responses", "1"),
+    ]
+    assert [li["endpoint"] for li in invoice_json(invoice)["lines"]] == [
+        "chat",
+        "completions",
+        "responses",
+    ]
+    assert reconcile_month(month=OCT, now=AFTER_OCT).ok
+
+
+def test_late_usage_on_another_endpoint_bills_only_that_endpoint(team, key):
+    call(team, key, datetime(2026, 10, 5, tzinfo=UTC))
+    invoice_close(team=team, month=OCT, now=AFTER_OCT)
+    # The same model at the same prices, through the Responses API, recorded after the close.
+    late = call(
+        team,
+        key,
+        datetime(2026, 10, 31, 23, tzinfo=UTC),
+        endpoint="responses",
+        recorded=AFTER_OCT + timedelta(hours=1),
+    )
+
+    november = invoice_close(team=team, month=NOV, now=AFTER_NOV)
+
+    assert [
+        (line.kind, line.endpoint, line.description, line.requests, line.exact_usd)
+        for line in november.lines.all()
+    ] == [
+        (
+            "late_usage",
+            "responses",
+            "Late usage for 2026-10: gpt-4o · Responses",
+            1,
+            late.cost_usd,
+        )
+    ]
+    assert reconcile_month(month=OCT, now=AFTER_NOV).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lines_issued_before_they_carried_an_endpoint_get_their_models_and_are_not_billed_again():
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("usage", "0014_rollups_by_endpoint")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    team = old.get_model("accounts", "Team").objects.create(slug="legacy", name="Legacy")
+    daily = old.get_model("usage", "DailyUsage").objects
+    prices = {"input_per_mtok": Decimal("2.5"), "output_per_mtok": Decimal("10")}
+    cost = {"cost_usd": Decimal("0.0075"), "prompt_tokens": 1000, "completion_tokens": 500}
+    daily.create(team=team, day=OCT, model="gpt-4o", requests=1, **prices, **cost)
+    daily.create(
+        team=team, day=OCT, model="embed-1", endpoint="embeddings", requests=1, **prices, **cost
+    )
+    invoice = old.get_model("usage", "Invoice").objects.create(
+        team=team, month=OCT, seller={}, customer={}, subtotal_usd=Decimal("0.02")
+    )
+    for position, model in enumerate(("gpt-4o", "embed-1"), start=1):
+        old.get_model("usage", "InvoiceLine").objects.create(
+            invoice=invoice,
+            position=position,
+            kind="usage",
+            description=model,
+            usage_month=OCT,
+            model=model,
+            requests=1,
+            prompt_tokens=1000,
+            completion_tokens=500,
+            exact_usd=Decimal("0.0075"),
+            amount_usd=Decimal("0.01"),
+            **prices,
+        )
+    old.get_model("usage", "Invoice").objects.filter(id=invoice.id).update(
+        status="finalized", number="TG-2026-000001", finalized_at=AFTER_OCT
+    )
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    issued = InvoiceLine.objects.filter(invoice_id=invoice.id)
+    assert dict(issued.values_list("model", "endpoint")) == {
+        "gpt-4o": "chat",
+        "embed-1": "embeddings",
+    }
+    # Issued lines stay immutable, and nothing they billed is billed again.
+    with pytest.raises(DatabaseError), transaction.atomic():
+        issued.update(endpoint="responses")
+    from accounts.models import Team
+
+    assert invoice_close(team=Team.objects.get(slug="legacy"), month=NOV, now=AFTER_NOV) is None

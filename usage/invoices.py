@@ -37,12 +37,15 @@ from usage.models import (
     InvoiceAdjustment,
     InvoiceLine,
     InvoiceSequence,
+    UsageRecord,
 )
 from usage.months import next_month_start
 from usage.rollups import rollup_advance, rollup_through
 
 CENT = Decimal("0.01")
 PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+# What one usage line bills: a model's calls on one endpoint at one set of unit prices.
+LINE_KEY = ("model", "endpoint", *PRICE_KEYS)
 BILLED_KINDS = (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.LATE_USAGE)
 COUNTS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
 # The ledger's precision (USD_FIELD, 12 decimal places). An exact amount computed here, like the
@@ -85,11 +88,11 @@ def month_bounds(month: date) -> tuple[date, date]:
 
 
 def usage_groups(*, team: Team, month: date) -> dict[tuple, dict]:
-    """The month's rolled-up usage per model and unit prices."""
+    """The month's rolled-up usage per line key (model, endpoint, unit prices)."""
     first, after = month_bounds(month)
     rows = (
         DailyUsage.objects.filter(team=team, day__gte=first, day__lt=after)
-        .values("model", *PRICE_KEYS)
+        .values(*LINE_KEY)
         .annotate(
             requests=Sum("requests"),
             prompt_tokens=Sum("prompt_tokens"),
@@ -97,13 +100,13 @@ def usage_groups(*, team: Team, month: date) -> dict[tuple, dict]:
             completion_tokens=Sum("completion_tokens"),
             exact=Sum("cost_usd"),
         )
-        .order_by("model")
+        .order_by("model", "endpoint")
     )
-    return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
+    return {tuple(r[k] for k in LINE_KEY): r for r in rows}
 
 
 def billed_groups(*, team: Team, month: date, exclude: Invoice | None = None) -> dict[tuple, dict]:
-    """What live invoices have billed for the month's usage, per model and unit prices."""
+    """What live invoices have billed for the month's usage, per line key."""
     lines = InvoiceLine.objects.filter(
         invoice__team=team,
         invoice__status=Invoice.Status.FINALIZED,
@@ -112,14 +115,14 @@ def billed_groups(*, team: Team, month: date, exclude: Invoice | None = None) ->
     )
     if exclude is not None:
         lines = lines.exclude(invoice=exclude)
-    rows = lines.values("model", *PRICE_KEYS).annotate(
+    rows = lines.values(*LINE_KEY).annotate(
         requests=Sum("requests"),
         prompt_tokens=Sum("prompt_tokens"),
         cached_tokens=Sum("cached_tokens"),
         completion_tokens=Sum("completion_tokens"),
         exact=Sum("exact_usd"),
     )
-    return {(r["model"], *(r[k] for k in PRICE_KEYS)): r for r in rows}
+    return {tuple(r[k] for k in LINE_KEY): r for r in rows}
 
 
 def _usd(group: dict | None) -> Decimal:
@@ -135,7 +138,7 @@ def _count(group: dict | None, name: str) -> int:
 
 
 def _unbilled(*, team, month, exclude) -> list[dict]:
-    """The month's usage not yet on a live invoice, per model and unit prices.
+    """The month's usage not yet on a live invoice, per line key (model, endpoint, prices).
 
     A group differs when its USD or any of its counts do: a refused call costs $0 but is a
     request, so it is billed (as $0.00) like any other and counted as billed afterwards.
@@ -143,13 +146,12 @@ def _unbilled(*, team, month, exclude) -> list[dict]:
     owed = usage_groups(team=team, month=month)
     billed = billed_groups(team=team, month=month, exclude=exclude)
     result = []
-    for key in sorted(set(owed) | set(billed), key=lambda k: (k[0], *(str(p) for p in k[1:]))):
+    for key in sorted(set(owed) | set(billed), key=lambda k: tuple(str(part) for part in k)):
         o, b = owed.get(key), billed.get(key)
         diff = {name: _count(o, name) - _count(b, name) for name in COUNTS}
         exact = _usd(o) - _usd(b)
         if exact or any(diff.values()):
-            prices = dict(zip(PRICE_KEYS, key[1:]))
-            result.append({"model": key[0], **prices, **diff, "exact": exact})
+            result.append({**dict(zip(LINE_KEY, key)), **diff, "exact": exact})
     return result
 
 
@@ -176,7 +178,10 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     for group in _unbilled(team=team, month=month, exclude=invoice):
         lines.append(
             _usage_line(
-                group, InvoiceLine.Kind.USAGE, month, f"{group['model'] or 'Refused calls'}"
+                group,
+                InvoiceLine.Kind.USAGE,
+                month,
+                f"{group['model'] or 'Refused calls'} · {_endpoint_label(group)}",
             )
         )
     for earlier in _closed_earlier_months(team, month):
@@ -186,7 +191,8 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
                     group,
                     InvoiceLine.Kind.LATE_USAGE,
                     earlier,
-                    f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'}",
+                    f"Late usage for {earlier:%Y-%m}: {group['model'] or 'refused calls'} · "
+                    f"{_endpoint_label(group)}",
                 )
             )
     usage_exact = sum((line.exact_usd for line in lines), Decimal(0))
@@ -245,12 +251,20 @@ def invoice_build(*, team: Team, month: date, invoice: Invoice | None = None) ->
     return invoice
 
 
+def _endpoint_label(group: dict) -> str:
+    return ENDPOINT_LABELS.get(group["endpoint"], group["endpoint"])
+
+
+ENDPOINT_LABELS = {value: str(label) for value, label in UsageRecord.Endpoint.choices}
+
+
 def _usage_line(group: dict, kind: str, usage_month: date, description: str) -> InvoiceLine:
     return InvoiceLine(
         kind=kind,
         description=description,
         usage_month=usage_month,
         model=group["model"],
+        endpoint=group["endpoint"],
         requests=group["requests"],
         prompt_tokens=group["prompt_tokens"],
         cached_tokens=group["cached_tokens"],

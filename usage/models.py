@@ -29,11 +29,11 @@ class UsageRecord(models.Model):
         INTERRUPTED = "interrupted"
 
     class Endpoint(models.TextChoices):
-        CHAT = "chat"
-        RESPONSES = "responses"
-        COMPLETIONS = "completions"
-        EMBEDDINGS = "embeddings"
-        MODERATIONS = "moderations"
+        CHAT = "chat", "Chat completions"
+        RESPONSES = "responses", "Responses"
+        COMPLETIONS = "completions", "Completions"
+        EMBEDDINGS = "embeddings", "Embeddings"
+        MODERATIONS = "moderations", "Moderations"
 
     request_id = models.CharField(max_length=64)
     attempt = models.PositiveSmallIntegerField(default=0)
@@ -425,6 +425,8 @@ class InvoiceLine(models.Model):
     # The month the usage on this line belongs to (its own month, or an earlier one for late usage).
     usage_month = models.DateField(null=True, blank=True)
     model = models.CharField(max_length=100, blank=True)
+    # The /v1 endpoint of the usage on this line (UsageRecord.Endpoint); blank on other lines.
+    endpoint = models.CharField(max_length=16, blank=True, default="")
     requests = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)

@@ -107,6 +107,8 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
             report.problems.append(
                 f"{team.slug} {month:%Y-%m}: ledger {ledger_total} != rollups {rollup_total}"
             )
+        else:
+            _check_endpoints(report, team, month, ledger.filter(team=team), first, after)
         if report_total - newer != ledger_total:
             report.problems.append(
                 f"{team.slug} {month:%Y-%m}: report {report_total} != ledger {ledger_total}"
@@ -165,6 +167,24 @@ def reconcile_month(*, month: date, now: datetime | None = None) -> Report:
                     f"{invoice}: total {invoice.total_usd} != sum of lines {total}"
                 )
     return report
+
+
+def _check_endpoints(report: Report, team: Team, month: date, ledger, first, after) -> None:
+    """The rollups split a month's spend across endpoints as the ledger does (invoices and
+    reports break it down by them)."""
+
+    def by_endpoint(rows) -> dict:
+        totals = rows.values("endpoint").annotate(t=Sum("cost_usd")).order_by()
+        return {r["endpoint"]: r["t"] for r in totals if r["t"]}
+
+    recorded = by_endpoint(ledger)
+    rolled = by_endpoint(DailyUsage.objects.filter(team=team, day__gte=first, day__lt=after))
+    for endpoint in sorted(set(recorded) | set(rolled)):
+        if recorded.get(endpoint, 0) != rolled.get(endpoint, 0):
+            report.problems.append(
+                f"{team.slug} {month:%Y-%m} {endpoint}: ledger {recorded.get(endpoint, 0)} "
+                f"!= rollups {rolled.get(endpoint, 0)}"
+            )
 
 
 def _check_calls(report: Report, ledger, start: datetime, end: datetime, now: datetime) -> None:
