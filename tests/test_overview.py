@@ -22,14 +22,24 @@ MTOK = Decimal(1_000_000)
 
 
 def call(
-    team, key, request_id, when, *, model="gpt-4o", usd="0", status="ok", latency=100, ttft=None
+    team,
+    key,
+    request_id,
+    when,
+    *,
+    model="gpt-4o",
+    usd="0",
+    status="ok",
+    latency=100,
+    ttft=None,
+    endpoint="chat",
 ):
     """One call through the meter: `usd` of input tokens at $1/Mtok on `model`."""
     facts = CallFacts(
         request_id=request_id,
         team_id=team.id,
         key_id=key.id,
-        endpoint="chat",
+        endpoint=endpoint,
         requested_model=model,
         created_at=when,
     )
@@ -143,6 +153,30 @@ def test_overview_top_models_have_their_share(client, owner, traffic):
     gpt = page.index("gpt-4o")
     assert "76.9%" in page[gpt:]  # 2.5 of 3.25
     assert "23.1%" in page
+
+
+def test_overview_breaks_spend_down_by_endpoint_and_links_to_its_calls(client, owner, traffic):
+    app, _ = traffic
+    call(team_of(app), app, "r1", timezone.now(), usd="1", endpoint="responses")
+    client.force_login(owner)
+
+    page = client.get("/t/acme/?range=7d")
+
+    assert [(g["label"], g["cost_usd"]) for g in page.context["by_endpoint"]] == [
+        ("Chat completions", Decimal("3.25")),
+        ("Responses", Decimal("1")),
+    ]
+    html = page.content.decode()
+    assert "76.5%" in html and "23.5%" in html
+    assert "<h2>By endpoint</h2>" in html and "/t/acme/usage/?endpoint=responses&amp;" in html
+    explorer = client.get("/t/acme/usage/?endpoint=responses")
+    assert [r.request_id for r in explorer.context["rows"]] == ["r1"]
+    assert "<td>Responses</td>" in explorer.content.decode()
+    assert client.get("/t/acme/usage/?endpoint=bogus").context["problem"]
+
+
+def team_of(key):
+    return key.team
 
 
 def test_overview_explains_a_bad_range_instead_of_failing(client, owner):

@@ -53,6 +53,9 @@ class UsageFilter(django_filters.FilterSet):
     key = django_filters.CharFilter(method="filter_key", max_length=32, label="key prefix")
     model = django_filters.CharFilter(max_length=100, label="serving model")
     requested_model = django_filters.CharFilter(max_length=200)
+    endpoint = django_filters.ChoiceFilter(
+        choices=UsageRecord.Endpoint.choices, empty_label="Any endpoint"
+    )
     route = django_filters.CharFilter(max_length=100)
     status = django_filters.ChoiceFilter(choices=UsageRecord.Status.choices)
     end_user = django_filters.CharFilter(max_length=256)

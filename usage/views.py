@@ -24,7 +24,7 @@ from usage.budgets import budget_set
 from usage.charts import spend_chart_svg, stacked_series
 from usage.filters import UsageFilter
 from usage.forms import BudgetForm, WebhookForm
-from usage.invoices import InvoiceError, invoice_preview, month_of
+from usage.invoices import ENDPOINT_LABELS, InvoiceError, invoice_preview, month_of
 from usage.models import Invoice
 from usage.months import (
     PRESETS,
@@ -85,6 +85,9 @@ def dashboard(request, slug):
     ranged = {"team_id": team.id, "start": period.start, "end": period.end}
     by_model = _ranked(usage_summary(group_by="model", **ranged))
     by_key = _ranked(usage_summary(group_by="key", **ranged))
+    by_endpoint = _ranked(usage_summary(group_by="endpoint", **ranged))
+    for group in by_endpoint:
+        group["label"] = ENDPOINT_LABELS.get(group["endpoint"], group["endpoint"])
     for group in by_key:
         group["name"] = key_names.get(group["key"], "")
     days = period.days
@@ -122,6 +125,7 @@ def dashboard(request, slug):
             "health": usage_health(**ranged),
             "by_model": by_model,
             "by_key": by_key,
+            "by_endpoint": by_endpoint,
             "chart": mark_safe(
                 spend_chart_svg(days=days, series=series, title=f"Spend per day by {split} (USD)")
             ),
