@@ -6,9 +6,26 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
+from django.contrib.auth.forms import AuthenticationForm
 
 from accounts.models import ApiKey, Membership
 from accounts.permissions import management_key_roles
+from accounts.selectors import user_by_email
+
+
+class SignInForm(AuthenticationForm):
+    """Sign-in by email address, in any case: the address typed is resolved to its account's
+    stored username before the password is checked, so the lockout counts one account's
+    failures together however its address is written."""
+
+    def clean_username(self):
+        typed = self.cleaned_data["username"].strip()
+        User = get_user_model()
+        if User.objects.filter(username=typed).exists():
+            return typed
+        user = user_by_email(email=typed)
+        return user.get_username() if user is not None else typed.lower()
+
 
 # PostgreSQL's integer: the largest limit a key can store.
 LIMIT_MAX = 2_147_483_647

@@ -3,12 +3,14 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from accounts import views
+from accounts.forms import SignInForm
 
 urlpatterns = [
     path(
         "login/",
         auth_views.LoginView.as_view(
             template_name="accounts/login.html",
+            authentication_form=SignInForm,
             # What the page tells someone who mistyped: when sign-in pauses, for how long.
             extra_context={
                 "failure_limit": settings.AXES_FAILURE_LIMIT,

@@ -31,6 +31,27 @@ def test_sign_in_by_email_address(client, owner):
     assert signed_in_as(client) == str(owner.id)
 
 
+def test_the_address_signs_in_in_any_case_and_its_lockout_counts_every_spelling(client, owner):
+    assert signed_in_as(sign_in_client(client, " Owner@ACME.test ", PASSWORD)) == str(owner.id)
+    client.logout()
+    for spelling in ("OWNER@acme.test", "owner@Acme.test", "Owner@acme.TEST", "oWner@acme.test"):
+        assert "do not match" in sign_in(client, spelling, "wrong").content.decode()
+    sign_in(client, "owner@ACME.TEST", "wrong")  # the fifth, in yet another spelling
+
+    assert sign_in(client, "owner@acme.test", PASSWORD).status_code == 429
+    assert signed_in_as(client) is None
+
+
+def test_an_account_stored_in_mixed_case_signs_in_in_any_case(client, team):
+    user = UserFactory(username="Mixed.Case@Acme.test", email="Mixed.Case@Acme.test")
+    assert signed_in_as(sign_in_client(client, "mixed.case@acme.test", PASSWORD)) == str(user.id)
+
+
+def sign_in_client(client, username, password):
+    sign_in(client, username, password)
+    return client
+
+
 def test_the_sign_in_page_links_to_password_reset(client):
     page = client.get("/login/").content.decode()
     assert '<a href="/password-reset/">Forgot your password?</a>' in page
