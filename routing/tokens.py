@@ -195,13 +195,23 @@ def _inline_image_size(url: object) -> tuple[int, int] | None:
 
 def choices(body: Body) -> int:
     """How many completions the request has made: `n`, or (legacy completions) `best_of`,
-    which the upstream generates, and bills, to return the best `n` of."""
+    which the upstream generates, and bills, to return the best `n` of; for each prompt of
+    a legacy request that sends several."""
     made = [
         v
         for v in (body.get("n"), body.get("best_of"))
         if isinstance(v, int) and not isinstance(v, bool) and v > 0
     ]
-    return max(made, default=1)
+    return max(made, default=1) * _prompts(body)
+
+
+def _prompts(body: Body) -> int:
+    # A legacy `prompt` is one text, one list of token ids, or a list of either: one
+    # prompt each. A chat request has none.
+    prompt = body.get("prompt") if "messages" not in body else None
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        return len(prompt)
+    return 1
 
 
 def _asked_output(body: Body) -> int | None:

@@ -102,8 +102,13 @@ class FakeUpstream:
 
 
 def _choices(body: dict, behaviour: Answer) -> int:
+    # n for each prompt of a legacy request that sends several, as OpenAI does.
     n = body.get("n")
-    return n if behaviour.honour_n and isinstance(n, int) and n > 1 else 1
+    n = n if behaviour.honour_n and isinstance(n, int) and n > 1 else 1
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        n *= len(prompt)
+    return n
 
 
 HONEST = "honest"

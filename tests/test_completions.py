@@ -152,3 +152,41 @@ def test_a_suffix_is_reserved_as_prompt(legacy, sdk, inference_key, team, upstre
 
     assert caught.value.code == "insufficient_quota"
     assert upstream.received == []
+
+
+def test_each_prompt_of_a_batch_is_billed_and_reserved_as_its_own_completions(
+    legacy, sdk, inference_key, team, upstream
+):
+    # OpenAI answers n completions for each prompt of a list: 50 prompts make 50 answers,
+    # and the upstream's usage for all of them is honest, not a lie to replace.
+    # The fake reports 34 completion tokens per answer, 1,700 in all.
+    upstream.script(
+        "deepseek-v4-flash", Answer(usage={"prompt_tokens": 250, "completion_tokens": 34})
+    )
+    _, secret = inference_key
+
+    answer = sdk(secret).completions.create(
+        model="deepseek-v4-flash", prompt=["Write a long essay"] * 50, max_tokens=1000
+    )
+
+    assert len(answer.choices) == 50
+    [row] = rows(team)
+    assert (row.prompt_tokens, row.completion_tokens, row.tokens_estimated) == (250, 1700, False)
+
+
+def test_a_batch_of_prompts_cannot_slip_past_a_hard_budget(
+    legacy, sdk, inference_key, team, upstream
+):
+    # 20 prompts of up to 100,000 tokens each: $0.50 at $0.25 per million, past $0.10.
+    from usage.budgets import budget_set
+
+    budget_set(team=team, amount_usd=Decimal("0.10"), hard=True)
+    _, secret = inference_key
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(secret).completions.create(
+            model="deepseek-v4-flash", prompt=["hi"] * 20, max_tokens=100_000
+        )
+
+    assert caught.value.code == "insufficient_quota"
+    assert upstream.received == []
