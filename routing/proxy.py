@@ -314,11 +314,6 @@ def validate_chat_body(body) -> dict:
                 code="invalid_type",
             )
     _check_stream(body)
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise _bad(
-            "'stream_options' must be an object.", param="stream_options", code="invalid_type"
-        )
     _in_ranges(body, CHAT_BOUNDED)
     return body
 
@@ -337,6 +332,11 @@ def _required(body: dict, name: str) -> object:
 def _check_stream(body: dict) -> None:
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise _bad("'stream' must be a boolean.", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad(
+            "'stream_options' must be an object.", param="stream_options", code="invalid_type"
+        )
 
 
 def validate_completions_body(body) -> dict:

@@ -190,3 +190,31 @@ def test_a_batch_of_prompts_cannot_slip_past_a_hard_budget(
 
     assert caught.value.code == "insufficient_quota"
     assert upstream.received == []
+
+
+@pytest.mark.parametrize("options", ["x", ["include_usage"], 1])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("completions", {"model": "deepseek-v4-flash", "prompt": "hi"}),
+        ("responses", {"model": "deepseek-v4-flash", "input": "hi"}),
+        ("chat/completions", {"model": "deepseek-v4-flash", "messages": [{"role": "user"}]}),
+    ],
+)
+def test_stream_options_that_are_not_an_object_are_a_400_on_every_endpoint(
+    legacy, live_portal, inference_key, team, upstream, path, body, options
+):
+    import httpx2
+
+    from usage.models import MeteredCall
+
+    _, secret = inference_key
+    answer = httpx2.post(
+        f"{live_portal.url}/v1/{path}",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={**body, "stream": True, "stream_options": options},
+    )
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "stream_options"
+    assert upstream.received == [] and not MeteredCall.objects.in_flight().exists()
