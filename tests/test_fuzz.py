@@ -14,10 +14,12 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
+from routing.selectors import catalog_changed
+from routing.services import catalog_load_data
 from usage.models import UsageRecord
 
 FUZZ = settings(
-    max_examples=40,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
@@ -25,7 +27,9 @@ FUZZ = settings(
 
 # --- /v1 ---------------------------------------------------------------------------------
 
-MODELS = st.sampled_from(["gpt-4o", "deepseek-v4-flash", "text-embedding-3-small", "no-such", ""])
+MODELS = st.sampled_from(
+    ["gpt-4o", "deepseek-v4-flash", "text-embedding-3-small", "davinci-002", "no-such", ""]
+)
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: (
@@ -72,6 +76,57 @@ CHAT_NEAR = st.fixed_dictionaries(
         "response_format": ANY_JSON,
     },
 )
+RESPONSE_ITEM = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "system", "developer", "assistant", ""]),
+            "content": st.text(max_size=30) | ANY_JSON,
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(
+                ["message", "function_call", "function_call_output", "reasoning", "input_text"]
+            )
+        },
+        optional={
+            "call_id": ANY_JSON,
+            "name": ANY_JSON,
+            "arguments": ANY_JSON,
+            "output": ANY_JSON,
+            "content": ANY_JSON,
+            "role": ANY_JSON,
+        },
+    ),
+    ANY_JSON,
+)
+RESPONSES_NEAR = st.fixed_dictionaries(
+    {"model": MODELS, "input": st.text(max_size=30) | st.lists(RESPONSE_ITEM, max_size=3)},
+    optional={
+        "instructions": ANY_JSON,
+        "tools": ANY_JSON,
+        "tool_choice": ANY_JSON,
+        "text": ANY_JSON,
+        "max_output_tokens": NUMBERS,
+        "temperature": NUMBERS,
+        "stream": ANY_JSON,
+        "stream_options": ANY_JSON,
+        "metadata": ANY_JSON,
+        "parallel_tool_calls": ANY_JSON,
+        "reasoning": ANY_JSON,
+    },
+)
+COMPLETIONS_NEAR = st.fixed_dictionaries(
+    {"model": MODELS, "prompt": st.text(max_size=30) | ANY_JSON},
+    optional={
+        "max_tokens": NUMBERS,
+        "n": NUMBERS,
+        "best_of": NUMBERS,
+        "stream": ANY_JSON,
+        "stream_options": ANY_JSON,
+        "suffix": ANY_JSON,
+    },
+)
 EMBEDDINGS = st.fixed_dictionaries(
     {"model": MODELS, "input": ANY_JSON | st.text(max_size=30)},
     optional={"dimensions": NUMBERS, "encoding_format": ANY_JSON},
@@ -87,6 +142,21 @@ RAW = st.one_of(
 def test_v1_never_answers_5xx_and_every_error_is_openai_shaped(
     catalog, team, upstream, live_portal
 ):
+    # A model for legacy completions beside the default catalog's.
+    catalog_load_data(
+        data={
+            "model": [
+                {
+                    "id": "davinci-002",
+                    "provider": "openai",
+                    "input_per_mtok": "2",
+                    "output_per_mtok": "2",
+                    "endpoints": ["completions"],
+                }
+            ]
+        }
+    )
+    catalog_changed()
     _, secret = api_key_create(team=team, name="fuzz")
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     sent = []
@@ -97,6 +167,8 @@ def test_v1_never_answers_5xx_and_every_error_is_openai_shaped(
             CHAT_VALID.map(lambda b: ("chat/completions", json.dumps(b).encode())),
             CHAT_NEAR.map(lambda b: ("chat/completions", json.dumps(b).encode())),
             EMBEDDINGS.map(lambda b: ("embeddings", json.dumps(b).encode())),
+            RESPONSES_NEAR.map(lambda b: ("responses", json.dumps(b).encode())),
+            COMPLETIONS_NEAR.map(lambda b: ("completions", json.dumps(b).encode())),
             RAW.map(lambda raw: ("chat/completions", raw)),
         )
     )
