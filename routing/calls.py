@@ -503,19 +503,25 @@ def upstream_request(call: Call, body: dict, model: ModelInfo) -> tuple[str, dic
     return _PATHS[call.endpoint], upstream_body(body, model, call.endpoint)
 
 
-def _answer(call: Call, body: dict, model: ModelInfo, payload: dict) -> tuple[dict, object, int]:
-    """The client's payload from an upstream's answer, the usage it reported (in chat's
-    names) and the output it holds (estimated tokens), for the meter."""
-    if bridged(call, model):
-        produced = _produced_tokens(payload)
-        return responses.from_chat(payload, body, model.name), payload.get("usage"), produced
-    if call.endpoint == RESPONSES:
-        payload["model"] = model.name
+def _metered(call: Call, model: ModelInfo, payload: dict) -> tuple[object, int]:
+    """What an upstream's answer tells the meter: the usage it reported (in chat's names)
+    and the output it holds (estimated tokens), read whatever its shape."""
+    if call.endpoint == RESPONSES and not bridged(call, model):
         usage = responses.usage_as_chat(payload.get("usage"))
-        return payload, usage, tokens.text_tokens(responses.produced_text(payload))
-    produced = _produced_tokens(payload) if call.endpoint in GENERATING else 0
+        return usage, tokens.text_tokens(responses.produced_text(payload))
+    return payload.get("usage"), _produced_tokens(payload) if call.endpoint in GENERATING else 0
+
+
+def _client_payload(
+    call: Call, body: dict, model: ModelInfo, payload: dict, counted: Tokens
+) -> dict:
+    """The answer for the client: the upstream's, the model renamed, or (bridged) the
+    Response made from it, reporting the tokens billed."""
+    if bridged(call, model):
+        usage = responses.usage_of_tokens(counted)
+        return responses.from_chat(payload, body, model.name, usage)
     payload["model"] = model.name
-    return payload, payload.get("usage"), produced
+    return payload
 
 
 def _produced_tokens(payload: dict) -> int:
@@ -554,13 +560,15 @@ async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:
                 raise UpstreamStreamError(
                     ProxyError(502, "The upstream sent a malformed answer.", code="upstream_error")
                 )
+            usage, produced = _metered(call, model, payload)
+            counted, estimated = counted_tokens(model, call, usage, completion_estimate=produced)
+            # An answer the gateway cannot pass on is this attempt's failure, like any other.
+            payload = _client_payload(call, body, model, payload, counted)
         except Exception as exc:
             failure = classify_failure(exc, model)
             call.fail(model, failure, started)
             await plan.failed(model, failure)
             continue
-        payload, usage, produced = _answer(call, body, model, payload)
-        counted, estimated = counted_tokens(model, call, usage, completion_estimate=produced)
         call.meter.attempt(
             call.outcome(
                 model,

@@ -4,8 +4,8 @@ A model whose upstream speaks the Responses API (its catalog entry lists `respon
 the call as is. For the others (most OpenAI-compatible gateways to Chinese models speak
 only chat completions) the request is translated to chat (`to_chat`: instructions, input
 items, text and image content, function tools and their outputs, `max_output_tokens`,
-`text.format`) and the answer back into a Response object (`from_chat`), its usage carried
-over. Either way the call is reserved, limited and billed from the chat request it is
+`text.format`) and the answer back into a Response object (`from_chat`), its usage the
+tokens the call was billed. Either way the call is reserved, limited and billed from the chat request it is
 equivalent to (`to_chat`), so both are metered exactly like chat.
 
 What cannot be bridged is refused with a 400 before any upstream is called: built-in tools
@@ -14,10 +14,12 @@ charges are not tokens and would escape the ledger, and `previous_response_id`, 
 responses the gateway does not store.
 """
 
+import json
 import secrets
 import time
 
 from routing.errors import ProxyError
+from usage.pricing import Tokens
 
 BUILT_IN_TOOLS = {
     "web_search",
@@ -215,44 +217,61 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def usage_of_chat(usage: object) -> dict | None:
-    """A chat answer's usage in the Responses API's names."""
-    if not isinstance(usage, dict):
+def usage_of_tokens(tokens: Tokens | None) -> dict | None:
+    """The tokens a call was billed, as a Response's usage: what a bridged Response reports,
+    so the client sees the counts on its bill, never an upstream's nonsense."""
+    if tokens is None:
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
     return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached or 0, "cache_write_tokens": 0},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": reasoning or 0},
-        "total_tokens": usage.get("total_tokens"),
+        "input_tokens": tokens.prompt,
+        "input_tokens_details": {"cached_tokens": tokens.cached, "cache_write_tokens": 0},
+        "output_tokens": tokens.completion,
+        "output_tokens_details": {"reasoning_tokens": tokens.reasoning},
+        "total_tokens": tokens.prompt + tokens.completion,
     }
 
 
 def usage_as_chat(usage: object) -> object:
-    """A Response's usage in chat's names, for the meter (routing.tokens.reported_tokens)."""
+    """A Response's usage in chat's names, for the meter (routing.tokens.reported_tokens,
+    which refuses counts or details of the wrong shape)."""
     if not isinstance(usage, dict):
         return usage
     return {
         "prompt_tokens": usage.get("input_tokens"),
         "completion_tokens": usage.get("output_tokens"),
-        "prompt_tokens_details": {
-            "cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens", 0)
-        },
-        "completion_tokens_details": {
-            "reasoning_tokens": (usage.get("output_tokens_details") or {}).get(
-                "reasoning_tokens", 0
-            )
-        },
+        "prompt_tokens_details": usage.get("input_tokens_details"),
+        "completion_tokens_details": usage.get("output_tokens_details"),
     }
 
 
-def from_chat(payload: dict, body: dict, model_name: str) -> dict:
-    """A Response object from a chat completion answering the bridged request `body`."""
-    choice = (payload.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+# How a chat answer's finish reason ends a Response: incomplete, and why (else completed).
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def ending(finish_reason: object) -> tuple[str, dict | None]:
+    """A Response's status and incomplete_details for a chat answer's finish reason."""
+    reason = INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def unreadable(what: str) -> ProxyError:
+    return ProxyError(
+        502,
+        f"The upstream sent a chat answer the gateway cannot turn into a Response: {what}.",
+        code="upstream_error",
+    )
+
+
+def from_chat(payload: dict, body: dict, model_name: str, usage: dict) -> dict:
+    """A Response object from a chat completion answering the bridged request `body`, with
+    the usage the call was billed. An answer of another shape raises a 502 (ProxyError)."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise unreadable("no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise unreadable("its message is not an object")
     output: list[dict] = []
     text = message.get("content")
     if isinstance(text, str) and text:
@@ -265,26 +284,30 @@ def from_chat(payload: dict, body: dict, model_name: str) -> dict:
                 "content": [{"type": "output_text", "text": text, "annotations": []}],
             }
         )
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise unreadable("its tool calls are not a list")
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise unreadable("a tool call without a function's name")
+        arguments = function.get("arguments")
         output.append(
             {
                 "type": "function_call",
                 "id": _id("fc"),
-                "call_id": call.get("id"),
-                "name": function.get("name"),
-                "arguments": function.get("arguments", ""),
+                "call_id": call.get("id") if isinstance(call.get("id"), str) else _id("call"),
+                "name": function["name"],
+                # Some upstreams send the arguments as an object rather than its JSON text.
+                "arguments": arguments
+                if isinstance(arguments, str)
+                else ("" if arguments is None else json.dumps(arguments)),
                 "status": "completed",
             }
         )
-    cut = choice.get("finish_reason") == "length"
+    status, incomplete = ending(choice.get("finish_reason"))
     return response_object(
-        body,
-        model_name,
-        output=output,
-        status="incomplete" if cut else "completed",
-        usage=usage_of_chat(payload.get("usage")),
-        incomplete={"reason": "max_output_tokens"} if cut else None,
+        body, model_name, output=output, status=status, usage=usage, incomplete=incomplete
     )
 
 

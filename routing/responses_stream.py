@@ -4,7 +4,9 @@ Responses API, `response.created` … `response.output_text.delta` … `response
 A native upstream's events are passed on as they came (the response's model renamed to
 the gateway's where an event carries it); a chat-only upstream's chunks are turned into
 those events by `BridgedEvents`. Either way the relay (routing.streaming) meters the call
-from what `note` keeps: the usage (in chat's names) and the text produced.
+from what `note` keeps: the usage (in chat's names) and the text produced. A stream the
+upstream ends without finishing its answer (no final event, a failure event, no finish
+reason) is recorded as the upstream's error, and the client told so once.
 """
 
 from routing import responses
@@ -38,12 +40,22 @@ _DELTAS = (
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
 
 
+def _ended_early() -> ProxyError:
+    return ProxyError(
+        502, "The upstream's stream ended before its answer was complete.", code="upstream_error"
+    )
+
+
 class NativeEvents:
     """A native Responses upstream's events, passed on."""
 
     def __init__(self, model_name: str):
         self.model_name = model_name
         self.sequence = 0
+        # The final event came; or the upstream's own failure (an `error` or
+        # `response.failed` event), which the client has been sent as it came.
+        self.finished = False
+        self.failed: ProxyError | None = None
 
     def opening(self) -> bytes:
         return b""
@@ -65,11 +77,32 @@ class NativeEvents:
             relay.produced.append(chunk["delta"])
         elif kind in _FINAL and isinstance(chunk.get("response"), dict):
             relay.usage = responses.usage_as_chat(chunk["response"].get("usage"))
+            self.finished = True
+        if kind == "error" or kind == "response.failed":
+            self.failed = _upstream_failure(chunk)
+
+    def failure(self) -> ProxyError | None:
+        if self.failed is not None:
+            return self.failed
+        return None if self.finished else _ended_early()
 
     def closing(self, relay) -> bytes:
-        # The upstream's own final event has been passed on; an error after the start is
-        # sent as an `error` event.
-        return _error_event(relay.error, self.sequence + 1) if relay.error is not None else b""
+        # The upstream's own final or failure event has been passed on; any other error
+        # after the start is sent as an `error` event.
+        if relay.error is None or relay.error is self.failed:
+            return b""
+        return _error_event(relay.error, self.sequence + 1)
+
+
+def _upstream_failure(chunk: dict) -> ProxyError:
+    """The upstream's `error` event, or its `response.failed` event's error, as the gateway's."""
+    error = chunk if chunk.get("type") == "error" else (chunk.get("response") or {}).get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return ProxyError(
+        502,
+        f"The upstream failed: {message}" if isinstance(message, str) else "The upstream failed.",
+        code="upstream_error",
+    )
 
 
 class BridgedEvents:
@@ -222,17 +255,19 @@ class BridgedEvents:
             output.append(done)
         if relay.error is not None:
             return out + _error_event(relay.error, self.sequence + 1)
-        cut = self.finish_reason == "length"
+        status, incomplete = responses.ending(self.finish_reason)
         final = {
             **self.response,
-            "status": "incomplete" if cut else "completed",
-            "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "status": status,
+            "incomplete_details": incomplete,
             "output": output,
-            "usage": responses.usage_of_chat(relay.usage),
+            "usage": responses.usage_of_tokens(relay.counted),
         }
-        return out + self._emit(
-            "response.incomplete" if cut else "response.completed", response=final
-        )
+        return out + self._emit(f"response.{status}", response=final)
+
+    def failure(self) -> ProxyError | None:
+        # Chat ends an answer with a finish reason; a stream without one was cut short.
+        return None if self.finish_reason else _ended_early()
 
 
 def events_for(call, body: dict, model) -> "NativeEvents | BridgedEvents":

@@ -29,6 +29,7 @@ from routing.responses_stream import events_for
 from routing.selectors import ModelInfo
 from routing.upstream import Answer, UpstreamEventError, sse_events, upstream_stream
 from usage.metering import Status
+from usage.pricing import Tokens
 
 # The watchdog ends a stream this long after its deadline when the relay itself could
 # not (a client that stopped reading holds the relay at its yield), seconds.
@@ -71,6 +72,8 @@ class StreamRelay:
         # The upstream's model name, its field's spellings as bytes, the client's field.
         self._renamed: tuple[str, tuple[bytes, bytes], bytes] | None = None
         self.status, self.error, self.usage, self.produced = Status.OK, None, None, []
+        # The tokens the call was billed, once recorded.
+        self.counted: Tokens | None = None
         self.ended = False
         self._pending: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
@@ -123,6 +126,10 @@ class StreamRelay:
         except Exception as exc:
             failure = classify_failure(exc, self.model)
             status, error = failure.status, failure.error
+        else:
+            # A stream the upstream ended cleanly may still not have finished its answer.
+            if self.shape is not None and (error := self.shape.failure()) is not None:
+                status = Status.UPSTREAM_ERROR
         await self._end(status, error)
         if self.shape is not None:
             if closing := self.shape.closing(self):
@@ -231,6 +238,7 @@ class StreamRelay:
             self.usage,
             completion_estimate=tokens.text_tokens("".join(self.produced)),
         )
+        self.counted = counted
         self.call.meter.attempt(
             self.call.outcome(
                 self.model,

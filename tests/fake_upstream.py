@@ -54,6 +54,21 @@ class Reset:
 
 
 @dataclass
+class Raw:
+    """Answer this JSON value as it is, whatever the path: an upstream's malformed answer."""
+
+    body: object
+
+
+@dataclass
+class RawStream:
+    """Answer a stream of exactly these server-sent events (each a whole event, its blank
+    line included), then end the body cleanly: no [DONE] or final event unless given."""
+
+    events: list[str]
+
+
+@dataclass
 class Received:
     path: str
     headers: dict
@@ -171,6 +186,19 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(behaviour, Reset):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
+            return
+        if isinstance(behaviour, Raw):
+            self._json(200, behaviour.body)
+            return
+        if isinstance(behaviour, RawStream):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for event in behaviour.events:
+                self._chunk(event.encode())
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
             return
         if isinstance(behaviour, Fail):
             payload = behaviour.body or {

@@ -406,3 +406,314 @@ def test_a_client_that_leaves_a_bridged_stream_is_billed_once_for_what_was_produ
     counter = BudgetCounter.objects.get(budget=budget)
     assert (counter.spent_usd, counter.reserved_usd) == (row.cost_usd, 0)
     assert not MeteredCall.objects.in_flight().exists()
+
+
+# --- Upstreams that misbehave -----------------------------------------------------------
+
+
+def chat_answer(**fields):
+    """A chat completion as an upstream sends it, with `fields` changed."""
+    return {
+        "id": "chatcmpl-raw",
+        "object": "chat.completion",
+        "created": 1764000000,
+        "model": "deepseek-v4-flash",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi there"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 34},
+        **fields,
+    }
+
+
+def sse(kind: str | None, data: dict) -> str:
+    return (f"event: {kind}\n" if kind else "") + f"data: {json.dumps(data)}\n\n"
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [
+        [None],
+        [{"message": "hello"}],
+        {"0": 1},
+        [{"message": {"role": "assistant", "tool_calls": ["x"]}}],
+        [{"message": {"role": "assistant", "tool_calls": [{"id": "a", "function": "f"}]}}],
+    ],
+    ids=["null", "string-message", "object", "string-call", "string-function"],
+)
+def test_a_chat_answer_the_bridge_cannot_read_is_a_502_in_the_ledger_not_a_500(
+    catalog, sdk, inference_key, team, upstream, choices
+):
+    from tests.fake_upstream import Raw
+    from usage.models import MeteredCall
+
+    upstream.script("deepseek-v4-flash", Raw(chat_answer(choices=choices)))
+    _, secret = inference_key
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(secret).with_options(max_retries=0).responses.create(
+            model="deepseek-v4-flash", input="hi"
+        )
+
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_error"
+    [row] = rows(team)
+    assert (row.endpoint, row.status, row.cost_usd) == ("responses", "upstream_error", 0)
+    assert not MeteredCall.objects.in_flight().exists()
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 12, "completion_tokens": 34},  # no total, as many upstreams send
+        {"prompt_tokens": 12, "completion_tokens": 34, "prompt_tokens_details": [1]},
+        {"prompt_tokens": 12, "completion_tokens": 34, "completion_tokens_details": "x"},
+        {"prompt_tokens": 12, "completion_tokens": 99_999_999},
+    ],
+    ids=["no-total", "list-details", "string-details", "absurd"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_bridged_response_reports_the_usage_it_was_billed(
+    catalog, sdk, live_portal, inference_key, team, upstream, usage, stream
+):
+    # Whatever the upstream's usage looks like, the client's Response is valid and its usage
+    # is what the ledger billed: the upstream's when sane, else the gateway's own count.
+    import httpx2
+    from openai.types.responses import Response
+
+    from tests.fake_upstream import Raw, RawStream
+
+    if stream:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+        upstream.script(
+            "deepseek-v4-flash",
+            RawStream(
+                [
+                    sse(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+                    sse(
+                        None,
+                        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                    ),
+                    sse(None, {**chunk, "choices": [], "usage": usage}),
+                    "data: [DONE]\n\n",
+                ]
+            ),
+        )
+    else:
+        upstream.script("deepseek-v4-flash", Raw(chat_answer(usage=usage)))
+    _, secret = inference_key
+
+    answer = httpx2.post(
+        f"{live_portal.url}/v1/responses",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "deepseek-v4-flash", "input": "hi", "stream": stream},
+    )
+
+    assert answer.status_code == 200
+    if stream:
+        events = [
+            json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: ")
+        ]
+        assert events[-1]["type"] == "response.completed"
+        body = events[-1]["response"]
+    else:
+        body = answer.json()
+    response = Response.model_validate(body)
+    [row] = rows(team)
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (
+        row.prompt_tokens,
+        row.completion_tokens,
+    )
+    assert response.usage.total_tokens == row.prompt_tokens + row.completion_tokens
+    assert row.tokens_estimated == (usage != {"prompt_tokens": 12, "completion_tokens": 34})
+    assert row.status == "ok" and row.cost_usd == Decimal(
+        answer.headers.get("x-tollgate-cost", row.cost_usd)
+    )
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": 20, "output_tokens": 30, "input_tokens_details": [1]},
+        {"input_tokens": 20, "output_tokens": 30, "output_tokens_details": "x"},
+    ],
+)
+def test_a_native_response_with_usage_details_of_the_wrong_shape_is_billed_on_the_count(
+    catalog, sdk, inference_key, team, upstream, usage
+):
+    serve_natively()
+    upstream.script("deepseek-v4-flash", Answer(content="word " * 40, extra={"usage": usage}))
+    _, secret = inference_key
+
+    raw = sdk(secret).responses.with_raw_response.create(model="deepseek-v4-flash", input="hi")
+
+    assert raw.http_response.status_code == 200
+    [row] = rows(team)
+    assert row.status == "ok" and row.tokens_estimated and row.completion_tokens == 50
+
+
+def native_events(*tail):
+    head = {"id": "resp_x", "object": "response", "status": "in_progress", "model": "m"}
+    return [
+        sse(
+            "response.created", {"type": "response.created", "sequence_number": 0, "response": head}
+        ),
+        sse(
+            "response.output_text.delta",
+            {"type": "response.output_text.delta", "sequence_number": 1, "delta": "Hel"},
+        ),
+        *tail,
+    ]
+
+
+@pytest.mark.parametrize(
+    "tail, passed_on",
+    [
+        (
+            [
+                sse(
+                    "error",
+                    {
+                        "type": "error",
+                        "sequence_number": 2,
+                        "code": "server_error",
+                        "message": "boom",
+                    },
+                )
+            ],
+            True,
+        ),
+        (
+            [
+                sse(
+                    "response.failed",
+                    {
+                        "type": "response.failed",
+                        "sequence_number": 2,
+                        "response": {
+                            "id": "resp_x",
+                            "object": "response",
+                            "status": "failed",
+                            "error": {"code": "server_error", "message": "boom"},
+                        },
+                    },
+                )
+            ],
+            True,
+        ),
+        ([], False),  # the body ends with no final event
+    ],
+    ids=["error-event", "response-failed", "no-final-event"],
+)
+def test_a_native_stream_that_fails_is_recorded_as_failed_and_the_client_told_once(
+    catalog, live_portal, inference_key, team, upstream, tail, passed_on
+):
+    import httpx2
+
+    from tests.fake_upstream import RawStream
+
+    serve_natively()
+    upstream.script("deepseek-v4-flash", RawStream(native_events(*tail)))
+    _, secret = inference_key
+
+    answer = httpx2.post(
+        f"{live_portal.url}/v1/responses",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "deepseek-v4-flash", "input": "hi", "stream": True},
+    )
+
+    kinds = [
+        json.loads(line[6:])["type"]
+        for line in answer.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    failures = [k for k in kinds if k in ("error", "response.failed")]
+    assert len(failures) == 1 and kinds[-1] == failures[0]
+    # The upstream's own failure reaches the client as it came; else the gateway's.
+    assert ("boom" in answer.text) == passed_on
+    [row] = rows(team)
+    assert (row.status, row.streamed) == ("upstream_error", True)
+    assert row.completion_tokens > 0  # what it produced is still billed
+
+
+def test_a_bridged_stream_that_ends_before_its_answer_is_done_is_an_error_not_completed(
+    catalog, live_portal, inference_key, team, upstream
+):
+    import httpx2
+
+    from tests.fake_upstream import RawStream
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+    upstream.script(
+        "deepseek-v4-flash",
+        RawStream([sse(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "Hal"}}]})]),
+    )
+    _, secret = inference_key
+
+    answer = httpx2.post(
+        f"{live_portal.url}/v1/responses",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "deepseek-v4-flash", "input": "hi", "stream": True},
+    )
+
+    kinds = [
+        json.loads(line[6:])["type"]
+        for line in answer.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert kinds[-1] == "error" and "response.completed" not in kinds
+    [row] = rows(team)
+    assert row.status == "upstream_error" and row.completion_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_filtered_answer_is_an_incomplete_response(
+    catalog, sdk, inference_key, team, upstream, stream
+):
+    from tests.fake_upstream import Raw, RawStream
+
+    if stream:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+        upstream.script(
+            "deepseek-v4-flash",
+            RawStream(
+                [
+                    sse(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+                    sse(
+                        None,
+                        {
+                            **chunk,
+                            "choices": [
+                                {"index": 0, "delta": {}, "finish_reason": "content_filter"}
+                            ],
+                        },
+                    ),
+                    "data: [DONE]\n\n",
+                ]
+            ),
+        )
+    else:
+        upstream.script(
+            "deepseek-v4-flash",
+            Raw(
+                chat_answer(
+                    choices=[
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Hi"},
+                            "finish_reason": "content_filter",
+                        }
+                    ]
+                )
+            ),
+        )
+    _, secret = inference_key
+
+    created = sdk(secret).responses.create(model="deepseek-v4-flash", input="hi", stream=stream)
+    response = _events(created)[-1].response if stream else created
+
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "content_filter"
