@@ -2,16 +2,51 @@
 
 from django.db import migrations, models
 
-# Usage lines issued before lines carried an endpoint. Then only chat and embeddings existed and
-# a model served one or the other, so a line's endpoint is its model's in the team's rollups.
-# Issued lines are immutable (migration 0004's trigger): it is set aside for this one
-# classification, which changes no amount, count or printed text.
+# 0014 guessed a rolled-up day's endpoint from its model ("embeddings" if the team ever had
+# an embeddings row of it, a refused one included). Every day the ledger still holds is
+# rolled up again from its rows, by their own endpoints, as far as the rollup mark; days
+# only the rollups hold (their ledger partitions detached) keep what they have.
+ROLLED_UP = (
+    "team_id, api_key_id, endpoint, model, input_per_mtok, cached_input_per_mtok, output_per_mtok"
+)
+SUMS = "prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd"
+REROLL = f"""
+CREATE TEMPORARY TABLE reroll_days ON COMMIT DROP AS
+SELECT DISTINCT u.team_id, (u.created_at AT TIME ZONE 'UTC')::date AS day
+FROM usage_usagerecord u
+WHERE u.recorded_at <= COALESCE(
+    (SELECT through FROM usage_rollupmark WHERE name = 'daily'), '2000-01-01+00'
+);
+DELETE FROM usage_dailyusage d USING reroll_days r WHERE d.team_id = r.team_id AND d.day = r.day;
+INSERT INTO usage_dailyusage ({ROLLED_UP}, day, requests, {SUMS})
+SELECT {ROLLED_UP}, (created_at AT TIME ZONE 'UTC')::date AS day, count(*),
+       sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens), sum(reasoning_tokens),
+       sum(cost_usd)
+FROM usage_usagerecord u
+WHERE u.recorded_at <= COALESCE(
+    (SELECT through FROM usage_rollupmark WHERE name = 'daily'), '2000-01-01+00'
+) AND EXISTS (
+    SELECT 1 FROM reroll_days r
+    WHERE r.team_id = u.team_id AND r.day = (u.created_at AT TIME ZONE 'UTC')::date
+)
+GROUP BY {ROLLED_UP}, day;
+"""
+
+# Usage lines issued before lines carried an endpoint get the endpoint of the rolled-up usage
+# they billed (the same model and prices in their month; where that spans endpoints, the one
+# with the most of it). Issued lines are immutable (migration 0004's trigger): it is set aside
+# for this one classification, which changes no amount, count or printed text.
 BACKFILL = """
 ALTER TABLE usage_invoiceline DISABLE TRIGGER usage_invoiceline_immutable;
-UPDATE usage_invoiceline l SET endpoint = CASE WHEN EXISTS (
-    SELECT 1 FROM usage_dailyusage d JOIN usage_invoice i ON i.team_id = d.team_id
-    WHERE i.id = l.invoice_id AND d.model = l.model AND d.endpoint = 'embeddings'
-) THEN 'embeddings' ELSE 'chat' END
+UPDATE usage_invoiceline l SET endpoint = COALESCE((
+    SELECT d.endpoint FROM usage_dailyusage d JOIN usage_invoice i ON i.team_id = d.team_id
+    WHERE i.id = l.invoice_id AND d.model = l.model
+      AND d.input_per_mtok IS NOT DISTINCT FROM l.input_per_mtok
+      AND d.cached_input_per_mtok IS NOT DISTINCT FROM l.cached_input_per_mtok
+      AND d.output_per_mtok IS NOT DISTINCT FROM l.output_per_mtok
+      AND d.day >= l.usage_month AND d.day < l.usage_month + interval '1 month'
+    GROUP BY d.endpoint ORDER BY sum(d.cost_usd) DESC, sum(d.requests) DESC LIMIT 1
+), 'chat')
 WHERE l.kind IN ('usage', 'late_usage');
 ALTER TABLE usage_invoiceline ENABLE TRIGGER usage_invoiceline_immutable;
 """
@@ -28,6 +63,7 @@ class Migration(migrations.Migration):
             name="endpoint",
             field=models.CharField(blank=True, default="", max_length=16),
         ),
+        migrations.RunSQL(REROLL, migrations.RunSQL.noop),
         migrations.RunSQL(BACKFILL, migrations.RunSQL.noop),
         migrations.AlterField(
             model_name="usagerecord",
