@@ -49,10 +49,10 @@ def _text_part(part: dict, where: str) -> dict:
                 "the provider's own Responses API).",
                 param=where,
             )
-        return {
-            "type": "image_url",
-            "image_url": {"url": url, "detail": part.get("detail", "auto")},
-        }
+        detail = part.get("detail", "auto")
+        if detail not in ("auto", "low", "high"):
+            raise _bad(f"'{where}.detail' must be auto, low or high.", f"{where}.detail")
+        return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
     if kind == "refusal" and isinstance(part.get("refusal"), str):
         return {"type": "text", "text": part["refusal"]}
     raise _bad(f"'{where}' is a content part of type {kind!r}, which cannot be bridged.", where)
@@ -107,6 +107,12 @@ def _messages(body: dict) -> list[dict]:
         elif kind == "function_call":
             if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
                 raise _bad(f"'{where}' must carry its call_id and name.", where, "invalid_type")
+            if not isinstance(item.get("arguments", ""), str):
+                raise _bad(
+                    f"'{where}.arguments' must be a string (the arguments as JSON text).",
+                    f"{where}.arguments",
+                    "invalid_type",
+                )
             call = {
                 "id": item.get("call_id"),
                 "type": "function",
@@ -118,6 +124,8 @@ def _messages(body: dict) -> list[dict]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
+            if not isinstance(item.get("call_id"), str):
+                raise _bad(f"'{where}' must carry its call_id.", f"{where}.call_id", "invalid_type")
             messages.append(
                 {
                     "role": "tool",
@@ -129,6 +137,8 @@ def _messages(body: dict) -> list[dict]:
             continue  # the model's own earlier reasoning: nothing a chat upstream reads
         else:
             raise _bad(f"'{where}' is an input item of type {kind!r}, which cannot be bridged.")
+    if not messages:
+        raise _bad("'input' holds nothing for the model to answer (only reasoning items).", "input")
     return messages
 
 
@@ -144,7 +154,19 @@ def _tools(tools: list) -> list[dict]:
                 f"tools[{index}]",
                 "unsupported_tool",
             )
-        function = {"name": tool.get("name"), "parameters": tool.get("parameters") or {}}
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise _bad(
+                f"'tools[{index}].name' must be the function's name.",
+                f"tools[{index}].name",
+                "invalid_type",
+            )
+        if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
+            raise _bad(
+                f"'tools[{index}].parameters' must be a JSON schema object.",
+                f"tools[{index}].parameters",
+                "invalid_type",
+            )
+        function = {"name": tool["name"], "parameters": tool.get("parameters") or {}}
         for name in ("description", "strict"):
             if tool.get(name) is not None:
                 function[name] = tool[name]
@@ -184,7 +206,9 @@ def to_chat(body: dict) -> dict:
     if choice in ("auto", "none", "required"):
         chat["tool_choice"] = choice
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+        if not isinstance(choice.get("name"), str) or not choice["name"]:
+            raise _bad("'tool_choice' of type function needs the function's name.", "tool_choice")
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     elif choice is not None:
         raise _bad(
             "'tool_choice' must be auto, none, required or a function: built-in tools are not "
@@ -199,7 +223,7 @@ def to_chat(body: dict) -> dict:
             raise _bad(f"'{name}' must be {shape}.", name, "invalid_type")
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
-    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    fmt = _text_format(body.get("text"))
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         chat["response_format"] = {"type": "json_object"}
     elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -211,6 +235,23 @@ def to_chat(body: dict) -> dict:
         if body.get(name) is not None:
             chat[name] = body[name]
     return chat
+
+
+def _text_format(text: object) -> dict | None:
+    """`text.format`, checked: an object of type text, json_object or json_schema."""
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise _bad("'text' must be an object.", "text", "invalid_type")
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise _bad(
+            "'text.format' must be an object of type text, json_object or json_schema.",
+            "text.format",
+        )
+    return fmt
 
 
 def _id(prefix: str) -> str:

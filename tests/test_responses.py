@@ -173,6 +173,45 @@ def test_a_native_upstream_gets_the_call_as_is_and_its_usage_is_billed(
         ({"prompt": {"id": "pmpt_1", "variables": {"x": "A"}}}, "prompt", "unsupported_parameter"),
         ({"conversation": "conv_1"}, "conversation", "unsupported_parameter"),
         ({"background": True}, "background", "unsupported_parameter"),
+        ({"tools": [{"type": "function", "name": None}]}, "tools[0].name", "invalid_type"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": "x"}]},
+            "tools[0].parameters",
+            "invalid_type",
+        ),
+        ({"tool_choice": {"type": "function"}}, "tool_choice", "invalid_value"),
+        ({"text": "json"}, "text", "invalid_type"),
+        ({"text": {"format": "json"}}, "text.format", "invalid_value"),
+        ({"text": {"format": {"type": ["json_object"]}}}, "text.format", "invalid_value"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input", "invalid_value"),
+        (
+            {"input": [{"type": "function_call_output", "call_id": None, "output": "x"}]},
+            "input[0].call_id",
+            "invalid_type",
+        ),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]},
+            "input[0].arguments",
+            "invalid_type",
+        ),
+        (
+            {
+                "input": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_image",
+                                "image_url": "https://x.test/a.png",
+                                "detail": [],
+                            }
+                        ],
+                    }
+                ]
+            },
+            "input[0][0].detail",
+            "invalid_value",
+        ),
         (
             {
                 "input": [
