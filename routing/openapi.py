@@ -10,6 +10,8 @@ drf-spectacular postprocessing hook); the views reference them through the const
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 
+from routing.selectors import ENDPOINTS
+
 
 def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -377,10 +379,10 @@ SCHEMAS = {
                 "type": "array",
                 "items": {
                     "type": "string",
-                    "enum": ["chat", "responses", "completions", "embeddings", "moderations"],
+                    "enum": list(ENDPOINTS),
                 },
-                "description": "A catalog model's /v1 endpoints (not OpenAI's field; absent "
-                "for a route). `responses` on a chat-only upstream is bridged to chat.",
+                "description": "The /v1 endpoints a model is served on, or a route's targets "
+                "are (not OpenAI's field). `responses` on a chat-only upstream is bridged to chat.",
             },
         },
     },

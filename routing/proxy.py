@@ -47,7 +47,7 @@ from routing.errors import (
     proxy_exception_handler,
     request_too_large,
 )
-from routing.selectors import catalog_snapshot_async
+from routing.selectors import ENDPOINTS, catalog_snapshot_async
 from routing.streaming import RelayBody, abandon_relay, call_stream
 
 
@@ -711,8 +711,18 @@ def _model_entries(principal, catalog):
     for route in catalog.routes_for(team_id=principal.team_id):
         # A model's name always means the model, so a route under it is unreachable.
         if route.name not in catalog.models and route_allowed(principal, route):
+            served = {
+                e for t in route.targets if t in catalog.models for e in catalog.models[t].served
+            }
             entries.append(
-                {"id": route.name, "object": "model", "created": 0, "owned_by": "tollgate-route"}
+                {
+                    "id": route.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tollgate-route",
+                    # Where any of its targets is served: a call there goes to those targets.
+                    "endpoints": [e for e in ENDPOINTS if e in served],
+                }
             )
     return entries
 

@@ -62,11 +62,14 @@ class ModelInfo:
         """The /v1 endpoints a call may use this model on: its upstream's own, and the
         Responses API bridged to chat for a model whose upstream speaks only chat."""
         bridged = {"responses"} if "chat" in self.endpoints else set()
-        order = ("chat", "responses", "completions", "embeddings", "moderations")
-        return tuple(e for e in order if e in self.endpoints | bridged)
+        return tuple(e for e in ENDPOINTS if e in self.endpoints | bridged)
 
     def serves(self, endpoint: str) -> bool:
         return endpoint in self.served
+
+
+# The /v1 endpoints, in the order they are listed.
+ENDPOINTS = ("chat", "responses", "completions", "embeddings", "moderations")
 
 
 @dataclass(frozen=True)

@@ -395,3 +395,14 @@ def test_summary_by_endpoint_from_the_rollups_and_the_recent_rows(member, team):
         "responses": (3, Decimal("0.014")),
         "moderations": (1, Decimal("0")),
     }
+    # One endpoint's calls only, by day, from the rollups and the recent rows alike.
+    responses = as_user(member).get(
+        "/api/teams/acme/usage/summary/?group_by=day&endpoint=responses"
+        "&start=2026-11-01&end=2026-11-04"
+    )
+    assert [(g["group"], g["requests"], Decimal(g["cost_usd"])) for g in responses.data] == [
+        ("2026-11-02", 2, Decimal("0.006")),
+        ("2026-11-03", 1, Decimal("0.008")),
+    ]
+    bogus = as_user(member).get("/api/teams/acme/usage/summary/?endpoint=images")
+    assert bogus.status_code == 400 and "endpoint" in bogus.data

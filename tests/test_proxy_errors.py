@@ -170,6 +170,18 @@ def test_the_model_list_says_where_each_model_is_served(catalog, sdk, inference_
     assert models["text-embedding-3-small"].endpoints == ["embeddings"]
 
 
+def test_a_route_is_listed_where_any_of_its_targets_is_served(catalog, sdk, inference_key):
+    from tests.factories import global_route
+
+    global_route("mixed", ["gpt-4o", "text-embedding-3-small"])
+    _, secret = inference_key
+
+    route = sdk(secret).models.retrieve("mixed")
+
+    assert route.owned_by == "tollgate-route"
+    assert route.endpoints == ["chat", "responses", "embeddings"]
+
+
 # --- 400 and 413 ---------------------------------------------------------------------
 
 

@@ -189,6 +189,12 @@ class UsageSummaryApi(APIView):
         parameters=[
             *RANGE_PARAMETERS,
             OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(GROUPINGS)),
+            OpenApiParameter(
+                "endpoint",
+                OpenApiTypes.STR,
+                enum=UsageRecord.Endpoint.values,
+                description="Only the calls made on this /v1 endpoint.",
+            ),
         ],
         responses=UsageSummarySerializer(many=True),
     )
@@ -198,11 +204,17 @@ class UsageSummaryApi(APIView):
         group_by = request.query_params.get("group_by", "day")
         if group_by not in GROUPINGS:
             raise ValidationError({"group_by": f"must be one of {', '.join(GROUPINGS)}"})
+        endpoint = request.query_params.get("endpoint")
+        if endpoint is not None and endpoint not in UsageRecord.Endpoint.values:
+            raise ValidationError(
+                {"endpoint": f"must be one of {', '.join(UsageRecord.Endpoint.values)}"}
+            )
         groups = usage_summary(
             team_id=team.id,
             group_by=group_by,
             start=_moment(request.query_params.get("start"), "start"),
             end=_moment(request.query_params.get("end"), "end"),
+            endpoint=endpoint,
         )
         data = [{**g, "group": str(g.pop(group_by))} for g in groups]
         return Response(UsageSummarySerializer(data, many=True).data)

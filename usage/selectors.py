@@ -64,9 +64,11 @@ def usage_summary(
     group_by: str | tuple[str, ...],
     start: datetime | None = None,
     end: datetime | None = None,
+    endpoint: str | None = None,
 ) -> list[dict]:
-    """Requests, tokens and cost of a team in [start, end), grouped by day, model or key, or by
-    several of them (`group_by=("day", "model")`), one dict per group keyed by those names.
+    """Requests, tokens and cost of a team in [start, end) (on one endpoint if given), grouped
+    by day, model, key or endpoint, or by several of them (`group_by=("day", "model")`), one
+    dict per group keyed by those names.
 
     Day-aligned ranges (the usual case: months, days) read the daily rollups
     plus the ledger rows recorded since the rollups' high-water mark, so a
@@ -74,22 +76,20 @@ def usage_summary(
     ranges read the ledger. Refused calls count as requests with no tokens.
     """
     labels = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+    only = {"endpoint": endpoint} if endpoint is not None else {}
+    rows = usage_rows(team_id=team_id, start=start, end=end).order_by().filter(**only)
     if not (_day_aligned(start) and _day_aligned(end)):
-        return _grouped(
-            usage_rows(team_id=team_id, start=start, end=end).order_by(), LEDGER_GROUPS, labels
-        )
+        return _grouped(rows, LEDGER_GROUPS, labels)
     from usage.models import DailyUsage
     from usage.rollups import rollup_through
 
     through = rollup_through()
-    rolled = DailyUsage.objects.filter(team_id=team_id)
+    rolled = DailyUsage.objects.filter(team_id=team_id, **only)
     if start is not None:
         rolled = rolled.filter(day__gte=start.astimezone(UTC).date())
     if end is not None:
         rolled = rolled.filter(day__lt=end.astimezone(UTC).date())
-    tail = (
-        usage_rows(team_id=team_id, start=start, end=end).order_by().filter(recorded_at__gt=through)
-    )
+    tail = rows.filter(recorded_at__gt=through)
     merged: dict = {}
     for part in (_grouped(rolled, ROLLUP_GROUPS, labels), _grouped(tail, LEDGER_GROUPS, labels)):
         for group in part:
