@@ -38,11 +38,12 @@ CHUNKS = [
             "object": "chat.completion.chunk",
             "created": 1,
             "model": "bench",
-            "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+            # The last chunk finishes the answer, as OpenAI's do.
+            "choices": [{"index": 0, "delta": {"content": " w"}, "finish_reason": finish}],
             "usage": None,
         }
     )
-    for w in [" w"] * STREAM_CHUNKS
+    for finish in [None] * (STREAM_CHUNKS - 1) + ["stop"]
 ] + [
     json.dumps(
         {

@@ -111,6 +111,13 @@ def request_too_large():
     return ProxyError(413, "The request body is too large.", code="request_too_large")
 
 
+def stream_unfinished() -> ProxyError:
+    """An upstream stream that ended cleanly before its answer did (routing.streaming)."""
+    return ProxyError(
+        502, "The upstream's stream ended before its answer was complete.", code="upstream_error"
+    )
+
+
 def log_unmetered(
     *,
     request_id: str,

@@ -11,7 +11,7 @@ reason) is recorded as the upstream's error, and the client told so once.
 
 from routing import responses
 from routing.calls import json_bytes
-from routing.errors import ProxyError
+from routing.errors import ProxyError, stream_unfinished
 
 
 def _sse(kind: str, data: bytes) -> bytes:
@@ -38,12 +38,6 @@ _DELTAS = (
     "response.reasoning_summary_text.delta",
 )
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
-
-
-def _ended_early() -> ProxyError:
-    return ProxyError(
-        502, "The upstream's stream ended before its answer was complete.", code="upstream_error"
-    )
 
 
 class NativeEvents:
@@ -84,7 +78,7 @@ class NativeEvents:
     def failure(self) -> ProxyError | None:
         if self.failed is not None:
             return self.failed
-        return None if self.finished else _ended_early()
+        return None if self.finished else stream_unfinished()
 
     def closing(self, relay) -> bytes:
         # The upstream's own final or failure event has been passed on; any other error
@@ -267,7 +261,7 @@ class BridgedEvents:
 
     def failure(self) -> ProxyError | None:
         # Chat ends an answer with a finish reason; a stream without one was cut short.
-        return None if self.finish_reason else _ended_early()
+        return None if self.finish_reason else stream_unfinished()
 
 
 def events_for(call, body: dict, model) -> "NativeEvents | BridgedEvents":

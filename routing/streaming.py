@@ -24,7 +24,7 @@ from routing.calls import (
     json_bytes,
     upstream_request,
 )
-from routing.errors import ProxyError
+from routing.errors import ProxyError, stream_unfinished
 from routing.responses_stream import events_for
 from routing.selectors import ModelInfo
 from routing.upstream import Answer, UpstreamEventError, sse_events, upstream_stream
@@ -72,8 +72,9 @@ class StreamRelay:
         # The upstream's model name, its field's spellings as bytes, the client's field.
         self._renamed: tuple[str, tuple[bytes, bytes], bytes] | None = None
         self.status, self.error, self.usage, self.produced = Status.OK, None, None, []
-        # The tokens the call was billed, once recorded.
+        # The tokens the call was billed, once recorded; whether an answer's end came.
         self.counted: Tokens | None = None
+        self.finished = False
         self.ended = False
         self._pending: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
@@ -128,7 +129,7 @@ class StreamRelay:
             status, error = failure.status, failure.error
         else:
             # A stream the upstream ended cleanly may still not have finished its answer.
-            if self.shape is not None and (error := self.shape.failure()) is not None:
+            if (error := self._unfinished()) is not None:
                 status = Status.UPSTREAM_ERROR
         await self._end(status, error)
         if self.shape is not None:
@@ -138,6 +139,13 @@ class StreamRelay:
             yield b"data: " + json.dumps(self.error.payload()).encode() + b"\n\n"
         else:
             yield b"data: [DONE]\n\n"
+
+    def _unfinished(self) -> ProxyError | None:
+        """Why a stream the upstream ended cleanly is not a finished answer, if it is not:
+        chat ends an answer with a finish reason; the Responses API with a final event."""
+        if self.shape is not None:
+            return self.shape.failure()
+        return None if self.finished else stream_unfinished()
 
     def _note(self, chunk: dict) -> None:
         """Keep what metering needs from an upstream event: its usage (in chat's names), and
@@ -154,6 +162,8 @@ class StreamRelay:
         for choice in choices if isinstance(choices, list) else []:
             if isinstance(choice, dict) and isinstance(choice.get("text"), str):
                 self.produced.append(choice["text"])  # a legacy completion's chunk
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finished = True
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
                 continue

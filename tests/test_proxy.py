@@ -354,6 +354,32 @@ def test_stream_cut_by_upstream_ends_with_an_error_event_and_bills_what_was_deli
     assert row.cost_usd == (prompt * Decimal("2.5") + 2 * Decimal("10")) / 10**6
 
 
+def test_a_stream_the_upstream_ends_cleanly_before_its_answer_is_done_is_an_error(
+    catalog, inference_key, sdk, team, upstream
+):
+    # The body ends as if all was well (even with [DONE]), but no choice ever finished.
+    import json
+
+    import openai
+
+    from tests.fake_upstream import RawStream
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o", "created": 1}
+    piece = {**chunk, "choices": [{"index": 0, "delta": {"content": "Hal"}}]}
+    upstream.script("gpt-4o", RawStream([f"data: {json.dumps(piece)}\n\n", "data: [DONE]\n\n"]))
+    _, secret = inference_key
+
+    stream = sdk(secret).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for event in stream:
+            received.append(event.choices[0].delta.content)
+
+    assert received == ["Hal"] and "ended before its answer was complete" in caught.value.message
+    [row] = rows(team)
+    assert (row.status, row.completion_tokens) == ("upstream_error", tokens.text_tokens("Hal"))
+
+
 def test_models_lists_what_the_key_may_use(catalog, team, sdk):
     from accounts.services import api_key_create
 

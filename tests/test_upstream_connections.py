@@ -142,14 +142,14 @@ class RawStreamServer(ClosingServer):
             )
 
 
-def _chunk(text, **more):
+def _chunk(text, finish=None, **more):
     return json.dumps(
         {
             "id": "c1",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": "upstream-name",
-            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}],
             **more,
         }
     )
@@ -160,11 +160,9 @@ SPLIT_OVER_LINES = (
     # One event's JSON over two data lines (valid SSE: joined by a newline).
     b'data: {"id": "c1", "object": "chat.completion.chunk", "created": 0,\n'
     b'data:  "model": "upstream-name", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
-    + f"data: {_chunk('lo', usage=USAGE)}\n\ndata: [DONE]\n\n".encode()
+    + f"data: {_chunk('lo', 'stop', usage=USAGE)}\n\ndata: [DONE]\n\n".encode()
 )
-CR_LINE_ENDS = (
-    f"data: {_chunk('Hel')}\r\rdata: {_chunk('lo', usage=USAGE)}\r\rdata: [DONE]\r\r".encode()
-)
+CR_LINE_ENDS = f"data: {_chunk('Hel')}\r\rdata: {_chunk('lo', 'stop', usage=USAGE)}\r\rdata: [DONE]\r\r".encode()
 
 
 @pytest.mark.parametrize("events", [SPLIT_OVER_LINES, CR_LINE_ENDS], ids=["multiline", "cr"])
