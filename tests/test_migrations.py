@@ -9,12 +9,18 @@ def test_every_model_change_has_its_migration():
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
 
 
+@pytest.mark.parametrize("refused_priced", [False, True], ids=["unpriced", "priced"])
 @pytest.mark.django_db(transaction=True)
-def test_upgrading_splits_rollups_by_endpoint_from_the_ledger_and_tags_issued_lines():
+def test_upgrading_splits_rollups_by_endpoint_from_the_ledger_and_tags_issued_lines(
+    refused_priced,
+):
     """A database from before endpoints (usage 0013): a month of chat on gpt-4o, closed and
     invoiced, beside an embeddings call to gpt-4o that was refused. The upgrade splits the
     rollups by the ledger's endpoints (not "any embeddings row makes the model embeddings"),
-    gives the issued lines their endpoint, leaves them immutable, and bills nothing again."""
+    gives the issued lines their endpoint, leaves them immutable, and bills nothing again.
+
+    Older code priced some refused calls: then the refused call shares the chat call's model
+    and prices, and one issued line billed both endpoints' requests."""
     from datetime import UTC, date, datetime
     from decimal import Decimal
 
@@ -58,28 +64,35 @@ def test_upgrading_splits_rollups_by_endpoint_from_the_ledger_and_tags_issued_li
         cost_usd=0,
         recorded_at=when,
         **common,
+        **(prices if refused_priced else {}),
     )
     old.get_model("usage", "RollupMark").objects.create(name="daily", through=after)
     daily = old.get_model("usage", "DailyUsage").objects
-    daily.create(team=team, day=when.date(), model="gpt-4o", requests=1, cost_usd=1, **prices)
-    daily.create(team=team, day=when.date(), model="gpt-4o", requests=1, cost_usd=0)
     invoice = old.get_model("usage", "Invoice").objects.create(
         team=team, month=october, seller={}, customer={}, subtotal_usd=1, total_usd=1
     )
     lines = old.get_model("usage", "InvoiceLine").objects
     line = {"invoice": invoice, "kind": "usage", "usage_month": october, "model": "gpt-4o"}
+    tokens = {"prompt_tokens": 200_000, "completion_tokens": 50_000}
+    both = 2 if refused_priced else 1
+    daily.create(
+        team=team, day=when.date(), model="gpt-4o", requests=both, cost_usd=1, **tokens, **prices
+    )
     lines.create(
         position=1,
         description="gpt-4o",
-        requests=1,
-        prompt_tokens=200_000,
-        completion_tokens=50_000,
+        requests=both,
         exact_usd=1,
         amount_usd=1,
+        **tokens,
         **line,
         **prices,
     )
-    lines.create(position=2, description="gpt-4o", requests=1, exact_usd=0, amount_usd=0, **line)
+    if not refused_priced:
+        daily.create(team=team, day=when.date(), model="gpt-4o", requests=1, cost_usd=0)
+        lines.create(
+            position=2, description="gpt-4o", requests=1, exact_usd=0, amount_usd=0, **line
+        )
     old.get_model("usage", "Invoice").objects.filter(id=invoice.id).update(
         status="finalized", number="TG-2026-000001", finalized_at=after
     )
@@ -93,7 +106,8 @@ def test_upgrading_splits_rollups_by_endpoint_from_the_ledger_and_tags_issued_li
     )
     assert sorted(split) == [("chat", 1, Decimal(1)), ("embeddings", 1, Decimal(0))]
     issued = InvoiceLine.objects.filter(invoice_id=invoice.id).order_by("position")
-    assert [line.endpoint for line in issued] == ["chat", "embeddings"]
+    expected = ["chat"] if refused_priced else ["chat", "embeddings"]
+    assert [line.endpoint for line in issued] == expected
     with pytest.raises(DatabaseError), transaction.atomic():
         issued.update(endpoint="responses")
     legacy = Team.objects.get(slug="legacy")

@@ -142,17 +142,44 @@ def _unbilled(*, team, month, exclude) -> list[dict]:
 
     A group differs when its USD or any of its counts do: a refused call costs $0 but is a
     request, so it is billed (as $0.00) like any other and counted as billed afterwards.
+
+    Lines issued before they carried an endpoint billed a model's usage at its prices on
+    every endpoint at once, under the endpoint of most of it (usage migration 0015). Where
+    such a line billed more of its endpoint than there is, its model and prices are netted
+    across endpoints into one difference, under that endpoint: usage is never billed twice,
+    and no line carries negative counts.
     """
     owed = usage_groups(team=team, month=month)
     billed = billed_groups(team=team, month=month, exclude=exclude)
-    result = []
-    for key in sorted(set(owed) | set(billed), key=lambda k: tuple(str(part) for part in k)):
+    diffs: dict[tuple, dict] = {}
+    for key in set(owed) | set(billed):
         o, b = owed.get(key), billed.get(key)
         diff = {name: _count(o, name) - _count(b, name) for name in COUNTS}
-        exact = _usd(o) - _usd(b)
-        if exact or any(diff.values()):
-            result.append({**dict(zip(LINE_KEY, key)), **diff, "exact": exact})
+        diffs[key] = {**dict(zip(LINE_KEY, key)), **diff, "exact": _usd(o) - _usd(b)}
+    for key, diff in list(diffs.items()):
+        if key in diffs and any(diff[name] < 0 for name in COUNTS):
+            _net_across_endpoints(diffs, key)
+    result = []
+    for key in sorted(diffs, key=lambda k: tuple(str(part) for part in k)):
+        diff = diffs[key]
+        if diff["exact"] or any(diff[name] for name in COUNTS):
+            result.append(diff)
     return result
+
+
+def _net_across_endpoints(diffs: dict[tuple, dict], key: tuple) -> None:
+    """Fold the differences of `key`'s model and prices on every endpoint into `key`'s."""
+    model, _endpoint, *prices = key
+    into = diffs[key]
+    for other in [k for k in diffs if k != key and k[0] == model and list(k[2:]) == prices]:
+        folded = diffs.pop(other)
+        for name in (*COUNTS, "exact"):
+            into[name] += folded[name]
+    if any(into[name] < 0 for name in COUNTS):
+        raise InvoiceError(
+            f"Invoices billed more {model or 'refused'} calls than the ledger holds for their "
+            "month; run reconcile for that month."
+        )
 
 
 def _closed_earlier_months(team: Team, month: date) -> list[date]:
