@@ -9,6 +9,8 @@ upstream ends without finishing its answer (no final event, a failure event, no 
 reason) is recorded as the upstream's error, and the client told so once.
 """
 
+import json
+
 from routing import responses
 from routing.calls import json_bytes
 from routing.errors import ProxyError, stream_unfinished
@@ -54,11 +56,18 @@ class NativeEvents:
     def opening(self) -> bytes:
         return b""
 
+    @property
+    def done(self) -> bool:
+        """The response has ended (its final or failure event): nothing after it is read."""
+        return self.finished or self.failed is not None
+
     def event(self, chunk: dict, raw: bytes) -> bytes:
         kind = chunk.get("type")
         if not isinstance(kind, str):
             return b""
-        self.sequence = max(self.sequence, chunk.get("sequence_number") or 0)
+        number = chunk.get("sequence_number")
+        if isinstance(number, int) and not isinstance(number, bool):
+            self.sequence = max(self.sequence, number)
         response = chunk.get("response")
         if isinstance(response, dict) and "model" in response:
             response["model"] = self.model_name
@@ -124,18 +133,27 @@ class BridgedEvents:
             "response.in_progress", response=self.response
         )
 
+    # A chat stream ends when its body does ([DONE]): its usage comes after the finish.
+    done = False
+
     def event(self, chunk: dict, raw: bytes) -> bytes:
+        # Whatever the shape of a chunk, what cannot be read is skipped: the stream goes on,
+        # for the usage at its end.
         out = b""
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out += self._text(text)
-            for call in delta.get("tool_calls") or []:
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
                 if isinstance(call, dict):
                     out += self._tool(call)
         return out
@@ -178,14 +196,18 @@ class BridgedEvents:
     def _tool(self, call: dict) -> bytes:
         out = b""
         index = call.get("index", 0)
-        function = call.get("function") or {}
+        if not isinstance(index, int):
+            return out
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        name = function.get("name") if isinstance(function.get("name"), str) else ""
         if index not in self.tool_index:
             self.tool_index[index] = len(self.items)
+            call_id = call.get("id")
             item = {
                 "type": "function_call",
                 "id": responses._id("fc"),
-                "call_id": call.get("id") or responses._id("call"),
-                "name": function.get("name") or "",
+                "call_id": call_id if isinstance(call_id, str) else responses._id("call"),
+                "name": name,
                 "arguments": "",
                 "status": "in_progress",
             }
@@ -195,7 +217,11 @@ class BridgedEvents:
             )
         output_index = self.tool_index[index]
         item = self.items[output_index]
+        if name and not item["name"]:  # some upstreams name the function after its id
+            item["name"] = name
         arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # the arguments as an object, not their JSON text
+            arguments = json.dumps(arguments)
         if isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
             out += self._emit(
@@ -261,7 +287,11 @@ class BridgedEvents:
 
     def failure(self) -> ProxyError | None:
         # Chat ends an answer with a finish reason; a stream without one was cut short.
-        return None if self.finish_reason else stream_unfinished()
+        if not self.finish_reason:
+            return stream_unfinished()
+        if any(item["type"] == "function_call" and not item["name"] for item in self.items):
+            return responses.unreadable("a tool call without a function's name")
+        return None
 
 
 def events_for(call, body: dict, model) -> "NativeEvents | BridgedEvents":

@@ -140,6 +140,9 @@ class StreamRelay:
         else:
             yield b"data: [DONE]\n\n"
 
+    def _over(self) -> bool:
+        return self.shape is not None and self.shape.done
+
     def _unfinished(self) -> ProxyError | None:
         """Why a stream the upstream ended cleanly is not a finished answer, if it is not:
         chat ends an answer with a finish reason; the Responses API with a final event."""
@@ -186,6 +189,8 @@ class StreamRelay:
                 yield sent
             if self.ended:  # the watchdog ended the call while the client was not reading
                 return
+            if self._over():  # a Response's final event: whatever follows is not its answer
+                return
             # The deadline bounds each wait for the upstream; the watchdog, the client's reads.
             async with asyncio.timeout_at(self.call.deadline_at):
                 event = await self._read()
@@ -219,15 +224,16 @@ class StreamRelay:
 
     async def _drain_and_record(self) -> None:
         self.status = Status.CLIENT_CLOSED
-        if self.usage is None:
-            loop = asyncio.get_running_loop()
-            until = min(self.call.deadline_at, loop.time() + settings.TOLLGATE_DRAIN_S)
-            try:
-                async with asyncio.timeout_at(until):
-                    while self.usage is None and (event := await self._read()) is not None:
-                        self._note(event[0])
-            except Exception:  # cut or timed out: bill the estimate
-                pass
+        # To the stream's end (or a Response's final event): usage that comes in every chunk
+        # counts up, and only the last is the whole call's.
+        loop = asyncio.get_running_loop()
+        until = min(self.call.deadline_at, loop.time() + settings.TOLLGATE_DRAIN_S)
+        try:
+            async with asyncio.timeout_at(until):
+                while not self._over() and (event := await self._read()) is not None:
+                    self._note(event[0])
+        except Exception:  # cut or timed out: bill on what was seen
+            pass
         await self._record()
 
     async def _end(self, status: str, error: ProxyError | None) -> None:

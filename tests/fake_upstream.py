@@ -66,6 +66,9 @@ class RawStream:
     line included), then end the body cleanly: no [DONE] or final event unless given."""
 
     events: list[str]
+    # Seconds between events, and to hold the connection open after the last.
+    delay_s: float = 0.0
+    hold_s: float = 0.0
 
 
 @dataclass
@@ -195,10 +198,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("content-type", "text/event-stream")
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
-            for event in behaviour.events:
-                self._chunk(event.encode())
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            try:
+                for event in behaviour.events:
+                    self._chunk(event.encode())
+                    time.sleep(behaviour.delay_s)
+                time.sleep(behaviour.hold_s)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the gateway stopped reading
+                self.close_connection = True
             return
         if isinstance(behaviour, Fail):
             payload = behaviour.body or {

@@ -756,3 +756,220 @@ def test_a_filtered_answer_is_an_incomplete_response(
 
     assert response.status == "incomplete"
     assert response.incomplete_details.reason == "content_filter"
+
+
+def final(kind, output_tokens, number):
+    usage = {"input_tokens": 20, "output_tokens": output_tokens, "total_tokens": 20 + output_tokens}
+    response = {"id": "resp_x", "object": "response", "status": "completed", "usage": usage}
+    return sse(kind, {"type": kind, "sequence_number": number, "response": response})
+
+
+def stream_events(live_portal, secret, body):
+    import httpx2
+
+    answer = httpx2.post(
+        f"{live_portal.url}/v1/responses",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "deepseek-v4-flash", "input": "hi", "stream": True, **body},
+        timeout=30,
+    )
+    return [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: ")]
+
+
+def test_a_native_streams_first_final_event_ends_it_and_is_what_is_billed(
+    catalog, live_portal, inference_key, team, upstream
+):
+    # A second response.completed reporting less, or an error after the end, changes nothing;
+    # and the stream ends at the final event though the upstream holds the connection open.
+    import time
+
+    from tests.fake_upstream import RawStream
+
+    serve_natively()
+    after = [
+        final("response.completed", 1, 3),
+        sse("error", {"type": "error", "sequence_number": 4, "message": "late"}),
+    ]
+    upstream.script(
+        "deepseek-v4-flash",
+        RawStream(native_events(final("response.completed", 30, 2), *after), hold_s=5),
+    )
+    _, secret = inference_key
+
+    started = time.monotonic()
+    events = stream_events(live_portal, secret, {})
+    took = time.monotonic() - started
+
+    assert [e["type"] for e in events][-1] == "response.completed"
+    assert [e["type"] for e in events].count("response.completed") == 1
+    assert took < 4  # not held for the upstream's 5 s
+    [row] = rows(team)
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 20, 30)
+
+
+def test_a_native_event_numbered_with_a_string_is_passed_on(
+    catalog, live_portal, inference_key, team, upstream
+):
+    from tests.fake_upstream import RawStream
+
+    serve_natively()
+    odd = sse(
+        "response.output_text.delta",
+        {"type": "response.output_text.delta", "sequence_number": "2", "delta": "lo"},
+    )
+    upstream.script(
+        "deepseek-v4-flash", RawStream(native_events(odd, final("response.completed", 30, 3)))
+    )
+    _, secret = inference_key
+
+    events = stream_events(live_portal, secret, {})
+
+    assert events[-1]["type"] == "response.completed"
+    assert rows(team)[0].status == "ok"
+
+
+def test_a_client_that_leaves_is_billed_on_the_last_usage_not_the_first(
+    catalog, sdk, inference_key, team, upstream
+):
+    # Usage that counts up in every chunk: the drain reads to the stream's end.
+    import time
+
+    from tests.fake_upstream import RawStream
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+    running = [
+        sse(
+            None,
+            {
+                **chunk,
+                "choices": [{"index": 0, "delta": {"content": "w "}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": n},
+            },
+        )
+        for n, finish in [(1, None), (2, None), (3, None), (4, None), (40, "stop")]
+    ]
+    upstream.script("deepseek-v4-flash", RawStream([*running, "data: [DONE]\n\n"], delay_s=0.2))
+    _, secret = inference_key
+
+    stream = sdk(secret).responses.create(model="deepseek-v4-flash", input="hi", stream=True)
+    assert next(iter(stream)).type == "response.created"
+    stream.close()
+
+    deadline = time.monotonic() + 15
+    while not UsageRecord.objects.filter(team=team).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [row] = rows(team)
+    assert (row.status, row.completion_tokens, row.tokens_estimated) == ("client_closed", 40, False)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"index": 0, "delta": "oops"},
+        {"index": [0], "delta": {"content": "x"}},
+        {"index": 0, "delta": {"tool_calls": "x"}},
+        {"index": 0, "delta": {"tool_calls": ["x"]}},
+    ],
+    ids=["string-delta", "list-index", "string-calls", "string-call"],
+)
+def test_a_malformed_chunk_mid_stream_is_skipped_and_the_usage_after_it_billed(
+    catalog, live_portal, inference_key, team, upstream, odd
+):
+    from tests.fake_upstream import RawStream
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+    upstream.script(
+        "deepseek-v4-flash",
+        RawStream(
+            [
+                sse(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+                sse(None, {**chunk, "choices": [odd]}),
+                sse(
+                    None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                ),
+                sse(
+                    None,
+                    {
+                        **chunk,
+                        "choices": [],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 20},
+                    },
+                ),
+                "data: [DONE]\n\n",
+            ]
+        ),
+    )
+    _, secret = inference_key
+
+    events = stream_events(live_portal, secret, {})
+
+    assert events[-1]["type"] == "response.completed"
+    [row] = rows(team)
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 10, 20)
+
+
+def test_a_streamed_tool_call_is_bridged_whatever_order_and_shape_its_parts_come_in(
+    catalog, sdk, inference_key, team, upstream
+):
+    from tests.fake_upstream import RawStream
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+
+    def call(part, finish=None):
+        delta = {"tool_calls": [{"index": 0, **part}]}
+        return sse(
+            None, {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        )
+
+    upstream.script(
+        "deepseek-v4-flash",
+        RawStream(
+            [
+                call({"id": "call_1", "function": {"arguments": ""}}),
+                call({"function": {"name": "get_weather"}}),  # the name after the id
+                call({"function": {"arguments": {"city": "Paris"}}}, finish="tool_calls"),
+                "data: [DONE]\n\n",
+            ]
+        ),
+    )
+    _, secret = inference_key
+
+    events = _events(
+        sdk(secret).responses.create(
+            model="deepseek-v4-flash", input="Weather?", tools=[WEATHER], stream=True
+        )
+    )
+
+    [item] = events[-1].response.output
+    assert (item.type, item.call_id, item.name) == ("function_call", "call_1", "get_weather")
+    assert json.loads(item.arguments) == {"city": "Paris"}
+
+
+def test_a_streamed_tool_call_that_never_names_its_function_is_the_upstreams_error(
+    catalog, live_portal, inference_key, team, upstream
+):
+    from tests.fake_upstream import RawStream
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-v4-flash"}
+    delta = {"tool_calls": [{"index": 0, "id": 5, "function": {"name": 7, "arguments": "{}"}}]}
+    upstream.script(
+        "deepseek-v4-flash",
+        RawStream(
+            [
+                sse(
+                    None,
+                    {
+                        **chunk,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": "tool_calls"}],
+                    },
+                ),
+                "data: [DONE]\n\n",
+            ]
+        ),
+    )
+    _, secret = inference_key
+
+    events = stream_events(live_portal, secret, {"tools": [WEATHER]})
+
+    assert events[-1]["type"] == "error" and "name" in events[-1]["message"]
+    assert rows(team)[0].status == "upstream_error"
