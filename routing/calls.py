@@ -176,6 +176,7 @@ def counted_tokens(
     count (the prompt estimate plus what was produced), flagged as estimated. Neither may
     pass the request's ceiling: an upstream's overproduction is its own to bear."""
     chat = call.endpoint in GENERATING
+    completion_estimate = max(0, completion_estimate - tokens.echoed(call.bounds.body))
     ceiling = call.bounds.ceiling(model)
     allowance = tokens.output_allowance(call.bounds.body, model) if chat else 0
     reported = tokens.reported_tokens(

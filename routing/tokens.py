@@ -238,6 +238,16 @@ def output_allowance(body: Body, model: "ModelInfo | None") -> int:
     return output_cap(body, model.max_output_tokens if model else None) * choices(body)
 
 
+def echoed(body: Body) -> int:
+    """Tokens of its prompt a legacy completion with `echo` repeats in each answer: in the
+    answer's text, but not produced."""
+    if body.get("echo") is not True or "prompt" not in body or "messages" in body:
+        return 0
+    n = body.get("n")
+    each = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    return each * embedding_input_estimate(body["prompt"])
+
+
 def output_unbounded(body: Body) -> bool:
     """The request names no output limit, so the gateway must send one."""
     return _asked_output(body) is None

@@ -218,3 +218,31 @@ def test_stream_options_that_are_not_an_object_are_a_400_on_every_endpoint(
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "stream_options"
     assert upstream.received == [] and not MeteredCall.objects.in_flight().exists()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_echoed_prompt_is_not_taken_for_output_and_honest_usage_is_billed(
+    legacy, sdk, inference_key, team, upstream, stream
+):
+    # With echo the answer's text starts with the prompt: 8,000 tokens the model read, not
+    # wrote. The upstream's usage (8,000 in, 5 out) is honest and billed as it is.
+    prompt = "word " * 8000
+    upstream.script(
+        "deepseek-v4-flash",
+        Answer(content=prompt + "done", usage={"prompt_tokens": 8000, "completion_tokens": 5}),
+    )
+    _, secret = inference_key
+
+    answer = sdk(secret).completions.create(
+        model="deepseek-v4-flash",
+        prompt=prompt,
+        echo=True,
+        max_tokens=5,
+        stream=stream,
+        **({"stream_options": {"include_usage": True}} if stream else {}),
+    )
+    if stream:
+        list(answer)
+
+    [row] = rows(team)
+    assert (row.prompt_tokens, row.completion_tokens, row.tokens_estimated) == (8000, 5, False)
