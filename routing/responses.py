@@ -314,8 +314,8 @@ def from_chat(payload: dict, body: dict, model_name: str, usage: dict) -> dict:
     if not isinstance(message, dict):
         raise unreadable("its message is not an object")
     output: list[dict] = []
-    text = message.get("content")
-    if isinstance(text, str) and text:
+    text = _answer_text(message.get("content"))
+    if text:
         output.append(
             {
                 "type": "message",
@@ -350,6 +350,20 @@ def from_chat(payload: dict, body: dict, model_name: str, usage: dict) -> dict:
     return response_object(
         body, model_name, output=output, status=status, usage=usage, incomplete=incomplete
     )
+
+
+def _answer_text(content: object) -> str:
+    """A chat answer's text: a string, or (as some upstreams send it) text parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(
+        isinstance(part, dict)
+        and part.get("type") in ("text", "output_text")
+        and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise unreadable("its content is neither text nor text parts")
 
 
 def response_object(

@@ -473,16 +473,44 @@ def sse(kind: str | None, data: dict) -> str:
     return (f"event: {kind}\n" if kind else "") + f"data: {json.dumps(data)}\n\n"
 
 
+def test_an_answer_in_text_parts_is_bridged_as_its_text(
+    catalog, sdk, inference_key, team, upstream
+):
+    from tests.fake_upstream import Raw
+
+    parts = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]
+    message = {"role": "assistant", "content": parts}
+    upstream.script(
+        "deepseek-v4-flash",
+        Raw(chat_answer(choices=[{"index": 0, "message": message, "finish_reason": "stop"}])),
+    )
+    _, secret = inference_key
+
+    response = sdk(secret).responses.create(model="deepseek-v4-flash", input="hi")
+
+    assert response.output_text == "Hello there"
+
+
 @pytest.mark.parametrize(
     "choices",
     [
         [None],
         [{"message": "hello"}],
+        [{"message": {"role": "assistant", "content": [{"type": "image_url"}]}}],
+        [{"message": {"role": "assistant", "content": 7}}],
         {"0": 1},
         [{"message": {"role": "assistant", "tool_calls": ["x"]}}],
         [{"message": {"role": "assistant", "tool_calls": [{"id": "a", "function": "f"}]}}],
     ],
-    ids=["null", "string-message", "object", "string-call", "string-function"],
+    ids=[
+        "null",
+        "string-message",
+        "image-part",
+        "number-content",
+        "object",
+        "string-call",
+        "string-function",
+    ],
 )
 def test_a_chat_answer_the_bridge_cannot_read_is_a_502_in_the_ledger_not_a_500(
     catalog, sdk, inference_key, team, upstream, choices
