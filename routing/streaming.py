@@ -329,7 +329,8 @@ async def call_stream(call: Call, body: dict) -> StreamRelay:
     the first chunk is read here, before the response starts.
     """
     await call.unless_client_gone()
-    client_options = body.get("stream_options") or {}
+    # A Response's stream_options are the Responses API's own, not chat's.
+    client_options = (body.get("stream_options") or {}) if call.endpoint != RESPONSES else {}
     client_wants_usage = bool(client_options.get("include_usage"))
     plan = AttemptPlan(call)
     async for model, timeout in plan:

@@ -1001,3 +1001,19 @@ def test_a_streamed_tool_call_that_never_names_its_function_is_the_upstreams_err
 
     assert events[-1]["type"] == "error" and "name" in events[-1]["message"]
     assert rows(team)[0].status == "upstream_error"
+
+
+def test_a_bridged_stream_sends_chat_only_chats_stream_options(
+    catalog, sdk, inference_key, upstream
+):
+    _, secret = inference_key
+
+    stream = sdk(secret).responses.create(
+        model="deepseek-v4-flash",
+        input="hi",
+        stream=True,
+        stream_options={"include_obfuscation": False},
+    )
+    list(stream)
+
+    assert upstream.received[-1].body["stream_options"] == {"include_usage": True}
