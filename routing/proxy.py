@@ -49,6 +49,7 @@ from routing.errors import (
 )
 from routing.selectors import ENDPOINTS, catalog_snapshot_async
 from routing.streaming import RelayBody, abandon_relay, call_stream
+from usage.pricing import unpriced_direction
 
 
 class JSONBodyParser(BaseParser):
@@ -669,7 +670,8 @@ class ModerationsView(ProxyCallView):
         operation_id="createModeration",
         summary="Moderation",
         description="OpenAI's moderations, passed to a catalog model that lists "
-        "`moderations` (without `model`: the first such model by id) and recorded in the "
+        "`moderations` (without `model`: the first such model by id that the key may use and "
+        "that has a price) and recorded in the "
         "ledger at its catalog price (which may be zero), on the input's estimated tokens.",
         tags=openapi.TAGS,
         request={"application/json": openapi.ref("ModerationRequest")},
@@ -685,10 +687,18 @@ class ModerationsView(ProxyCallView):
         return _json_response(self.call, *await self.hand_off(call_json(self.call, self.body)))
 
     async def completed(self, body):
-        # OpenAI's SDKs send no model unless told: the catalog's moderation model serves.
+        # OpenAI's SDKs send no model unless told: the first moderation model (by id) this
+        # key may use and the catalog prices serves.
         if isinstance(body, dict) and body.get("model") is None:
             catalog = await catalog_snapshot_async()
-            serving = sorted(m.name for m in catalog.models.values() if m.serves(MODERATIONS))
+            principal = self.request.user
+            serving = sorted(
+                m.name
+                for m in catalog.models.values()
+                if m.serves(MODERATIONS)
+                and principal.may_use(m.name)
+                and unpriced_direction(m.prices, needs_output=False) is None
+            )
             if serving:
                 body["model"] = serving[0]
         return body

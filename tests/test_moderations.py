@@ -70,6 +70,23 @@ def test_without_a_model_the_catalogs_moderation_model_serves(
     assert (row.model, row.cost_usd) == ("omni-moderation-latest", Decimal(0))
 
 
+def test_without_a_model_the_first_one_the_key_may_use_and_that_is_priced_serves(
+    moderation, sdk, team, upstream
+):
+    from accounts.services import api_key_create
+
+    # Sorting first: a moderation model without a price, which cannot be billed.
+    catalog_load_data(
+        data={"model": [{"id": "a-unpriced", "provider": "openai", "endpoints": ["moderations"]}]}
+    )
+    catalog_changed()
+    _, everything = api_key_create(team=team, name="all")
+    _, limited = api_key_create(team=team, name="priced", allowed_models=["priced-moderation"])
+
+    assert sdk(everything).moderations.create(input="hi").model == "omni-moderation-latest"
+    assert sdk(limited).moderations.create(input="hi").model == "priced-moderation"
+
+
 def test_a_chat_model_is_not_a_moderation_model(catalog, sdk, inference_key, upstream):
     _, secret = inference_key
 
