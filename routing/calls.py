@@ -26,7 +26,7 @@ from routing.attempts import AttemptFailure, AttemptPlan, UpstreamStreamError, c
 from routing.cooldowns import cooling
 from routing.errors import ProxyError
 from routing.ratelimits import RateCheck, ratelimit_check, ratelimit_settle
-from routing.selectors import ModelInfo, catalog_snapshot_async
+from routing.selectors import ENDPOINTS, ModelInfo, catalog_snapshot_async
 from routing.strategies import order_targets, request_needs
 from routing.tokens import TokenBounds
 from routing.upstream import upstream_post
@@ -307,6 +307,18 @@ async def call_prepare(
                 )
             )
         targets = [catalog.models[t] for t in route.targets if t in catalog.models]
+        if not any(m.serves(endpoint) for m in targets):
+            served = {e for m in targets for e in m.served}
+            await refuse(
+                ProxyError(
+                    400,
+                    f"No model of the route `{name}` is served on {ENDPOINT_PATHS[endpoint]}; "
+                    "its models are served on "
+                    f"{', '.join(ENDPOINT_PATHS[e] for e in ENDPOINTS if e in served) or 'nothing'}.",
+                    param="model",
+                    code="model_not_supported",
+                )
+            )
         targets = [
             m
             for m in targets

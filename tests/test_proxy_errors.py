@@ -170,6 +170,25 @@ def test_the_model_list_says_where_each_model_is_served(catalog, sdk, inference_
     assert models["text-embedding-3-small"].endpoints == ["embeddings"]
 
 
+def test_a_route_on_an_endpoint_none_of_its_models_serves_says_where_they_are_served(
+    catalog, sdk, inference_key, upstream
+):
+    from tests.factories import global_route
+
+    global_route("mixed", ["gpt-4o", "text-embedding-3-small"])
+    _, secret = inference_key
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(secret).completions.create(model="mixed", prompt="hi")
+
+    assert caught.value.code == "model_not_supported"
+    assert caught.value.body["message"] == (
+        "No model of the route `mixed` is served on /v1/completions; its models are served "
+        "on /v1/chat/completions, /v1/responses, /v1/embeddings."
+    )
+    assert upstream.received == []
+
+
 def test_a_route_is_listed_where_any_of_its_targets_is_served(catalog, sdk, inference_key):
     from tests.factories import global_route
 
