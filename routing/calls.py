@@ -254,14 +254,19 @@ async def call_prepare(
     """
     catalog = await catalog_snapshot_async()
     name = body["model"]
-    bounds = {
-        CHAT: TokenBounds.of_chat,
-        COMPLETIONS: TokenBounds.of_completions,
-        EMBEDDINGS: TokenBounds.of_embeddings,
-        MODERATIONS: TokenBounds.of_moderations,
+    # Why a chat-only upstream cannot serve this Responses request, if it cannot.
+    unbridgeable: ProxyError | None = None
+    if endpoint == RESPONSES:
         # Reserved and limited on the chat request it is equivalent to (routing.responses).
-        RESPONSES: lambda b: TokenBounds.of_responses(b, responses.to_chat(b)),
-    }[endpoint](body)
+        chat, unbridgeable = responses.to_chat(body)
+        bounds = TokenBounds.of_responses(body, chat)
+    else:
+        bounds = {
+            CHAT: TokenBounds.of_chat,
+            COMPLETIONS: TokenBounds.of_completions,
+            EMBEDDINGS: TokenBounds.of_embeddings,
+            MODERATIONS: TokenBounds.of_moderations,
+        }[endpoint](body)
     # A model's name always means the model: a route can never shadow it.
     model = catalog.models.get(name)
     route = catalog.route(team_id=principal.team_id, name=name) if model is None else None
@@ -392,6 +397,12 @@ async def call_prepare(
             )
         call.candidates = [model]
         call.deadline_s = global_deadline
+    if unbridgeable is not None:
+        # Parts only the Responses API reads: for the models whose upstream speaks it.
+        native = [m for m in call.candidates if not bridged(call, m)]
+        if not native:
+            await refuse(unbridgeable, call.candidates[0] if model is not None else None)
+        call.candidates = native
 
     # TPM counts the most the call can use, as budgets do; what it did not use
     # is given back when it is recorded.

@@ -37,57 +37,82 @@ def _bad(message: str, param: str | None = None, code: str = "invalid_value") ->
     return ProxyError(400, message, param=param, code=code)
 
 
-def _text_part(part: dict, where: str) -> dict:
+# What only an upstream that speaks the Responses API can read: files, audio, and images by
+# file id. Bridged, they become empty text, and the loss is the bridged call's 400.
+LOST = {"type": "text", "text": ""}
+
+
+def _text_part(part: dict, where: str, losses: list[ProxyError]) -> dict:
     kind = part.get("type")
     if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
         return {"type": "text", "text": part["text"]}
     if kind == "input_image":
-        url = part.get("image_url")
-        if not isinstance(url, str):
-            raise _bad(
-                f"'{where}': an input_image is bridged by its image_url only (a file_id needs "
-                "the provider's own Responses API).",
-                param=where,
-            )
         detail = part.get("detail", "auto")
         if detail not in ("auto", "low", "high"):
             raise _bad(f"'{where}.detail' must be auto, low or high.", f"{where}.detail")
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            losses.append(
+                _bad(
+                    f"'{where}': an input_image reaches a chat-only upstream by its image_url "
+                    "only (a file_id needs a model served natively on /v1/responses).",
+                    param=where,
+                )
+            )
+            return LOST
         return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
     if kind == "refusal" and isinstance(part.get("refusal"), str):
         return {"type": "text", "text": part["refusal"]}
+    if kind in ("input_file", "input_audio"):
+        losses.append(
+            _bad(
+                f"'{where}' is an {kind} part, which a chat-only upstream cannot read: send it "
+                "to a model served natively on /v1/responses.",
+                where,
+            )
+        )
+        return LOST
     raise _bad(f"'{where}' is a content part of type {kind!r}, which cannot be bridged.", where)
 
 
-def _content(content: object, where: str) -> str | list[dict]:
+def _content(content: object, where: str, losses: list[ProxyError]) -> str | list[dict]:
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        parts = [_text_part(p, f"{where}[{i}]") for i, p in enumerate(content)]
+        parts = [_text_part(p, f"{where}[{i}]", losses) for i, p in enumerate(content)]
         if all(p["type"] == "text" for p in parts):
             return "".join(p["text"] for p in parts)
         return parts
     raise _bad(f"'{where}' must be a string or an array of content parts.", where, "invalid_type")
 
 
-def _tool_output(output: object, where: str) -> str:
+def _tool_output(output: object, where: str, losses: list[ProxyError]) -> str:
     """A function's output as a chat tool message takes it: text. An output of parts is
     bridged when every part is text (an image or a file there has no chat form)."""
     if isinstance(output, str):
         return output
-    if isinstance(output, list) and all(
-        isinstance(p, dict) and p.get("type") == "input_text" and isinstance(p.get("text"), str)
-        for p in output
-    ):
-        return "".join(p["text"] for p in output)
+    if isinstance(output, list) and all(isinstance(p, dict) for p in output):
+        if all(p.get("type") == "input_text" and isinstance(p.get("text"), str) for p in output):
+            return "".join(p["text"] for p in output)
+        if all(p.get("type") in ("input_text", "input_image", "input_file") for p in output):
+            losses.append(
+                _bad(
+                    f"'{where}' must be text (a string, or input_text parts) for a chat-only "
+                    "upstream: images and files in a tool's output need a model served "
+                    "natively on /v1/responses.",
+                    where,
+                    "invalid_type",
+                )
+            )
+            return ""
     raise _bad(
-        f"'{where}' must be text (a string, or input_text parts): tool outputs are bounded "
-        "and billed as text here.",
+        f"'{where}' must be a string or an array of input_text, input_image or input_file parts.",
         where,
         "invalid_type",
     )
 
 
-def _messages(body: dict) -> list[dict]:
+def _messages(body: dict, losses: list[ProxyError]) -> list[dict]:
     messages: list[dict] = []
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -103,7 +128,7 @@ def _messages(body: dict) -> list[dict]:
             if role not in ("user", "assistant", "system", "developer"):
                 raise _bad(f"'{where}.role' must be user, assistant, system or developer.", where)
             role = "system" if role == "developer" else role
-            messages.append({"role": role, "content": _content(item.get("content"), where)})
+            messages.append({"role": role, "content": _content(item.get("content"), where, losses)})
         elif kind == "function_call":
             if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
                 raise _bad(f"'{where}' must carry its call_id and name.", where, "invalid_type")
@@ -130,7 +155,7 @@ def _messages(body: dict) -> list[dict]:
                 {
                     "role": "tool",
                     "tool_call_id": item.get("call_id"),
-                    "content": _tool_output(item.get("output"), f"{where}.output"),
+                    "content": _tool_output(item.get("output"), f"{where}.output", losses),
                 }
             )
         elif kind == "reasoning":
@@ -174,10 +199,11 @@ def _tools(tools: list) -> list[dict]:
     return bridged
 
 
-def to_chat(body: dict) -> dict:
+def to_chat(body: dict) -> tuple[dict, ProxyError | None]:
     """The chat completions request equivalent to a Responses request (ProxyError 400 when
-    it cannot be bridged). Its messages, tools and output limit are what the call is
-    reserved and limited on, whichever API serves it."""
+    the request is invalid), and why a chat-only upstream cannot serve it, if it cannot
+    (parts only the Responses API reads, left out of the chat request). Its messages, tools
+    and output limit are what the call is reserved and limited on, whichever API serves it."""
     if body.get("previous_response_id"):
         raise _bad(
             "'previous_response_id' needs responses stored by the server, and this gateway "
@@ -199,7 +225,8 @@ def to_chat(body: dict) -> dict:
                 name,
                 "unsupported_parameter",
             )
-    chat: dict = {"model": body["model"], "messages": _messages(body)}
+    losses: list[ProxyError] = []
+    chat: dict = {"model": body["model"], "messages": _messages(body, losses)}
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     choice = body.get("tool_choice")
@@ -234,7 +261,7 @@ def to_chat(body: dict) -> dict:
     for name in ("temperature", "top_p", "parallel_tool_calls", "user", "stream"):
         if body.get(name) is not None:
             chat[name] = body[name]
-    return chat
+    return chat, (losses[0] if losses else None)
 
 
 def _text_format(text: object) -> dict | None:

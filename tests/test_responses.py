@@ -1017,3 +1017,60 @@ def test_a_bridged_stream_sends_chat_only_chats_stream_options(
     list(stream)
 
     assert upstream.received[-1].body["stream_options"] == {"include_usage": True}
+
+
+FILE_INPUT = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "Summarise this."},
+            {"type": "input_file", "file_id": "file-abc"},
+            {"type": "input_image", "file_id": "file-img"},
+        ],
+    }
+]
+
+
+def test_files_go_to_a_native_upstream_as_they_are_and_are_reserved(
+    catalog, sdk, inference_key, team, upstream
+):
+    # A file the request only names is reserved at a full window's worth of tokens: past a
+    # $0.001 hard budget at $0.18 per million input tokens.
+    serve_natively()
+    _, secret = inference_key
+
+    sdk(secret).responses.create(model="deepseek-v4-flash", input=FILE_INPUT)
+
+    sent = upstream.received[-1]
+    assert sent.path == "/v1/responses" and sent.body["input"] == FILE_INPUT
+    assert rows(team)[0].status == "ok"
+    budget_set(team=team, amount_usd=Decimal("0.001"), hard=True)
+    with pytest.raises(openai.RateLimitError):
+        sdk(secret).responses.create(model="deepseek-v4-flash", input=FILE_INPUT)
+
+
+def test_files_to_a_chat_only_upstream_are_a_400_saying_where_they_can_go(
+    catalog, sdk, inference_key, team, upstream
+):
+    _, secret = inference_key
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(secret).responses.create(model="deepseek-v4-flash", input=FILE_INPUT)
+
+    assert caught.value.body["param"] == "input[0][1]"
+    assert "served natively on /v1/responses" in caught.value.body["message"]
+    assert upstream.received == []
+    assert [(r.status, r.http_status) for r in rows(team)] == [("refused", 400)]
+
+
+def test_a_route_sends_files_only_to_its_native_models(catalog, sdk, inference_key, upstream):
+    from tests.factories import global_route
+
+    serve_natively()  # deepseek-v4-flash natively; gpt-4o through the bridge
+    global_route("readers", ["gpt-4o", "deepseek-v4-flash"])
+    _, secret = inference_key
+
+    response = sdk(secret).responses.create(model="readers", input=FILE_INPUT)
+
+    assert response.model == "deepseek-v4-flash"
+    assert [r.path for r in upstream.received] == ["/v1/responses"]
