@@ -176,7 +176,6 @@ def counted_tokens(
     count (the prompt estimate plus what was produced), flagged as estimated. Neither may
     pass the request's ceiling: an upstream's overproduction is its own to bear."""
     chat = call.endpoint in GENERATING
-    completion_estimate = max(0, completion_estimate - tokens.echoed(call.bounds.body))
     ceiling = call.bounds.ceiling(model)
     allowance = tokens.output_allowance(call.bounds.body, model) if chat else 0
     reported = tokens.reported_tokens(
@@ -533,7 +532,9 @@ def _metered(call: Call, model: ModelInfo, payload: dict) -> tuple[object, int]:
     if call.endpoint == RESPONSES and not bridged(call, model):
         usage = responses.usage_as_chat(payload.get("usage"))
         return usage, tokens.text_tokens(responses.produced_text(payload))
-    return payload.get("usage"), _produced_tokens(payload) if call.endpoint in GENERATING else 0
+    if call.endpoint not in GENERATING:
+        return payload.get("usage"), 0
+    return payload.get("usage"), tokens.produced_estimate(call.bounds.body, _produced_text(payload))
 
 
 def _client_payload(
@@ -548,8 +549,8 @@ def _client_payload(
     return payload
 
 
-def _produced_tokens(payload: dict) -> int:
-    """The text an answer holds (content, reasoning, refusals, tool arguments), estimated:
+def _produced_text(payload: dict) -> str:
+    """The text an answer holds (content, reasoning, refusals, tool arguments), for estimating:
     whatever shape the upstream gave it, never an error after the work was done."""
     choices = payload.get("choices")
     produced = []
@@ -564,7 +565,7 @@ def _produced_tokens(payload: dict) -> int:
                 produced.extend(str(c.get("function")) for c in calls if isinstance(c, dict))
         elif isinstance(message, str):
             produced.append(message)
-    return tokens.text_tokens("".join(produced))
+    return "".join(produced)
 
 
 async def call_json(call: Call, body: dict) -> tuple[dict, ModelInfo, Decimal]:

@@ -252,7 +252,9 @@ class StreamRelay:
             self.model,
             self.call,
             self.usage,
-            completion_estimate=tokens.text_tokens("".join(self.produced)),
+            completion_estimate=tokens.produced_estimate(
+                self.call.bounds.body, "".join(self.produced)
+            ),
         )
         self.counted = counted
         self.call.meter.attempt(

@@ -238,14 +238,18 @@ def output_allowance(body: Body, model: "ModelInfo | None") -> int:
     return output_cap(body, model.max_output_tokens if model else None) * choices(body)
 
 
-def echoed(body: Body) -> int:
-    """Tokens of its prompt a legacy completion with `echo` repeats in each answer: in the
-    answer's text, but not produced."""
-    if body.get("echo") is not True or "prompt" not in body or "messages" in body:
-        return 0
-    n = body.get("n")
-    each = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    return each * embedding_input_estimate(body["prompt"])
+def produced_estimate(body: Body, text: str) -> int:
+    """Tokens of output an answer's text holds. A legacy completion with `echo` repeats its
+    prompt in the text: what it repeated is read, not produced, and is left out, where the
+    text really holds it (an upstream may ignore `echo`; the client cannot switch the count
+    off by asking for it)."""
+    produced = text_tokens(text)
+    prompt = body.get("prompt") if "messages" not in body else None
+    if body.get("echo") is not True or prompt is None:
+        return produced
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    echoed = sum(text.count(p) * text_tokens(p) for p in set(prompts) if isinstance(p, str) and p)
+    return max(0, produced - echoed)
 
 
 def output_unbounded(body: Body) -> bool:

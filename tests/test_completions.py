@@ -246,3 +246,30 @@ def test_an_echoed_prompt_is_not_taken_for_output_and_honest_usage_is_billed(
 
     [row] = rows(team)
     assert (row.prompt_tokens, row.completion_tokens, row.tokens_estimated) == (8000, 5, False)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    "usage", [None, {"prompt_tokens": 8000, "completion_tokens": 1}], ids=["none", "lie"]
+)
+def test_asking_for_echo_does_not_switch_off_the_output_count_when_nothing_is_echoed(
+    legacy, sdk, inference_key, team, upstream, stream, usage
+):
+    # An upstream that ignores echo writes 4,000 tokens of its own: counted, and a report of
+    # 1 output token not believed.
+    upstream.script("deepseek-v4-flash", Answer(content="out " * 4000, usage=usage))
+    _, secret = inference_key
+
+    answer = sdk(secret).completions.create(
+        model="deepseek-v4-flash",
+        prompt="word " * 8000,
+        echo=True,
+        max_tokens=8000,
+        stream=stream,
+        **({"stream_options": {"include_usage": True}} if stream else {}),
+    )
+    if stream:
+        list(answer)
+
+    [row] = rows(team)
+    assert row.tokens_estimated and row.completion_tokens >= 3900
