@@ -329,6 +329,11 @@ async def call_prepare(
             if m.serves(endpoint)
             and unpriced_direction(m.prices, needs_output=needs_output) is None
         ]
+        if unbridgeable is not None:
+            # Parts only the Responses API reads: for the models whose upstream speaks it.
+            targets = [m for m in targets if not bridged(call, m)]
+            if not targets:
+                await refuse(unbridgeable)
         ordered = order_targets(
             route=route,
             targets=targets,
@@ -382,6 +387,8 @@ async def call_prepare(
                 ),
                 model,
             )
+        if unbridgeable is not None and bridged(call, model):
+            await refuse(unbridgeable, model)
         direction = unpriced_direction(model.prices, needs_output=needs_output)
         if direction is not None:
             await refuse(
@@ -396,12 +403,6 @@ async def call_prepare(
             )
         call.candidates = [model]
         call.deadline_s = global_deadline
-    if unbridgeable is not None:
-        # Parts only the Responses API reads: for the models whose upstream speaks it.
-        native = [m for m in call.candidates if not bridged(call, m)]
-        if not native:
-            await refuse(unbridgeable, call.candidates[0] if model is not None else None)
-        call.candidates = native
 
     # TPM counts the most the call can use, as budgets do; what it did not use
     # is given back when it is recorded.

@@ -1074,3 +1074,22 @@ def test_a_route_sends_files_only_to_its_native_models(catalog, sdk, inference_k
 
     assert response.model == "deepseek-v4-flash"
     assert [r.path for r in upstream.received] == ["/v1/responses"]
+
+
+def test_files_go_to_a_routes_native_model_even_while_it_cools_down(
+    catalog, sdk, inference_key, upstream
+):
+    # Cooling targets sit out only while others can serve: here no other one can.
+    from asgiref.sync import async_to_sync
+
+    from routing.cooldowns import cooldown_note_failure
+    from tests.factories import global_route
+
+    serve_natively()
+    global_route("readers", ["deepseek-v4-flash", "gpt-4o"])
+    async_to_sync(cooldown_note_failure)("deepseek-v4-flash", retry_after=60)
+    _, secret = inference_key
+
+    response = sdk(secret).responses.create(model="readers", input=FILE_INPUT)
+
+    assert response.model == "deepseek-v4-flash"
