@@ -28,7 +28,7 @@ def test_upgrading_splits_rollups_by_endpoint_from_the_ledger_and_tags_issued_li
     from django.db.migrations.executor import MigrationExecutor
 
     from accounts.models import Team
-    from usage.invoices import invoice_close
+    from usage.invoices import invoice_close, invoice_preview
     from usage.models import DailyUsage, InvoiceLine
     from usage.reconcile import reconcile_month
 
@@ -111,8 +111,27 @@ def test_upgrading_splits_rollups_by_endpoint_from_the_ledger_and_tags_issued_li
     with pytest.raises(DatabaseError), transaction.atomic():
         issued.update(endpoint="responses")
     legacy = Team.objects.get(slug="legacy")
+    # Nothing billed again: November has nothing to bill.
+    assert invoice_preview(team=legacy, month=date(2026, 11, 1), now=after) is None
+    # An October call through the Responses API, recorded after October was invoiced: billed
+    # once, as late usage under its own endpoint, whatever the old line billed beside it.
+    from usage.models import UsageRecord
+
+    late = datetime(2026, 11, 10, tzinfo=UTC)
+    UsageRecord.objects.create(
+        request_id="req_late",
+        endpoint="responses",
+        status="ok",
+        prompt_tokens=1000,
+        cost_usd=Decimal("0.0025"),
+        recorded_at=late,
+        **{**common, "team": legacy, "created_at": datetime(2026, 10, 31, 23, tzinfo=UTC)},
+        **prices,
+    )
     november = invoice_close(
         team=legacy, month=date(2026, 11, 1), now=datetime(2026, 12, 2, tzinfo=UTC)
     )
-    assert november is None
-    assert reconcile_month(month=october, now=after).ok
+    assert [(x.kind, x.endpoint, x.requests, x.exact_usd) for x in november.lines.all()] == [
+        ("late_usage", "responses", 1, Decimal("0.0025"))
+    ]
+    assert reconcile_month(month=october, now=datetime(2026, 12, 2, tzinfo=UTC)).ok

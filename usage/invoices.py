@@ -144,38 +144,40 @@ def _unbilled(*, team, month, exclude) -> list[dict]:
     request, so it is billed (as $0.00) like any other and counted as billed afterwards.
 
     Lines issued before they carried an endpoint billed a model's usage at its prices on
-    every endpoint at once, under the endpoint of most of it (usage migration 0015). Where
-    such a line billed more of its endpoint than there is, its model and prices are netted
-    across endpoints into one difference, under that endpoint: usage is never billed twice,
-    and no line carries negative counts.
+    every endpoint at once, under the endpoint of most of it (usage migration 0015). What
+    such a line billed beyond its own endpoint's usage is taken off what the model and
+    prices owe on the other endpoints: usage is never billed twice, what is left stays
+    under the endpoint it was used on, and no line carries negative counts.
     """
     owed = usage_groups(team=team, month=month)
     billed = billed_groups(team=team, month=month, exclude=exclude)
     diffs: dict[tuple, dict] = {}
-    for key in set(owed) | set(billed):
+    for key in sorted(set(owed) | set(billed), key=lambda k: tuple(str(part) for part in k)):
         o, b = owed.get(key), billed.get(key)
         diff = {name: _count(o, name) - _count(b, name) for name in COUNTS}
         diffs[key] = {**dict(zip(LINE_KEY, key)), **diff, "exact": _usd(o) - _usd(b)}
-    for key, diff in list(diffs.items()):
-        if key in diffs and any(diff[name] < 0 for name in COUNTS):
-            _net_across_endpoints(diffs, key)
-    result = []
-    for key in sorted(diffs, key=lambda k: tuple(str(part) for part in k)):
-        diff = diffs[key]
-        if diff["exact"] or any(diff[name] for name in COUNTS):
-            result.append(diff)
-    return result
+    for key, diff in diffs.items():
+        if any(diff[name] < 0 for name in COUNTS):
+            _billed_under_another_endpoint(diffs, key)
+    return [d for d in diffs.values() if d["exact"] or any(d[name] for name in COUNTS)]
 
 
-def _net_across_endpoints(diffs: dict[tuple, dict], key: tuple) -> None:
-    """Fold the differences of `key`'s model and prices on every endpoint into `key`'s."""
+def _billed_under_another_endpoint(diffs: dict[tuple, dict], key: tuple) -> None:
+    """Take what `key` billed beyond its own usage (its negative counts, and its USD with
+    them) off what its model and prices owe on other endpoints."""
     model, _endpoint, *prices = key
-    into = diffs[key]
-    for other in [k for k in diffs if k != key and k[0] == model and list(k[2:]) == prices]:
-        folded = diffs.pop(other)
-        for name in (*COUNTS, "exact"):
-            into[name] += folded[name]
-    if any(into[name] < 0 for name in COUNTS):
+    over = diffs[key]
+    others = [d for k, d in diffs.items() if k != key and k[0] == model and list(k[2:]) == prices]
+    for name in (*COUNTS, "exact"):
+        excess = -over[name]
+        for other in others:
+            if excess <= 0:
+                break
+            taken = min(excess, max(other[name], 0))
+            other[name] -= taken
+            over[name] += taken
+            excess -= taken
+    if any(over[name] < 0 for name in COUNTS):
         raise InvoiceError(
             f"Invoices billed more {model or 'refused'} calls than the ledger holds for their "
             "month; run reconcile for that month."
