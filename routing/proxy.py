@@ -699,8 +699,14 @@ class ModerationsView(ProxyCallView):
                 and principal.may_use(m.name)
                 and unpriced_direction(m.prices, needs_output=False) is None
             )
-            if serving:
-                body["model"] = serving[0]
+            if not serving:
+                raise _bad(
+                    "Name the moderation model in 'model': no moderation model in this "
+                    "gateway's catalog is one this key may use and has a price.",
+                    param="model",
+                    code="missing_required_parameter",
+                )
+            body["model"] = serving[0]
         return body
 
 

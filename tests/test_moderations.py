@@ -95,3 +95,18 @@ def test_a_chat_model_is_not_a_moderation_model(catalog, sdk, inference_key, ups
 
     assert caught.value.code == "model_not_supported"
     assert upstream.received == []
+
+
+def test_without_a_model_a_key_that_may_use_no_moderation_model_is_told_so(
+    moderation, sdk, team, upstream
+):
+    from accounts.services import api_key_create
+
+    _, chat_only = api_key_create(team=team, name="chat", allowed_models=["gpt-4o"])
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(chat_only).moderations.create(input="hi")
+
+    assert caught.value.body["param"] == "model"
+    assert "no moderation model" in caught.value.body["message"]
+    assert upstream.received == []
