@@ -42,14 +42,34 @@ def _bad(message: str, param: str | None = None, code: str = "invalid_value") ->
 LOST = {"type": "text", "text": ""}
 
 
-def _text_part(part: dict, where: str, losses: list[ProxyError]) -> dict:
+def _check_media(part: dict, where: str) -> None:
+    """An image or file part names what it carries, in a field of the right type."""
     kind = part.get("type")
-    if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-        return {"type": "text", "text": part["text"]}
     if kind == "input_image":
         detail = part.get("detail", "auto")
         if detail not in ("auto", "low", "high"):
             raise _bad(f"'{where}.detail' must be auto, low or high.", f"{where}.detail")
+        sources = ("image_url", "file_id")
+    elif kind == "input_file":
+        sources = ("file_id", "file_data", "file_url")
+    else:
+        return
+    given = [name for name in sources if part.get(name) is not None]
+    if not given or any(not isinstance(part[name], str) for name in given):
+        raise _bad(
+            f"'{where}' must carry its content as a string in one of {', '.join(sources)}.",
+            where,
+            "invalid_type",
+        )
+
+
+def _text_part(part: dict, where: str, losses: list[ProxyError]) -> dict:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    _check_media(part, where)
+    if kind == "input_image":
+        detail = part.get("detail", "auto")
         url = part.get("image_url")
         if not isinstance(url, str):
             losses.append(
@@ -95,6 +115,8 @@ def _tool_output(output: object, where: str, losses: list[ProxyError]) -> str:
         if all(p.get("type") == "input_text" and isinstance(p.get("text"), str) for p in output):
             return "".join(p["text"] for p in output)
         if all(p.get("type") in ("input_text", "input_image", "input_file") for p in output):
+            for index, part in enumerate(output):
+                _check_media(part, f"{where}[{index}]")
             losses.append(
                 _bad(
                     f"'{where}' must be text (a string, or input_text parts) for a chat-only "

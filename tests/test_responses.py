@@ -185,6 +185,35 @@ def test_a_native_upstream_gets_the_call_as_is_and_its_usage_is_billed(
         ({"text": {"format": {"type": ["json_object"]}}}, "text.format", "invalid_value"),
         ({"input": [{"type": "reasoning", "summary": []}]}, "input", "invalid_value"),
         (
+            {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            "input[0][0]",
+            "invalid_type",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": ["a"]}]}]},
+            "input[0][0]",
+            "invalid_type",
+        ),
+        (
+            {
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [
+                            {
+                                "type": "input_image",
+                                "image_url": "https://x.test/a.png",
+                                "detail": "original",
+                            }
+                        ],
+                    }
+                ]
+            },
+            "input[0].output[0].detail",
+            "invalid_value",
+        ),
+        (
             {"input": [{"type": "function_call_output", "call_id": None, "output": "x"}]},
             "input[0].call_id",
             "invalid_type",
