@@ -106,9 +106,22 @@ def finish_call(meter, cost="0", *, status="ok", now=None, model="gpt-4o", provi
 
 def spend(team, key, amount, when, request_id, *, now=None, model="gpt-4o", route="", end_user=""):
     """A call of `amount` USD at `when` served by `model` (through `route` if given),
-    reserved and settled as the proxy does it."""
+    reserved and settled as the proxy does it. A call back-dated past its deadline would be
+    the sweeper's between its opening and its close (a live portal's heartbeat sweeps): its
+    deadline reaches past the present."""
+    from django.utils import timezone
+
+    late_by = (timezone.now() - when).total_seconds()
     meter = open_call(
-        team, key, request_id, when, reserve=amount, model=model, route=route, end_user=end_user
+        team,
+        key,
+        request_id,
+        when,
+        reserve=amount,
+        model=model,
+        route=route,
+        end_user=end_user,
+        deadline_s=max(600, int(late_by) + 600),
     )
     return finish_call(meter, amount, now=now, model=model)
 
