@@ -94,6 +94,7 @@ def test_a_month_without_usage_has_no_invoice_page(client, owner, team):
         'Evil <img src="/etc/hostname" width="40" height="40"/>',
         "Bold <b>claims</b> & <font size=40>shouting</font>",
         "Broken <para",
+        "深度求索 · Кими & Co",
     ],
 )
 def test_a_team_name_is_printed_on_the_pdf_as_written_never_as_markup(team, name):

@@ -6,12 +6,15 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
+from itertools import groupby
 from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from usage.models import Invoice
@@ -108,6 +111,31 @@ def invoice_csv(invoice: Invoice) -> str:
     return out.getvalue()
 
 
+# Helvetica prints only Windows-1252's characters. Text beyond them (a Chinese or Russian
+# team name, an adjustment's reason) is set in reportlab's built-in CID font for Chinese,
+# which covers CJK, Cyrillic and Greek and which PDF readers supply: no font file needed.
+CID_FONT = "STSong-Light"
+pdfmetrics.registerFont(UnicodeCIDFont(CID_FONT))
+
+
+def _beyond_helvetica(character: str) -> bool:
+    try:
+        character.encode("cp1252")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _printed(text: str) -> str:
+    """Text as reportlab markup printing it as written: escaped (a name is never markup),
+    each run Helvetica cannot print set in the CID font."""
+    runs = []
+    for beyond, run in groupby(text, key=_beyond_helvetica):
+        chunk = escape("".join(run))
+        runs.append(f'<font name="{CID_FONT}">{chunk}</font>' if beyond else chunk)
+    return "".join(runs)
+
+
 def invoice_pdf(invoice: Invoice) -> bytes:
     styles = getSampleStyleSheet()
     buffer = io.BytesIO()
@@ -136,10 +164,10 @@ def invoice_pdf(invoice: Invoice) -> bytes:
                                 *[
                                     part
                                     for part in (
-                                        escape(seller.get("name") or ""),
-                                        escape(seller.get("address") or ""),
-                                        escape(seller.get("email") or ""),
-                                        f"Tax ID {escape(seller['tax_id'])}"
+                                        _printed(seller.get("name") or ""),
+                                        _printed(seller.get("address") or ""),
+                                        _printed(seller.get("email") or ""),
+                                        f"Tax ID {_printed(seller['tax_id'])}"
                                         if seller.get("tax_id")
                                         else "",
                                     )
@@ -152,8 +180,8 @@ def invoice_pdf(invoice: Invoice) -> bytes:
                     Paragraph(
                         # Names are text, not reportlab markup: escaped, so a team called
                         # "<img src=…>" prints as written instead of loading a file.
-                        f"<b>Bill to</b><br/>{escape(customer.get('name', ''))}"
-                        f"<br/>Account {escape(customer.get('account', ''))}",
+                        f"<b>Bill to</b><br/>{_printed(customer.get('name', ''))}"
+                        f"<br/>Account {_printed(customer.get('account', ''))}",
                         styles["Normal"],
                     ),
                     Paragraph(
@@ -185,7 +213,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
             unit = f"{_plain(line.input_per_mtok) or '–'} · {_plain(line.output_per_mtok) or '–'}"
         rows.append(
             [
-                Paragraph(escape(line.description), cell),
+                Paragraph(_printed(line.description), cell),
                 f"{line.requests:,}" if line.kind in ("usage", "late_usage") else "",
                 f"{line.prompt_tokens:,}" if line.kind in ("usage", "late_usage") else "",
                 f"{line.completion_tokens:,}" if line.kind in ("usage", "late_usage") else "",
