@@ -561,6 +561,13 @@ def _produced_text(payload: dict) -> str:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             produced.extend(v for k, v in message.items() if k != "role" and isinstance(v, str))
+            parts = message.get("content")
+            if isinstance(parts, list):  # content as text parts
+                produced.extend(
+                    p["text"]
+                    for p in parts
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
             calls = message.get("tool_calls")
             if isinstance(calls, list):
                 produced.extend(str(c.get("function")) for c in calls if isinstance(c, dict))

@@ -550,6 +550,28 @@ def test_an_answer_in_text_parts_is_bridged_as_its_text(
     assert response.output_text == "Hello there"
 
 
+def test_an_answer_in_text_parts_without_usage_is_billed_for_its_text(
+    catalog, sdk, inference_key, team, upstream
+):
+    # No usage, and the answer's 400 characters in parts: counted, not taken for nothing.
+    parts = [{"type": "text", "text": "word " * 80}]
+    message = {"role": "assistant", "content": parts}
+    upstream.script(
+        "deepseek-v4-flash",
+        Raw(
+            chat_answer(
+                choices=[{"index": 0, "message": message, "finish_reason": "stop"}], usage=None
+            )
+        ),
+    )
+    _, secret = inference_key
+
+    sdk(secret).responses.create(model="deepseek-v4-flash", input="hi")
+
+    [row] = rows(team)
+    assert row.tokens_estimated and row.completion_tokens == 100
+
+
 @pytest.mark.parametrize(
     "choices",
     [
