@@ -138,3 +138,14 @@ def global_route(name, targets, *, deadline_s=60, retries=0):
     # On-commit hooks do not run inside a test's transaction.
     catalog_changed()
     return route
+
+
+def catalog_models(*models: dict) -> None:
+    """Add or change catalog models (entries as in the catalog's TOML), visible to this
+    process's catalog at once."""
+    from routing.selectors import catalog_changed
+    from routing.services import catalog_load_data
+
+    catalog_load_data(data={"model": list(models)})
+    # On-commit hooks do not run inside a test's transaction.
+    catalog_changed()

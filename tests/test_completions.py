@@ -6,8 +6,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from routing.selectors import catalog_changed
-from routing.services import catalog_load_data
+from tests.factories import catalog_models
 from tests.fake_upstream import Answer
 from usage.models import UsageRecord
 
@@ -20,20 +19,15 @@ COST = (12 * Decimal("0.18") + 34 * Decimal("0.25")) / 10**6
 
 @pytest.fixture
 def legacy(catalog):
-    catalog_load_data(
-        data={
-            "model": [
-                {
-                    "id": "deepseek-v4-flash",
-                    "provider": "global",
-                    "input_per_mtok": "0.18",
-                    "output_per_mtok": "0.25",
-                    "endpoints": ["chat", "completions"],
-                }
-            ]
+    catalog_models(
+        {
+            "id": "deepseek-v4-flash",
+            "provider": "global",
+            "input_per_mtok": "0.18",
+            "output_per_mtok": "0.25",
+            "endpoints": ["chat", "completions"],
         }
     )
-    catalog_changed()
 
 
 def rows(team):

@@ -14,8 +14,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
-from routing.selectors import catalog_changed
-from routing.services import catalog_load_data
+from tests.factories import catalog_models
 from usage.models import UsageRecord
 
 FUZZ = settings(
@@ -143,20 +142,15 @@ def test_v1_never_answers_5xx_and_every_error_is_openai_shaped(
     catalog, team, upstream, live_portal
 ):
     # A model for legacy completions beside the default catalog's.
-    catalog_load_data(
-        data={
-            "model": [
-                {
-                    "id": "davinci-002",
-                    "provider": "openai",
-                    "input_per_mtok": "2",
-                    "output_per_mtok": "2",
-                    "endpoints": ["completions"],
-                }
-            ]
+    catalog_models(
+        {
+            "id": "davinci-002",
+            "provider": "openai",
+            "input_per_mtok": "2",
+            "output_per_mtok": "2",
+            "endpoints": ["completions"],
         }
     )
-    catalog_changed()
     _, secret = api_key_create(team=team, name="fuzz")
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     sent = []

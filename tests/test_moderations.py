@@ -6,8 +6,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from routing.selectors import catalog_changed
-from routing.services import catalog_load_data
+from tests.factories import catalog_models
 from usage.models import UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -15,25 +14,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def moderation(catalog):
-    catalog_load_data(
-        data={
-            "model": [
-                {
-                    "id": "omni-moderation-latest",
-                    "provider": "openai",
-                    "input_per_mtok": "0",
-                    "endpoints": ["moderations"],
-                },
-                {
-                    "id": "priced-moderation",
-                    "provider": "openai",
-                    "input_per_mtok": "1.00",
-                    "endpoints": ["moderations"],
-                },
-            ]
-        }
+    catalog_models(
+        {
+            "id": "omni-moderation-latest",
+            "provider": "openai",
+            "input_per_mtok": "0",
+            "endpoints": ["moderations"],
+        },
+        {
+            "id": "priced-moderation",
+            "provider": "openai",
+            "input_per_mtok": "1.00",
+            "endpoints": ["moderations"],
+        },
     )
-    catalog_changed()
 
 
 def test_a_moderation_is_passed_on_and_recorded_at_its_price(
@@ -76,10 +70,7 @@ def test_without_a_model_the_first_one_the_key_may_use_and_that_is_priced_serves
     from accounts.services import api_key_create
 
     # Sorting first: a moderation model without a price, which cannot be billed.
-    catalog_load_data(
-        data={"model": [{"id": "a-unpriced", "provider": "openai", "endpoints": ["moderations"]}]}
-    )
-    catalog_changed()
+    catalog_models({"id": "a-unpriced", "provider": "openai", "endpoints": ["moderations"]})
     _, everything = api_key_create(team=team, name="all")
     _, limited = api_key_create(team=team, name="priced", allowed_models=["priced-moderation"])
 

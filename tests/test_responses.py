@@ -8,8 +8,7 @@ import httpx2
 import openai
 import pytest
 
-from routing.selectors import catalog_changed
-from routing.services import catalog_load_data
+from tests.factories import catalog_models
 from tests.fake_upstream import Answer, Raw, RawStream
 from usage.budgets import budget_set
 from usage.models import UsageRecord
@@ -33,21 +32,16 @@ WEATHER = {
 
 def serve_natively():
     """deepseek-v4-flash's upstream speaks the Responses API itself."""
-    catalog_load_data(
-        data={
-            "model": [
-                {
-                    "id": "deepseek-v4-flash",
-                    "provider": "global",
-                    "input_per_mtok": "0.18",
-                    "cached_input_per_mtok": "0.07",
-                    "output_per_mtok": "0.25",
-                    "endpoints": ["chat", "responses"],
-                }
-            ]
+    catalog_models(
+        {
+            "id": "deepseek-v4-flash",
+            "provider": "global",
+            "input_per_mtok": "0.18",
+            "cached_input_per_mtok": "0.07",
+            "output_per_mtok": "0.25",
+            "endpoints": ["chat", "responses"],
         }
     )
-    catalog_changed()
 
 
 def rows(team):
