@@ -425,6 +425,10 @@ def api_key_authenticate(*, secret: str, now: datetime | None = None) -> KeyPrin
     return principal
 
 
+# The keys' table, for the two writes the async key check makes itself.
+KEYS = ApiKey._meta.db_table
+
+
 async def api_key_authenticate_async(*, secret: str, now: datetime | None = None) -> KeyPrincipal:
     """`api_key_authenticate` on the event loop (portal.aio), for /v1: from this process's
     memory on most calls, else one Redis GET, else one query."""
@@ -458,13 +462,13 @@ async def api_key_authenticate_async(*, secret: str, now: datetime | None = None
     matched = _principal_matched(principal, secret, now)
     if matched > 0 and settings.TOLLGATE_KEY_PEPPER_REHASH:
         await aio.fetch(
-            "UPDATE accounts_apikey SET secret_hash = %s WHERE id = %s AND secret_hash = %s",
+            f"UPDATE {KEYS} SET secret_hash = %s WHERE id = %s AND secret_hash = %s",
             [key_hash(secret), principal.key_id, principal.secret_hash],
         )
         await _principal_forget_async(principal.prefix)
     if _last_used_due(principal.key_id, now):
         await aio.fetch(
-            "UPDATE accounts_apikey SET last_used_at = %s WHERE id = %s", [now, principal.key_id]
+            f"UPDATE {KEYS} SET last_used_at = %s WHERE id = %s", [now, principal.key_id]
         )
     return principal
 

@@ -284,7 +284,7 @@ async def _close_with_retries_async(
                 *statement, wait_s=settings.TOLLGATE_LEDGER_WAIT_S, tenant=facts.team_id
             )
         except IntegrityError:
-            already = "SELECT 1 FROM usage_usagerecord WHERE request_id = %s LIMIT 1"
+            already = f"SELECT 1 FROM {UsageRecord._meta.db_table} WHERE request_id = %s LIMIT 1"
             if attempt and await aio.fetch(already, [facts.request_id]):
                 return []
             raise
