@@ -813,9 +813,8 @@ def test_a_native_streams_first_final_event_ends_it_and_is_what_is_billed(
     catalog, live_portal, inference_key, team, upstream
 ):
     # A second response.completed reporting less, or an error after the end, changes nothing;
-    # and the stream ends at the final event though the upstream holds the connection open.
-    import time
-
+    # and the stream ends at the final event though the upstream holds the connection open
+    # for 60 s: were it relayed to the end, the client's 30 s read timeout would fail this.
     serve_natively()
     after = [
         final("response.completed", 1, 3),
@@ -823,17 +822,14 @@ def test_a_native_streams_first_final_event_ends_it_and_is_what_is_billed(
     ]
     upstream.script(
         "deepseek-v4-flash",
-        RawStream(native_events(final("response.completed", 30, 2), *after), hold_s=5),
+        RawStream(native_events(final("response.completed", 30, 2), *after), hold_s=60),
     )
     _, secret = inference_key
 
-    started = time.monotonic()
     events = stream_events(live_portal, secret, {})
-    took = time.monotonic() - started
 
     assert [e["type"] for e in events][-1] == "response.completed"
     assert [e["type"] for e in events].count("response.completed") == 1
-    assert took < 4  # not held for the upstream's 5 s
     [row] = rows(team)
     assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 20, 30)
 
