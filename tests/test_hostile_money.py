@@ -2,7 +2,6 @@
 shaped to look cheap. Every call ends in exactly one billed outcome; hard budgets hold."""
 
 import asyncio
-import time
 from decimal import Decimal
 
 import openai
@@ -13,6 +12,7 @@ from accounts.services import api_key_create
 from routing import tokens
 from tests.factories import global_route
 from tests.fake_upstream import HONEST, Answer
+from tests.waiting import wait_for
 from usage.budgets import budget_set
 from usage.metering import SWEPT_ATTEMPT
 from usage.models import BudgetCounter, MeteredCall, UsageRecord
@@ -20,14 +20,6 @@ from usage.models import BudgetCounter, MeteredCall, UsageRecord
 MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken."}]
 live = pytest.mark.django_db(transaction=True)
 GPT4O = (Decimal("2.5"), Decimal("10"))
-
-
-def wait_for(condition, timeout=15.0):
-    """Wait for an event the test cannot observe directly (a background write)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def outcomes(request_id):

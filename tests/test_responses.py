@@ -10,6 +10,7 @@ import pytest
 
 from tests.factories import catalog_models
 from tests.fake_upstream import Answer, Raw, RawStream
+from tests.waiting import wait_for
 from usage.budgets import budget_set
 from usage.models import UsageRecord
 
@@ -444,7 +445,6 @@ def test_a_client_that_leaves_a_bridged_stream_is_billed_once_for_what_was_produ
 ):
     # The client reads the first events and goes; the gateway drains the upstream for its
     # usage, records the call once and releases its reservation.
-    import time
 
     from usage.models import BudgetCounter, MeteredCall
 
@@ -456,9 +456,7 @@ def test_a_client_that_leaves_a_bridged_stream_is_billed_once_for_what_was_produ
     assert next(iter(stream)).type == "response.created"
     stream.close()
 
-    deadline = time.monotonic() + 15
-    while not UsageRecord.objects.filter(team=team).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(UsageRecord.objects.filter(team=team).exists)
     [row] = rows(team)
     assert (row.endpoint, row.status, row.prompt_tokens, row.completion_tokens) == (
         "responses",
@@ -857,7 +855,6 @@ def test_a_client_that_leaves_is_billed_on_the_last_usage_not_the_first(
     catalog, sdk, inference_key, team, upstream
 ):
     # Usage that counts up in every chunk: the drain reads to the stream's end.
-    import time
 
     running = [
         chunk(
@@ -873,9 +870,7 @@ def test_a_client_that_leaves_is_billed_on_the_last_usage_not_the_first(
     assert next(iter(stream)).type == "response.created"
     stream.close()
 
-    deadline = time.monotonic() + 15
-    while not UsageRecord.objects.filter(team=team).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(UsageRecord.objects.filter(team=team).exists)
     [row] = rows(team)
     assert (row.status, row.completion_tokens, row.tokens_estimated) == ("client_closed", 40, False)
 
