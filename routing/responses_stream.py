@@ -81,7 +81,7 @@ class NativeEvents:
         elif kind in _FINAL and isinstance(chunk.get("response"), dict):
             relay.usage = responses.usage_as_chat(chunk["response"].get("usage"))
             self.finished = True
-        if kind == "error" or kind == "response.failed":
+        if kind in ("error", "response.failed"):
             self.failed = _upstream_failure(chunk)
 
     def failure(self) -> ProxyError | None:
